@@ -1,0 +1,1 @@
+"""cvat-analytics runtime: the embedded service, ClickHouse access, import/export, the CLI."""

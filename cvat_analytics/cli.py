@@ -1,0 +1,156 @@
+"""`cvat-analytics`: one CLI, one subcommand per job. Exit codes: 0 ok, 1 failure,
+2 bad spec or bad arguments. Errors are one line on stderr, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from generator.spec import DEFAULT_SPEC, SpecError, load_spec
+
+from . import output
+from .store import StoreError, connect
+
+DEFAULT_DSN = "chdb://data"
+
+
+class CommandError(Exception):
+    """A failure worded for the user; exit code 1."""
+
+
+def _spec_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC,
+                   help="the spec file (default: analytics.yaml at the repository root)")
+
+
+def _dsn_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dsn", default=DEFAULT_DSN,
+                   help="ClickHouse: http://user:pass@host:8123 or chdb:///path (default: chdb://data)")
+
+
+def _format_arg(p: argparse.ArgumentParser, default: str = "pretty") -> None:
+    p.add_argument("--format", choices=output.FORMATS, default=default,
+                   help=f"output format (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvat-analytics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("render", help="render every config from the spec into a deploy directory")
+    _spec_arg(p)
+    p.add_argument("--out", type=Path, default=Path("deploy"), help="output directory (default: deploy)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("check", help="fail when a deploy directory is out of sync with the spec or invalid")
+    _spec_arg(p)
+    p.add_argument("--out", type=Path, default=Path("deploy"), help="directory to check (default: deploy)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("migrate", help="apply the schema to ClickHouse; a second run changes nothing")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("import", help="load events from a JSON array, NDJSON or CVAT's CSV export")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.add_argument("file", help="the file to load, or - for standard input")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="store the valid records and report each invalid one (default: store nothing)")
+    p.add_argument("--batch-size", type=int, default=50_000, help="events per INSERT (default: 50000)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("query", help="run SQL and print the result")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.add_argument("sql", help="the query")
+    _format_arg(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("serve", help="the embedded service: event ingest (and more) over HTTP")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.add_argument("--host", default=None, help="address to bind (default: the spec's embedded.host)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the spec's embedded.port)")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def cmd_render(args) -> int:
+    from generator.render import render_all, write_tree
+
+    files = render_all(load_spec(args.spec))
+    write_tree(files, args.out)
+    print(f"rendered {len(files)} files into {args.out}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from generator.render import diff_tree, render_all
+    from generator.validate import validate_tree
+
+    files = render_all(load_spec(args.spec))
+    problems = diff_tree(files, args.out) + validate_tree(files)
+    for problem in problems:
+        print(f"{args.out}/{problem}", file=sys.stderr)
+    if problems:
+        print(f"check failed: {len(problems)} problem(s); run `cvat-analytics render --out {args.out}`"
+              " if the spec changed", file=sys.stderr)
+        return 1
+    print(f"{args.out} matches {args.spec} and every rendered file is valid ({len(files)} files)")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from .migrate import migrate
+
+    migrate(connect(args.dsn), load_spec(args.spec))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .importer import run_import
+
+    return run_import(connect(args.dsn), load_spec(args.spec), args.file,
+                      skip_invalid=args.skip_invalid, batch_size=args.batch_size)
+
+
+def cmd_query(args) -> int:
+    load_spec(args.spec)
+    result = connect(args.dsn).query(args.sql)
+    output.write_rows(result.column_names, result.result_rows, args.format)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+
+    spec = load_spec(args.spec)
+    host = args.host or spec["embedded"]["host"]
+    port = args.port if args.port is not None else spec["embedded"]["port"]
+    return serve(args.dsn, spec, host, port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"cvat-analytics: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, CommandError) as exc:
+        print(f"cvat-analytics: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # ClickHouse errors and the like: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"cvat-analytics: {args.command} failed: {first}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Open ClickHouse through clickhouse-connect: a server over HTTP, or chdb in-process.
+
+One client everywhere. chdb lets a process open one data path for its whole life,
+and a path can be open in one process at a time; the errors chdb gives for both are
+obscure, so we check first and say what is going on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+# Put in every INSERT: a server's defaults differ from chdb's (DESIGN.md §8), and
+# a retried insert must be recognised by its deduplication token.
+INSERT_SETTINGS = {
+    "date_time_input_format": "best_effort",
+    "input_format_skip_unknown_fields": 1,
+    "input_format_null_as_default": 1,
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+}
+
+_clients: dict[str, Client] = {}
+
+
+class StoreError(Exception):
+    """A DSN that cannot be opened, worded for the operator."""
+
+
+def chdb_path(dsn: str) -> Path | None:
+    """The data directory of a chdb:// DSN, or None for a server DSN."""
+    if not dsn.startswith("chdb:"):
+        return None
+    parsed = urlparse(dsn)
+    if parsed.netloc in ("", None):
+        return Path(unquote(parsed.path))
+    if parsed.netloc == "memory":
+        return None
+    # chdb://relative/path: the netloc is the first path component.
+    return Path(parsed.netloc + unquote(parsed.path))
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of another live process holding the chdb data path, if any."""
+    status = path / "status"
+    try:
+        first = status.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    if not first.startswith("PID:"):
+        return None
+    pid = int(first.split(":", 1)[1])
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _describe_process(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        cmd = ""
+    return f"process {pid}" + (f" ({cmd})" if cmd else "")
+
+
+def connect(dsn: str) -> Client:
+    """A client for `dsn`; one per DSN per process (chdb allows only one path anyway)."""
+    if dsn in _clients:
+        return _clients[dsn]
+    path = chdb_path(dsn)
+    if path is not None:
+        path = path.resolve()
+        holder = lock_holder(path)
+        if holder is not None:
+            raise StoreError(
+                f"the chdb data at {path} is in use by {_describe_process(holder)}. "
+                "Only one process can open it: send events to that service over HTTP, or "
+                "stop it first (`make down`), then run this command again."
+            )
+        open_paths = [p for p in _clients if chdb_path(p) is not None]
+        if open_paths:
+            raise StoreError(
+                f"this process already opened {open_paths[0]}; chdb can open one data path per process"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        dsn_to_open = f"chdb://{path}"
+    else:
+        dsn_to_open = dsn
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn_to_open)
+    except Exception as exc:  # clickhouse-connect raises several kinds; all mean "cannot open"
+        raise StoreError(f"cannot open {redact(dsn)}: {exc}") from None
+    _clients[dsn] = client
+    return client
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    parsed = urlparse(dsn)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return dsn
+
+
+def insert_json_rows(client: Client, database: str, body: bytes, token: str | None = None) -> None:
+    """INSERT a JSONEachRow body into <database>.events with explicit input settings."""
+    settings = dict(INSERT_SETTINGS)
+    if token:
+        settings["insert_deduplication_token"] = token
+    client.raw_insert(f"`{database}`.events", None, body, settings=settings, fmt="JSONEachRow")

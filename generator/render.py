@@ -1,0 +1,141 @@
+"""Render the spec through the Jinja2 templates beside this file into a deploy tree."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import jinja2
+
+TEMPLATES = Path(__file__).with_name("templates")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# Escapers: one per language a value can land in, so no spec value can break out
+# of its quotes. JSON string syntax is valid YAML and TOML basic-string syntax.
+def to_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def sql_str(value) -> str:
+    """A ClickHouse string literal."""
+    escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def sql_ident(value) -> str:
+    """A ClickHouse identifier; only plain names are accepted (the spec schema ensures it)."""
+    if not _IDENT.match(str(value)):
+        raise ValueError(f"not a plain SQL identifier: {value!r}")
+    return f"`{value}`"
+
+
+def xml_text(value) -> str:
+    """XML character data (quoteattr also escapes <, > and &)."""
+    return quoteattr(str(value))[1:-1]
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters.update(json=to_json, yaml=to_json, toml=to_json, sql_str=sql_str,
+                       sql_ident=sql_ident, xml=xml_text)
+    return env
+
+
+def context(spec: dict) -> dict:
+    """What every template sees: the spec and a few names derived from it."""
+    ch = spec["clickhouse"]
+    return {
+        "spec": spec,
+        "db": sql_ident(ch["database"]),
+        "columns": spec["events"]["columns"],
+        "column_names": [c["name"] for c in spec["events"]["columns"]],
+    }
+
+
+def template_names() -> list[str]:
+    return sorted(
+        str(p.relative_to(TEMPLATES)) for p in TEMPLATES.rglob("*.j2") if p.is_file()
+    )
+
+
+def render_all(spec: dict) -> dict[str, str]:
+    """Every rendered file of the deploy tree: relative path -> text."""
+    env = environment()
+    ctx = context(spec)
+    out: dict[str, str] = {}
+    for name in template_names():
+        if not _wanted(name, spec):
+            continue
+        text = env.get_template(name).render(ctx)
+        out[name[: -len(".j2")]] = text
+    return out
+
+
+def _wanted(name: str, spec: dict) -> bool:
+    """Dashboards not listed in the spec are not rendered."""
+    parts = name.split("/")
+    if parts[:2] == ["grafana", "dashboards"] and len(parts) == 3:
+        return Path(parts[2]).name.split(".")[0] in spec["dashboards"]
+    return True
+
+
+def render_sql(spec: dict, prefix: str) -> dict[str, str]:
+    """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name."""
+    return {
+        Path(path).name: text
+        for path, text in render_all(spec).items()
+        if path.startswith(prefix + "/") and path.endswith(".sql")
+    }
+
+
+def write_tree(files: dict[str, str], out: Path) -> None:
+    """Write the tree to `out` all at once: rendered beside it, then swapped in, so a
+    failure never leaves a half-written deploy directory."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for rel, text in files.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def diff_tree(files: dict[str, str], out: Path) -> list[str]:
+    """Paths where `out` differs from the rendered files (missing, changed or extra)."""
+    out = Path(out)
+    problems = []
+    for rel, text in sorted(files.items()):
+        target = out / rel
+        if not target.is_file():
+            problems.append(f"{rel}: missing")
+        elif target.read_text(encoding="utf-8") != text:
+            problems.append(f"{rel}: differs from the render of the spec")
+    if out.is_dir():
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            rel = str(path.relative_to(out))
+            if rel not in files:
+                problems.append(f"{rel}: not produced by the spec (stale file)")
+    return problems

@@ -1,0 +1,142 @@
+"""Load and validate analytics.yaml: one clear message per mistake, never a traceback."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("spec_schema.yaml")
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "analytics.yaml"
+
+# Columns that the ingest, the export, the working time and the dashboards rely on:
+# CVAT's own 18, in CVAT's order.
+CVAT_COLUMNS = (
+    "scope", "obj_name", "obj_id", "obj_val", "source", "timestamp", "count", "duration",
+    "project_id", "task_id", "job_id", "user_id", "user_name", "user_email", "org_id",
+    "org_slug", "payload", "access_token_id",
+)
+
+
+class SpecError(Exception):
+    """A spec mistake, already worded for the person who made it."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def load_spec(path: str | Path | None = None) -> dict:
+    """Read, parse and validate a spec file; raise SpecError naming file, line and key."""
+    path = Path(path) if path else DEFAULT_SPEC
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    validate(data, path, node)
+    return data
+
+
+def validate(data: Any, path: Path | str = "<spec>", node: yaml.Node | None = None) -> None:
+    validator = jsonschema.Draft202012Validator(
+        load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        keys, expected = _describe(error)
+        raise SpecError(_message(path, node, keys, expected))
+    for keys, expected in _semantic_problems(data):
+        raise SpecError(_message(path, node, keys, "expected " + expected))
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[list, str]:
+    """Turn a jsonschema error into (key path, what was expected)."""
+    keys = list(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    wanted = schema.get("description")
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return keys + [extra[0]], f"unknown key; expected one of: {', '.join(allowed)}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        sub = schema.get("properties", {}).get(missing, {})
+        hint = f" ({sub['description']})" if isinstance(sub, dict) and "description" in sub else ""
+        return keys + [missing], f"missing key; expected it to be set{hint}"
+    if error.validator == "type":
+        want = wanted or f"a value of type {error.validator_value}"
+        return keys, f"expected {want}, got {type(error.instance).__name__} {error.instance!r}"
+    want = wanted or error.message
+    return keys, f"expected {want}, got {error.instance!r}"
+
+
+def _semantic_problems(spec: dict):
+    """Rules a JSON Schema cannot say; yields (key path, expected)."""
+    names = [c["name"] for c in spec["events"]["columns"]]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        yield ["events", "columns"], f"distinct column names; {dup!r} appears twice"
+    core = [n for n in names if n in CVAT_COLUMNS]
+    if core != list(CVAT_COLUMNS):
+        missing = [n for n in CVAT_COLUMNS if n not in names]
+        what = f"missing {', '.join(missing)}" if missing else "they are out of order"
+        yield ["events", "columns"], f"CVAT's columns {', '.join(CVAT_COLUMNS)} in that order ({what})"
+    client = set(spec["events"]["scopes"]["client"])
+    for i, scope in enumerate(spec["working_time"]["collapsed_scopes"]):
+        if scope not in client:
+            yield ["working_time", "collapsed_scopes", i], f"a client scope from events.scopes.client, got {scope!r}"
+    users = spec["clickhouse"]["users"]
+    if len(set(users.values())) != len(users):
+        yield ["clickhouse", "users"], "three different user names for admin, ingest and dashboards"
+    try:
+        ipaddress.IPv4Address(spec["bind_address"])
+    except ValueError:
+        yield ["bind_address"], f"an IPv4 address such as 127.0.0.1, got {spec['bind_address']!r}"
+    ports = {
+        "clickhouse.http_port": spec["clickhouse"]["http_port"],
+        "clickhouse.native_port": spec["clickhouse"]["native_port"],
+        "vector.port": spec["vector"]["port"],
+        "grafana.port": spec["grafana"]["port"],
+    }
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            yield key.split("."), f"a port not already used by {seen[port]}, got {port}"
+        seen[port] = key
+
+
+def _message(path, node, keys: list, expected: str) -> str:
+    dotted = ".".join(str(k) for k in keys) or "(top level)"
+    line = _line_of(node, keys)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {dotted}: {expected}"
+
+
+def _line_of(node: yaml.Node | None, keys: list) -> int | None:
+    """The 1-based line of the deepest node on `keys` that exists in the file."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for key in keys:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    child, line = v, k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

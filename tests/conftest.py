@@ -1,0 +1,75 @@
+"""Shared fixtures.
+
+ClickHouse in tests is the real engine: chdb, through clickhouse-connect. A process
+can open one chdb path for its life, so the whole session shares one path and each
+test gets its own database in it (the database name is a spec setting). Tests that
+use the engine are marked `clickhouse`; any other test that tries to open it fails
+at once (snuba's rule), so a slow or stateful dependency never hides in a unit test.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvat_analytics import store as store_module
+from generator.spec import DEFAULT_SPEC, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Store:
+    """A migrated database of its own in the session's chdb path."""
+    dsn: str
+    spec: dict
+    spec_path: Path
+    client: object
+
+    @property
+    def database(self) -> str:
+        return self.spec["clickhouse"]["database"]
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory) -> str:
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(autouse=True)
+def _block_clickhouse_unless_marked(request, monkeypatch):
+    if request.node.get_closest_marker("clickhouse"):
+        return
+    def refuse(*_a, **_k):
+        raise RuntimeError("this test opens ClickHouse but is not marked @pytest.mark.clickhouse")
+    monkeypatch.setattr(store_module, "connect", refuse)
+    monkeypatch.setattr(store_module.clickhouse_connect, "get_client", refuse)
+
+
+def write_spec(directory: Path, **changes) -> tuple[dict, Path]:
+    """A copy of the default spec with dotted-key changes, written to `directory`."""
+    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path = directory / "analytics.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path), path
+
+
+@pytest.fixture
+def store(chdb_dsn, tmp_path) -> Store:
+    """A fresh, migrated database in the shared chdb path."""
+    from cvat_analytics.migrate import migrate
+
+    spec, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    client = store_module.connect(chdb_dsn)
+    migrate(client, spec, log=lambda *_: None)
+    yield Store(chdb_dsn, spec, spec_path, client)
+    client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
