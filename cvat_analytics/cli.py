@@ -105,14 +105,16 @@ def cmd_check(args) -> int:
 def cmd_migrate(args) -> int:
     from .migrate import migrate
 
-    migrate(connect(args.dsn), load_spec(args.spec))
+    spec = load_spec(args.spec)
+    migrate(connect(args.dsn), spec)
     return 0
 
 
 def cmd_import(args) -> int:
     from .importer import run_import
 
-    return run_import(connect(args.dsn), load_spec(args.spec), args.file,
+    spec = load_spec(args.spec)
+    return run_import(connect(args.dsn), spec, args.file,
                       skip_invalid=args.skip_invalid, batch_size=args.batch_size)
 
 

@@ -50,7 +50,8 @@ def _block_clickhouse_unless_marked(request, monkeypatch):
 
 
 def write_spec(directory: Path, **changes) -> tuple[dict, Path]:
-    """A copy of the default spec with dotted-key changes, written to `directory`."""
+    """A copy of the default spec with dotted-key changes, written to `directory`.
+    Returns the (unvalidated) spec and its path, so tests can write bad specs too."""
     data = yaml.safe_load(DEFAULT_SPEC.read_text())
     for dotted, value in changes.items():
         node = data
@@ -60,7 +61,7 @@ def write_spec(directory: Path, **changes) -> tuple[dict, Path]:
         node[last] = value
     path = directory / "analytics.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_spec(path), path
+    return data, path
 
 
 @pytest.fixture
@@ -68,7 +69,8 @@ def store(chdb_dsn, tmp_path) -> Store:
     """A fresh, migrated database in the shared chdb path."""
     from cvat_analytics.migrate import migrate
 
-    spec, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    spec = load_spec(spec_path)
     client = store_module.connect(chdb_dsn)
     migrate(client, spec, log=lambda *_: None)
     yield Store(chdb_dsn, spec, spec_path, client)

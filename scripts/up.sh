@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make up`: the Docker stack where a Docker engine answers; otherwise the embedded
+# default (chdb under ./data, `cvat-analytics serve` on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLI=.venv/bin/cvat-analytics
+PY=.venv/bin/python
+SPEC=${SPEC:-analytics.yaml}
+
+spec_value() {  # spec_value clickhouse.http_port
+  "$PY" -c 'import sys; from generator.spec import load_spec
+v = load_spec(sys.argv[1])
+for k in sys.argv[2].split("."): v = v[k]
+print(v)' "$SPEC" "$1"
+}
+
+ensure_env() {
+  # Random secrets on first run; never committed (.gitignore), never in rendered files.
+  [ -f .env ] && return
+  umask 077
+  "$PY" - <<'PY' > .env
+import secrets
+for name in ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
+             "CLICKHOUSE_DASHBOARDS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    print(f"{name}={secrets.token_urlsafe(24)}")
+PY
+  echo "created .env with random passwords (keep it; it is not in git)"
+}
+
+docker_up() {
+  ensure_env
+  "$CLI" render --spec "$SPEC" --out deploy
+  local compose=(docker compose --project-directory deploy -f deploy/docker-compose.yml --env-file .env)
+  "${compose[@]}" up -d --build --wait clickhouse
+  set -a; . ./.env; set +a
+  local host port admin db
+  host=$(spec_value bind_address); port=$(spec_value clickhouse.http_port)
+  admin=$(spec_value clickhouse.users.admin); db=$(spec_value clickhouse.database)
+  [ "$host" = "0.0.0.0" ] && host=127.0.0.1
+  "$CLI" migrate --spec "$SPEC" --dsn "http://${admin}:${CLICKHOUSE_ADMIN_PASSWORD}@${host}:${port}"
+  "${compose[@]}" up -d --build --wait
+  echo "cvat-analytics is up (Docker):"
+  echo "  events in:  http://${host}:$(spec_value vector.port)/  (Vector, JSON array bodies)"
+  echo "  ClickHouse: http://${host}:${port}  database ${db}"
+  echo "  Grafana:    $(spec_value grafana.root_url)  (user admin, password GRAFANA_ADMIN_PASSWORD in .env)"
+  echo "stop with: make down"
+}
+
+embedded_up() {
+  local data host port pidfile
+  data=$(spec_value embedded.data_dir); host=$(spec_value embedded.host); port=$(spec_value embedded.port)
+  pidfile="$data/serve.pid"
+  mkdir -p "$data"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "the embedded service is already running (pid $(cat "$pidfile")); stop it with: make down"
+    return 0
+  fi
+  "$CLI" migrate --spec "$SPEC" --dsn "chdb://$data/clickhouse"
+  nohup "$CLI" serve --spec "$SPEC" --dsn "chdb://$data/clickhouse" --host "$host" --port "$port" \
+    >>"$data/serve.log" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 100); do
+    if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+         "http://$host:$port/health" 2>/dev/null; then
+      echo "cvat-analytics is up (embedded, no Docker):"
+      echo "  events in:  http://$host:$port/   (POST JSON arrays, as CVAT's server sends them)"
+      echo "  health:     http://$host:$port/health"
+      echo "  data:       $data/clickhouse (chdb); log: $data/serve.log; pid $(cat "$pidfile")"
+      echo "  SQL:        stop the service (make down), then .venv/bin/cvat-analytics query --dsn chdb://$data/clickhouse \"SELECT ...\""
+      echo "stop with: make down"
+      return 0
+    fi
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "the embedded service did not start; last lines of $data/serve.log:" >&2
+  tail -n 20 "$data/serve.log" >&2
+  return 1
+}
+
+if docker info >/dev/null 2>&1; then
+  docker_up
+else
+  echo "no Docker engine answers here: starting the embedded default (chdb) instead"
+  embedded_up
+fi

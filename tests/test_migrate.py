@@ -1,0 +1,47 @@
+"""Migrations: ordered, recorded, idempotent; the same SQL on a fresh chdb path twice."""
+import subprocess
+import sys
+
+import pytest
+
+from cvat_analytics.migrate import migrate, migrations, split_statements
+from generator.spec import load_spec
+from tests.conftest import REPO
+
+
+def test_migrations_are_ordered_and_split_into_statements():
+    names = [m.name for m in migrations(load_spec())]
+    assert names == sorted(names) and names[0].startswith("0001_")
+    assert split_statements("-- c\nSELECT 1;\nSELECT ';';\n") == ["SELECT 1", "SELECT ';'"]
+
+
+@pytest.mark.clickhouse
+def test_second_run_applies_nothing_and_a_changed_spec_value_is_reapplied(store):
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+    store.spec["clickhouse"]["retention_days"] = 30
+    assert migrate(store.client, store.spec, log=lambda *_: None) == ["0003_events_retention_and_dedup"]
+    ddl = store.client.command(f"SHOW CREATE TABLE `{store.database}`.events")
+    assert "toIntervalDay(30)" in ddl
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+
+
+@pytest.mark.clickhouse
+def test_events_table_has_cvats_columns_in_order_plus_request_id(store):
+    rows = store.client.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'events' ORDER BY position",
+        parameters={"db": store.database}).result_rows
+    names = [r[0] for r in rows]
+    assert names[:18] == [c["name"] for c in store.spec["events"]["columns"]]
+    assert names[18:] == ["request_id"]
+    assert dict(rows)["timestamp"] == "DateTime64(3, 'Etc/UTC')"
+
+
+def test_migrate_twice_on_a_fresh_chdb_path_from_the_cli(tmp_path):
+    dsn = f"chdb://{tmp_path / 'db'}"
+    run = lambda: subprocess.run([sys.executable, "-m", "cvat_analytics.cli", "migrate", "--dsn", dsn],
+                                 capture_output=True, text=True, cwd=REPO, timeout=120)
+    first, second = run(), run()
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_create_database" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "nothing to apply" in second.stdout and "applied" not in second.stdout.replace("already applied", "")

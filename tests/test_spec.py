@@ -1,0 +1,98 @@
+"""The spec: the default is valid, and every kind of mistake gets one actionable line."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from generator.spec import DEFAULT_SPEC, SpecError, load_spec
+from tests.conftest import REPO, write_spec
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "cvat_analytics.cli", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_default_spec_is_valid_and_has_the_defaults_the_issue_names():
+    spec = load_spec()
+    assert spec["clickhouse"]["database"] == "cvat"
+    assert spec["vector"]["port"] == 8282
+    assert spec["working_time"]["idle_threshold_ms"] == 100000
+    assert spec["working_time"]["collapsed_scopes"] == ["change:frame"]
+    assert spec["bind_address"] == "127.0.0.1"
+    assert [c["name"] for c in spec["events"]["columns"]][:3] == ["scope", "obj_name", "obj_id"]
+
+
+@pytest.mark.parametrize("key, value, expected_key, expected_text", [
+    ("clickhouse.retention_days", "ninety", "clickhouse.retention_days", "whole days"),
+    ("vector.batch.max_events", 0, "vector.batch.max_events", "events per batch"),
+    ("grafana.auth_mode", "anonymous_admin", "grafana.auth_mode", "login or anonymous_viewer"),
+    ("clickhouse.users.ingest", "x; DROP", "clickhouse.users.ingest", "identifier"),
+    ("vector.buffer_max_size_bytes", 1024, "vector.buffer_max_size_bytes", "268435488"),
+    ("clickhouse.version", "latest", "clickhouse.version", "exact version"),
+    ("working_time.collapsed_scopes", ["create:task"], "working_time.collapsed_scopes.0", "client scope"),
+    ("grafana.port", 8282, "grafana.port", "already used by vector.port"),
+    ("bind_address", "999.1.1.1", "bind_address", "IPv4"),
+])
+def test_a_bad_value_names_its_key_and_what_was_expected(tmp_path, key, value, expected_key, expected_text):
+    _, path = write_spec(tmp_path, **{key: value})
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:")
+    assert f": {expected_key}: expected" in message
+    assert expected_text in message
+
+
+def test_unknown_and_missing_keys(tmp_path):
+    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    data["vector"]["batch"]["max_event"] = 5
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"vector\.batch\.max_event: unknown key; expected one of: max_events, timeout_secs"):
+        load_spec(tmp_path / "a.yaml")
+    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    del data["clickhouse"]["server"]["log_level"]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"clickhouse\.server\.log_level: missing key"):
+        load_spec(tmp_path / "b.yaml")
+
+
+def test_the_message_points_at_the_line_of_the_key(tmp_path):
+    text = DEFAULT_SPEC.read_text().replace("retention_days: 365", "retention_days: -1")
+    (tmp_path / "s.yaml").write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "retention_days: -1" in l)
+    with pytest.raises(SpecError, match=rf"s\.yaml:{line}: clickhouse\.retention_days"):
+        load_spec(tmp_path / "s.yaml")
+
+
+def test_columns_must_keep_cvats_names_and_order(tmp_path):
+    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    cols = data["events"]["columns"]
+    cols[0], cols[1] = cols[1], cols[0]
+    _, path = write_spec(tmp_path, **{"events.columns": cols})
+    with pytest.raises(SpecError, match="in that order"):
+        load_spec(path)
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    (tmp_path / "s.yaml").write_text("version: 1\nclickhouse: [unclosed\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:\d+: not valid YAML"):
+        load_spec(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize("command", [
+    ["render", "--out", "OUT"], ["check", "--out", "OUT"], ["migrate", "--dsn", "chdb://OUT"],
+    ["import", "--dsn", "chdb://OUT", "-"], ["query", "--dsn", "chdb://OUT", "SELECT 1"],
+    ["serve", "--dsn", "chdb://OUT", "--port", "1"],
+])
+def test_every_command_that_reads_the_spec_exits_2_with_one_line(tmp_path, command):
+    _, path = write_spec(tmp_path, **{"clickhouse.server.system_log_ttl_days": "seven"})
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    result = cli(*args, "--spec", str(path))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "clickhouse.server.system_log_ttl_days: expected whole days" in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing rendered, no chdb path created
