@@ -1,0 +1,46 @@
+"""Every spec key and every CLI command and option is documented in the README (datasette's rule)."""
+import re
+
+import pytest
+
+from cvat_analytics.cli import build_parser
+from generator.spec import load_schema
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+COMMON_OPTIONS = {"--spec", "--dsn", "--help", "-h"}
+
+
+def spec_keys(schema, prefix=""):
+    for name, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from spec_keys(sub, path + ".")
+        else:
+            yield path
+
+
+def subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+@pytest.mark.parametrize("key", sorted(spec_keys(load_schema())))
+def test_every_spec_key_is_documented(key):
+    assert f"`{key}`" in README, f"README does not document spec key {key}"
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_command_and_option_is_documented(name):
+    row = next((l for l in README.splitlines() if l.startswith(f"| `{name}")), None)
+    assert row, f"README's CLI table has no row for `{name}`"
+    for action in subcommands()[name]._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option not in COMMON_OPTIONS:
+                assert option in row, f"README does not document {name} {option}"
+
+
+def test_common_options_are_documented():
+    for option in ("--spec FILE", "--dsn DSN"):
+        assert option in README
