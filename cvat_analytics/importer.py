@@ -1,0 +1,357 @@
+"""`cvat-analytics import`: load a file of events into <database>.events.
+
+Formats, told apart by the first non-blank byte:
+- `[`  a JSON array of events (what CVAT's server POSTs), read as a stream;
+- `{`  NDJSON (one event per line), a single object, or objects one after another;
+- `scope,...`  CVAT's CSV export: the hook is `read_cvat_csv` (not written yet).
+
+All or nothing by default: every record is validated first and the valid rows are
+spooled, normalized, to a temporary file; only when none is invalid are they
+inserted (in batches of --batch-size rows). With --skip-invalid the valid rows are
+stored and each invalid record is reported on stderr. Memory stays flat whatever
+the file size: the reader holds one chunk, the spool is on disk.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
+
+from .events import EventContract, EventError
+from .store import insert_json_rows
+
+CHUNK = 1 << 20
+MAX_REPORTED = 20  # invalid records listed when the import is refused; the rest are counted
+WHITESPACE = " \t\r\n"
+
+
+class ImportFailed(Exception):
+    """The file cannot be read at all (not a format we know, broken JSON array)."""
+
+
+@dataclass
+class Record:
+    """One record of the file: its place, and the parsed value or why it did not parse."""
+    unit: str  # "index" (JSON array) or "line" (NDJSON, CSV)
+    index: int
+    line: int
+    value: Any = None
+    problem: str | None = None
+
+
+class ByteSource:
+    """A binary stream read in chunks, with the first bytes available before reading."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.pending = b""
+        self.bytes_read = 0
+
+    def start(self) -> bytes:
+        """The first non-blank bytes (a UTF-8 byte order mark dropped), without consuming them."""
+        while True:
+            chunk = self.raw.read(CHUNK)
+            self.pending += chunk
+            if self.pending.startswith(codecs.BOM_UTF8):
+                self.pending = self.pending[len(codecs.BOM_UTF8):]
+            stripped = self.pending.lstrip(WHITESPACE.encode())
+            if len(stripped) >= 64 or not chunk:
+                return stripped[:64]
+
+    def read(self) -> bytes:
+        data, self.pending = (self.pending, b"") if self.pending else (self.raw.read(CHUNK), b"")
+        self.bytes_read += len(data)
+        return data
+
+
+class JsonText:
+    """Incremental JSON reading over a ByteSource: values one at a time, lines counted.
+
+    json.JSONDecoder.raw_decode parses one value at a position; when a value runs
+    past the end of what was read so far, read more and parse it again.
+    """
+
+    def __init__(self, source: ByteSource):
+        self.source = source
+        self.decoder = json.JSONDecoder()
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.buf = ""
+        self.pos = 0
+        self.line = 1
+        self.eof = False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        if self.pos > CHUNK:  # drop what was consumed, so the buffer stays about one chunk
+            self.buf, self.pos = self.buf[self.pos:], 0
+        data = self.source.read()
+        try:
+            self.buf += self.utf8.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise ImportFailed(f"line {self.line}: not UTF-8 text ({exc.reason})") from None
+        self.eof = not data
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end), counting the lines skipped."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in WHITESPACE:
+                self.line += self.buf[self.pos] == "\n"
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def take(self, char: str) -> None:
+        self.peek()
+        self.pos += 1
+        assert self.buf[self.pos - 1] == char
+
+    def value(self) -> Any:
+        """Parse the value at the current position; json.JSONDecodeError if it is not JSON."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                # Running off the end of the buffer is not an error until the file ends.
+                incomplete = exc.pos >= len(self.buf) - 1 or exc.msg.startswith("Unterminated string")
+                if incomplete and self._fill():
+                    continue
+                raise
+            if end == len(self.buf) and not self.eof and self._fill():
+                continue  # a number may go on in the next chunk
+            self.line += self.buf.count("\n", self.pos, end)
+            self.pos = end
+            return value
+
+    def skip_line(self) -> None:
+        """Move past the next newline: where an NDJSON reader starts again after a bad line."""
+        while True:
+            newline = self.buf.find("\n", self.pos)
+            if newline >= 0:
+                self.pos = newline + 1
+                self.line += 1
+                return
+            self.pos = len(self.buf)
+            if not self._fill():
+                return
+
+
+def _syntax(exc: json.JSONDecodeError) -> str:
+    return f"not valid JSON: {exc.msg}"
+
+
+def read_json_array(source: ByteSource) -> Iterator[Record]:
+    """A JSON array, one element at a time. Broken JSON syntax ends the file (ImportFailed):
+    there is no telling where the next element starts."""
+    text = JsonText(source)
+    text.take("[")
+    index = 0
+    if text.peek() == "]":
+        text.take("]")
+    else:
+        while True:
+            text.peek()  # the element's own line, past the blank lines before it
+            line = text.line
+            try:
+                yield Record("index", index, line, value=text.value())
+            except json.JSONDecodeError as exc:
+                raise ImportFailed(f"index {index} (line {text.line}): {_syntax(exc)}; "
+                                   "the array cannot be read past this point") from None
+            index += 1
+            after = text.peek()
+            if after == "]":
+                text.take("]")
+                break
+            if after != ",":
+                where = "the file ends" if after == "" else f"found {after!r}"
+                raise ImportFailed(f"index {index - 1} (line {text.line}): expected ',' or ']' "
+                                   f"after the element, {where}")
+            text.take(",")
+    if text.peek() != "":
+        raise ImportFailed(f"line {text.line}: unexpected data after the end of the array")
+
+
+def read_json_values(source: ByteSource) -> Iterator[Record]:
+    """NDJSON, a single object, or objects one after another; a bad line is one bad record."""
+    text = JsonText(source)
+    while text.peek() != "":
+        line = text.line
+        try:
+            yield Record("line", line, line, value=text.value())
+        except json.JSONDecodeError as exc:
+            yield Record("line", line, line, problem=_syntax(exc))
+            text.skip_line()
+
+
+def read_cvat_csv(source: ByteSource) -> Iterator[Record]:
+    """CVAT's CSV export (header `scope,obj_name,...`). Hook for a later change: yield
+    Record("line", n, n, value={column: cell}) with empty cells as None; normalize()
+    does the rest (ids arriving as digit strings are accepted)."""
+    raise ImportFailed("CVAT's CSV export is recognised but its import is not written yet; "
+                       "convert it to NDJSON")
+    yield  # pragma: no cover - makes this a generator like the other readers
+
+
+READERS = {"json-array": read_json_array, "json-values": read_json_values, "cvat-csv": read_cvat_csv}
+
+
+def detect_format(start: bytes) -> str:
+    if start.startswith(b"["):
+        return "json-array"
+    if start.startswith(b"{"):
+        return "json-values"
+    if start.startswith(b"scope,"):
+        return "cvat-csv"
+    if not start:
+        raise ImportFailed("the file is empty")
+    raise ImportFailed(f"not a JSON array, NDJSON or CVAT CSV file: it starts with {start[:20]!r}")
+
+
+class Progress:
+    """A one-line progress display on stderr, only when stderr is a terminal."""
+
+    def __init__(self, stream: IO[str], total_bytes: int | None):
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.total = total_bytes
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def show(self, phase: str, events: int, done_bytes: int | None = None, total_events: int | None = None):
+        now = time.monotonic()
+        if not self.enabled or now - self.shown < 0.2:
+            return
+        self.shown = now
+        rate = events / max(now - self.started, 1e-6)
+        if done_bytes is not None:
+            of = f" / {_size(self.total)}" if self.total else ""
+            where = f"{_size(done_bytes)}{of}"
+        else:
+            where = f"{events:,} / {total_events:,} events"
+        self.stream.write(f"\r{phase}: {where}, {events:,} events, {rate:,.0f} events/s\033[K")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _open(path_or_dash: str) -> tuple[IO[bytes], str, int | None]:
+    raw = sys.stdin.buffer if path_or_dash == "-" else open(path_or_dash, "rb")
+    try:
+        size = os.fstat(raw.fileno()).st_size or None
+    except (OSError, ValueError, AttributeError):
+        size = None
+    return raw, ("<stdin>" if path_or_dash == "-" else path_or_dash), size
+
+
+def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False,
+               batch_size: int = 50_000, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Validate every record of the file, then store them; the exit code for the CLI."""
+    out, err = out or sys.stdout, err or sys.stderr
+    database = spec["clickhouse"]["database"]
+    if batch_size < 1:
+        print(f"cvat-analytics: --batch-size must be at least 1, got {batch_size}", file=err)
+        return 2
+    if not int(client.command("EXISTS TABLE {db:Identifier}.events", parameters={"db": database})):
+        print(f"cvat-analytics: there is no table {database}.events yet: run `cvat-analytics migrate` "
+              "with the same --dsn and --spec first", file=err)
+        return 1
+    try:
+        raw, name, size = _open(path_or_dash)
+    except OSError as exc:
+        print(f"cvat-analytics: cannot read {path_or_dash}: {exc.strerror}", file=err)
+        return 1
+    progress = Progress(err, size)
+    # stdin is left open: it is not ours to close.
+    with raw if path_or_dash != "-" else nullcontext(), tempfile.TemporaryFile(prefix="cvat-import-") as spool:
+        try:
+            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, progress, err)
+        except ImportFailed as exc:
+            progress.done()
+            print(f"cvat-analytics: {name}: {exc}; nothing imported", file=err)
+            return 1
+        progress.done()
+        if invalid and not skip_invalid:
+            print(f"cvat-analytics: {name}: nothing imported: {invalid} invalid record(s); "
+                  "fix them, or pass --skip-invalid to store the valid ones", file=err)
+            return 1
+        spool.seek(0)
+        stored = 0
+        try:
+            for body, rows in _batches(spool, batch_size):
+                # The token makes a retried identical batch count once (ClickHouse's dedup window).
+                insert_json_rows(client, database, body, token=hashlib.sha256(body).hexdigest())
+                stored += rows
+                progress.show("storing", stored, total_events=valid)
+        except Exception as exc:
+            progress.done()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"cvat-analytics: {name}: INSERT failed after {stored} of {valid} events were stored: "
+                  f"{first}", file=err)
+            return 1
+        progress.done()
+    print(f"imported {stored} events ({invalid} skipped)", file=out)
+    return 0
+
+
+def _validate(raw, name, contract, spool, skip_invalid, progress, err) -> tuple[int, int]:
+    """Read every record, write each valid one's row to the spool; (valid, invalid) counts."""
+    source = ByteSource(raw)
+    records = READERS[detect_format(source.start())](source)
+    valid = invalid = 0
+    for record in records:
+        problem = record.problem
+        if problem is None:
+            try:
+                spool.write(contract.to_line(contract.normalize(record.value, record.index, record.unit)))
+                valid += 1
+            except EventError as exc:
+                problem = str(exc)
+        else:
+            problem = f"{record.unit} {record.index}: {problem}"
+        if problem is not None:
+            invalid += 1
+            if record.unit == "index":
+                problem += f" (line {record.line})"
+            if skip_invalid:
+                print(f"cvat-analytics: {name}: skipped {problem}", file=err)
+            elif invalid <= MAX_REPORTED:
+                print(f"cvat-analytics: {name}: {problem}", file=err)
+            elif invalid == MAX_REPORTED + 1:
+                print(f"cvat-analytics: {name}: ... (only the first {MAX_REPORTED} invalid records are listed)",
+                      file=err)
+        progress.show("reading", valid + invalid, done_bytes=source.bytes_read)
+    return valid, invalid
+
+
+def _batches(spool: IO[bytes], batch_size: int) -> Iterator[tuple[bytes, int]]:
+    """The spooled JSONEachRow lines, batch_size rows at a time."""
+    lines: list[bytes] = []
+    for line in spool:
+        lines.append(line)
+        if len(lines) == batch_size:
+            yield b"".join(lines), len(lines)
+            lines = []
+    if lines:
+        yield b"".join(lines), len(lines)
