@@ -1,0 +1,329 @@
+"""`cvat-analytics serve`: the embedded service over the stdlib's ThreadingHTTPServer.
+
+One process owns the chdb path (DESIGN.md §7); requests run in threads, which share
+one clickhouse-connect client (its chdb backend serialises calls on the handle).
+
+Routes live in a small table, (method, path) -> handler(request) -> Response, so
+other parts (the CSV export at /api/events, the dashboards) add theirs with
+`server.add_route(...)` or by adding to ROUTES below.
+
+POST /  takes what Vector's http_server takes from CVAT's server (a JSON array of
+events; also one object, or NDJSON). A request is all or nothing: every event is
+validated first, then all rows go in one INSERT, and 200 is sent only after the
+INSERT returned (a returned chdb INSERT is durable). The INSERT carries the body's
+sha256 as deduplication token, so a byte-identical retry is stored once.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import urlsplit
+
+from .events import EventContract, EventError
+from .store import chdb_path, connect, insert_json_rows, redact
+
+# Content types a JSON body may come with; none at all is accepted too (Vector does not look).
+JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
+              "application/jsonlines", "application/x-jsonlines", "text/plain")
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    events: int = 0  # for the access log
+
+
+def json_response(status: int, data: dict, events: int = 0, **headers: str) -> Response:
+    return Response(status, json.dumps(data).encode() + b"\n", headers=headers, events=events)
+
+
+class BadBody(Exception):
+    """The body is not JSON events; `index` says which event when one is at fault."""
+
+    def __init__(self, message: str, index: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+
+def parse_events(body: bytes) -> list:
+    """A JSON array, a single JSON value, or NDJSON -> the list of incoming events."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadBody(f"the body is not UTF-8 text ({exc.reason})") from None
+    stripped = text.strip()
+    if not stripped:
+        raise BadBody("the body is empty; expected a JSON array of events")
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        if stripped[0] != "{":
+            raise BadBody(f"the body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+        return _parse_ndjson(stripped)
+    return value if isinstance(value, list) else [value]
+
+
+def _parse_ndjson(text: str) -> list:
+    events = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise BadBody(f"line {number} is not valid JSON: {exc.msg}", index=len(events)) from None
+    return events
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: CVAT's handler posts every 2 s
+    timeout = 120  # seconds a connection may sit idle or stall mid-body before it is closed
+    server: "EventServer"
+
+    def handle_one_request(self):
+        self.server.set_busy(self.connection, False)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        # The request line has arrived: from here on the connection is busy and a
+        # graceful shutdown lets the request finish.
+        self.server.set_busy(self.connection, True)
+        return super().parse_request()
+
+    def setup(self):
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def __getattr__(self, name: str):
+        # do_GET, do_POST, ...: every method goes through the route table.
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
+
+    def dispatch(self) -> None:
+        started = time.monotonic()
+        path = urlsplit(self.path).path
+        handler = self.server.routes.get((self.command, path))
+        if handler is not None:
+            try:
+                response = handler(self)
+            except Exception as exc:  # a bug or a ClickHouse failure: say so, keep serving
+                response = json_response(500, {"error": _first_line(exc)})
+        elif any(p == path for _, p in self.server.routes):
+            allowed = ", ".join(sorted(m for m, p in self.server.routes if p == path))
+            response = json_response(405, {"error": f"{self.command} not allowed on {path}"}, Allow=allowed)
+        else:
+            response = json_response(404, {"error": f"no such path: {path}"})
+        if self.server.stopping.is_set():
+            self.close_connection = True
+        self.send(response)
+        elapsed = (time.monotonic() - started) * 1000
+        print(f"{self.command} {path} {response.status} {response.events} {elapsed:.0f}ms",
+              file=sys.stderr, flush=True)
+
+    def send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+        pass  # dispatch() logs one line per request; errors before it are not worth a line
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def ingest(request: RequestHandler) -> Response:
+    """POST /: validate every event, then store all of them in one INSERT."""
+    server = request.server
+    length = request.headers.get("Content-Length")
+    if length is None:
+        request.close_connection = True  # a body we will not read may follow
+        return json_response(411, {"error": "Content-Length is required"})
+    try:
+        size = int(length)
+        if size < 0:
+            raise ValueError
+    except ValueError:
+        request.close_connection = True
+        return json_response(400, {"error": f"bad Content-Length: {length!r}"})
+    if size > server.max_body_bytes:
+        request.close_connection = True  # refused before reading: the body is never read
+        return json_response(413, {"error": f"the body is {size} bytes; at most {server.max_body_bytes} "
+                                            "are accepted (embedded.max_body_bytes): send smaller batches"})
+    body = request.rfile.read(size)
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
+        return json_response(415, {"error": f"Content-Type {content_type} is not JSON; send application/json"})
+    try:
+        incoming = parse_events(body)
+        rows = []
+        for index, event in enumerate(incoming):
+            try:
+                rows.append(server.contract.to_line(server.contract.normalize(event, index)))
+            except EventError as exc:
+                raise BadBody(str(exc), index=exc.index, field=exc.field) from None
+    except BadBody as exc:
+        data = {"error": str(exc), "index": exc.index}
+        if exc.field:
+            data["field"] = exc.field
+        return json_response(400, data)
+    if rows:
+        insert_json_rows(server.client, server.database, b"".join(rows),
+                         token=hashlib.sha256(body).hexdigest())
+    return json_response(200, {"stored": len(rows)}, events=len(rows))
+
+
+def health(request: RequestHandler) -> Response:
+    """GET /health: the store answers; the event count is a metadata read for MergeTree."""
+    server = request.server
+    data = {"database": server.database, "dsn": redact(server.dsn)}
+    try:
+        count = server.client.command("SELECT count() FROM {db:Identifier}.events",
+                                      parameters={"db": server.database})
+    except Exception as exc:
+        return json_response(503, {"status": "error", "error": _first_line(exc), **data})
+    return json_response(200, {"status": "ok", **data, "events": int(count)})
+
+
+Handler = Callable[[RequestHandler], Response]
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/"): ingest,
+    ("GET", "/health"): health,
+}
+
+
+class EventServer(ThreadingHTTPServer):
+    """The HTTP server with its store, its route table and a graceful stop."""
+
+    daemon_threads = False  # server_close() waits for requests in flight
+    block_on_close = True
+
+    def __init__(self, client, spec: dict, host: str, port: int, dsn: str = ""):
+        self.client = client
+        self.spec = spec
+        self.dsn = dsn
+        self.database = spec["clickhouse"]["database"]
+        self.max_body_bytes = spec["embedded"]["max_body_bytes"]
+        self.contract = EventContract(spec)
+        self.routes: dict[tuple[str, str], Handler] = dict(ROUTES)
+        self.stopping = threading.Event()
+        self._connections: dict[socket.socket, bool] = {}  # open connection -> busy
+        self._lock = threading.Lock()
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), RequestHandler)
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        self.routes[(method.upper(), path)] = handler
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def track(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections[conn] = False
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.pop(conn, None)
+
+    def set_busy(self, conn: socket.socket, busy: bool) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections[conn] = busy
+            stop_now = not busy and self.stopping.is_set()
+        if stop_now:  # a keep-alive connection coming back for more after the stop
+            _shut_reading(conn)
+
+    def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, close idle keep-alive connections."""
+        self.stopping.set()
+        self.shutdown()
+        with self._lock:
+            idle = [conn for conn, busy in self._connections.items() if not busy]
+        for conn in idle:
+            _shut_reading(conn)
+        self.server_close()  # joins the request threads
+
+
+def _shut_reading(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RD)  # the handler's next read sees the end and the thread ends
+    except OSError:
+        pass
+
+
+def make_server(client, spec: dict, host: str, port: int, dsn: str = "") -> EventServer:
+    """A bound server (port 0 picks a free one: see `.server_address`); call serve_forever()."""
+    return EventServer(client, spec, host, port, dsn)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(dsn: str, spec: dict, host: str, port: int) -> int:
+    """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT."""
+    client = connect(dsn)
+    if chdb_path(dsn) is not None:
+        from .migrate import migrate
+        migrate(client, spec, log=lambda line: print(f"cvat-analytics: {line}", file=sys.stderr))
+    server = make_server(client, spec, host, port, dsn)
+    if not _is_loopback(host):
+        print(f"cvat-analytics: warning: listening on {host}, not a loopback address: anyone who "
+              "reaches it can write events (no authentication yet); put it behind a firewall",
+              file=sys.stderr)
+    print(f"cvat-analytics: serving {server.url} (database {server.database}, {redact(dsn)}); "
+          "POST events to /, GET /health", file=sys.stderr, flush=True)
+
+    stoppers: list[threading.Thread] = []
+
+    def on_signal(signum, _frame):
+        # stop() waits for serve_forever() to return, and that runs on this thread: stop from another.
+        if not stoppers:
+            stoppers.append(threading.Thread(target=server.stop, name="stop"))
+            stoppers[0].start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+    for stopper in stoppers:
+        stopper.join()  # requests in flight answered, threads joined
+    print("cvat-analytics: stopped", file=sys.stderr, flush=True)
+    return 0
