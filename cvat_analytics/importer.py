@@ -123,8 +123,9 @@ class JsonText:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
-                # Running off the end of the buffer is not an error until the file ends.
-                incomplete = exc.pos >= len(self.buf) - 1 or exc.msg.startswith("Unterminated string")
+                # Running off the end of the buffer is not an error until the file ends. A cut
+                # literal ("nu|ll", "-Infin|ity") fails a few characters before the end.
+                incomplete = exc.pos >= len(self.buf) - 10 or exc.msg.startswith("Unterminated string")
                 if incomplete and self._fill():
                     continue
                 raise

@@ -1,0 +1,219 @@
+"""`cvat-analytics import`: formats, exact timestamps, all-or-nothing, --skip-invalid, stdin, the real CLI."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics import importer
+from cvat_analytics.importer import run_import
+
+pytestmark = pytest.mark.clickhouse
+
+CLI = Path(sys.executable).with_name("cvat-analytics")
+BASE = int(time.time()) - 3 * 86400  # recent: older rows may be dropped by the retention TTL
+
+
+def iso_z(seconds: int, fraction: str) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction}Z"
+
+
+def cvat_events(request_id: str = "r-1") -> list[dict]:
+    """Server events as CVAT's server logs them, and client events with ISO timestamps."""
+    payload = json.dumps({"request": {"id": request_id, "user_agent": "pytest"}})
+    return [
+        {"scope": "create:task", "source": "server", "timestamp": f"{BASE}.123456", "obj_id": 5,
+         "task_id": 5, "project_id": 1, "user_id": 2, "user_name": "ann", "org_id": None, "payload": payload},
+        {"scope": "update:task", "source": "server", "timestamp": f"{BASE + 1}.000999", "obj_name": "name",
+         "obj_val": "new", "task_id": 5, "user_id": 2, "payload": payload},
+        {"scope": "load:job", "source": "client", "timestamp": iso_z(BASE + 2, "456"), "job_id": 9,
+         "user_id": 2, "duration": 1500, "payload": "{}"},
+        {"scope": "change:frame", "source": "client", "timestamp": iso_z(BASE + 3, "789999"), "job_id": 9,
+         "user_id": 2, "count": 3, "duration": 20, "extra": "ignored"},
+    ]
+EXPECTED_MS = [BASE * 1000 + 123, (BASE + 1) * 1000, (BASE + 2) * 1000 + 456, (BASE + 3) * 1000 + 789]
+
+
+def write_array(path: Path, events: list) -> Path:
+    path.write_text("[\n" + ",\n".join(json.dumps(e) for e in events) + "\n]\n")
+    return path
+
+
+def write_ndjson(path: Path, events: list) -> Path:
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events))
+    return path
+
+
+def count(store) -> int:
+    return int(store.client.command("SELECT count() FROM {db:Identifier}.events", parameters={"db": store.database}))
+
+
+def stored_ms(store) -> list[int]:
+    rows = store.client.query(
+        "SELECT toUnixTimestamp64Milli(timestamp) FROM {db:Identifier}.events ORDER BY timestamp",
+        parameters={"db": store.database}).result_rows
+    return [r[0] for r in rows]
+
+
+def test_mixed_epoch_and_iso_timestamps_are_stored_at_the_exact_millisecond(store, tmp_path, capsys):
+    assert run_import(store.client, store.spec, str(write_array(tmp_path / "e.json", cvat_events()))) == 0
+    assert stored_ms(store) == EXPECTED_MS
+    assert capsys.readouterr().out.strip() == "imported 4 events (0 skipped)"
+    found = store.client.command(f"SELECT count() FROM `{store.database}`.events WHERE request_id = {{id:String}}",
+                                 parameters={"id": "r-1"})
+    assert int(found) == 2
+
+
+def test_ndjson_and_a_single_object(store, tmp_path):
+    assert run_import(store.client, store.spec, str(write_ndjson(tmp_path / "e.ndjson", cvat_events()))) == 0
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(cvat_events()[0] | {"obj_id": 6}, indent=2))
+    assert run_import(store.client, store.spec, str(single)) == 0
+    assert count(store) == 5
+
+
+def test_one_bad_ndjson_line_stores_nothing_and_is_named_by_line(store, tmp_path, capsys):
+    events = cvat_events()
+    events[2] = dict(events[2], count=-1)
+    path = write_ndjson(tmp_path / "bad.ndjson", events)
+    assert run_import(store.client, store.spec, str(path)) == 1
+    err = capsys.readouterr().err
+    assert "bad.ndjson: line 3: count: expected an integer 0..65535, got -1" in err
+    assert "nothing imported: 1 invalid record(s)" in err
+    assert count(store) == 0
+
+
+def test_broken_ndjson_line_is_one_invalid_record(store, tmp_path, capsys):
+    events = [json.dumps(e) for e in cvat_events()]
+    events.insert(1, '{"scope": "create:task", "timestamp": ')
+    path = write_ndjson(tmp_path / "broken.ndjson", events)
+    assert run_import(store.client, store.spec, str(path)) == 1
+    assert "line 2: not valid JSON" in capsys.readouterr().err
+    assert count(store) == 0
+    assert run_import(store.client, store.spec, str(path), skip_invalid=True) == 0
+    assert count(store) == 4
+
+
+def test_one_bad_array_element_stores_nothing_and_is_named_by_index(store, tmp_path, capsys):
+    events = cvat_events()
+    events[1] = dict(events[1], timestamp="1999-01-01T00:00:00Z")
+    path = write_array(tmp_path / "bad.json", events)
+    assert run_import(store.client, store.spec, str(path)) == 1
+    err = capsys.readouterr().err
+    assert "bad.json: index 1: timestamp: expected a time between 2000-01-01" in err
+    assert "(line 3)" in err
+    assert count(store) == 0
+
+
+def test_skip_invalid_stores_the_rest_and_reports_each_skipped_record(store, tmp_path, capsys):
+    events = cvat_events()
+    events.insert(1, {"scope": "create:task", "source": "server"})
+    events.append("not an object")
+    path = write_array(tmp_path / "some-bad.json", events)
+    assert run_import(store.client, store.spec, str(path), skip_invalid=True) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "imported 4 events (2 skipped)"
+    assert "skipped index 1: timestamp: required, missing (line 3)" in captured.err
+    assert "skipped index 5: expected a JSON object" in captured.err
+    assert stored_ms(store) == EXPECTED_MS
+
+
+def test_broken_array_syntax_stores_nothing_even_with_skip_invalid(store, tmp_path, capsys):
+    path = tmp_path / "truncated.json"
+    path.write_text(write_array(tmp_path / "full.json", cvat_events()).read_text()[:-40])
+    assert run_import(store.client, store.spec, str(path), skip_invalid=True) == 1
+    assert "the array cannot be read past this point" in capsys.readouterr().err
+    assert count(store) == 0
+
+
+def test_stdin(store, monkeypatch, capsys):
+    body = "\n".join(json.dumps(e) for e in cvat_events()).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    assert run_import(store.client, store.spec, "-") == 0
+    assert "imported 4 events" in capsys.readouterr().out
+    assert stored_ms(store) == EXPECTED_MS
+
+
+def test_large_file_in_batches_across_read_chunks(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(importer, "CHUNK", 97)  # every element crosses a chunk boundary somewhere
+    events = [dict(cvat_events()[0], obj_id=i, timestamp=f"{BASE + i}.5") for i in range(1000)]
+    path = write_array(tmp_path / "big.json", events)
+    assert run_import(store.client, store.spec, str(path), batch_size=128) == 0
+    assert "imported 1000 events (0 skipped)" in capsys.readouterr().out
+    assert count(store) == 1000
+    assert store.client.command(f"SELECT sum(obj_id) FROM `{store.database}`.events") == sum(range(1000))
+
+
+def test_unknown_formats_and_the_csv_hook(store, tmp_path, capsys):
+    csv = tmp_path / "events.csv"
+    csv.write_text("scope,obj_name,obj_id\ncreate:task,,1\n")
+    assert run_import(store.client, store.spec, str(csv)) == 1
+    assert "CVAT's CSV export is recognised" in capsys.readouterr().err
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello")
+    assert run_import(store.client, store.spec, str(junk)) == 1
+    assert "not a JSON array, NDJSON or CVAT CSV file" in capsys.readouterr().err
+    assert run_import(store.client, store.spec, str(tmp_path / "missing.json")) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_database_without_the_table_says_to_migrate(store, tmp_path, capsys):
+    spec = {**store.spec, "clickhouse": {**store.spec["clickhouse"], "database": "not_migrated_" + uuid.uuid4().hex[:8]}}
+    assert run_import(store.client, spec, str(write_array(tmp_path / "e.json", cvat_events()))) == 1
+    assert "run `cvat-analytics migrate`" in capsys.readouterr().err
+
+
+def test_the_real_cli_in_its_own_process(store, tmp_path):
+    """A new process opens its own chdb path: migrate, import, query through the installed CLI."""
+    dsn = f"chdb://{tmp_path / 'data'}"
+    spec = str(store.spec_path)
+    run = lambda *args, **kw: subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=180, **kw)
+    assert run("migrate", "--dsn", dsn, "--spec", spec).returncode == 0
+    bad = write_ndjson(tmp_path / "bad.ndjson", cvat_events() + [{"scope": "load:job", "timestamp": "soon"}])
+    result = run("import", "--dsn", dsn, "--spec", spec, str(bad))
+    assert result.returncode == 1 and "line 5: timestamp" in result.stderr, result.stderr
+    result = run("import", "--dsn", dsn, "--spec", spec, "--skip-invalid", "--batch-size", "3", str(bad))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported 4 events (1 skipped)"
+    result = run("import", "--dsn", dsn, "--spec", spec, "-", input=json.dumps(cvat_events("r-2")[0]))
+    assert result.returncode == 0 and "imported 1 events" in result.stdout, result.stderr
+    query = f"SELECT toUnixTimestamp64Milli(timestamp) FROM {store.database}.events ORDER BY timestamp"
+    result = run("query", "--dsn", dsn, "--spec", spec, "--format", "csv", query)
+    assert result.returncode == 0, result.stderr
+    values = [int(v) for v in result.stdout.split() if v.isdigit()]
+    assert values == sorted(EXPECTED_MS + [EXPECTED_MS[0]])
+
+
+SAMPLE_NDJSON = (
+    '{"a": null, "b": true, "c": -1.5e3, "d": "é\\"x", "e": [false, {}]}\n'
+    '\n'
+    '{"a": }\n'
+    '{"ok": -Infinity}   {"same_line": 2}\n'
+    '{"cut": "x\n'
+    '{"last": 1}'
+).encode()
+
+
+def read_all(data: bytes):
+    source = importer.ByteSource(io.BytesIO(data))
+    reader = importer.READERS[importer.detect_format(source.start())]
+    return [(r.unit, r.index, r.value, r.problem) for r in reader(source)]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 64])
+def test_reading_does_not_depend_on_where_chunks_end(monkeypatch, chunk):
+    expected = read_all(SAMPLE_NDJSON)
+    assert [r[1] for r in expected] == [1, 3, 4, 4, 5, 6]
+    assert [r[3] is None for r in expected] == [True, False, True, True, False, True]
+    monkeypatch.setattr(importer, "CHUNK", chunk)
+    assert read_all(SAMPLE_NDJSON) == expected
+    array = b"[" + b",".join(json.dumps(e).encode() for e in cvat_events()) + b"]"
+    assert [r[2] for r in read_all(array)] == cvat_events()
