@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to bind (default: the spec's embedded.host)")
     p.add_argument("--port", type=int, default=None, help="port (default: the spec's embedded.port)")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("working-time", help="working time per user/project/task/job, exact at the moment it runs")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.add_argument("--by", default="user,project,task,job", type=_by_arg,
+                   help="grouping: a list of user,project,task,job and optionally day or hour")
+    for name in ("user", "project", "task", "job"):
+        p.add_argument(f"--{name}-id", type=int, default=None, help=f"only this {name} (credited ids)")
+    p.add_argument("--from", dest="from_ts", default=None, help="count time at events from this ISO time (UTC)")
+    p.add_argument("--to", dest="to_ts", default=None, help="... up to this ISO time, exclusive")
+    p.add_argument("--engine", choices=("sql", "udf"), default=None,
+                   help="window SQL or the executable UDF (default: the spec's working_time.engine)")
+    _format_arg(p, default="csv")
+    p.set_defaults(func=cmd_working_time)
     return parser
 
 
@@ -132,6 +145,32 @@ def cmd_serve(args) -> int:
     host = args.host or spec["embedded"]["host"]
     port = args.port if args.port is not None else spec["embedded"]["port"]
     return serve(args.dsn, spec, host, port)
+
+
+def _by_arg(text: str) -> list[str]:
+    from .working_time import WorkingTimeError, parse_by
+
+    try:
+        return parse_by(text)
+    except WorkingTimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_working_time(args) -> int:
+    from . import working_time as wt
+
+    spec = load_spec(args.spec)
+    try:
+        by = args.by
+        engine = args.engine or spec["working_time"]["engine"]
+        client = wt.connect_with_udf(args.dsn, spec) if engine == "udf" else connect(args.dsn)
+        columns, rows = wt.totals(client, spec, by, user_id=args.user_id, project_id=args.project_id,
+                                  task_id=args.task_id, job_id=args.job_id, from_ts=args.from_ts,
+                                  to_ts=args.to_ts, engine=engine)
+    except wt.WorkingTimeError as exc:
+        raise CommandError(str(exc)) from None
+    output.write_rows(columns, rows, args.format)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,8 @@ def _steps(sql: str) -> list[str]:
     return [b.strip().rstrip(";") for b in body if b.strip()]
 
 
-def refresh(client, spec: dict, *, full: bool = False, engine: str | None = None) -> dict:
+def refresh(client, spec: dict, *, full: bool = False, engine: str | None = None,
+            margin_s: int = COMMIT_MARGIN_S) -> dict:
     """Bring <db>.working_time_totals up to date; return what it did.
 
     Recomputes, per user with new client events, the hours from that user's earliest
@@ -138,7 +139,7 @@ def refresh(client, spec: dict, *, full: bool = False, engine: str | None = None
     if not full:
         params["since"] = client.query(
             "SELECT toString({w:DateTime64(6, 'UTC')} - toIntervalSecond({m:UInt32}))",
-            parameters={"w": since, "m": COMMIT_MARGIN_S}).result_rows[0][0]
+            parameters={"w": since, "m": margin_s}).result_rows[0][0]
     for statement in _steps(render(spec, "clickhouse/queries/working_time_refresh.sql.j2", engine=engine)):
         client.command(statement, parameters=params, settings=_settings(engine))
     users, events = client.query(
