@@ -1,0 +1,242 @@
+"""`cvat-analytics serve`: the embedded ingest over real sockets on 127.0.0.1."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics.server import Response, make_server
+
+pytestmark = pytest.mark.clickhouse
+
+CLI = Path(sys.executable).with_name("cvat-analytics")
+BASE = int(time.time()) - 86400
+
+
+def cvat_batch(request_id: str, n: int = 3) -> list[dict]:
+    """A batch exactly as CVAT's server logs it: epoch-seconds strings, payload a JSON string."""
+    payload = json.dumps({"request": {"id": request_id, "user_agent": "python-requests/2.32"}})
+    return [
+        {"scope": "update:task", "source": "server", "timestamp": f"{BASE + i}.{123456 + i}",
+         "obj_name": f"field{i}", "obj_id": None, "obj_val": str(i), "count": None, "duration": None,
+         "project_id": 1, "task_id": 5, "job_id": None, "user_id": 2, "user_name": "ann",
+         "user_email": "ann@example.com", "org_id": None, "org_slug": None, "payload": payload,
+         "access_token_id": None}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def server(store):
+    """The ingest server on a free port, serving from a thread."""
+    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.stop()
+    thread.join(5)
+
+
+def request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    try:
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data else None)
+    finally:
+        conn.close()
+
+
+def post(srv, events, **kw):
+    body = events if isinstance(events, bytes) else json.dumps(events).encode()
+    return request(srv, "POST", "/", body, **kw)
+
+
+def count(store, request_id: str | None = None) -> int:
+    if request_id is None:
+        return int(store.client.command(f"SELECT count() FROM `{store.database}`.events"))
+    return int(store.client.command(
+        f"SELECT count() FROM `{store.database}`.events WHERE request_id = {{id:String}}",
+        parameters={"id": request_id}))
+
+
+def test_a_cvat_batch_is_stored_and_found_by_its_request_id(server, store):
+    request_id = str(uuid.uuid4())
+    status, body = post(server, cvat_batch(request_id, 3))
+    assert (status, body) == (200, {"stored": 3})
+    assert count(store, request_id) == 3
+    ms = store.client.query(f"SELECT toUnixTimestamp64Milli(timestamp) FROM `{store.database}`.events "
+                            "ORDER BY timestamp").result_rows
+    assert [r[0] for r in ms] == [(BASE + i) * 1000 + 123 for i in range(3)]
+
+
+def test_a_single_object_and_ndjson_are_accepted(server, store):
+    assert post(server, cvat_batch("one", 1)[0]) == (200, {"stored": 1})
+    ndjson = "\n".join(json.dumps(e) for e in cvat_batch("nd", 2)).encode()
+    assert post(server, ndjson, headers={"Content-Type": "application/x-ndjson"}) == (200, {"stored": 2})
+    assert post(server, []) == (200, {"stored": 0})
+    assert count(store) == 3
+
+
+def test_a_truncated_body_gets_400_stores_nothing_and_the_server_keeps_serving(server, store):
+    body = json.dumps(cvat_batch("cut", 3)).encode()
+    status, answer = post(server, body[: len(body) // 2])
+    assert status == 400 and "not valid JSON" in answer["error"] and "index" in answer
+    assert count(store) == 0
+    assert post(server, cvat_batch("after", 2)) == (200, {"stored": 2})
+
+
+def test_one_bad_event_gets_400_naming_index_and_field_and_nothing_is_stored(server, store):
+    events = cvat_batch("bad", 3)
+    events[2]["task_id"] = -5
+    status, answer = post(server, events)
+    assert status == 400
+    assert answer["index"] == 2 and answer["field"] == "task_id"
+    assert answer["error"].startswith("index 2: task_id: expected an integer")
+    assert count(store) == 0
+
+
+def test_an_identical_retried_body_is_stored_once(server, store):
+    body = json.dumps(cvat_batch("retry", 4)).encode()
+    assert post(server, body) == (200, {"stored": 4})
+    assert post(server, body) == (200, {"stored": 4})  # CVAT cannot tell; ClickHouse drops the copy
+    assert count(store, "retry") == 4
+
+
+def test_an_oversize_body_is_refused_before_it_is_read(store):
+    spec = {**store.spec, "embedded": {**store.spec["embedded"], "max_body_bytes": 1000}}
+    srv = make_server(store.client, spec, "127.0.0.1", 0, store.dsn)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+        conn.putrequest("POST", "/")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", "5000")
+        conn.endheaders()  # the body is never sent: the answer must come without it
+        response = conn.getresponse()
+        assert response.status == 413
+        assert "at most 1000" in json.loads(response.read())["error"]
+        conn.close()
+        assert post(srv, cvat_batch("small", 1)) == (200, {"stored": 1})
+    finally:
+        srv.stop()
+
+
+def test_protocol_errors(server, store):
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    conn.putrequest("POST", "/")
+    conn.endheaders()
+    assert conn.getresponse().status == 411
+    conn.close()
+    assert request(server, "POST", "/", b"<html/>", {"Content-Type": "text/html"})[0] == 415
+    assert request(server, "POST", "/", b"")[0] == 400
+    assert request(server, "POST", "/", b"\xff\xfe")[0] == 400
+    assert request(server, "GET", "/")[0] == 405
+    assert request(server, "GET", "/nope")[0] == 404
+    assert count(store) == 0
+
+
+def test_health(server, store):
+    post(server, cvat_batch("h", 2))
+    status, body = request(server, "GET", "/health")
+    assert status == 200
+    assert body == {"status": "ok", "database": store.database, "dsn": store.dsn, "events": 2}
+
+
+def test_routes_can_be_added(server):
+    server.add_route("GET", "/api/ping", lambda req: Response(200, b"pong", "text/plain"))
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    conn.request("GET", "/api/ping?x=1")
+    assert conn.getresponse().read() == b"pong"
+
+
+def test_stop_closes_idle_keep_alive_connections_at_once(store):
+    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read()  # the connection stays open, idle
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 5
+
+
+# -- the real CLI, in processes of their own -----------------------------------
+
+def start_serve(dsn: str, spec_path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([str(CLI), "serve", "--dsn", dsn, "--spec", str(spec_path), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1)
+        if ready:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "serving http://" in line:
+                return proc, line.split("serving ", 1)[1].split()[0]
+            if not line and proc.poll() is not None:
+                break
+    proc.kill()
+    raise AssertionError("serve did not start:\n" + "".join(lines))
+
+
+def test_serve_subprocess_stores_posts_and_owns_its_chdb_path(store, tmp_path):
+    dsn = f"chdb://{tmp_path / 'data'}"
+    proc, url = start_serve(dsn, store.spec_path)
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/", body=json.dumps(cvat_batch("sub", 3)), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())) == (200, {"stored": 3})
+        conn.request("GET", "/health")
+        assert json.loads(conn.getresponse().read())["events"] == 3
+        conn.close()
+
+        # A second process on the same path gets a clear message naming the owner.
+        other = subprocess.run([str(CLI), "import", "--dsn", dsn, "--spec", str(store.spec_path), "-"],
+                               input="[]", capture_output=True, text=True, timeout=120)
+        assert other.returncode == 1
+        assert f"is in use by process {proc.pid}" in other.stderr and "serve" in other.stderr, other.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "POST / 200 3" in err and "stopped" in err
+
+    # Stopped: the path is free again, and what was acknowledged is there.
+    query = subprocess.run([str(CLI), "query", "--dsn", dsn, "--spec", str(store.spec_path), "--format", "csv",
+                            f"SELECT count() FROM {store.database}.events WHERE request_id = 'sub'"],
+                           capture_output=True, text=True, timeout=120)
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split()[-1] == "3"
+
+
+def test_concurrent_posts_are_all_stored(server, store):
+    errors = []
+
+    def client(worker: int):
+        for i in range(10):
+            status, _ = post(server, cvat_batch(f"w{worker}-{i}", 5))
+            if status != 200:
+                errors.append(status)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and count(store) == 8 * 10 * 5
