@@ -1,0 +1,299 @@
+"""Working time: the window SQL, the executable UDF and the refresh step against a
+plain-Python oracle (tests/working_time_oracle.py) and CVAT's published cases."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics import store as store_module
+from cvat_analytics import working_time as wt
+
+sys.path.insert(0, str(Path(__file__).parent))
+import working_time_oracle as oracle  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHORT, LONG = 99_999, 100_000
+# Within the default retention (events older than it are dropped on insert).
+BASE = (int(time.time()) - 10 * 86400) // 3600 * 3600 * 1000
+
+
+def _udf_module():
+    spec = importlib.util.spec_from_file_location("wt_udf", REPO / "udf" / "working_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+UDF = _udf_module()
+
+
+def ev(ts, scope="click:element", duration=0, user_id=1, job_id=1, task_id=1, project_id=1, source="client"):
+    return dict(scope=scope, source=source, ts=BASE + ts, duration=duration, user_id=user_id,
+                job_id=job_id, task_id=task_id, project_id=project_id)
+
+
+def frame(ts, duration, **kw):
+    return ev(ts, "change:frame", duration, **kw)
+
+
+# CVAT's WorkingTimeTestCase (reference/cvat.md §8) and the rule's own examples. A
+# `previous_event` in CVAT is simply the event before, in one stream.
+CVAT_CASES = {
+    "one instant": ([ev(0)], [0]),
+    "one 100 s frame": ([frame(0, 100_000)], [100_000]),
+    "instants, SHORT gap": ([ev(0), ev(SHORT)], [0, SHORT]),
+    "instants, LONG gap": ([ev(0), ev(LONG)], [0, 0]),
+    "frame, SHORT gap, frame": ([frame(0, 1000), frame(1000 + SHORT, 5000)], [1000, SHORT + 5000]),
+    "frame, LONG gap, frame": ([frame(0, 1000), frame(1000 + LONG, 5000)], [1000, 5000]),
+    "frame contained in a frame": ([frame(0, 5000), frame(1000, 1000)], [5000, 0]),
+    "overlapping frames": ([frame(0, 5000), frame(3000, 6000)], [5000, 4000]),
+    "instants inside and after a frame": ([frame(0, 5000), ev(3000), ev(6000)], [5000, 0, 1000]),
+    "previous instant, SHORT gap": ([ev(0), ev(SHORT)], [0, SHORT]),
+    "previous 1 s frame, SHORT gap": ([frame(0, 1000), ev(1000 + SHORT)], [1000, SHORT]),
+    "previous 1 s frame, LONG gap": ([frame(0, 1000), ev(1000 + LONG)], [1000, 0]),
+    "gap 100001": ([ev(0), ev(100_001)], [0, 0]),
+    "non-collapsed duration ignored": ([ev(0, "zoom:image", 5000), ev(1000)], [0, 1000]),
+}
+
+
+def _as_rows(events):
+    """JSONEachRow body with CVAT's columns, ISO millisecond timestamps."""
+    lines = []
+    for e in events:
+        row = {k: v for k, v in e.items() if k != "ts"}
+        stamp = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=e["ts"])
+        row["timestamp"] = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        lines.append(json.dumps(row))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def random_stream(seed, n=600, users=4):
+    """Several users and jobs, ties, gaps of exactly 99999/100000/100001 ms to the
+    running end, overlapping and contained frames, NULL ids, duplicates, and a few
+    server events and user-less events that must not count."""
+    rnd = random.Random(seed)
+    events = []
+    for user in range(1, users + 1):
+        t, run_end = 0, 0
+        job = rnd.randint(1, 5)
+        for _ in range(n // users):
+            choice = rnd.random()
+            if choice < 0.1:
+                t = t  # tie
+            elif choice < 0.35:
+                t = run_end + rnd.choice([SHORT, LONG, LONG + 1, 0, 1])
+            elif choice < 0.5:
+                t = max(0, run_end - rnd.randint(0, 3000))  # inside/overlapping the last frame
+            else:
+                t += rnd.choice([1, 50, 700, 5000, 40_000, 250_000])
+            if rnd.random() < 0.1:
+                job = rnd.randint(1, 5)
+            ids = dict(job_id=job, task_id=job // 2 + 1, project_id=1 + job % 2)
+            if rnd.random() < 0.08:
+                ids = dict(job_id=None, task_id=None, project_id=rnd.choice([None, 1]))
+            if rnd.random() < 0.45:
+                e = frame(t, rnd.choice([0, 1, 800, 3000, 120_000]), user_id=user, **ids)
+            else:
+                e = ev(t, rnd.choice(["click:element", "zoom:image", "draw:object"]),
+                       rnd.choice([0, 500]), user_id=user, **ids)
+            events.append(e)
+            run_end = max(run_end, oracle.end_of(e) - BASE)
+            if rnd.random() < 0.03:
+                events.append(dict(e))  # an exact duplicate
+        events.append(ev(t + 10, "create:job", source="server", user_id=user))
+    events.append(ev(5, user_id=None))
+    return events
+
+
+def split_shuffled(events, seed):
+    """The events in many inserts of random sizes, arriving in random order."""
+    rnd = random.Random(seed)
+    rows = events[:]
+    rnd.shuffle(rows)
+    batches, i = [], 0
+    while i < len(rows):
+        size = rnd.randint(1, 80)
+        batches.append(rows[i:i + size])
+        i += size
+    rnd.shuffle(batches)
+    return batches
+
+
+def oracle_events(events):
+    """Multiset of (user, ts, end, scope, ids, ms, credited ids)."""
+    return sorted(
+        (e["user_id"], e["ts"], oracle.end_of(e), e["scope"], e["job_id"] or 0, e["task_id"] or 0,
+         e["project_id"] or 0, ms, tuple(x or 0 for x in credited))
+        for e, ms, credited in oracle.per_event(events))
+
+
+def db_events(client, spec, engine):
+    cols, rows = wt.per_event(client, spec, engine)
+    r = [dict(zip(cols, row)) for row in rows]
+    return sorted(
+        (x["user_id"], x["ts"], x["end_ms"], x["scope"], x["job_id"] or 0, x["task_id"] or 0,
+         x["project_id"] or 0, x["working_time_ms"],
+         (x["credited_job_id"] or 0, x["credited_task_id"] or 0, x["credited_project_id"] or 0))
+        for x in r)
+
+
+def db_totals(client, spec, engine="sql", **filters):
+    _cols, rows = wt.totals(client, spec, ["user_id", "project_id", "task_id", "job_id"],
+                            engine=engine, **filters)
+    return {tuple(r[:4]): r[4] for r in rows}
+
+
+# ---- the rule itself, without ClickHouse -------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CVAT_CASES))
+def test_cvat_cases_oracle_and_udf_script(name):
+    events, expected = CVAT_CASES[name]
+    assert [ms for _e, ms, _c in oracle.per_event(events)] == expected
+    ordered = sorted(events, key=oracle.tie_key)
+    got = UDF.working_time([e["ts"] for e in ordered], [e["duration"] for e in ordered],
+                           [e["scope"] for e in ordered], 100_000, {"change:frame"})
+    assert got == expected
+
+
+def test_credit_goes_to_the_previous_event():
+    events = [frame(0, 1000, job_id=1), ev(2000, job_id=2), ev(3000, job_id=3)]
+    assert [c[0] for _e, _ms, c in oracle.per_event(events)] == [1, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_udf_script_process_matches_oracle(seed):
+    """The script as ClickHouse runs it: JSON lines in, one flushed line out per row."""
+    events = random_stream(seed)
+    expected = defaultdict(list)
+    for e, ms, _c in oracle.per_event(events):
+        expected[e["user_id"]].append((e, ms))
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "udf" / "working_time.py"), "--idle-threshold-ms", "100000",
+         "--collapsed-scopes", "change:frame"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    for user, pairs in sorted(expected.items()):
+        stream = [e for e, _ms in pairs]
+        proc.stdin.write(json.dumps({"ts": [e["ts"] for e in stream], "dur": [e["duration"] for e in stream],
+                                     "scope": [e["scope"] for e in stream]}) + "\n")
+        proc.stdin.flush()
+        # Answers before stdin closes: usable as an executable_pool process.
+        assert json.loads(proc.stdout.readline())["result"] == [ms for _e, ms in pairs]
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 0
+
+
+# ---- SQL on the real engine --------------------------------------------------------
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("name", sorted(CVAT_CASES))
+def test_cvat_cases_sql(store, name):
+    events, expected = CVAT_CASES[name]
+    store_module.insert_json_rows(store.client, store.database, _as_rows(events))
+    _cols, rows = wt.per_event(store.client, store.spec, "sql")
+    assert [r[_cols.index("working_time_ms")] for r in rows] == expected
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("seed", range(4))
+def test_sql_matches_oracle_on_shuffled_batches(store, seed):
+    events = random_stream(seed)
+    for batch in split_shuffled(events, seed):
+        store_module.insert_json_rows(store.client, store.database, _as_rows(batch))
+    assert db_events(store.client, store.spec, "sql") == oracle_events(events)
+    assert db_totals(store.client, store.spec) == oracle.totals(events)
+    # the view analysts read is the same computation
+    view = store.client.query(
+        f"SELECT user_id, project_id, task_id, job_id, sum(working_time_ms) FROM `{store.database}`.working_time_events"
+        " GROUP BY user_id, credited_project_id AS project_id, credited_task_id AS task_id,"
+        " credited_job_id AS job_id HAVING sum(working_time_ms) != 0").result_rows
+    assert {tuple(r[:4]): r[4] for r in view} == oracle.totals(events)
+
+
+@pytest.mark.clickhouse
+def test_time_and_id_filters(store):
+    events = random_stream(7)
+    store_module.insert_json_rows(store.client, store.database, _as_rows(events))
+    ts = sorted(e["ts"] for e in events)
+    since, until = ts[len(ts) // 3], ts[2 * len(ts) // 3]
+    iso = lambda ms: (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=ms)).isoformat() + "Z"  # noqa: E731
+    got = db_totals(store.client, store.spec, from_ts=iso(since), to_ts=iso(until))
+    assert got == oracle.totals(events, since_ms=since, until_ms=until)
+    # the event before --from decides the first gap: cutting the stream blindly differs
+    assert got != oracle.totals([e for e in events if since <= e["ts"] < until])
+    full = oracle.totals(events)
+    assert db_totals(store.client, store.spec, user_id=2) == {k: v for k, v in full.items() if k[0] == 2}
+    assert db_totals(store.client, store.spec, job_id=3) == {k: v for k, v in full.items() if k[3] == 3}
+    assert db_totals(store.client, store.spec, project_id=1, task_id=2) == {
+        k: v for k, v in full.items() if k[1] == 1 and k[2] == 2}
+
+
+# ---- the precomputed totals --------------------------------------------------------
+
+def stored_totals(client, db):
+    rows = client.query(
+        f"SELECT user_id, project_id, task_id, job_id, hour, sum(working_time_ms) AS ms FROM `{db}`.working_time_totals"
+        " GROUP BY user_id, project_id, task_id, job_id, hour HAVING ms != 0").result_rows
+    return {tuple(r[:5]): r[5] for r in rows}
+
+
+def query_time_hourly(client, spec):
+    _c, rows = wt.totals(client, spec, ["user_id", "project_id", "task_id", "job_id", "hour"])
+    return {tuple(r[:5]): r[5] for r in rows}
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("seed", range(3))
+def test_refresh_keeps_totals_equal_to_query_time(store, seed):
+    """Shuffled batches (late and out-of-order events) with a refresh after each few;
+    margin 0 so every refresh really starts from the carried checkpoints."""
+    events = random_stream(100 + seed)
+    batches = split_shuffled(events, seed)
+    for i, batch in enumerate(batches):
+        store_module.insert_json_rows(store.client, store.database, _as_rows(batch))
+        if i % 3 == 2 or i == len(batches) - 1:
+            stats = wt.refresh(store.client, store.spec, margin_s=0)
+            assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
+            assert stats["full"] == (i == 2)  # only the first refresh recomputes everything
+    got = defaultdict(int)
+    for (user, project, task, job, _hour), ms in stored_totals(store.client, store.database).items():
+        got[(user, project, task, job)] += ms
+    assert {k: v for k, v in got.items() if v} == oracle.totals(events)
+    # settled: another refresh finds nothing new and changes nothing
+    before = stored_totals(store.client, store.database)
+    stats = wt.refresh(store.client, store.spec, margin_s=0)
+    assert stats["users"] == 0 and stored_totals(store.client, store.database) == before
+
+
+@pytest.mark.clickhouse
+def test_refresh_is_idempotent_and_late_event_recomputes_only_its_user(store):
+    events = random_stream(9)
+    store_module.insert_json_rows(store.client, store.database, _as_rows(events))
+    wt.refresh(store.client, store.spec)
+    # default margin: the same changes are taken again, and nothing moves
+    assert wt.refresh(store.client, store.spec)["full"] is False
+    assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
+    late = [ev(30, user_id=3, job_id=4), frame(31, 200_000, user_id=3, job_id=5)]
+    store_module.insert_json_rows(store.client, store.database, _as_rows(late))
+    stats = wt.refresh(store.client, store.spec, margin_s=0)
+    assert stats["users"] == 1
+    assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
+
+
+@pytest.mark.clickhouse
+def test_reported_beside_computed(store):
+    events = [frame(0, 5000, job_id=7), ev(6000, job_id=7),
+              ev(0, "send:working_time", 4000, source="server", job_id=7)]
+    store_module.insert_json_rows(store.client, store.database, _as_rows(events))
+    wt.refresh(store.client, store.spec)
+    rows = store.client.query(
+        f"SELECT user_id, job_id, reported_ms, computed_ms, difference_ms FROM `{store.database}`.working_time_comparison"
+    ).result_rows
+    assert rows == [(1, 7, 4000, 6000, 2000)]
