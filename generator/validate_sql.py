@@ -1,0 +1,87 @@
+"""Execute every rendered .sql file of a deploy tree on chdb (the real ClickHouse engine).
+
+    python -m generator.validate_sql DIR
+
+Runs in its own process on a fresh temporary chdb path, because a process can open one
+chdb path for its whole life (DESIGN.md §7): the caller (`cvat-analytics check`, the test
+session) may already hold one. Migrations run first, in order, then every other .sql file
+in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
+type. Prints one line per failing statement, "relpath: statement N: error"; exit 1 if any.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+MIGRATIONS = "clickhouse/migrations/"
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
+
+
+def split_statements(sql: str) -> list[str]:
+    # The same split the migrator uses, so what is checked is what gets executed.
+    from cvat_analytics.migrate import split_statements as split
+
+    return split(sql)
+
+
+def neutral_value(ch_type: str) -> str:
+    """A value of a ClickHouse type, in the text form query parameters take."""
+    t = ch_type.strip()
+    if t.startswith("Nullable("):
+        return "\\N"
+    if t.startswith("LowCardinality("):
+        return neutral_value(t[len("LowCardinality("):-1])
+    if t.startswith("Array("):
+        return "[]"
+    if t.startswith("DateTime"):
+        return "2024-01-01 00:00:00"
+    if t.startswith("Date"):
+        return "2024-01-01"
+    if t.startswith(("UInt", "Int", "Float", "Decimal")):
+        return "0"
+    if t == "Bool":
+        return "false"
+    return ""
+
+
+def sql_files(root: Path) -> list[str]:
+    rels = sorted(str(p.relative_to(root)) for p in root.rglob("*.sql") if p.is_file())
+    return [r for r in rels if r.startswith(MIGRATIONS)] + [r for r in rels if not r.startswith(MIGRATIONS)]
+
+
+def run(root: Path) -> list[str]:
+    import chdb.session
+
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="cvat-analytics-sql-") as data:
+        session = chdb.session.Session(data)
+        try:
+            for rel in sql_files(root):
+                text = (root / rel).read_text(encoding="utf-8")
+                for n, statement in enumerate(split_statements(text), 1):
+                    params = {name: neutral_value(t) for name, t in _PARAM.findall(statement)}
+                    try:
+                        session.query(statement, "Null", params=params)
+                    except Exception as exc:  # chdb raises ChdbError with ClickHouse's message
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        problems.append(f"{rel}: statement {n} does not execute on ClickHouse: {first[:400]}")
+        finally:
+            session.close()
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m generator.validate_sql DIR", file=sys.stderr)
+        return 2
+    problems = run(Path(argv[0]))
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
