@@ -1,0 +1,9 @@
+-- reapply: on-change
+-- Spec values that may change after the table exists: applied again whenever the
+-- spec changes them. Retention drops whole parts (never rewrites them); the
+-- deduplication window makes a retried identical insert count once.
+ALTER TABLE `cvat`.events MODIFY TTL toDateTime(timestamp) + toIntervalDay(365);
+
+ALTER TABLE `cvat`.events MODIFY SETTING
+    ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = 1000;
