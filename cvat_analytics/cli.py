@@ -87,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window SQL or the executable UDF (default: the spec's working_time.engine)")
     _format_arg(p, default="csv")
     p.set_defaults(func=cmd_working_time)
+
+    p = sub.add_parser("export", help="CVAT's event CSV export (as GET /api/events gives it) to a file or stdout")
+    _spec_arg(p)
+    _dsn_arg(p)
+    for name in ("org-id", "project-id", "task-id", "job-id", "user-id"):
+        p.add_argument(f"--{name}", metavar="N", help=f"only events with this {name.replace('-', '_')}")
+    p.add_argument("--from", dest="from_", metavar="T", help="ISO 8601, naive = UTC (default: 30 days before --to)")
+    p.add_argument("--to", metavar="T", help="ISO 8601, naive = UTC (default: now)")
+    p.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="generate realistic CVAT traffic into a service (--url) or a store (--dsn)")
+    _spec_arg(p)
+    p.add_argument("--url", help="POST CVAT's bodies here (the running service or Vector), e.g. http://127.0.0.1:8282/")
+    p.add_argument("--dsn", default=None, help="insert directly instead (fast): chdb:///path or http://...")
+    p.add_argument("--events", type=int, default=20_000, help="how many events (default: 20000)")
+    p.add_argument("--days", type=float, default=7, help="spread over the last D days (default: 7)")
+    p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same traffic")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -154,6 +173,41 @@ def _by_arg(text: str) -> list[str]:
         return parse_by(text)
     except WorkingTimeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_export(args) -> int:
+    from .export import FilterError, export_to_path, parse_filters
+
+    spec = load_spec(args.spec)
+    query = {k: [v] for k, v in (("org_id", args.org_id), ("project_id", args.project_id),
+                                 ("task_id", args.task_id), ("job_id", args.job_id),
+                                 ("user_id", args.user_id), ("from", args.from_), ("to", args.to))
+             if v is not None}
+    try:
+        filters = parse_filters(query)
+    except FilterError as exc:
+        print(f"cvat-analytics: --{exc.param.replace('_', '-')}: {exc.reason}", file=sys.stderr)
+        return 2
+    rows = export_to_path(connect(args.dsn), spec, filters, args.output, out=sys.stdout.buffer)
+    if args.output != "-":
+        print(f"exported {rows} events to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    spec = load_spec(args.spec)
+    if args.url and args.dsn:
+        raise CommandError("give --url or --dsn, not both")
+    if args.events < 0:
+        raise CommandError("--events must be >= 0")
+    if args.url:
+        demo.run(args.events, args.days, args.seed, url=args.url)
+    else:
+        demo.run(args.events, args.days, args.seed, client=connect(args.dsn or DEFAULT_DSN),
+                 database=spec["clickhouse"]["database"])
+    return 0
 
 
 def cmd_working_time(args) -> int:

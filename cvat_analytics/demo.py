@@ -1,0 +1,571 @@
+"""Realistic CVAT traffic, deterministic per seed: `cvat-analytics demo`.
+
+A small world (organizations, users with names and emails, projects, tasks,
+jobs) and, per user, a timeline of annotation sessions over the last D days:
+
+- client events as CVAT's UI sends them (reference/cvat.md §6): load:cvat with
+  the platform payload, load:job, draw/drag/resize/delete:object, change:frame
+  (durations; playback merged into one event with count > 1, as the UI
+  compresses it), zoom:image, click:element, action:undo, save:job; payload
+  carries client_id and is_active; timestamps ISO-8601;
+- idle breaks (longer than the 100 s idle threshold) and job switches;
+- server events as CVAT's server sends them to Vector (§5): timestamp epoch
+  seconds as a string, payload a JSON string with request {id, user_agent};
+  create:project/task/job bursts share one request id; update:job is one row
+  per changed field (obj_name=field, obj_val=new value, payload.old_value),
+  jobs move to completed or rejected; create/update:shapes on save;
+  create:cache_item when a job's chunks are prepared; a few send:exception with
+  message and stack (server and client);
+- send:working_time rows computed per 90 s batch of client events exactly as
+  CVAT's server does (previous_event carried across batches).
+
+`--url` posts JSON arrays of ~100 events to a running service or Vector, the
+bodies CVAT sends; `--dsn` inserts rows directly in 100k-row JSONEachRow batches
+(the fast path for benchmarks).
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+
+UTC = timezone.utc
+IDLE_MS = 100_000
+BATCH_MS = 90_000
+DEFAULT_EVENTS = 20_000
+DEFAULT_DAYS = 7
+
+FIRST = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivan", "Julia",
+         "Kofi", "Lena", "Mateo", "Nina", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
+LAST = ["Smith", "Ivanova", "Wang", "Garcia", "Müller", "Khan", "Novak", "Sato", "Okafor", "Rossi"]
+ORGS = ["acme-vision", "roadscan", "medlabel", "agri-ai", "retail-eyes"]
+BROWSERS = [("Chrome", "124.0.0.0", 0.55), ("Firefox", "125.0", 0.2), ("Edge", "124.0.2478.80", 0.12),
+            ("Safari", "17.4", 0.08), ("Opera", "109.0.0.0", 0.05)]
+OSES = [("Windows 10", 0.45), ("Linux x86_64", 0.3), ("OS X 10.15.7", 0.2), ("Ubuntu", 0.05)]
+SHAPES = ["rectangle", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton"]
+BUTTONS = [("cvat-annotation-header-save-button", "Save"), ("cvat-player-next-button", "Next"),
+           ("cvat-player-previous-button", "Previous"), ("cvat-annotation-header-undo-button", "Undo"),
+           ("cvat-draw-rectangle-control", "Shape"), ("cvat-annotation-header-menu-button", "Menu")]
+CLIENT_ERRORS = [
+    ("Cannot read properties of undefined (reading 'points')", "canvasView.ts", 1123),
+    ("Could not receive frame 42: Network Error", "frames.ts", 318),
+    ("Request failed with status code 502", "server-proxy.ts", 457),
+]
+SERVER_ERRORS = [
+    ("jobs", "annotations", "PUT", 500, "django.db.utils.OperationalError: database is locked"),
+    ("tasks", "data", "GET", 500, "FileNotFoundError: [Errno 2] No such file or directory: '/home/django/data/data/7/raw'"),
+    ("jobs", "retrieve", "GET", 504, "TimeoutError: chunk preparation timed out"),
+]
+
+
+@dataclass
+class Job:
+    id: int
+    task: "Task"
+    frames: int
+    state: str = "new"
+    stage: str = "annotation"
+
+
+@dataclass
+class Task:
+    id: int
+    name: str
+    project: "Project"
+    jobs: list = field(default_factory=list)
+
+
+@dataclass
+class Project:
+    id: int
+    name: str
+    org: "Org | None"
+    tasks: list = field(default_factory=list)
+
+
+@dataclass
+class Org:
+    id: int
+    slug: str
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    email: str
+    org: Org | None
+    client_id: str
+    browser: tuple
+    os: str
+    jobs: list = field(default_factory=list)
+
+
+def _pick(rng: random.Random, weighted):
+    r, acc = rng.random(), 0.0
+    for item in weighted:
+        acc += item[-1]
+        if r < acc:
+            return item
+    return weighted[-1]
+
+
+class Demo:
+    """Yields events (dicts with CVAT's flat fields; `_ts` = epoch ms) in per-user order."""
+
+    def __init__(self, seed: int = 1, days: float = DEFAULT_DAYS, now_ms: int | None = None):
+        self.rng = random.Random(seed)
+        self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        self.start_ms = self.now_ms - int(days * 86_400_000)
+        self._build_world()
+
+    # -- the world ------------------------------------------------------------
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _build_world(self) -> None:
+        rng = self.rng
+        self.orgs = [Org(i + 1, slug) for i, slug in enumerate(ORGS[: rng.randint(3, 5)])]
+        self.users: list[User] = []
+        ids = iter(range(1, 10**9))
+        for uid in range(1, rng.randint(10, 16) + 1):
+            first, last = FIRST[(uid - 1) % len(FIRST)], rng.choice(LAST)
+            org = None if uid % 5 == 0 else self.orgs[uid % len(self.orgs)]
+            self.users.append(User(
+                uid, f"{first.lower()}.{last.lower().replace('ü', 'u')}",
+                f"{first.lower()}.{last.lower().replace('ü', 'u')}@{(org.slug if org else 'example')}.com",
+                org, str(rng.randrange(10**9, 10**10)), _pick(rng, BROWSERS), _pick(rng, OSES)[0]))
+        self.projects: list[Project] = []
+        task_id = job_id = 0
+        for org in self.orgs + [None]:
+            for _ in range(rng.randint(1, 3)):
+                p = Project(next(ids), f"{rng.choice(['Cars', 'Pedestrians', 'Cells', 'Crops', 'Shelves', 'Signs'])}"
+                            f" {rng.randint(1, 99)}", org)
+                for _ in range(rng.randint(2, 4)):
+                    task_id += 1
+                    t = Task(task_id, f"batch_{task_id:03d}", p)
+                    for _ in range(rng.randint(2, 5)):
+                        job_id += 1
+                        t.jobs.append(Job(job_id, t, rng.randint(20, 400)))
+                    p.tasks.append(t)
+                self.projects.append(p)
+        for u in self.users:
+            pool = [j for p in self.projects if p.org is u.org for t in p.tasks for j in t.jobs]
+            if not pool:
+                pool = [j for p in self.projects for t in p.tasks for j in t.jobs]
+            u.jobs = rng.sample(pool, min(len(pool), rng.randint(2, 6)))
+        self.owner = self.users[0]
+
+    # -- event builders -------------------------------------------------------
+    def _user_cols(self, u: User) -> dict:
+        return {"user_id": u.id, "user_name": u.name, "user_email": u.email,
+                "org_id": u.org.id if u.org else None, "org_slug": u.org.slug if u.org else None}
+
+    def _server(self, scope: str, ts: int, u: User, request_id: str, payload: dict | None = None,
+                job: Job | None = None, task: Task | None = None, project: Project | None = None,
+                **cols) -> dict:
+        if job is not None:
+            task = job.task
+        if task is not None:
+            project = task.project
+        body = dict(payload or {})
+        body["request"] = {"id": request_id, "user_agent": f"Mozilla/5.0 ({u.os}) {u.browser[0]}/{u.browser[1]}"}
+        ev = {"scope": scope, "source": "server", "_ts": ts, "obj_name": None, "obj_id": None,
+              "obj_val": None, "count": None, "duration": 0,
+              "project_id": project.id if project else None, "task_id": task.id if task else None,
+              "job_id": job.id if job else None, **self._user_cols(u),
+              "payload": body, "access_token_id": None}
+        ev.update(cols)
+        return ev
+
+    def _client(self, scope: str, ts: int, u: User, job: Job | None, payload: dict | None = None,
+                **cols) -> dict:
+        body = {"client_id": u.client_id, "is_active": self.rng.random() > 0.03}
+        if job is not None:
+            body.update(job_id=job.id, task_id=job.task.id, project_id=job.task.project.id)
+        body.update(payload or {})
+        ev = {"scope": scope, "source": "client", "_ts": ts, "obj_name": None, "obj_id": None,
+              "obj_val": None, "count": None, "duration": 0,
+              "project_id": job.task.project.id if job else None, "task_id": job.task.id if job else None,
+              "job_id": job.id if job else None, **self._user_cols(u), "payload": body,
+              "access_token_id": None}
+        ev.update(cols)
+        return ev
+
+    def setup_events(self) -> Iterator[dict]:
+        """Creation bursts at the start of the window: one request id per burst."""
+        rng, ts = self.rng, self.start_ms
+        for org in self.orgs:
+            owner = next((u for u in self.users if u.org is org), self.owner)
+            ts += rng.randint(1000, 60_000)
+            yield self._server("create:organization", ts, owner, self._uuid(), {"slug": org.slug},
+                               obj_id=org.id, obj_name=org.slug)
+            for u in self.users:
+                if u.org is org and u is not owner:
+                    ts += rng.randint(500, 5000)
+                    yield self._server("create:membership", ts, owner, self._uuid(),
+                                       {"role": "worker", "is_active": True}, obj_id=u.id, obj_name=u.name)
+        for p in self.projects:
+            owner = next((u for u in self.users if u.org is p.org), self.owner)
+            ts += rng.randint(5000, 120_000)
+            yield self._server("create:project", ts, owner, self._uuid(), {"name": p.name, "status": "annotation"},
+                               project=p, obj_id=p.id, obj_name=p.name)
+            for t in p.tasks:
+                ts += rng.randint(5000, 60_000)
+                rid = self._uuid()  # the task, its jobs and its cache: one request
+                yield self._server("create:task", ts, owner, rid, {"name": t.name, "mode": "annotation",
+                                   "size": sum(j.frames for j in t.jobs)}, task=t, obj_id=t.id, obj_name=t.name)
+                for j in t.jobs:
+                    ts += rng.randint(1, 40)
+                    yield self._server("create:job", ts, owner, rid, {"type": "annotation", "stage": "annotation",
+                                       "state": "new", "frame_count": j.frames}, job=j, obj_id=j.id)
+                ts += rng.randint(100, 3000)
+                yield self._server("create:cache_item", ts, owner, rid,
+                                   {"queue": "chunks", "cache_item": {"size": rng.randint(200_000, 9_000_000),
+                                                                      "key": f"task_{t.id}_preview"}},
+                                   task=t, obj_id=t.id)
+
+    def _working_time(self, u: User, batch: list[dict], prev: dict | None) -> Iterator[dict]:
+        """CVAT's compute_working_time_per_ids for one batch (reference/cvat.md §5)."""
+        def end(e):
+            return e["_ts"] + (e["duration"] if e["scope"] == "change:frame" else 0)
+
+        def ids(e):
+            return (e["job_id"], e["task_id"], e["project_id"])
+
+        first = prev or batch[0]
+        prev_end, prev_ids = end(first) if prev else first["_ts"], ids(first)
+        buckets: dict[tuple, list[int]] = {}
+        for e in batch:
+            t = 0
+            if e["_ts"] > prev_end:
+                if e["_ts"] - prev_end < IDLE_MS:
+                    t += e["_ts"] - prev_end
+                prev_end = e["_ts"]
+            if end(e) > prev_end:
+                t += end(e) - prev_end
+                prev_end = end(e)
+            b = buckets.setdefault(prev_ids, [e["_ts"], 0])
+            b[1] += t
+            prev_ids = ids(e)
+        rid = self._uuid()
+        for (job_id, task_id, project_id), (ts, ms) in buckets.items():
+            if ms:
+                yield {"scope": "send:working_time", "source": "server", "_ts": ts, "obj_name": None,
+                       "obj_id": None, "obj_val": None, "count": 1, "duration": ms,
+                       "project_id": project_id, "task_id": task_id, "job_id": job_id,
+                       **self._user_cols(u), "access_token_id": None,
+                       "payload": {"working_time": ms, "request": {"id": rid, "user_agent": "python-requests"}}}
+
+    def session(self, u: User, t: int, end_ms: int) -> Iterator[dict]:
+        """One sitting: open CVAT, work on a few jobs, with idle breaks; yields its events."""
+        rng = self.rng
+        client: list[dict] = []
+        batch_state = {"start": None, "prev": None}
+        out: list[dict] = []
+
+        def emit(e):
+            client.append(e)
+            if batch_state["start"] is None:
+                batch_state["start"] = e["_ts"]
+            if e["_ts"] - batch_state["start"] >= BATCH_MS or e["scope"] == "save:job":
+                flush()
+
+        def flush():
+            if client:
+                out.extend(client)
+                out.extend(self._working_time(u, client, batch_state["prev"]))
+                batch_state["prev"] = client[-1]
+                client.clear()
+            batch_state["start"] = None
+
+        w, h = rng.choice([(1920, 1080), (2560, 1440), (1366, 768), (3840, 2160)])
+        emit(self._client("load:cvat", t, u, None, {
+            "platform": {"engine": "Blink" if u.browser[0] != "Firefox" else "Gecko", "name": u.browser[0],
+                         "version": u.browser[1], "os": u.os},
+            "screen": {"width": w, "height": h}, "language": "en-US", "hardwareConcurrency": rng.choice([4, 8, 16]),
+            "deviceMemory": rng.choice([4, 8]), "jsHeapSizeLimit": 4294705152,
+            "location": "/tasks"}, duration=rng.randint(800, 4000)))
+        for _ in range(rng.randint(1, 3)):
+            if t >= end_ms:
+                break
+            job = rng.choice(u.jobs)
+            t += rng.randint(2000, 20_000)
+            emit(self._client("click:element", t, u, None, obj_name="cvat-job-item", obj_val="Open"))
+            t += rng.randint(300, 3000)
+            emit(self._client("load:job", t, u, job, duration=rng.randint(400, 6000), obj_val=str(job.frames)))
+            frame = 0
+            drawn = 0
+            for _ in range(rng.randint(15, 120)):
+                r = rng.random()
+                if r < 0.04:  # an idle break: coffee, a meeting
+                    t += rng.randint(IDLE_MS + 1, 1_800_000)
+                else:
+                    t += int(rng.expovariate(1 / 6000)) + 50
+                if t >= end_ms:
+                    break
+                r = rng.random()
+                if r < 0.30:
+                    if rng.random() < 0.08:  # playback: compressed into one event
+                        n = rng.randint(5, 40)
+                        dur = n * rng.randint(90, 200)
+                    else:
+                        n, dur = 1, rng.randint(150, 2500)
+                    frame = min(job.frames - 1, frame + n)
+                    emit(self._client("change:frame", t, u, job, {"from": frame - n, "to": frame, "step": 1},
+                                      count=n, duration=dur, obj_val=str(frame)))
+                    t += dur
+                elif r < 0.55:
+                    drawn += 1
+                    emit(self._client("draw:object", t, u, job, {"frame": frame},
+                                      obj_name=rng.choice(SHAPES), duration=rng.randint(700, 9000), count=1))
+                elif r < 0.67:
+                    emit(self._client("drag:object", t, u, job, {"frame": frame}, obj_name=rng.choice(SHAPES)))
+                elif r < 0.77:
+                    emit(self._client("resize:object", t, u, job, {"frame": frame}, obj_name=rng.choice(SHAPES)))
+                elif r < 0.82:
+                    emit(self._client("delete:object", t, u, job, {"frame": frame}, count=rng.randint(1, 3)))
+                elif r < 0.88:
+                    emit(self._client("zoom:image", t, u, job, {"frame": frame}, count=rng.randint(1, 6)))
+                elif r < 0.92:
+                    emit(self._client("action:undo", t, u, job, count=1, duration=rng.randint(5, 80),
+                                      obj_val="Changed object"))
+                elif r < 0.96:
+                    cls, text = rng.choice(BUTTONS)
+                    emit(self._client("click:element", t, u, job, obj_name=cls, obj_val=text))
+                elif r < 0.997:
+                    out.extend(self._save(u, job, t, drawn, emit))
+                    drawn = 0
+                else:
+                    msg, fname, line = rng.choice(CLIENT_ERRORS)
+                    emit(self._client("send:exception", t, u, job, {
+                        "message": msg, "filename": f"https://cvat.example.com/assets/{fname}", "line": line,
+                        "column": rng.randint(1, 80),
+                        "stack": f"Error: {msg}\n    at {fname}:{line}:17\n    at Array.forEach (<anonymous>)",
+                        "system": u.os, "client": f"{u.browser[0]} {u.browser[1]}", "version": "2.64.0"},
+                        count=1))
+            t += rng.randint(500, 5000)
+            out.extend(self._save(u, job, t, drawn, emit))
+            out.extend(self._job_update(u, job, t + rng.randint(2000, 30_000)))
+            t += rng.randint(5000, 60_000)
+            if len(out) > 2000:
+                yield from out
+                out.clear()
+        flush()
+        if rng.random() < 0.02:
+            basename, action, method, status, msg = rng.choice(SERVER_ERRORS)
+            out.append(self._server("send:exception", t + 1000, u, self._uuid(), {
+                "basename": basename, "action": action, "message": msg, "status_code": status,
+                "stack": f"Traceback (most recent call last):\n  File \"/home/django/cvat/apps/engine/views.py\","
+                         f" line 1234, in {action}\n    return super().{action}(request)\n{msg}",
+                "request": {"url": f"/api/{basename}/{rng.randint(1, 99)}/{action}", "query_params": {},
+                            "content_type": "application/json", "method": method}}, count=1))
+        yield from out
+
+    def _save(self, u: User, job: Job, t: int, drawn: int, emit: Callable) -> list[dict]:
+        emit(self._client("save:job", t, u, job, duration=self.rng.randint(200, 3000)))
+        rid, rows = self._uuid(), []
+        if drawn:
+            shape = self.rng.choice(SHAPES)
+            rows.append(self._server("create:shapes", t + self.rng.randint(100, 900), u, rid, {},
+                                     job=job, obj_name=shape, count=drawn))
+        if self.rng.random() < 0.6:
+            rows.append(self._server("update:shapes", t + self.rng.randint(100, 900), u, rid, {},
+                                     job=job, obj_name=self.rng.choice(SHAPES), count=self.rng.randint(1, 9)))
+        return rows
+
+    def _job_update(self, u: User, job: Job, t: int) -> list[dict]:
+        """Jobs move on: update:job rows, one per changed field, sharing one request id."""
+        rng = self.rng
+        changes = []
+        if job.state == "new":
+            changes.append(("state", "new", "in progress"))
+        elif job.state == "in progress" and rng.random() < 0.25:
+            changes.append(("state", "in progress", "completed"))
+            if job.stage == "annotation":
+                changes.append(("stage", "annotation", "validation"))
+        elif job.state == "completed" and job.stage == "validation" and rng.random() < 0.5:
+            if rng.random() < 0.35:
+                changes += [("state", "completed", "rejected"), ("stage", "validation", "annotation")]
+            else:
+                changes.append(("stage", "validation", "acceptance"))
+        elif job.state == "rejected":
+            changes.append(("state", "rejected", "in progress"))
+        rid, rows = self._uuid(), []
+        for field_name, old, new in changes:
+            setattr(job, field_name, new)
+            rows.append(self._server("update:job", t, u, rid, {"old_value": old}, job=job,
+                                     obj_name=field_name, obj_val=new, obj_id=job.id))
+        if rng.random() < 0.05:
+            rows.append(self._server("export:dataset", t + 5000, u, self._uuid(),
+                                     {"format": "COCO 1.0", "save_images": False}, task=job.task, obj_id=job.task.id))
+        return rows
+
+    def events(self, n: int) -> Iterator[dict]:
+        """Exactly n events: setup bursts, then sessions user by user across the window."""
+        produced = 0
+        for ev in self.setup_events():
+            if produced >= n:
+                return
+            yield ev
+            produced += 1
+        span = self.now_ms - self.start_ms
+        # Sessions are spread so the window fills; clocks are per user.
+        per_session = 160
+        sessions = max(1, (n - produced) // per_session)
+        per_user = max(1, sessions // len(self.users))
+        gap = span // (per_user + 1)
+        clock = {u.id: self.start_ms + self.rng.randint(0, max(1, gap)) for u in self.users}
+        rounds = 0
+        while produced < n:
+            for u in self.users:
+                t = clock[u.id]
+                if t >= self.now_ms - 60_000:
+                    t = self.start_ms + self.rng.randint(0, span - 60_000)  # wrap: fill again
+                session_end = min(self.now_ms - 900_000, t + self.rng.randint(900_000, 7_200_000))
+                last = t
+                for ev in self.session(u, t, session_end):
+                    if ev["_ts"] > self.now_ms:  # a save or update right at the end of the window
+                        ev["_ts"] = self.now_ms
+                    yield ev
+                    last = max(last, ev["_ts"])
+                    produced += 1
+                    if produced >= n:
+                        return
+                clock[u.id] = last + max(60_000, int(self.rng.expovariate(1 / max(gap, 60_000))))
+            rounds += 1
+
+
+# -- rendering -------------------------------------------------------------------
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _row_ts(ms: int) -> str:
+    return "%04d-%02d-%02d %02d:%02d:%02d" % time.gmtime(ms // 1000)[:6] + f".{ms % 1000:03d}"
+
+
+def to_wire(ev: dict, micros: int = 0) -> dict:
+    """The event as CVAT sends it: server -> epoch-seconds string, client -> ISO; payload a JSON string."""
+    out = {k: v for k, v in ev.items() if not k.startswith("_")}
+    ms = ev["_ts"]
+    if ev["source"] == "server":
+        out["timestamp"] = f"{ms // 1000}.{ms % 1000:03d}{micros:03d}"
+    else:
+        out["timestamp"] = _iso(ms)
+    out["payload"] = json.dumps(ev["payload"], separators=(",", ":")) if ev["payload"] is not None else None
+    return out
+
+
+_ROW_KEYS = ("scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration", "project_id",
+             "task_id", "job_id", "user_id", "user_name", "user_email", "org_id", "org_slug",
+             "access_token_id")
+_enc = json.encoder.encode_basestring  # C-accelerated JSON string quoting
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _jv(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return _enc(v)
+    return str(v)
+
+
+def to_row(ev: dict) -> bytes:
+    """One JSONEachRow line for <database>.events (the stored form), built by hand: ~3x json.dumps."""
+    ms = ev["_ts"]
+    parts = [f'"{k}":{_jv(ev[k])}' for k in _ROW_KEYS]
+    parts.append(f'"timestamp":"{_row_ts(ms)}"')
+    payload = ev["payload"]
+    parts.append('"payload":' + (_enc(_dumps(payload)) if payload is not None else "null"))
+    return ("{" + ",".join(parts) + "}\n").encode()
+
+
+def post_events(url: str, events: Iterator[dict], batch: int = 100,
+                progress: Callable[[int], None] | None = None, timeout: float = 30.0) -> int:
+    """POST JSON arrays of `batch` events (CVAT's bodies) to a service or Vector."""
+    import urllib.request
+
+    sent, buf = 0, []
+
+    def send(items):
+        body = json.dumps(items, ensure_ascii=False).encode()
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    resp.read()
+                    return
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+
+    for i, ev in enumerate(events):
+        buf.append(to_wire(ev, micros=(i * 7919) % 1000))
+        if len(buf) >= batch:
+            send(buf)
+            sent += len(buf)
+            buf = []
+            if progress:
+                progress(sent)
+    if buf:
+        send(buf)
+        sent += len(buf)
+        if progress:
+            progress(sent)
+    return sent
+
+
+def insert_events(client, database: str, events: Iterator[dict], batch: int = 100_000,
+                  progress: Callable[[int], None] | None = None) -> int:
+    """INSERT the events directly, `batch` rows per JSONEachRow INSERT."""
+    from .store import insert_json_rows
+
+    sent, buf = 0, []
+    for ev in events:
+        buf.append(to_row(ev))
+        if len(buf) >= batch:
+            insert_json_rows(client, database, b"".join(buf))
+            sent += len(buf)
+            buf = []
+            if progress:
+                progress(sent)
+    if buf:
+        insert_json_rows(client, database, b"".join(buf))
+        sent += len(buf)
+        if progress:
+            progress(sent)
+    return sent
+
+
+def run(n: int = DEFAULT_EVENTS, days: float = DEFAULT_DAYS, seed: int = 1, url: str | None = None,
+        client=None, database: str | None = None, now_ms: int | None = None, err=sys.stderr) -> int:
+    """The CLI's demo: to `url`, or into `client`/`database`. Returns the number of events."""
+    demo = Demo(seed=seed, days=days, now_ms=now_ms)
+    started = time.monotonic()
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1 or done >= n:
+            last[0] = now
+            rate = done / max(now - started, 1e-9)
+            print(f"\rdemo: {done}/{n} events ({rate:,.0f}/s)", end="", file=err, flush=True)
+
+    if url:
+        sent = post_events(url, demo.events(n), progress=progress)
+    else:
+        sent = insert_events(client, database, demo.events(n), progress=progress)
+    elapsed = time.monotonic() - started
+    print(f"\rdemo: {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):,.0f}/s), "
+          f"{len(demo.users)} users, {len(demo.orgs)} organizations, {len(demo.projects)} projects, "
+          f"over {days:g} days, seed {seed}", file=err)
+    return sent
