@@ -226,21 +226,23 @@ class Progress:
         self.stream = stream
         self.enabled = stream.isatty()
         self.total = total_bytes
-        self.started = time.monotonic()
-        self.shown = 0.0
+        self.phase = ""
+        self.started = self.shown = 0.0
 
     def show(self, phase: str, events: int, done_bytes: int | None = None, total_events: int | None = None):
         now = time.monotonic()
+        if phase != self.phase:  # each phase has its own rate
+            self.phase, self.started = phase, now
         if not self.enabled or now - self.shown < 0.2:
             return
         self.shown = now
-        rate = events / max(now - self.started, 1e-6)
+        rate = events / max(now - self.started, 1e-3)
         if done_bytes is not None:
             of = f" / {_size(self.total)}" if self.total else ""
-            where = f"{_size(done_bytes)}{of}"
+            line = f"{phase}: {_size(done_bytes)}{of}, {events:,} events, {rate:,.0f} events/s"
         else:
-            where = f"{events:,} / {total_events:,} events"
-        self.stream.write(f"\r{phase}: {where}, {events:,} events, {rate:,.0f} events/s\033[K")
+            line = f"{phase}: {events:,} / {total_events:,} events, {rate:,.0f} events/s"
+        self.stream.write(f"\r{line}\033[K")
         self.stream.flush()
 
     def done(self) -> None:
@@ -299,6 +301,7 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
             return 1
         spool.seek(0)
         stored = 0
+        progress.show("storing", 0, total_events=valid)
         try:
             for body, rows in _batches(spool, batch_size):
                 # The token makes a retried identical batch count once (ClickHouse's dedup window).
