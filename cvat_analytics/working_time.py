@@ -24,7 +24,7 @@ FAR_FUTURE = "2299-12-31 23:59:59.999"
 # An insert is picked up by the refresh that starts after its insert trigger ran, and by
 # every refresh for COMMIT_MARGIN_S after that: an insert that takes that long to commit
 # is still counted. Refreshes are idempotent, so taking a change twice costs only time.
-COMMIT_MARGIN_S = 300
+COMMIT_MARGIN_S = 60
 # working_time_changes keeps rows 7 days (its TTL); a refresh that finds its last
 # watermark older than this recomputes everything instead.
 CHANGES_KEPT_S = 6 * 24 * 3600
