@@ -36,5 +36,9 @@ render: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(CLI) check --out deploy
 
+## demo: post realistic CVAT traffic to the running service (after `make up`)
+demo: $(VENV)/.installed
+	$(CLI) demo --url http://127.0.0.1:8282/
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
