@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -175,29 +174,42 @@ def test_stop_closes_idle_keep_alive_connections_at_once(store):
 
 # -- the real CLI, in processes of their own -----------------------------------
 
-def start_serve(dsn: str, spec_path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([str(CLI), "serve", "--dsn", dsn, "--spec", str(spec_path), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    lines = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 1)
-        if ready:
-            line = proc.stderr.readline()
-            lines.append(line)
+class Serve:
+    """`cvat-analytics serve` in a process of its own; a thread drains its stderr (the
+    per-request log would otherwise fill the pipe) into `lines`."""
+
+    def __init__(self, dsn: str, spec_path):
+        self.proc = subprocess.Popen([str(CLI), "serve", "--dsn", dsn, "--spec", str(spec_path), "--port", "0"],
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self.ready.wait(120) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise AssertionError("serve did not start:\n" + "".join(self.lines))
+        line = next(l for l in self.lines if "serving http://" in l)
+        self.url = line.split("serving ", 1)[1].split()[0]
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
             if "serving http://" in line:
-                return proc, line.split("serving ", 1)[1].split()[0]
-            if not line and proc.poll() is not None:
-                break
-    proc.kill()
-    raise AssertionError("serve did not start:\n" + "".join(lines))
+                self.ready.set()
+        self.ready.set()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.reader.join(10)
+        return "".join(self.lines)
 
 
 def test_serve_subprocess_stores_posts_and_owns_its_chdb_path(store, tmp_path):
     dsn = f"chdb://{tmp_path / 'data'}"
-    proc, url = start_serve(dsn, store.spec_path)
+    serve = Serve(dsn, store.spec_path)
     try:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
+        host, port = serve.url.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.request("POST", "/", body=json.dumps(cvat_batch("sub", 3)), headers={"Content-Type": "application/json"})
         response = conn.getresponse()
@@ -210,11 +222,10 @@ def test_serve_subprocess_stores_posts_and_owns_its_chdb_path(store, tmp_path):
         other = subprocess.run([str(CLI), "import", "--dsn", dsn, "--spec", str(store.spec_path), "-"],
                                input="[]", capture_output=True, text=True, timeout=120)
         assert other.returncode == 1
-        assert f"is in use by process {proc.pid}" in other.stderr and "serve" in other.stderr, other.stderr
+        assert f"is in use by process {serve.proc.pid}" in other.stderr and "serve" in other.stderr, other.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+        err = serve.stop()
+    assert serve.proc.returncode == 0, err
     assert "POST / 200 3" in err and "stopped" in err
 
     # Stopped: the path is free again, and what was acknowledged is there.
