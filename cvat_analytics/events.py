@@ -202,6 +202,7 @@ class EventContract:
     """The columns of <database>.events and how each incoming field becomes one."""
 
     def __init__(self, spec: dict):
+        self.spec = spec
         events = spec["events"]
         self.scopes = {source: frozenset(names) for source, names in events["scopes"].items()}
         self.columns: list[tuple[str, Any, bool]] = []  # (name, converter, nullable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import json
 import os
 import sys
@@ -24,6 +25,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
+from .cvat_csv import CsvError
+from .cvat_csv import read_cvat_csv as read_cvat_csv_rows
 from .events import EventContract, EventError
 from .store import insert_json_rows
 
@@ -195,16 +198,42 @@ def read_json_values(source: ByteSource) -> Iterator[Record]:
             text.skip_line()
 
 
-def read_cvat_csv(source: ByteSource) -> Iterator[Record]:
-    """CVAT's CSV export (header `scope,obj_name,...`). Hook for a later change: yield
-    Record("line", n, n, value={column: cell}) with empty cells as None; normalize()
-    does the rest (ids arriving as digit strings are accepted)."""
-    raise ImportFailed("CVAT's CSV export is recognised but its import is not written yet; "
-                       "convert it to NDJSON")
-    yield  # pragma: no cover - makes this a generator like the other readers
+def read_cvat_csv(source: ByteSource, spec: dict) -> Iterator[Record]:
+    """CVAT's CSV export (ours too): cvat_csv parses the rows, normalize() checks each one."""
+    stream = io.TextIOWrapper(io.BufferedReader(_SourceStream(source)), encoding="utf-8", newline="")
+    try:
+        for line, event in read_cvat_csv_rows(stream, spec):
+            yield Record("line", line, line, value=event)
+    except CsvError as exc:
+        raise ImportFailed(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ImportFailed(f"the file is not UTF-8 text ({exc.reason})") from None
 
 
-READERS = {"json-array": read_json_array, "json-values": read_json_values, "cvat-csv": read_cvat_csv}
+class _SourceStream(io.RawIOBase):
+    """A ByteSource as a raw binary stream, for io.TextIOWrapper."""
+
+    def __init__(self, source: ByteSource):
+        self.source = source
+        self.buffered = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.buffered:
+            self.buffered = self.source.read()
+        n = min(len(buffer), len(self.buffered))
+        buffer[:n] = self.buffered[:n]
+        self.buffered = self.buffered[n:]
+        return n
+
+
+READERS = {
+    "json-array": lambda source, _spec: read_json_array(source),
+    "json-values": lambda source, _spec: read_json_values(source),
+    "cvat-csv": read_cvat_csv,
+}
 
 
 def detect_format(start: bytes) -> str:
@@ -212,7 +241,7 @@ def detect_format(start: bytes) -> str:
         return "json-array"
     if start.startswith(b"{"):
         return "json-values"
-    if start.startswith(b"scope,"):
+    if start.startswith((b"scope,", b'"scope",')):
         return "cvat-csv"
     if not start:
         raise ImportFailed("the file is empty")
@@ -322,7 +351,7 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
 def _validate(raw, name, contract, spool, skip_invalid, progress, err) -> tuple[int, int]:
     """Read every record, write each valid one's row to the spool; (valid, invalid) counts."""
     source = ByteSource(raw)
-    records = READERS[detect_format(source.start())](source)
+    records = READERS[detect_format(source.start())](source, contract.spec)
     valid = invalid = 0
     for record in records:
         problem = record.problem

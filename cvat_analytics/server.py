@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import shutil
 import signal
 import socket
 import sys
@@ -25,9 +26,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
-from urllib.parse import urlsplit
+from typing import BinaryIO, Callable
+from urllib.parse import parse_qs, urlsplit
 
+from . import export, working_time
 from .events import EventContract, EventError
 from .store import chdb_path, connect, insert_json_rows, redact
 
@@ -39,7 +41,7 @@ JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
 @dataclass
 class Response:
     status: int
-    body: bytes = b""
+    body: bytes | BinaryIO = b""  # a file is streamed, then closed
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     events: int = 0  # for the access log
@@ -122,7 +124,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def dispatch(self) -> None:
         started = time.monotonic()
         path = urlsplit(self.path).path
-        handler = self.server.routes.get((self.command, path))
+        handler = self.server.route(self.command, path)
         if handler is not None:
             try:
                 response = handler(self)
@@ -141,16 +143,26 @@ class RequestHandler(BaseHTTPRequestHandler):
               file=sys.stderr, flush=True)
 
     def send(self, response: Response) -> None:
+        body = response.body
+        headers = {"Content-Type": response.content_type, **response.headers}
+        if isinstance(body, bytes):
+            headers["Content-Length"] = str(len(body))
         self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers.items():
+        for name, value in headers.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+        try:
+            if self.command == "HEAD":
+                pass
+            elif isinstance(body, bytes):
+                self.wfile.write(body)
+            else:
+                shutil.copyfileobj(body, self.wfile, 1 << 20)
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
         pass  # dispatch() logs one line per request; errors before it are not worth a line
@@ -243,7 +255,16 @@ class EventServer(ThreadingHTTPServer):
         super().__init__((host, port), RequestHandler)
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """A path ending in "/" (other than "/") also matches every path under it."""
         self.routes[(method.upper(), path)] = handler
+
+    def route(self, method: str, path: str) -> Handler | None:
+        handler = self.routes.get((method, path))
+        if handler is None:
+            for (m, prefix), h in self.routes.items():
+                if m == method and prefix != "/" and prefix.endswith("/") and path.startswith(prefix):
+                    return h
+        return handler
 
     @property
     def url(self) -> str:
@@ -284,6 +305,38 @@ def _shut_reading(conn: socket.socket) -> None:
         pass
 
 
+def install_export(server: EventServer, jobs: "export.ExportJobs") -> None:
+    """CVAT's CSV export on this server: the legacy GET /api/events and the newer flow."""
+
+    def adapt(result: "export.Response") -> Response:
+        headers = dict(result.headers)
+        content_type = headers.pop("Content-Type", "application/json")
+        headers.pop("Content-Length", None) if isinstance(result.body, bytes) else None
+        return Response(result.status, result.body, content_type, headers)
+
+    def query(request: RequestHandler) -> dict:
+        # Blank values are kept, so `?job_id=` answers 400 instead of being ignored.
+        return parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+
+    server.add_route("GET", "/api/events", lambda r: adapt(export.handle_legacy_get(jobs, query(r))))
+    server.add_route("HEAD", "/api/events", lambda r: adapt(export.handle_legacy_get(jobs, query(r))))
+    server.add_route("POST", "/api/events/export", lambda r: adapt(export.handle_export_post(jobs, query(r))))
+    server.add_route("GET", "/api/events/download", lambda r: adapt(export.handle_download(jobs, query(r))))
+    server.add_route("GET", "/api/requests/", lambda r: adapt(export.handle_request_status(
+        jobs, urlsplit(r.path).path.rsplit("/", 1)[-1], base_url=server.url)))
+
+
+def refresh_working_time_forever(client, spec: dict, stopping: threading.Event) -> None:
+    """Keep <db>.working_time_totals current: one refresh every working_time.refresh_interval_s."""
+    interval = spec["working_time"]["refresh_interval_s"]
+    while not stopping.is_set():
+        try:
+            working_time.refresh(client, spec)
+        except Exception as exc:  # keep serving; the next round retries from the same watermark
+            print(f"cvat-analytics: working-time refresh failed: {_first_line(exc)}", file=sys.stderr, flush=True)
+        stopping.wait(interval)
+
+
 def make_server(client, spec: dict, host: str, port: int, dsn: str = "") -> EventServer:
     """A bound server (port 0 picks a free one: see `.server_address`); call serve_forever()."""
     return EventServer(client, spec, host, port, dsn)
@@ -305,12 +358,21 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
         from .migrate import migrate
         migrate(client, spec, log=lambda line: print(f"cvat-analytics: {line}", file=sys.stderr))
     server = make_server(client, spec, host, port, dsn)
+    # Exports and the refresh get engine handles of their own: an open export stream
+    # holds its handle, and ingest must not wait behind either.
+    data_dir = chdb_path(dsn)
+    jobs = export.ExportJobs(lambda: export.open_client(dsn), spec,
+                             directory=data_dir.parent / f"{data_dir.name}-exports" if data_dir else None)
+    install_export(server, jobs)
+    refresher = threading.Thread(target=refresh_working_time_forever, name="working-time",
+                                 args=(export.open_client(dsn), spec, server.stopping), daemon=True)
+    refresher.start()
     if not _is_loopback(host):
         print(f"cvat-analytics: warning: listening on {host}, not a loopback address: anyone who "
               "reaches it can write events (no authentication yet); put it behind a firewall",
               file=sys.stderr)
     print(f"cvat-analytics: serving {server.url} (database {server.database}, {redact(dsn)}); "
-          "POST events to /, GET /health", file=sys.stderr, flush=True)
+          "POST events to /, GET /health, CSV export at /api/events", file=sys.stderr, flush=True)
 
     stoppers: list[threading.Thread] = []
 
@@ -325,5 +387,7 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     server.serve_forever()
     for stopper in stoppers:
         stopper.join()  # requests in flight answered, threads joined
+    refresher.join(timeout=60)
+    jobs.shutdown()
     print("cvat-analytics: stopped", file=sys.stderr, flush=True)
     return 0

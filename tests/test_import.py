@@ -151,11 +151,11 @@ def test_large_file_in_batches_across_read_chunks(store, tmp_path, monkeypatch, 
     assert store.client.command(f"SELECT sum(obj_id) FROM `{store.database}`.events") == sum(range(1000))
 
 
-def test_unknown_formats_and_the_csv_hook(store, tmp_path, capsys):
+def test_unknown_formats_and_a_csv_with_other_columns(store, tmp_path, capsys):
     csv = tmp_path / "events.csv"
     csv.write_text("scope,obj_name,obj_id\ncreate:task,,1\n")
     assert run_import(store.client, store.spec, str(csv)) == 1
-    assert "CVAT's CSV export is recognised" in capsys.readouterr().err
+    assert "line 1: the header is not CVAT's events columns" in capsys.readouterr().err
     junk = tmp_path / "junk.txt"
     junk.write_text("hello")
     assert run_import(store.client, store.spec, str(junk)) == 1
@@ -204,7 +204,7 @@ SAMPLE_NDJSON = (
 def read_all(data: bytes):
     source = importer.ByteSource(io.BytesIO(data))
     reader = importer.READERS[importer.detect_format(source.start())]
-    return [(r.unit, r.index, r.value, r.problem) for r in reader(source)]
+    return [(r.unit, r.index, r.value, r.problem) for r in reader(source, None)]
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 64])
@@ -216,3 +216,40 @@ def test_reading_does_not_depend_on_where_chunks_end(monkeypatch, chunk):
     assert read_all(SAMPLE_NDJSON) == expected
     array = b"[" + b",".join(json.dumps(e).encode() for e in cvat_events()) + b"]"
     assert [r[2] for r in read_all(array)] == cvat_events()
+
+
+CVAT_CSV = """scope,obj_name,obj_id,obj_val,source,timestamp,count,duration,project_id,task_id,job_id,user_id,user_name,user_email,org_id,org_slug,payload,access_token_id
+create:task,my task,5,,server,2026-03-01 10:00:00.123000+00:00,,0,1,5,,2,ann,ann@example.com,,,"{""request"": {""id"": ""r-1""}}",
+change:frame,,,7,client,2026-03-01 10:00:05+00:00,1,1500,1,5,9,2,ann,ann@example.com,3,acme,,
+"""
+
+
+def test_cvat_csv_export_imports_with_exact_times_and_nulls(store, tmp_path):
+    """CVAT writes str(datetime) timestamps and None as empty fields; payload stays text."""
+    path = tmp_path / "logs.csv"
+    path.write_text(CVAT_CSV)
+    assert run_import(store.client, store.spec, str(path)) == 0
+    rows = store.client.query(
+        f"SELECT scope, toUnixTimestamp64Milli(timestamp), job_id, org_id, payload, request_id, duration "
+        f"FROM `{store.database}`.events ORDER BY timestamp").result_rows
+    assert rows == [
+        ("create:task", 1772359200123, None, None, '{"request": {"id": "r-1"}}', "r-1", 0),
+        ("change:frame", 1772359205000, 9, 3, None, "", 1500),
+    ]
+
+
+def test_export_import_export_gives_the_same_bytes(tmp_path):
+    """The round trip through the real CLI, each store in its own process and path."""
+    def cli(*args):
+        result = subprocess.run([str(CLI), *args], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    a, b = f"chdb://{tmp_path / 'a'}", f"chdb://{tmp_path / 'b'}"
+    cli("migrate", "--dsn", a)
+    cli("demo", "--dsn", a, "--events", "3000", "--days", "3", "--seed", "11")
+    cli("export", "--dsn", a, "-o", str(tmp_path / "1.csv"))
+    cli("migrate", "--dsn", b)
+    cli("import", "--dsn", b, str(tmp_path / "1.csv"))
+    cli("export", "--dsn", b, "-o", str(tmp_path / "2.csv"))
+    first, second = (tmp_path / "1.csv").read_bytes(), (tmp_path / "2.csv").read_bytes()
+    assert first.count(b"\n") > 2000
+    assert first == second
