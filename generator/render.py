@@ -10,6 +10,8 @@ from xml.sax.saxutils import quoteattr
 
 import jinja2
 
+from . import grafana
+
 TEMPLATES = Path(__file__).with_name("templates")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -60,6 +62,8 @@ def context(spec: dict) -> dict:
         "db": sql_ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],
+        # grafana/dashboards/<name>.json.j2: the JSON built from generator/dashboards/<name>.yaml
+        "grafana_dashboard": lambda name: grafana.dashboard_json(name, spec),
     }
 
 

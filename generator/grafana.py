@@ -1,0 +1,126 @@
+"""Dashboard definitions (generator/dashboards/*.yaml) and their Grafana JSON.
+
+One definition per dashboard: uid, title, template variables with their SQL, the
+filters every panel applies, and the panels (id, title, type, gridPos, SQL). The
+Grafana JSON is built from it here; the embedded service draws the same panels from
+the same SQL (cvat_analytics/dashboards.py). SQL keeps the plugin's macros and
+${variables}; only {{ db }} and {{ filters }} are filled in from the spec.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+import yaml
+
+DEFINITIONS = Path(__file__).with_name("dashboards")
+PANEL_TYPES = ("timeseries", "barchart", "table", "stat", "piechart", "bargauge")
+PLUGIN = "grafana-clickhouse-datasource"
+
+
+def load(name: str, spec: dict) -> dict:
+    """The definition of dashboard `name` with its SQL completed for this spec."""
+    from .render import sql_ident  # render imports this module: import late
+
+    data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    filters = " AND ".join(data.get("filters") or ["1=1"])
+    ctx = {"db": sql_ident(spec["clickhouse"]["database"]), "filters": filters}
+    data["name"] = name
+    for item in data["variables"] + data["panels"]:
+        item["sql"] = env.from_string(item["sql"]).render(ctx).strip()
+    return data
+
+
+def load_all(spec: dict) -> list[dict]:
+    """The definitions of the dashboards the spec lists, in its order."""
+    return [load(name, spec) for name in spec["dashboards"]]
+
+
+def dashboard_json(name: str, spec: dict) -> str:
+    """Grafana's JSON model of dashboard `name` (schemaVersion 39), deterministic text."""
+    d = load(name, spec)
+    ds = {"type": PLUGIN, "uid": spec["grafana"]["datasource_uid"]}
+    model = {
+        "uid": d["uid"],
+        "title": d["title"],
+        "description": d["description"],
+        "tags": ["cvat", "cvat-analytics"],
+        "editable": True,  # explore and tweak; provisioning (allowUiUpdates: false) keeps the file the truth
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-7d", "to": "now"},
+        "timezone": "browser",
+        "refresh": "",
+        "links": [{"title": "CVAT dashboards", "type": "dashboards", "tags": ["cvat"], "asDropdown": True}],
+        "templating": {"list": [_variable(v, ds) for v in d["variables"]]},
+        "annotations": {"list": []},
+        "panels": [_panel(p, ds) for p in d["panels"]],
+    }
+    return json.dumps(model, indent=2, ensure_ascii=False) + "\n"
+
+
+def _variable(v: dict, ds: dict) -> dict:
+    return {
+        "name": v["name"],
+        "label": v["label"],
+        "type": "query",
+        "datasource": ds,
+        "definition": v["sql"],
+        "query": v["sql"],
+        "refresh": 2,  # re-read when the time range changes
+        "multi": True,
+        "includeAll": True,
+        # Panels use $__conditionalAll, which turns "All" into 1=1 before this is read.
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "sort": 0,  # keep the query's ORDER BY
+        "hide": 0,
+    }
+
+
+def _panel(p: dict, ds: dict) -> dict:
+    kind = p["type"]
+    timeseries = kind == "timeseries"
+    target = {
+        "refId": "A",
+        "datasource": ds,
+        "editorType": "sql",
+        "format": 0 if timeseries else 1,  # 0: time series (long to wide), 1: table
+        "queryType": "timeseries" if timeseries else "table",
+        "rawSql": p["sql"],
+    }
+    custom: dict = {}
+    options: dict = {}
+    if timeseries:
+        bars = p.get("style") == "bars"
+        custom = {"drawStyle": "bars" if bars else "line", "fillOpacity": 80 if bars else 12,
+                  "lineWidth": 2, "showPoints": "never", "spanNulls": False,
+                  "stacking": {"mode": "normal" if bars else "none", "group": "A"}}
+        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "desc"}}
+    elif kind == "barchart":
+        options = {"orientation": "horizontal", "showValue": "auto", "barWidth": 0.8, "groupWidth": 0.7,
+                   "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "none"}, "xTickLabelRotation": 0}
+    elif kind == "stat":
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "colorMode": "value", "graphMode": "none", "textMode": "value", "justifyMode": "center"}
+    elif kind == "table":
+        totals = p.get("totals") or []
+        options = {"showHeader": True, "cellHeight": "sm",
+                   "footer": {"show": bool(totals), "reducer": ["sum"], "fields": totals, "countRows": False}}
+        custom = {"filterable": True, "inspect": True}
+    return {
+        "id": p["id"],
+        "type": kind,
+        "title": p["title"],
+        "description": p.get("description", ""),
+        "gridPos": dict(p["gridPos"]),
+        "datasource": ds,
+        "targets": [target],
+        "fieldConfig": {"defaults": {"custom": custom}, "overrides": []},
+        "options": options,
+    }

@@ -1,0 +1,120 @@
+"""The rendered Grafana dashboards, checked for what Grafana relies on: fixed uids,
+unique panel ids, a 24-column grid without overlaps, the provisioned datasource,
+every variable a panel uses defined, the 7-day default range, the home dashboard."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from generator import grafana
+from generator.render import render_all
+from generator.spec import DEFAULT_SPEC, load_spec
+from tests.conftest import write_spec
+
+SPEC = load_spec(DEFAULT_SPEC)
+FILES = render_all(SPEC)
+DASHBOARDS = {name: json.loads(FILES[f"grafana/dashboards/{name}.json"]) for name in SPEC["dashboards"]}
+FIXED_UIDS = {"all_events": "cvat-all-events", "management": "cvat-management", "monitoring": "cvat-monitoring"}
+BUILTIN = {"__interval", "__interval_ms", "__from", "__to"}
+
+
+def test_every_dashboard_of_the_spec_is_rendered_with_its_fixed_uid():
+    assert set(DASHBOARDS) == {"all_events", "management", "monitoring"}
+    for name, d in DASHBOARDS.items():
+        assert d["uid"] == FIXED_UIDS[name]
+    assert len({d["uid"] for d in DASHBOARDS.values()}) == 3
+
+
+def test_only_listed_dashboards_are_rendered(tmp_path):
+    _, path = write_spec(tmp_path, dashboards=["monitoring"])
+    files = render_all(load_spec(path))
+    assert [p for p in files if p.startswith("grafana/dashboards/")] == ["grafana/dashboards/monitoring.json"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_range_refresh_and_schema(name):
+    d = DASHBOARDS[name]
+    assert d["time"] == {"from": "now-7d", "to": "now"}
+    assert d["refresh"] == "" and d["schemaVersion"] >= 39 and d["title"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panel_ids_unique_and_grid_positions_do_not_overlap(name):
+    panels = DASHBOARDS[name]["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    taken: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0 and g["y"] >= 0, p["title"]
+        for cx in range(g["x"], g["x"] + g["w"]):
+            for cy in range(g["y"], g["y"] + g["h"]):
+                assert (cx, cy) not in taken, f"{p['title']} overlaps {taken[(cx, cy)]}"
+                taken[(cx, cy)] = p["title"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_datasource_is_the_provisioned_one_everywhere(name):
+    provisioned = yaml.safe_load(FILES["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    expected = {"type": provisioned["type"], "uid": provisioned["uid"]}
+    assert provisioned["uid"] == SPEC["grafana"]["datasource_uid"]
+    d = DASHBOARDS[name]
+    for v in d["templating"]["list"]:
+        assert v["datasource"] == expected
+    for p in d["panels"]:
+        assert p["datasource"] == expected
+        assert [t["datasource"] for t in p["targets"]] == [expected]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_variable_used_is_defined_and_every_defined_one_used(name):
+    d = DASHBOARDS[name]
+    defined = {v["name"] for v in d["templating"]["list"]}
+    used = set()
+    texts = [p["targets"][0]["rawSql"] for p in d["panels"]] + [v["query"] for v in d["templating"]["list"]]
+    for sql in texts:
+        for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)|\[\[(\w+)\]\]", sql):
+            var = m.group(1) or m.group(2) or m.group(3)
+            if not var.startswith("__"):
+                used.add(var)
+    assert used <= defined | BUILTIN, used - defined
+    assert defined <= used, f"defined but never used: {defined - used}"
+    for v in d["templating"]["list"]:
+        assert v["type"] == "query" and v["multi"] and v["includeAll"] and v["refresh"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panels_are_known_types_with_sql_that_honours_the_time_range(name):
+    for p in DASHBOARDS[name]["panels"]:
+        assert p["type"] in grafana.PANEL_TYPES
+        sql = p["targets"][0]["rawSql"]
+        assert "$__timeFilter(" in sql, f"{p['title']} reads without a time filter"
+        assert f"`{SPEC['clickhouse']['database']}`." in sql  # the spec's database, not a hard-coded one
+        assert "{{" not in sql and "}}" not in sql
+        assert p["targets"][0]["format"] == (0 if p["type"] == "timeseries" else 1)
+
+
+def test_working_time_reads_the_totals_not_payload_json():
+    panels = {p["title"]: p for p in DASHBOARDS["management"]["panels"]}
+    sql = panels["Working time"]["targets"][0]["rawSql"]
+    assert "working_time_totals" in sql and "working_time_reported" in sql and "JSON" not in sql
+    assert panels["Working time"]["options"]["footer"]["show"]
+
+
+def test_grafana_home_dashboard_and_sub_path_match_the_files():
+    compose = yaml.safe_load(FILES["docker-compose.yml"])
+    env = compose["services"]["grafana"]["environment"]
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    provider = yaml.safe_load(FILES["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
+    assert home == provider["options"]["path"] + "/all_events.json"
+    assert "grafana/dashboards/all_events.json" in FILES
+    assert env["GF_SERVER_ROOT_URL"] == SPEC["grafana"]["root_url"] and env["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in mounts
+
+
+def test_dashboard_json_is_deterministic():
+    assert render_all(SPEC)["grafana/dashboards/management.json"] == FILES["grafana/dashboards/management.json"]
