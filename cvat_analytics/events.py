@@ -12,6 +12,8 @@ Decisions (see also the README):
   does. Epoch values use decimal arithmetic, so .123456 is exactly .123. Rejected
   before 2000-01-01 or more than a day ahead: such values are nearly always epoch
   milliseconds sent as seconds (or zero), and they would land in the wrong partition.
+  Also rejected when older than `clickhouse.retention_days`: the table's TTL would
+  drop the row as soon as it is written, so an acknowledged event would be lost.
 - ids: non-negative integers up to 2^64-1, or null. Strings of digits ("42") are
   accepted: ClickHouse's JSON input (the Docker path, through Vector) accepts them
   too, and CSV files carry nothing else. Fractional numbers and booleans are refused.
@@ -140,16 +142,22 @@ def _epoch_ms(value: Any) -> int:
     return (local - EPOCH) // timedelta(milliseconds=1) + millis
 
 
-def _timestamp(value: Any) -> str:
+def _timestamp(value: Any, retention_days: int = 0) -> str:
     if value is None:
         raise _FieldError("required; expected epoch seconds or ISO-8601")
     ms = _epoch_ms(value)
+    now = datetime.now(UTC)
     earliest = (EARLIEST - EPOCH) // timedelta(milliseconds=1)
-    latest = (datetime.now(UTC) + MAX_AHEAD - EPOCH) // timedelta(milliseconds=1)
+    latest = (now + MAX_AHEAD - EPOCH) // timedelta(milliseconds=1)
     if ms < earliest or ms > latest:
         hint = " (epoch milliseconds? send seconds)" if ms > latest * 100 else ""
         raise _FieldError(
             f"expected a time between 2000-01-01 and one day from now, got {_got(value)}{hint}"
+        )
+    if retention_days and ms < (now - timedelta(days=retention_days) - EPOCH) // timedelta(milliseconds=1):
+        raise _FieldError(
+            f"older than clickhouse.retention_days ({retention_days} days), so it would be deleted at once; "
+            f"got {_got(value)}"
         )
     return format_ms(ms)
 
@@ -179,11 +187,16 @@ def _payload(value: Any) -> str:
     if isinstance(value, str):
         try:
             json.loads(value)
+        except RecursionError:
+            raise _FieldError("expected a JSON string, got JSON nested too deeply") from None
         except ValueError as exc:
             raise _FieldError(f"expected a JSON string, got text that is not JSON ({exc})") from None
         return _text(value)
     if isinstance(value, (dict, list)):
-        return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+        try:
+            return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+        except RecursionError:
+            raise _FieldError("expected a JSON object, got one nested too deeply") from None
     raise _FieldError(f"expected a JSON string or an object, got {_got(value)}")
 
 
@@ -211,10 +224,11 @@ class EventContract:
             base, nullable = _base_type(column["type"])
             self.columns.append((name, self._converter(name, base), nullable))
 
-    @staticmethod
-    def _converter(name: str, base: str):
+    def _converter(self, name: str, base: str):
         if name == "timestamp" or base.startswith("DateTime64"):
-            return _timestamp
+            # Older than the retention would be acknowledged, then dropped by the TTL at once.
+            retention_days = self.spec.get("clickhouse", {}).get("retention_days", 0)
+            return lambda value: _timestamp(value, retention_days)
         if name == "payload":
             return _payload
         if name == "obj_val":

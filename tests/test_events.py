@@ -15,7 +15,8 @@ from cvat_analytics.store import insert_json_rows
 from generator.spec import load_spec
 
 SPEC = load_spec()
-CONTRACT = EventContract(SPEC)
+# Retention off for the contract's own bounds (2000..now+1 day); retention has its test below.
+CONTRACT = EventContract({**SPEC, "clickhouse": {**SPEC["clickhouse"], "retention_days": 0}})
 UTC = timezone.utc
 NOW = int(time.time())
 YESTERDAY = NOW - 86400
@@ -73,6 +74,14 @@ def test_bad_timestamps_are_refused_with_what_was_expected(value, expected):
 
 def test_the_year_2000_is_the_first_accepted_moment():
     assert stored_ts("2000-01-01T00:00:00Z") == "2000-01-01 00:00:00.000"
+
+
+def test_events_older_than_the_retention_are_refused_not_silently_dropped():
+    contract = EventContract({**SPEC, "clickhouse": {**SPEC["clickhouse"], "retention_days": 30}})
+    assert contract.normalize(event(timestamp=f"{NOW - 29 * 86400}"), 0)
+    with pytest.raises(EventError) as error:
+        contract.normalize(event(timestamp=f"{NOW - 31 * 86400}"), 4)
+    assert str(error.value).startswith("index 4: timestamp: older than clickhouse.retention_days (30 days)")
 
 
 def test_ids_are_unsigned_64_bit_integers_or_digit_strings_or_null():
