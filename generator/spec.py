@@ -112,6 +112,11 @@ def _semantic_problems(spec: dict):
         if port in seen:
             yield key.split("."), f"a port not already used by {seen[port]}, got {port}"
         seen[port] = key
+    for key in ("name", "secret_env"):
+        values = [t[key] for t in spec["access"]["tokens"]]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                yield ["access", "tokens", i, key], f"a {key} no other token has, got {value!r} twice"
 
 
 def _message(path, node, keys: list, expected: str) -> str:

@@ -1,0 +1,121 @@
+"""Who may do what on `cvat-analytics serve`: tokens, permissions, forced row filters.
+
+The spec's `access.tokens` lists callers:
+
+    access:
+      tokens:
+        - name: cvat-server          # shows in the log; namespaces Idempotency-Keys
+          secret_env: CVAT_ANALYTICS_TOKEN_CVAT   # the secret is read from this variable
+          permissions: [ingest]
+        - name: org-7-export
+          secret_env: CVAT_ANALYTICS_TOKEN_ORG7
+          permissions: [export, dashboards]
+          forced_filters: {org_id: 7}            # and/or user_id, like CVAT's own rules
+
+A request names its token as `Authorization: Bearer <secret>` (or `Token <secret>`,
+as CVAT's clients write it). No or an unknown token -> 401; a known token without
+the route's permission -> 403. Secrets are compared with hmac.compare_digest,
+against every configured token, so the time taken does not say which one matched.
+
+Forced filters are CVAT's (reference/cvat.md §5 "Permissions"): an export by a
+caller forced to org 7 only ever sees org 7's rows; asking for another org answers
+403 "You don't have permission to view events with org_id=...". The dashboards read
+`request.principal.forced_filters` and must add them to every query.
+
+With no token configured every caller is `LOCAL` (all permissions, no filter), and
+`serve` binds only to a loopback address.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+PERMISSIONS = ("ingest", "export", "dashboards")
+FILTER_KEYS = ("org_id", "user_id")
+MIN_SECRET_LENGTH = 16
+
+
+class AccessError(Exception):
+    """The access configuration cannot be used (a secret is missing or too short)."""
+
+
+class Forbidden(Exception):
+    """403: the caller may not see what it asked for."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    permissions: frozenset[str]
+    forced_filters: Mapping[str, int] = field(default_factory=dict)
+
+
+LOCAL = Principal("local", frozenset(PERMISSIONS))
+
+
+@dataclass(frozen=True)
+class Token:
+    secret: bytes
+    principal: Principal
+
+
+def load_tokens(spec: dict, environ: Mapping[str, str] | None = None) -> list[Token]:
+    """The spec's tokens with their secrets taken from the environment."""
+    environ = os.environ if environ is None else environ
+    tokens = []
+    for entry in spec.get("access", {}).get("tokens", []):
+        variable = entry["secret_env"]
+        secret = environ.get(variable, "")
+        if len(secret) < MIN_SECRET_LENGTH:
+            state = "is not set" if not secret else f"holds only {len(secret)} characters"
+            raise AccessError(f"access token {entry['name']!r}: the environment variable {variable} {state}; "
+                              f"set it to a random secret of at least {MIN_SECRET_LENGTH} characters")
+        principal = Principal(entry["name"], frozenset(entry["permissions"]),
+                              dict(entry.get("forced_filters") or {}))
+        tokens.append(Token(secret.encode(), principal))
+    return tokens
+
+
+_SCHEME = re.compile(r"^\s*(Bearer|Token)\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def authenticate(tokens: list[Token], authorization: str | None) -> Principal | None:
+    """The principal whose secret the Authorization header carries, or None."""
+    match = _SCHEME.match(authorization or "")
+    if not match:
+        return None
+    offered = match.group(2).encode()
+    found = None
+    for token in tokens:  # every token is compared: no early exit
+        if hmac.compare_digest(offered, token.secret):
+            found = token.principal
+    return found
+
+
+def required_permission(method: str, path: str) -> str | None:
+    """The permission a route needs; None for /health (open to all)."""
+    if path == "/health":
+        return None
+    if method == "POST" and path == "/":
+        return "ingest"
+    if path.startswith(("/api/events", "/api/requests/")):
+        return "export"
+    return "dashboards"  # /dashboards and anything else added later: read access
+
+
+def apply_forced_filters(principal: Principal, query: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The export's query with the caller's forced filters set; Forbidden on a conflict.
+
+    Every value given for a forced key must be that key's forced value (so
+    `org_id=7&org_id=8` is refused, not resolved by whichever value wins)."""
+    query = dict(query)
+    for key, forced in principal.forced_filters.items():
+        for value in query.get(key, []):
+            text = value.strip()
+            if not (text.isascii() and text.isdigit() and int(text) == forced):
+                raise Forbidden(f"You don't have permission to view events with {key}={value[:40]}")
+        query[key] = [str(forced)]
+    return query
