@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests need (none are installed by hand anywhere).
-# (None yet; the dashboards issue adds chromium and chromium-driver for page tests.)
+# chromium + chromium-driver: headless browser tests of the embedded dashboards.
 set -euo pipefail
-packages=()
+packages=(chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

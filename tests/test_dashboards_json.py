@@ -46,6 +46,8 @@ def test_panel_ids_unique_and_grid_positions_do_not_overlap(name):
     panels = DASHBOARDS[name]["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
+    titles = [p["title"] for p in panels]
+    assert len(titles) == len(set(titles))  # a panel is named by its title (benchmark, README)
     taken: dict[tuple[int, int], str] = {}
     for p in panels:
         g = p["gridPos"]

@@ -1,0 +1,290 @@
+"""The dashboards in the embedded service: `serve` shows /dashboards and /dashboards/<uid>.
+
+Same definitions (generator/dashboards/*.yaml) and same SQL as the Grafana
+dashboards, expanded by grafana_macros.expand as the plugin would. What comes from
+the query string is validated before it reaches SQL: ids must be integers, scopes
+and sources must be known ones, free-text values (error messages) must be among the
+variable's own options and are escaped; the time range is one of RANGES or ISO times.
+Queries run read-only (readonly=2) with the dashboards user's time limit.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import jinja2
+
+from generator import grafana
+from . import charts
+from .grafana_macros import ALL, Variable, expand
+
+TEMPLATES = Path(__file__).with_name("dashboard_templates")
+RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
+          "7d": timedelta(days=7), "30d": timedelta(days=30), "90d": timedelta(days=90)}
+DEFAULT_RANGE = "7d"  # as the Grafana dashboards
+# Panel intervals, like Grafana's rounding: the smallest that keeps a chart under ~150 points.
+INTERVALS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400)
+MAX_OPTIONS = 500
+
+
+class BadRequest(Exception):
+    pass
+
+
+def interval_for(time_from: datetime, time_to: datetime) -> int:
+    span = (time_to - time_from).total_seconds()
+    return next((s for s in INTERVALS if span / s <= 150), INTERVALS[-1])
+
+
+def all_selected(definition: dict) -> dict[str, Variable]:
+    return {v["name"]: Variable(ALL) for v in definition["variables"]}
+
+
+def panel_queries(spec: dict, time_from: datetime, time_to: datetime) -> list[tuple[str, str, str]]:
+    """(dashboard uid, panel title, SQL as sent to ClickHouse) for every panel, "All" selected:
+    what the benchmark times."""
+    interval = interval_for(time_from, time_to)
+    out = []
+    for d in grafana.load_all(spec):
+        variables = all_selected(d)
+        for p in d["panels"]:
+            out.append((d["uid"], p["title"], expand(p["sql"], time_from, time_to, interval, variables)))
+    return out
+
+
+def variable_queries(spec: dict, time_from: datetime, time_to: datetime) -> list[tuple[str, str, str]]:
+    """(dashboard uid, variable name, SQL) for every template variable, "All" selected."""
+    out = []
+    for d in grafana.load_all(spec):
+        variables = all_selected(d)
+        for v in d["variables"]:
+            out.append((d["uid"], v["name"], expand(v["sql"], time_from, time_to, 60, variables)))
+    return out
+
+
+# --- the request: time range and filters, validated
+
+@dataclass
+class Selection:
+    range_key: str
+    time_from: datetime
+    time_to: datetime
+    values: dict[str, list[str]]  # variable -> selected values ([] = All)
+
+    @property
+    def interval(self) -> int:
+        return interval_for(self.time_from, self.time_to)
+
+
+def parse_time(text: str, name: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
+                    now: datetime | None = None) -> Selection:
+    now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    range_key = (query.get("range") or [DEFAULT_RANGE])[0]
+    custom_from, custom_to = (query.get("from") or [""])[0], (query.get("to") or [""])[0]
+    if custom_from:
+        time_from = parse_time(custom_from, "from")
+        time_to = parse_time(custom_to, "to") if custom_to else now
+        range_key = "custom"
+        if time_to <= time_from:
+            raise BadRequest("to must be after from")
+    elif range_key in RANGES:
+        time_from, time_to = now - RANGES[range_key], now
+    else:
+        raise BadRequest(f"range: expected one of {', '.join(RANGES)}")
+    scopes = set(spec["events"]["scopes"]["server"]) | set(spec["events"]["scopes"]["client"])
+    values: dict[str, list[str]] = {}
+    for v in definition["variables"]:
+        chosen = [x for x in query.get(v["name"], []) if x not in ("", "all", ALL)]
+        for x in chosen:
+            if v["kind"] == "id" and not (x.isascii() and x.isdigit() and int(x) < 2 ** 64):
+                raise BadRequest(f"{v['name']}: expected a whole number id, got {x[:40]!r}")
+            if v["kind"] == "scope" and x not in scopes:
+                raise BadRequest(f"{v['name']}: not a known scope: {x[:40]!r}")
+            if v["kind"] == "source" and x not in ("client", "server"):
+                raise BadRequest(f"{v['name']}: expected client or server, got {x[:40]!r}")
+        values[v["name"]] = [str(int(x)) if v["kind"] == "id" else x for x in chosen]
+    return Selection(range_key, time_from, time_to, values)
+
+
+def sql_text(value: str) -> str:
+    """A value to go between the single quotes Grafana's format puts around it."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def variables_for(selection: Selection, options: dict[str, list[str]], kinds: dict[str, str]) -> dict[str, Variable]:
+    out = {}
+    for name, chosen in selection.values.items():
+        if not chosen:
+            out[name] = Variable(ALL)
+        else:
+            if kinds[name] == "text":  # free text: only what the variable itself offers
+                unknown = [c for c in chosen if c not in options.get(name, [])]
+                if unknown:
+                    raise BadRequest(f"{name}: not one of its values in this time range: {unknown[0][:60]!r}")
+            out[name] = Variable([sql_text(c) for c in chosen])
+    return out
+
+
+# --- running and drawing
+
+class Dashboards:
+    """The pages; `client_factory()` gives a clickhouse-connect client of its own."""
+
+    def __init__(self, client_factory: Callable[[], object], spec: dict):
+        self.spec = spec
+        self.definitions = {d["uid"]: d for d in grafana.load_all(spec)}
+        self._factory = client_factory
+        self._client = None
+        self._lock = threading.Lock()  # one chdb handle runs one query at a time
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                                      autoescape=True, undefined=jinja2.StrictUndefined)
+        self.env.filters["cell"] = _cell
+
+    def query(self, sql: str, forced: dict | None = None) -> tuple[list[str], list[tuple]]:
+        settings = {"readonly": 2, "max_execution_time": self.spec["clickhouse"]["dashboards_max_execution_time_s"]}
+        if forced:
+            settings["additional_table_filters"] = self.forced_filters(forced)
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            result = self._client.query(sql, settings=settings)
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def forced_filters(self, forced: dict) -> str:
+        """A caller limited to an org or a user (access.py) sees only those rows: ClickHouse
+        adds the condition to every read of the table, inside views too. working_time_totals
+        has no org_id, so an org-limited caller gets none of it rather than everyone's."""
+        db = self.spec["clickhouse"]["database"]
+        events = " AND ".join(f"{key} = {int(value)}" for key, value in sorted(forced.items()))
+        totals = "0" if "org_id" in forced else events
+        return "{" + f"'{db}.events': '{events}', '{db}.working_time_totals': '{totals}'" + "}"
+
+    def index_page(self) -> str:
+        return self.env.get_template("index.html.j2").render(
+            dashboards=list(self.definitions.values()), title="Dashboards")
+
+    def dashboard_page(self, uid: str, query: dict[str, list[str]], now: datetime | None = None,
+                       forced: dict | None = None) -> str:
+        d = self.definitions.get(uid)
+        if d is None:
+            raise KeyError(uid)
+        sel = parse_selection(query, d, self.spec, now)
+        kinds = {v["name"]: v["kind"] for v in d["variables"]}
+        # Variables first, in order (a later one may cascade on an earlier one: tasks on projects).
+        options: dict[str, list[str]] = {}
+        state: dict[str, Variable] = {name: Variable(ALL) for name in kinds}
+        controls = []
+        for v in d["variables"]:
+            sql = expand(v["sql"], sel.time_from, sel.time_to, sel.interval, state)
+            _, rows = self.query(sql + f" LIMIT {MAX_OPTIONS}", forced)
+            options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
+            state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
+                                                 {v["name"]: sel.values[v["name"]]}), options, kinds))
+            controls.append({"name": v["name"], "label": v["label"], "options": options[v["name"]],
+                             "selected": sel.values[v["name"]]})
+        panels = [self._panel(p, sel, state, forced) for p in d["panels"]]
+        return self.env.get_template("dashboard.html.j2").render(
+            title=d["title"], dashboard=d, dashboards=list(self.definitions.values()), panels=panels,
+            controls=controls, selection=sel, ranges=list(RANGES),
+            range_text=f"{sel.time_from:%Y-%m-%d %H:%M} – {sel.time_to:%Y-%m-%d %H:%M} UTC",
+            interval_text=_duration_text(sel.interval))
+
+    def _panel(self, p: dict, sel: Selection, state: dict[str, Variable], forced: dict | None = None) -> dict:
+        out = {"id": p["id"], "title": p["title"], "type": p["type"], "description": p.get("description", ""),
+               "grid": p["gridPos"], "error": None, "empty": False}
+        sql = expand(p["sql"], sel.time_from, sel.time_to, sel.interval, state)
+        try:
+            columns, rows = self.query(sql, forced)
+        except Exception as exc:  # one failing panel must not take the page down
+            out["error"] = str(exc).splitlines()[0][:300]
+            return out
+        out["columns"], out["rows"] = columns, rows
+        if not rows and p["type"] != "stat":  # an empty result has no columns to draw
+            out["empty"] = True
+            if p["type"] != "table":
+                out["svg"], out["legend"] = "", []
+            return out
+        width = p["gridPos"]["w"] * 50
+        height = max(p["gridPos"]["h"] * 34 - 80, 80)
+        if p["type"] == "timeseries" and len(charts.series_of(columns, rows)) > 6:
+            out["svg"], out["legend"] = charts.heatmap_svg(columns, rows, sel.time_from, sel.time_to, sel.interval,
+                                                           width=width, height=height)
+            out["empty"] = not rows
+            out["heatmap"] = True
+        elif p["type"] == "timeseries":
+            out["svg"], out["legend"] = charts.timeseries_svg(columns, rows, sel.time_from, sel.time_to,
+                                                              bars=p.get("style") == "bars", width=width, height=height)
+            out["empty"] = not any(charts._num(v) for r in rows for v in r[1:])
+        elif p["type"] in ("barchart", "bargauge", "piechart"):
+            out["svg"], out["legend"] = charts.barchart_svg(columns, rows, width=width, height=height + 30)
+            out["empty"] = not rows
+        elif p["type"] == "stat":
+            value = rows[0][0] if rows else None
+            out["value"] = charts.fmt_number(charts._num(value)) if value is not None else "–"
+        else:
+            totals = p.get("totals") or []
+            out["totals"] = [_total([r[i] for r in rows]) if c in totals else None
+                             for i, c in enumerate(columns)] if totals else None
+            out["empty"] = not rows
+        return out
+
+
+def _total(values: list) -> str:
+    total = sum(v for v in values if isinstance(v, (int, float)))
+    return f"{total:,.2f}" if isinstance(total, float) else f"{total:,}"
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if unit == 'day' and n > 1 else ''}"
+    return f"{seconds} s"
+
+
+def _cell(value, column: str = "") -> dict:
+    """How a table cell shows: text, whether it is long (folded), numeric (right-aligned) or empty."""
+    if value is None:
+        return {"text": "", "kind": "null"}
+    if isinstance(value, datetime):
+        return {"text": value.strftime("%Y-%m-%d %H:%M:%S"), "kind": "time"}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = str(value)
+        if len(text) > 80 or "\n" in text:
+            return {"text": text, "kind": "long", "short": text.splitlines()[0][:70] + "…"}
+        return {"text": text, "kind": "text"}
+    if column == "id" or column.endswith("_id"):
+        return {"text": str(value), "kind": "num"}  # ids without thousands separators
+    return {"text": f"{value:,.2f}" if isinstance(value, float) else f"{value:,}", "kind": "num"}
+
+
+def handle(pages: Dashboards, path: str, query: dict[str, list[str]],
+           forced: dict | None = None) -> tuple[int, str]:
+    """(status, HTML) for GET /dashboards and /dashboards/<uid>."""
+    uid = path[len("/dashboards"):].strip("/")
+    if not uid:
+        return 200, pages.index_page()
+    if uid not in pages.definitions:
+        return 404, _message(pages, "No such dashboard", f"There is no dashboard {uid!r}.")
+    try:
+        return 200, pages.dashboard_page(uid, query, forced=forced)
+    except BadRequest as exc:
+        return 400, _message(pages, "Bad filter", str(exc))
+
+
+def _message(pages: Dashboards, title: str, text: str) -> str:
+    return pages.env.from_string(
+        '{% extends "base.html.j2" %}{% block main %}<h1>{{ title }}</h1><p class="sub">{{ text }}</p>'
+        '<p><a href="/dashboards">All dashboards</a></p>{% endblock %}'
+    ).render(title=title, text=text, dashboards=list(pages.definitions.values()))

@@ -1,0 +1,262 @@
+"""Every panel's and every variable's SQL, expanded as the Grafana plugin expands it,
+run on chdb: with "All" selected and with one value selected for each variable, over
+demo data; the columns fit the panel's visualization. The working-time and exceptions
+tables are checked against hand-computed rows."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cvat_analytics import demo, store as store_module, working_time
+from cvat_analytics.dashboards import (BadRequest, Dashboards, all_selected, interval_for, panel_queries,
+                                       parse_selection, sql_text, variable_queries, variables_for)
+from cvat_analytics.grafana_macros import ALL, Variable, expand
+from cvat_analytics.store import insert_json_rows
+from generator import grafana
+from generator.spec import DEFAULT_SPEC, load_spec
+from tests.conftest import write_spec
+
+# Recent days: events older than the spec's retention are dropped at once.
+NOW = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+FROM, TO = NOW - timedelta(days=7), NOW
+NUMERIC = ("Int", "UInt", "Float", "Decimal")
+
+# What the tables must show, in this order.
+TABLE_COLUMNS = {
+    ("cvat-all-events", "Events"): ["timestamp", "scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration",
+                                    "project_id", "task_id", "job_id", "user_id", "user_name", "org_id"],
+    ("cvat-management", "Working time"): ["user_id", "user_name", "project_id", "project", "task_id", "task", "job_id",
+                                          "working_time_h", "cvat_reported_h", "activity"],
+    ("cvat-monitoring", "Exceptions"): ["timestamp", "user_id", "user_name", "source", "project_id", "task_id",
+                                        "job_id", "error", "stack", "payload"],
+    ("cvat-monitoring", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
+    ("cvat-monitoring", "Number of events"): ["scope", "source", "events"],
+}
+
+
+def base(type_name: str) -> str:
+    for wrapper in ("LowCardinality(", "Nullable("):
+        while type_name.startswith(wrapper):
+            type_name = type_name[len(wrapper):-1]
+    return type_name
+
+
+def check_shape(client, uid: str, panel: dict, sql: str) -> None:
+    """Run `sql`; its columns (from DESCRIBE: an empty result has none) must fit the panel."""
+    result = client.query(sql)
+    described = client.query(f"DESCRIBE ({sql})").result_rows
+    names = [r[0] for r in described]
+    types = [base(r[1]) for r in described]
+    where = f"{uid} / {panel['title']}: {list(zip(names, types))}"
+    kind = panel["type"]
+    if kind == "timeseries":  # time first; text columns name series; at least one number
+        assert types[0].startswith("DateTime"), where
+        assert any(t.startswith(NUMERIC) for t in types[1:]), where
+        assert all(t.startswith(NUMERIC) or t == "String" for t in types[1:]), where
+    elif kind == "barchart":  # a text category, then one number per series
+        assert types[0] == "String" and len(types) >= 2 and all(t.startswith(NUMERIC) for t in types[1:]), where
+    elif kind == "stat":
+        assert len(result.result_rows) == 1 and len(types) == 1 and types[0].startswith(NUMERIC), where
+    else:
+        assert names == TABLE_COLUMNS[(uid, panel["title"])], where
+
+
+@pytest.fixture(scope="module")
+def seeded(chdb_dsn, tmp_path_factory):
+    """A database with 7 days of demo traffic ending at NOW, and its working time."""
+    from cvat_analytics.migrate import migrate
+
+    _, path = write_spec(tmp_path_factory.mktemp("spec"), **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    spec = load_spec(path)
+    client = store_module.connect(chdb_dsn)
+    migrate(client, spec, log=lambda *_: None)
+    demo.run(20_000, days=7, seed=3, client=client, database=spec["clickhouse"]["database"],
+             now_ms=int(NOW.timestamp() * 1000), err=open("/dev/null", "w"))
+    working_time.refresh(client, spec, full=True, margin_s=0)
+    yield client, spec
+    client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
+
+
+def options_of(client, variable: dict, variables: dict) -> list[str]:
+    rows = client.query(expand(variable["sql"], FROM, TO, 60, variables)).result_rows
+    return [str(r[0]) for r in rows if r[0] is not None]
+
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("name", ["all_events", "management", "monitoring"])
+def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
+    client, spec = seeded
+    d = grafana.load(name, spec)
+    interval = interval_for(FROM, TO)
+    everything = all_selected(d)
+    # "All" everywhere: every variable has options, every panel its columns and (but stats) rows.
+    chosen = {}
+    for v in d["variables"]:
+        options = options_of(client, v, everything)
+        assert options, f"{name}: variable {v['name']} has no values"
+        chosen[v["name"]] = options[0]
+    for p in d["panels"]:
+        sql = expand(p["sql"], FROM, TO, interval, everything)
+        check_shape(client, d["uid"], p, sql)
+        if p["type"] != "stat":
+            assert client.query(sql).result_rows, f"{name} / {p['title']}: no rows with All selected"
+    # One value of one variable at a time, the rest All: everything still runs with the same shape.
+    for var_name, value in chosen.items():
+        variables = dict(everything, **{var_name: Variable([sql_text(value)])})
+        for v in d["variables"]:
+            options_of(client, v, variables)
+        for p in d["panels"]:
+            check_shape(client, d["uid"], p, expand(p["sql"], FROM, TO, interval, variables))
+
+
+@pytest.mark.clickhouse
+def test_a_selected_value_filters_every_panel(seeded):
+    client, spec = seeded
+    d = grafana.load("all_events", spec)
+    user = options_of(client, d["variables"][2], all_selected(d))[0]
+    sql = {p["title"]: p["sql"] for p in d["panels"]}["Events"]
+    rows = client.query(expand(sql, FROM, TO, 3600, dict(all_selected(d), users=Variable([user])))).result_rows
+    assert rows and {r[11] for r in rows} == {int(user)}
+
+
+@pytest.mark.clickhouse
+def test_panel_queries_for_the_benchmark_run(seeded):
+    client, spec = seeded
+    queries = panel_queries(spec, FROM, TO)
+    assert len(queries) == sum(len(grafana.load(n, spec)["panels"]) for n in spec["dashboards"])
+    for uid, title, sql in queries:
+        assert "$" not in sql.replace("'$.platform", ""), (uid, title)
+        client.query(sql)
+    assert all("$__" not in sql for _, _, sql in variable_queries(spec, FROM, TO))
+
+
+# --- hand-computed: the working-time table and the exceptions table
+
+T0 = NOW - timedelta(days=2) + timedelta(hours=10)
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def ev(scope, seconds, source="client", user=1, project=None, task=None, job=None, **extra):
+    names = {1: "ann", 2: "bob"}
+    return {"scope": scope, "source": source, "timestamp": at(seconds), "user_id": user, "user_name": names[user],
+            "project_id": project, "task_id": task, "job_id": job, "duration": 0, **extra}
+
+
+HAND_EVENTS = [
+    ev("create:project", -3600, "server", obj_id=2, obj_name="Cars", project=2),
+    ev("create:task", -3500, "server", obj_id=5, obj_name="batch-a", project=2, task=5),
+    # ann: the rule gives 30 s + 30 min to the load's (empty) ids, 30 s + 1.5 h + 30 s to job 10, 30 s to job 11
+    ev("load:cvat", 0, payload=json.dumps({"platform": {"name": "Chrome", "version": "120", "os": "Linux"}})),
+    ev("change:frame", 30, project=2, task=5, job=10, duration=1_800_000),
+    ev("change:frame", 1860, project=2, task=5, job=10, duration=5_400_000),
+    ev("draw:object", 7290, project=2, task=5, job=11),
+    ev("save:job", 7320, project=2, task=5, job=11),
+    ev("send:working_time", 7500, "server", project=2, task=5, job=10, duration=5_400_000,
+       payload=json.dumps({"working_time": 5_400_000})),
+    # bob: one instant event: no working time, one activity
+    ev("draw:object", 3600, user=2, project=3, task=6, job=20),
+    # exceptions: one from ann's browser in job 10, one from the server for bob without task or job
+    ev("send:exception", 900, project=2, task=5, job=10,
+       payload=json.dumps({"message": "Boom 'x'", "stack": "Error: Boom\n    at a.js:1"})),
+    ev("send:exception", 5400, "server", user=2,
+       payload=json.dumps({"message": "Server fail", "stack": "Traceback: fail"})),
+]
+DAY = (NOW - timedelta(days=2), NOW - timedelta(days=1))
+
+
+@pytest.fixture
+def hand(store):
+    body = "\n".join(json.dumps(e) for e in HAND_EVENTS).encode()
+    insert_json_rows(store.client, store.database, body)
+    working_time.refresh(store.client, store.spec, full=True, margin_s=0)
+    return store
+
+
+def run_panel(store, dashboard: str, title: str, **selected) -> list[tuple]:
+    d = grafana.load(dashboard, store.spec)
+    sql = {p["title"]: p["sql"] for p in d["panels"]}[title]
+    variables = dict(all_selected(d), **{k: Variable(v) for k, v in selected.items()})
+    return store.client.query(expand(sql, *DAY, 3600, variables)).result_rows
+
+
+@pytest.mark.clickhouse
+def test_working_time_table_by_hand(hand):
+    rows = run_panel(hand, "management", "Working time")
+    assert rows == [
+        # user, name, project, name, task, name, job, ours h, CVAT's h, activity
+        (1, "ann", 2, "Cars", 5, "batch-a", 10, 1.52, 1.5, 3),     # 5 460 000 ms; 2 frames + 1 exception
+        (1, "ann", None, None, None, None, None, 0.51, 0.0, 1),    # 1 830 000 ms, kept though it has no job
+        (1, "ann", 2, "Cars", 5, "batch-a", 11, 0.01, 0.0, 2),     # 30 000 ms
+        (2, "bob", 3, None, 6, None, 20, 0.0, 0.0, 1),
+    ]
+    # One job selected: only its row; the row without a job is not that job's.
+    assert [r[6] for r in run_panel(hand, "management", "Working time", jobs=["10"])] == [10]
+    per_user = run_panel(hand, "management", "Working time per user (hours)")
+    assert per_user == [("ann #1", 2.03, 1.5)]  # 7 320 000 ms; bob worked 0 ms and CVAT reported none
+
+
+@pytest.mark.clickhouse
+def test_exceptions_table_by_hand(hand):
+    rows = run_panel(hand, "monitoring", "Exceptions")
+    assert [r[1:9] for r in rows] == [
+        (2, "bob", "server", None, None, None, "Server fail", "Traceback: fail"),
+        (1, "ann", "client", 2, 5, 10, "Boom 'x'", "Error: Boom\n    at a.js:1"),
+    ]
+    assert rows[0][0].replace(tzinfo=timezone.utc) == T0 + timedelta(seconds=5400)
+    assert json.loads(rows[1][9])["message"] == "Boom 'x'"
+    # An error message with a quote, selected as the embedded service passes it (escaped).
+    only = run_panel(hand, "monitoring", "Exceptions", errors=[sql_text("Boom 'x'")])
+    assert [r[7] for r in only] == ["Boom 'x'"]
+    assert run_panel(hand, "monitoring", "Exceptions", errors=[sql_text("x') OR 1=1 --")]) == []
+    assert run_panel(hand, "monitoring", "Exceptions") and run_panel(hand, "monitoring", "Exceptions", users=["1"])[0][1] == 1
+
+
+@pytest.mark.clickhouse
+def test_the_embedded_pages_use_the_same_numbers(hand):
+    pages = Dashboards(lambda: hand.client, hand.spec)
+    html = pages.dashboard_page("cvat-management", {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]})
+    assert "batch-a" in html and "1.52" in html and "Query failed" not in html
+
+
+# --- what the query string may put into SQL
+
+SPEC = load_spec(DEFAULT_SPEC)
+MONITORING = grafana.load("monitoring", SPEC)
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"users": ["1 OR 1=1"]}, "whole number"),
+    ({"users": ["-1"]}, "whole number"),
+    ({"jobs": ["1e3"]}, "whole number"),
+    ({"sources": ["client') OR ('1"]}, "client or server"),
+    ({"range": ["forever"]}, "range"),
+    ({"from": ["yesterday"]}, "ISO time"),
+    ({"from": ["2024-01-02T00:00"], "to": ["2024-01-01T00:00"]}, "after"),
+])
+def test_bad_query_values_never_reach_sql(query, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_selection(query, MONITORING, SPEC)
+
+
+def test_scopes_must_be_known():
+    d = grafana.load("all_events", SPEC)
+    assert parse_selection({"scopes": ["change:frame"]}, d, SPEC).values["scopes"] == ["change:frame"]
+    with pytest.raises(BadRequest, match="scope"):
+        parse_selection({"scopes": ["change:frame' OR 1=1"]}, d, SPEC)
+
+
+def test_free_text_must_be_one_of_the_variables_values():
+    sel = parse_selection({"errors": ["nope"]}, MONITORING, SPEC)
+    kinds = {v["name"]: v["kind"] for v in MONITORING["variables"]}
+    with pytest.raises(BadRequest, match="not one of"):
+        variables_for(sel, {"errors": ["Boom"]}, kinds)
+    sel = parse_selection({"errors": ["it's"], "users": ["007"]}, MONITORING, SPEC)
+    out = variables_for(sel, {"errors": ["it's"]}, kinds)
+    assert out["errors"].value == ["it\\'s"] and out["users"].value == ["7"] and out["jobs"].value == ALL
