@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,8 @@ from typing import BinaryIO, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from . import export, working_time
+from .access import (LOCAL, AccessError, Forbidden, Principal, Token, apply_forced_filters,
+                     authenticate, load_tokens, required_permission)
 from .events import EventContract, EventError
 from .store import chdb_path, connect, insert_json_rows, redact
 
@@ -75,7 +78,15 @@ def parse_events(body: bytes) -> list:
         if stripped[0] != "{":
             raise BadBody(f"the body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
         return _parse_ndjson(stripped)
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the parser's stack; a 5000-digit number
+        raise BadBody(f"the body is not acceptable JSON: {_json_limit(exc)}") from None
     return value if isinstance(value, list) else [value]
+
+
+def _json_limit(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply (events are flat objects)"
+    return _first_line(exc)
 
 
 def _parse_ndjson(text: str) -> list:
@@ -87,6 +98,8 @@ def _parse_ndjson(text: str) -> list:
             events.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise BadBody(f"line {number} is not valid JSON: {exc.msg}", index=len(events)) from None
+        except (RecursionError, ValueError) as exc:
+            raise BadBody(f"line {number} is not acceptable JSON: {_json_limit(exc)}", index=len(events)) from None
     return events
 
 
@@ -94,6 +107,9 @@ class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: CVAT's handler posts every 2 s
     timeout = 120  # seconds a connection may sit idle or stall mid-body before it is closed
     server: "EventServer"
+    # Who is asking (set by dispatch before any handler runs); handlers that read
+    # events must apply `principal.forced_filters` (see access.py).
+    principal: Principal = LOCAL
 
     def handle_one_request(self):
         self.server.set_busy(self.connection, False)
@@ -125,7 +141,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         started = time.monotonic()
         path = urlsplit(self.path).path
         handler = self.server.route(self.command, path)
-        if handler is not None:
+        refused = self.server.check_access(self, path)
+        if refused is not None:
+            response = refused
+        elif handler is not None:
             try:
                 response = handler(self)
             except Exception as exc:  # a bug or a ClickHouse failure: say so, keep serving
@@ -192,6 +211,10 @@ def ingest(request: RequestHandler) -> Response:
         return json_response(413, {"error": f"the body is {size} bytes; at most {server.max_body_bytes} "
                                             "are accepted (embedded.max_body_bytes): send smaller batches"})
     body = request.rfile.read(size)
+    try:
+        token = dedup_token(request, body)
+    except BadBody as exc:
+        return json_response(400, {"error": str(exc), "index": None})
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
         return json_response(415, {"error": f"Content-Type {content_type} is not JSON; send application/json"})
@@ -209,9 +232,25 @@ def ingest(request: RequestHandler) -> Response:
             data["field"] = exc.field
         return json_response(400, data)
     if rows:
-        insert_json_rows(server.client, server.database, b"".join(rows),
-                         token=hashlib.sha256(body).hexdigest())
+        insert_json_rows(server.client, server.database, b"".join(rows), token=token)
     return json_response(200, {"stored": len(rows)}, events=len(rows))
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
+
+
+def dedup_token(request: RequestHandler, body: bytes) -> str:
+    """ClickHouse's insert_deduplication_token for this request.
+
+    With an `Idempotency-Key` header: the key, namespaced by the caller, so any body
+    sent with the same key is stored once (the first one). Without: the body's
+    sha256, so a byte-identical retry is stored once. The two never collide."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return "body:" + hashlib.sha256(body).hexdigest()
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadBody("Idempotency-Key: expected 1-200 printable ASCII characters without spaces")
+    return f"key:{request.principal.name}:{key}"
 
 
 def health(request: RequestHandler) -> Response:
@@ -239,13 +278,16 @@ class EventServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True
 
-    def __init__(self, client, spec: dict, host: str, port: int, dsn: str = ""):
+    def __init__(self, client, spec: dict, host: str, port: int, dsn: str = "",
+                 tokens: list[Token] | None = None):
         self.client = client
         self.spec = spec
         self.dsn = dsn
         self.database = spec["clickhouse"]["database"]
         self.max_body_bytes = spec["embedded"]["max_body_bytes"]
         self.contract = EventContract(spec)
+        # Without tokens in the spec every caller is LOCAL (serve then binds to loopback only).
+        self.tokens = load_tokens(spec) if tokens is None else tokens
         self.routes: dict[tuple[str, str], Handler] = dict(ROUTES)
         self.stopping = threading.Event()
         self._connections: dict[socket.socket, bool] = {}  # open connection -> busy
@@ -253,6 +295,23 @@ class EventServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), RequestHandler)
+
+    def check_access(self, request: RequestHandler, path: str) -> Response | None:
+        """Set request.principal; a 401/403 answer when the caller may not use this route."""
+        needed = required_permission(request.command, path)
+        if not self.tokens or needed is None:
+            request.principal = LOCAL
+            return None
+        principal = authenticate(self.tokens, request.headers.get("Authorization"))
+        if principal is None:
+            request.close_connection = True  # a body we will not read may follow
+            return json_response(401, {"error": "authentication required: send Authorization: Bearer <token>"},
+                                 **{"WWW-Authenticate": 'Bearer realm="cvat-analytics"'})
+        request.principal = principal
+        if needed not in principal.permissions:
+            request.close_connection = True
+            return json_response(403, {"error": f"token {principal.name!r} lacks the {needed!r} permission"})
+        return None
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         """A path ending in "/" (other than "/") also matches every path under it."""
@@ -338,15 +397,37 @@ def install_export(server: EventServer, jobs: "export.ExportJobs") -> None:
         headers.pop("Content-Length", None) if isinstance(result.body, bytes) else None
         return Response(result.status, result.body, content_type, headers)
 
-    def query(request: RequestHandler) -> dict:
-        # Blank values are kept, so `?job_id=` answers 400 instead of being ignored.
-        return parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+    owners: dict[str, str] = {}  # export id -> name of the principal that started it
 
-    server.add_route("GET", "/api/events", lambda r: adapt(export.handle_legacy_get(jobs, query(r))))
-    server.add_route("HEAD", "/api/events", lambda r: adapt(export.handle_legacy_get(jobs, query(r))))
-    server.add_route("POST", "/api/events/export", lambda r: adapt(export.handle_export_post(jobs, query(r))))
-    server.add_route("GET", "/api/events/download", lambda r: adapt(export.handle_download(jobs, query(r))))
-    server.add_route("GET", "/api/requests/", lambda r: adapt(export.handle_request_status(
+    def guarded(handle: Callable[[RequestHandler, dict], "export.Response"]) -> Handler:
+        """The caller's forced filters set in the query (403 on a conflict), and an export
+        visible only to the principal that started it (CVAT: only the owner downloads)."""
+        def run(request: RequestHandler) -> Response:
+            # Blank values are kept, so `?job_id=` answers 400 instead of being ignored.
+            query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+            try:
+                query = apply_forced_filters(request.principal, query)
+            except Forbidden as exc:
+                return json_response(403, {"detail": str(exc)})
+            path_id = urlsplit(request.path).path.rsplit("/", 1)[-1]
+            for job_id in (*query.get("query_id", []), *query.get("rq_id", []), path_id):
+                if owners.get(job_id, request.principal.name) != request.principal.name:
+                    return json_response(404, {"detail": f"unknown export {job_id[:64]!r}"})
+            result = handle(request, query)
+            if result.status == 202 and isinstance(result.body, bytes):
+                started = json.loads(result.body)
+                job_id = started.get("rq_id") or started.get("query_id")
+                if job_id:
+                    owners.setdefault(job_id, request.principal.name)
+            return adapt(result)
+        return run
+
+    legacy = guarded(lambda r, q: export.handle_legacy_get(jobs, q))
+    server.add_route("GET", "/api/events", legacy)
+    server.add_route("HEAD", "/api/events", legacy)
+    server.add_route("POST", "/api/events/export", guarded(lambda r, q: export.handle_export_post(jobs, q)))
+    server.add_route("GET", "/api/events/download", guarded(lambda r, q: export.handle_download(jobs, q)))
+    server.add_route("GET", "/api/requests/", guarded(lambda r, q: export.handle_request_status(
         jobs, urlsplit(r.path).path.rsplit("/", 1)[-1], base_url=server.url)))
 
 
@@ -361,9 +442,11 @@ def refresh_working_time_forever(client, spec: dict, stopping: threading.Event) 
         stopping.wait(interval)
 
 
-def make_server(client, spec: dict, host: str, port: int, dsn: str = "") -> EventServer:
-    """A bound server (port 0 picks a free one: see `.server_address`); call serve_forever()."""
-    return EventServer(client, spec, host, port, dsn)
+def make_server(client, spec: dict, host: str, port: int, dsn: str = "",
+                tokens: list[Token] | None = None) -> EventServer:
+    """A bound server (port 0 picks a free one: see `.server_address`); call serve_forever().
+    `tokens` default to the spec's, with secrets from the environment."""
+    return EventServer(client, spec, host, port, dsn, tokens)
 
 
 def _is_loopback(host: str) -> bool:
@@ -376,12 +459,26 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(dsn: str, spec: dict, host: str, port: int) -> int:
-    """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT."""
+    """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT.
+
+    Exit 2, before opening anything, when a token's secret is missing or when no token
+    is configured and `host` is not a loopback address (anyone reaching it could read
+    and write every event)."""
+    try:
+        tokens = load_tokens(spec)
+    except AccessError as exc:
+        print(f"cvat-analytics: {exc}", file=sys.stderr)
+        return 2
+    if not tokens and not _is_loopback(host):
+        print(f"cvat-analytics: refusing to listen on {host}: no access token is configured, so anyone "
+              "who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
+              "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
+        return 2
     client = connect(dsn)
     if chdb_path(dsn) is not None:
         from .migrate import migrate
         migrate(client, spec, log=lambda line: print(f"cvat-analytics: {line}", file=sys.stderr))
-    server = make_server(client, spec, host, port, dsn)
+    server = make_server(client, spec, host, port, dsn, tokens)
     # Exports and the refresh get engine handles of their own: an open export stream
     # holds its handle, and ingest must not wait behind either.
     data_dir = chdb_path(dsn)
@@ -393,8 +490,8 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
                                  args=(export.open_client(dsn), spec, server.stopping), daemon=True)
     refresher.start()
     if not _is_loopback(host):
-        print(f"cvat-analytics: warning: listening on {host}, not a loopback address: anyone who "
-              "reaches it can write events (no authentication yet); put it behind a firewall",
+        print(f"cvat-analytics: listening on {host} with {len(tokens)} access token(s); tokens travel "
+              "in clear over HTTP: put TLS (a reverse proxy) in front on untrusted networks",
               file=sys.stderr)
     print(f"cvat-analytics: serving {server.url} (database {server.database}, {redact(dsn)}); "
           "POST events to /, GET /health, CSV export at /api/events, dashboards at /dashboards", file=sys.stderr, flush=True)
