@@ -231,7 +231,7 @@ class Dashboards:
             out["empty"] = not rows
         elif p["type"] == "stat":
             value = rows[0][0] if rows else None
-            out["value"] = charts.fmt_number(charts._num(value)) if value is not None else "–"
+            out["value"] = _total([value]) if value is not None else "–"  # a stat in full: 60,000 not 60k
         else:
             totals = p.get("totals") or []
             out["totals"] = [_total([r[i] for r in rows]) if c in totals else None
