@@ -226,6 +226,8 @@ def ingest(request: RequestHandler) -> Response:
                 rows.append(server.contract.to_line(server.contract.normalize(event, index)))
             except EventError as exc:
                 raise BadBody(str(exc), index=exc.index, field=exc.field) from None
+            except RecursionError:  # a value nested just below the parser's limit
+                raise BadBody(f"index {index}: it is nested too deeply (events are flat objects)", index=index) from None
     except BadBody as exc:
         data = {"error": str(exc), "index": exc.index}
         if exc.field:
