@@ -1,0 +1,103 @@
+"""`cvat-analytics bench` runs end to end on a small N and reports every figure.
+
+No timing assertions here: the figures themselves are the benchmark's output
+(README "Benchmarks"); the suite only checks that each one is produced, sane, and
+measured against its baseline in the same run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics import bench
+
+REPO = Path(__file__).resolve().parent.parent
+FIELDS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
+
+
+def test_panels_have_both_schemas_and_a_kind():
+    panels = bench.parse_panels((bench.SQL_DIR / "panels.sql").read_text())
+    assert len(panels) >= 8
+    kinds = {p["kind"] for p in panels}
+    assert {"overview", "user", "job"} <= kinds
+    for p in panels:
+        assert p["ours"].lstrip().upper().startswith("SELECT") and p["cvat"].lstrip().upper().startswith("SELECT")
+        assert "{{ db }}" in p["ours"] and "{{ cvat_db }}" in p["cvat"]
+
+
+def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def at(ms):
+        return t0 + timedelta(milliseconds=ms)
+
+    rows = [  # (user, ts, scope, duration, job, task, project)
+        (1, at(0), "change:frame", 5000, 10, 1, 1),
+        (1, at(3000), "change:frame", 6000, 11, 1, 1),  # 5000 + 4000
+        (1, at(9000 + 99_999), "click:element", 0, 11, 1, 1),  # a gap just under 100 s
+        (1, at(9000 + 99_999 + 100_000), "click:element", 0, 11, 1, 1),  # exactly 100 s: 0
+        (2, at(0), "click:element", 0, None, None, None),
+    ]
+    for batch in (1, 2, 100):
+        totals = bench.python_baseline(iter(rows), batch=batch)
+        assert totals[(1, 10, 1, 1)] == 5000 + 4000  # the first event credits its own ids
+        assert totals[(1, 11, 1, 1)] == 99_999
+        assert totals.get((2, None, None, None), 0) == 0
+
+
+@pytest.mark.clickhouse
+def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", "20000", "--json", str(out),
+         "--workdir", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[1/10]" in proc.stderr  # the progress display
+    assert not (tmp_path / "work").exists()  # scratch removed without --keep
+
+    report = json.loads(out.read_text())
+    assert report["events"] == 20000
+    assert {"nproc", "ram_gb", "cpu"} <= set(report["machine"])
+    figures = {f["name"]: f for f in report["figures"]}
+    for f in figures.values():
+        assert FIELDS <= set(f), f
+        assert isinstance(f["value"], (int, float)) and f["value"] > 0, f
+        assert isinstance(f["baseline_value"], (int, float)) and f["baseline_value"] > 0, f
+        assert math.isfinite(f["ratio"]) and f["ratio"] > 0, f
+        assert f["unit"] in ("s", "MB", "events/s", "rows/s", "B/event"), f
+        assert f["met"] in (True, False, None)
+
+    def named(prefix):
+        found = [f for n, f in figures.items() if n.startswith(prefix)]
+        assert found, f"no figure {prefix!r} in {sorted(figures)}"
+        return found
+
+    sql = named("working time: window SQL, all users")[0]
+    udf = named("working time: executable UDF, all users")[0]
+    totals = named("working time: precomputed totals")[0]
+    # The three ways give the same numbers on the same rows.
+    assert sql["detail"]["total_ms"] == udf["detail"]["total_ms"] == totals["detail"]["total_ms"] > 0
+    assert totals["detail"]["equals_window_sql"] is True
+    named("working time: window SQL, peak memory")
+    named("working time: executable UDF, peak memory")
+    for size in ("1000", "100"):
+        ingest = named(f"ingest: serve over HTTP, {size}-event bodies")[0]
+        assert ingest["detail"]["events"] == 20000  # every event acknowledged
+        assert "ceiling" in ingest["baseline"]
+    panels = bench.parse_panels((bench.SQL_DIR / "panels.sql").read_text())
+    assert len(named("dashboard: ")) == len(panels)
+    rate = named("export: CSV of ")
+    assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0
+    named("storage: bytes on disk per event")
+
+    table = proc.stdout
+    for name in figures:
+        assert name in table
