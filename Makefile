@@ -40,5 +40,10 @@ check: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(CLI) demo --url http://127.0.0.1:8282/
 
+## bench: every headline figure against its baseline (10M events, ~15 min; BENCH_EVENTS=N for fewer)
+BENCH_EVENTS ?= 10000000
+bench: $(VENV)/.installed
+	$(CLI) bench --events $(BENCH_EVENTS) --json bench.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=7, help="spread over the last D days (default: 7)")
     p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same traffic")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="measure every headline figure against its baseline (README: Benchmarks)")
+    _spec_arg(p)
+    p.add_argument("--events", type=int, default=10_000_000, help="events to generate (default: 10000000)")
+    p.add_argument("--json", dest="json_path", default=None, help="also write the figures as JSON to this file")
+    p.add_argument("--workdir", default=None, help="scratch directory (default: a new one under $TMPDIR, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory (stores, logs)")
+    p.add_argument("--seed", type=int, default=1, help="demo generator seed (default: 1)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -207,6 +216,16 @@ def cmd_demo(args) -> int:
     else:
         demo.run(args.events, args.days, args.seed, client=connect(args.dsn or DEFAULT_DSN),
                  database=spec["clickhouse"]["database"])
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    if args.events < 1000:
+        raise CommandError("--events must be at least 1000")
+    bench.run(args.events, json_path=args.json_path, spec_path=str(args.spec), workdir=args.workdir,
+              keep=args.keep, seed=args.seed)
     return 0
 
 
