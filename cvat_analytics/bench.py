@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 SQL_DIR = Path(__file__).resolve().parent / "bench_sql"
@@ -452,7 +453,47 @@ def phase_dashboards(cfg: dict) -> dict:
         out.append({"name": panel["name"], "kind": panel["kind"], **timing})
         print(f"  {panel['name']}: ours {timing['ours'] * 1000:.1f} ms, CVAT's {timing['cvat'] * 1000:.1f} ms",
               file=sys.stderr, flush=True)
-    return {"panels": out}
+    return {"panels": out, "product": _product_panels(cfg, spec, client, env, values)}
+
+
+def _median_time(client, sql: str) -> float:
+    client.raw_query(sql)  # warm-up: caches, marks
+    runs = []
+    for _ in range(PANEL_RUNS):
+        t = time.monotonic()
+        client.raw_query(sql, fmt="Native")
+        runs.append(time.monotonic() - t)
+    return statistics.median(runs)
+
+
+def _product_panels(cfg: dict, spec: dict, client, env, values: dict) -> list[dict]:
+    """The product's own dashboards (cvat_analytics.dashboards.panel_queries, "All" selected)
+    on our schema; the baseline is the same SQL on CVAT's schema where it runs there, else
+    (working-time objects, columns CVAT lacks) CVAT's payload-parsed working-time query."""
+    try:
+        from .dashboards import panel_queries
+    except ImportError:
+        return []
+    from datetime import datetime, timezone
+
+    db = spec["clickhouse"]["database"]
+    to = datetime.fromtimestamp(cfg["now_ms"] / 1000, timezone.utc)
+    fallback_panel = next(p for p in parse_panels((SQL_DIR / "panels.sql").read_text())
+                          if p["name"] == "Working time table (all users)")
+    fallback = env.from_string(fallback_panel["cvat"]).render(**values)
+    out = []
+    for uid, title, sql in panel_queries(spec, to - timedelta(days=7), to):
+        ours = _median_time(client, sql)
+        cvat_sql = sql.replace(f"`{db}`.", f"`{CVAT_DB}`.")
+        try:
+            cvat, baseline = _median_time(client, cvat_sql), "CVAT's schema, same SQL"
+        except Exception:
+            cvat, baseline = _median_time(client, fallback), "CVAT's schema, its payload working-time query"
+        kind = "user" if ("per user" in title.lower() or "working time" in title.lower()) else "overview"
+        out.append({"name": f"{uid} / {title}", "kind": kind, "ours": ours, "cvat": cvat, "baseline": baseline})
+        print(f"  {uid} / {title}: ours {ours * 1000:.1f} ms, {baseline} {cvat * 1000:.1f} ms",
+              file=sys.stderr, flush=True)
+    return out
 
 
 def phase_cvat_export(cfg: dict) -> dict:
@@ -836,12 +877,13 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
                               serve_validation_one_core=round(bodies_res["validate_rate"]),
                               engine_cvat_schema=round(c["cvat_schema_rate"]),
                               engine_coalesced_async_insert=round(c["coalesced_rate"])))
-    for p in dash["panels"]:
-        per = p["kind"] in ("user", "job")
-        ok = p["ours"] < 1.0 and (p["cvat"] / p["ours"] >= 3 if per else True)
-        figures.append(figure(f"dashboard: {p['name']}", round(p["ours"], 4), "s", "CVAT's schema",
-                              round(p["cvat"], 4), "lower",
-                              target="< 1 s, ≥ 3× faster" if per else "< 1 s", met=ok, kind=p["kind"]))
+    for prefix, panels in (("dashboard panel", dash.get("product", [])), ("dashboard", dash["panels"])):
+        for p in panels:
+            per = p["kind"] in ("user", "job")
+            ok = p["ours"] < 1.0 and (p["cvat"] / p["ours"] >= 3 if per else True)
+            figures.append(figure(f"{prefix}: {p['name']}", round(p["ours"], 4), "s",
+                                  p.get("baseline", "CVAT's schema"), round(p["cvat"], 4), "lower",
+                                  target="< 1 s, ≥ 3× faster" if per else "< 1 s", met=ok, kind=p["kind"]))
     figures.append(figure(f"export: CSV of {exp['rows']:,} rows, rate", round(exp["rows"] / exp["seconds"]),
                           "rows/s", "CVAT's export code on CVAT's schema",
                           round(cvat_exp["rows"] / cvat_exp["seconds"]), "higher", rows=exp["rows"],
