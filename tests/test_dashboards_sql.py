@@ -260,3 +260,16 @@ def test_free_text_must_be_one_of_the_variables_values():
     sel = parse_selection({"errors": ["it's"], "users": ["007"]}, MONITORING, SPEC)
     out = variables_for(sel, {"errors": ["it's"]}, kinds)
     assert out["errors"].value == ["it\\'s"] and out["users"].value == ["7"] and out["jobs"].value == ALL
+
+
+@pytest.mark.clickhouse
+def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
+    pages = Dashboards(lambda: hand.client, hand.spec)
+    query = {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]}
+    bob_only = pages.dashboard_page("cvat-management", query, forced={"user_id": 2})
+    assert "bob" in bob_only and "ann" not in bob_only and "Query failed" not in bob_only
+    monitoring = pages.dashboard_page("cvat-monitoring", query, forced={"user_id": 1})
+    assert "Boom" in monitoring and "Server fail" not in monitoring
+    # working_time_totals has no org_id: an org-limited caller sees none of it, not everyone's.
+    org = pages.dashboard_page("cvat-management", query, forced={"org_id": 99})
+    assert "ann" not in org and "Query failed" not in org
