@@ -114,9 +114,6 @@ def _epoch_ms(value: Any) -> int:
         return int((seconds * 1000).to_integral_value(rounding="ROUND_FLOOR"))
     if not isinstance(value, str):
         raise _FieldError(f"expected epoch seconds or ISO-8601, got {_got(value)}")
-    fast = _fast_epoch_ms(value)
-    if fast is not None:
-        return fast
     text = value.strip()
     if EPOCH_RE.fullmatch(text):
         try:
@@ -145,36 +142,6 @@ def _epoch_ms(value: Any) -> int:
     return (local - EPOCH) // timedelta(milliseconds=1) + millis
 
 
-# Hot path (serve: every event): CVAT's server sends "1700000000.123456", its UI
-# "2024-01-01T12:00:00.123Z". Both are read here with integer arithmetic (the same
-# result as the general path below, which handles every other form); the UTC
-# minute of an ISO text comes from a small cache filled by the general path.
-_FAST_EPOCH_RE = re.compile(r"(\d{9,11})(?:\.(\d{1,9}))?", re.ASCII)
-_FAST_ISO_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}):([0-5]\d)\.(\d{3})Z", re.ASCII)
-_MINUTE_MS: dict[str, int] = {}
-
-
-def _fast_epoch_ms(value: str) -> int | None:
-    match = _FAST_EPOCH_RE.fullmatch(value)
-    if match:
-        seconds, fraction = match.groups()
-        return int(seconds) * 1000 + (int((fraction + "00")[:3]) if fraction else 0)
-    match = _FAST_ISO_RE.fullmatch(value)
-    if match:
-        minute, second, millis = match.groups()
-        base = _MINUTE_MS.get(minute)
-        if base is None:
-            if len(_MINUTE_MS) > 100_000:
-                _MINUTE_MS.clear()
-            try:
-                base = _epoch_ms(minute + ":00Z")  # validates the date
-            except _FieldError:
-                return None  # the general path words the error
-            _MINUTE_MS[minute] = base
-        return base + int(second) * 1000 + int(millis)
-    return None
-
-
 def _timestamp(value: Any, retention_days: int = 0) -> str:
     if value is None:
         raise _FieldError("required; expected epoch seconds or ISO-8601")
@@ -197,16 +164,8 @@ def _timestamp(value: Any, retention_days: int = 0) -> str:
 
 def format_ms(ms: int) -> str:
     """Epoch milliseconds as ClickHouse's DateTime64(3) text, UTC, exact."""
-    second, millis = divmod(ms, 1000)
-    prefix = _SECOND_TEXT.get(second)
-    if prefix is None:
-        if len(_SECOND_TEXT) > 100_000:
-            _SECOND_TEXT.clear()
-        prefix = _SECOND_TEXT[second] = (EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%d %H:%M:%S.")
-    return prefix + f"{millis:03d}"
-
-
-_SECOND_TEXT: dict[int, str] = {}
+    moment = EPOCH + timedelta(milliseconds=ms)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
 
 
 def _string(value: Any) -> str:
@@ -264,16 +223,6 @@ class EventContract:
             name = column["name"]
             base, nullable = _base_type(column["type"])
             self.columns.append((name, self._converter(name, base), nullable))
-        # Hot path: a value of the common type is taken as is when the converter would
-        # return it unchanged: an int in range, an ASCII string (no surrogates possible).
-        self._fast: dict[str, tuple[type, int]] = {}
-        for column in events["columns"]:
-            name = column["name"]
-            base, _ = _base_type(column["type"])
-            if base in INT_RANGES and name != "timestamp":
-                self._fast[name] = (int, INT_RANGES[base])
-            elif base == "String" and name != "payload":
-                self._fast[name] = (str, 0)
 
     def _converter(self, name: str, base: str):
         if name == "timestamp" or base.startswith("DateTime64"):
@@ -296,15 +245,8 @@ class EventContract:
         if not isinstance(obj, dict):
             raise EventError(index, None, f"expected a JSON object (one event), got {_got(obj)}", unit)
         row: dict[str, Any] = {}
-        fast = self._fast
         for name, convert, nullable in self.columns:
             value = obj.get(name)
-            kind = type(value)
-            if kind is int or kind is str:
-                expected, maximum = fast.get(name, (None, 0))
-                if kind is expected and (value.isascii() if kind is str else 0 <= value <= maximum):
-                    row[name] = value
-                    continue
             if value is None:
                 if name in ("scope", "timestamp"):
                     raise EventError(index, name, "required, missing", unit)
