@@ -96,7 +96,7 @@ def _semantic_problems(spec: dict):
             yield ["working_time", "collapsed_scopes", i], f"a client scope from events.scopes.client, got {scope!r}"
     users = spec["clickhouse"]["users"]
     if len(set(users.values())) != len(users):
-        yield ["clickhouse", "users"], "three different user names for admin, ingest and dashboards"
+        yield ["clickhouse", "users"], "a different user name for each role"
     try:
         ipaddress.IPv4Address(spec["bind_address"])
     except ValueError:

@@ -15,16 +15,23 @@ print(v)' "$SPEC" "$1"
 }
 
 ensure_env() {
-  # Random secrets on first run; never committed (.gitignore), never in rendered files.
-  [ -f .env ] && return
+  # Random secrets, added to .env for any that is missing; never committed (.gitignore),
+  # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
+  # (deploy/cvat-compose.override.yml).
   umask 077
-  "$PY" - <<'PY' > .env
-import secrets
-for name in ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
-             "CLICKHOUSE_DASHBOARDS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
-    print(f"{name}={secrets.token_urlsafe(24)}")
+  touch .env
+  "$PY" - <<'PY'
+import re, secrets
+names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
+         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+have = set(re.findall(r"^([A-Z_]+)=", open(".env").read(), re.M))
+missing = [n for n in names if n not in have]
+with open(".env", "a") as env:
+    for name in missing:
+        env.write(f"{name}={secrets.token_urlsafe(24)}\n")
+if missing:
+    print(f"added random {', '.join(missing)} to .env (keep it; it is not in git)")
 PY
-  echo "created .env with random passwords (keep it; it is not in git)"
 }
 
 docker_up() {

@@ -25,7 +25,8 @@ from tests.conftest import REPO, write_spec
 
 DEPLOY = REPO / "deploy"
 SECRET_NAMES = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
-                "CLICKHOUSE_DASHBOARDS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+                "CLICKHOUSE_DASHBOARDS_PASSWORD", "CLICKHOUSE_CVAT_SERVER_PASSWORD",
+                "GRAFANA_ADMIN_PASSWORD")
 
 
 def cli(*args, cwd=REPO):
@@ -340,6 +341,22 @@ def test_ingest_may_only_insert_events_and_dashboards_may_only_read(files):
     assert by_name[users["ingest"]].findtext("profile") == "default"
 
 
+def test_cvat_server_may_read_and_run_cvats_idempotent_ddl_only(files):
+    """CVAT's server (in CVAT's stack) runs CREATE ... IF NOT EXISTS / ADD COLUMN IF NOT
+    EXISTS at start and reads events for its export: granted exactly that, and mounted
+    only by the CVAT override, with its password from the environment."""
+    spec = load_spec()
+    db, name = spec["clickhouse"]["database"], spec["clickhouse"]["users"]["cvat_server"]
+    user = ET.fromstring(files["clickhouse/users.d/cvat-server-user.xml"]).find(f"users/{name}")
+    assert user.find("password").attrib == {"from_env": "CLICKHOUSE_CVAT_SERVER_PASSWORD"}
+    assert [q.text.strip() for q in user.findall("grants/query")] == [
+        f"GRANT SELECT ON `{db}`.*", f"GRANT CREATE DATABASE ON `{db}`.*",
+        f"GRANT CREATE TABLE ON `{db}`.*", f"GRANT ALTER ADD COLUMN ON `{db}`.`events`"]
+    assert "cvat-server-user.xml" in files["cvat-compose.override.yml"]
+    assert "cvat-server-user.xml" not in files["docker-compose.yml"]
+    assert f"CLICKHOUSE_USER={name}" in files["cvat-compose.override.yml"]
+
+
 def test_every_system_log_gets_the_ttl_and_server_settings_come_from_the_spec(files):
     spec = load_spec()["clickhouse"]["server"]
     root = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
@@ -510,4 +527,4 @@ def test_cvat_override_replaces_cvats_services_keeping_names_and_aliases(tmp_pat
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
     assert merged["cvat_server"]["environment"]["DJANGO_LOG_SERVER_PORT"] == str(spec["vector"]["port"])
     text = files["cvat-compose.override.yml"]
-    assert f"CLICKHOUSE_USER={spec['clickhouse']['users']['dashboards']}" in text
+    assert f"CLICKHOUSE_USER={spec['clickhouse']['users']['cvat_server']}" in text
