@@ -45,3 +45,35 @@ def test_migrate_twice_on_a_fresh_chdb_path_from_the_cli(tmp_path):
     assert "applied 0001_create_database" in first.stdout
     assert second.returncode == 0, second.stderr
     assert "nothing to apply" in second.stdout and "applied" not in second.stdout.replace("already applied", "")
+
+
+@pytest.mark.clickhouse
+def test_an_existing_cvat_events_table_is_adopted(chdb_dsn, tmp_path):
+    """CVAT's own table (its schema, ORDER BY timestamp, no request_id) gets what our
+    queries need; its rows stay, and events are found by request id."""
+    import uuid
+
+    from cvat_analytics.store import connect
+    from tests.conftest import write_spec
+
+    db = f"cvat_{uuid.uuid4().hex[:10]}"
+    _, path = write_spec(tmp_path, **{"clickhouse.database": db})
+    spec = load_spec(path)
+    client = connect(chdb_dsn)
+    client.command(f"CREATE DATABASE `{db}`")
+    client.command(
+        f"CREATE TABLE `{db}`.events (scope String, obj_name Nullable(String), obj_id Nullable(UInt64), "
+        "obj_val Nullable(String), source String, timestamp DateTime64(3, 'Etc/UTC'), count Nullable(UInt16), "
+        "duration UInt32 DEFAULT toUInt32(0), project_id Nullable(UInt64), task_id Nullable(UInt64), "
+        "job_id Nullable(UInt64), user_id Nullable(UInt64), user_name Nullable(String), "
+        "user_email Nullable(String), org_id Nullable(UInt64), org_slug Nullable(String), payload Nullable(String)) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(timestamp) ORDER BY (timestamp)")
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, payload) VALUES "
+                   "('create:task', 'server', now64(3), '{\"request\": {\"id\": \"r-7\"}}')")
+    try:
+        assert "0007_adopt_cvat_events_table" in migrate(client, spec, log=lambda *_: None)
+        found = client.command(f"SELECT count() FROM `{db}`.events WHERE request_id = 'r-7'")
+        assert int(found) == 1
+        assert migrate(client, spec, log=lambda *_: None) == []
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
