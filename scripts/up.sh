@@ -24,9 +24,12 @@ ensure_env() {
 import re, secrets
 names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
          "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
-have = set(re.findall(r"^([A-Z_]+)=", open(".env").read(), re.M))
+text = open(".env").read()
+have = set(re.findall(r"^([A-Z_]+)=", text, re.M))
 missing = [n for n in names if n not in have]
 with open(".env", "a") as env:
+    if missing and text and not text.endswith("\n"):
+        env.write("\n")
     for name in missing:
         env.write(f"{name}={secrets.token_urlsafe(24)}\n")
 if missing:
