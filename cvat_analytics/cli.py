@@ -68,12 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     _format_arg(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("serve", help="the embedded service: event ingest (and more) over HTTP")
+    p = sub.add_parser("serve", help="the embedded service: event ingest, CSV export, dashboards, working-time refresh")
     _spec_arg(p)
     _dsn_arg(p)
     p.add_argument("--host", default=None, help="address to bind (default: the spec's embedded.host)")
     p.add_argument("--port", type=int, default=None, help="port (default: the spec's embedded.port)")
     p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("working-time", help="working time per user/project/task/job, exact at the moment it runs")
     _spec_arg(p)
     _dsn_arg(p)
