@@ -476,6 +476,11 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
               "who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
               "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
         return 2
+    refresh_client = None
+    if spec["working_time"]["engine"] == "udf" and chdb_path(dsn) is not None:
+        # chdb loads executable UDFs only into the handle that first opens the engine:
+        # the refresh gets that handle.
+        refresh_client = working_time.connect_with_udf(dsn, spec)
     client = connect(dsn)
     if chdb_path(dsn) is not None:
         from .migrate import migrate
@@ -489,7 +494,8 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     install_export(server, jobs)
     install_dashboards(server, lambda: export.open_client(dsn), spec)
     refresher = threading.Thread(target=refresh_working_time_forever, name="working-time",
-                                 args=(export.open_client(dsn), spec, server.stopping), daemon=True)
+                                 args=(refresh_client or export.open_client(dsn), spec, server.stopping),
+                                 daemon=True)
     refresher.start()
     if not _is_loopback(host):
         print(f"cvat-analytics: listening on {host} with {len(tokens)} access token(s); tokens travel "
