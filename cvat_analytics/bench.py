@@ -452,14 +452,7 @@ def phase_dashboards(cfg: dict) -> dict:
     for panel in parse_panels((SQL_DIR / "panels.sql").read_text()):
         timing = {}
         for side in ("ours", "cvat"):
-            sql = env.from_string(panel[side]).render(**values)
-            client.raw_query(sql)  # warm-up: caches, marks
-            runs = []
-            for _ in range(PANEL_RUNS):
-                t = time.monotonic()
-                client.raw_query(sql, fmt="Native")
-                runs.append(time.monotonic() - t)
-            timing[side] = statistics.median(runs)
+            timing[side] = _median_time(client, env.from_string(panel[side]).render(**values))
         out.append({"name": panel["name"], "kind": panel["kind"], **timing})
         print(f"  {panel['name']}: ours {timing['ours'] * 1000:.1f} ms, CVAT's {timing['cvat'] * 1000:.1f} ms",
               file=sys.stderr, flush=True)
