@@ -396,7 +396,8 @@ def install_export(server: EventServer, jobs: "export.ExportJobs") -> None:
     def adapt(result: "export.Response") -> Response:
         headers = dict(result.headers)
         content_type = headers.pop("Content-Type", "application/json")
-        headers.pop("Content-Length", None) if isinstance(result.body, bytes) else None
+        if isinstance(result.body, bytes):
+            headers.pop("Content-Length", None)  # send() sets it for bytes bodies
         return Response(result.status, result.body, content_type, headers)
 
     owners: dict[str, str] = {}  # export id -> name of the principal that started it
