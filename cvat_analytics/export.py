@@ -259,23 +259,6 @@ def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
     return done
 
 
-def open_client(dsn: str):
-    """A client of its own for an export worker thread.
-
-    A chdb handle (like an HTTP session) runs one query at a time and an open
-    stream holds it, so the export must not share the service's ingest client.
-    chdb allows any number of handles on the one engine a process hosts."""
-    import clickhouse_connect
-
-    from .store import chdb_path, connect
-
-    path = chdb_path(dsn)
-    if path is None:
-        return clickhouse_connect.get_client(dsn=dsn)
-    connect(dsn)  # opens (and lock-checks) the engine once for the process
-    return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
-
-
 # -- jobs ------------------------------------------------------------------------
 @dataclass
 class Job:

@@ -34,7 +34,7 @@ from . import export, working_time
 from .access import (LOCAL, AccessError, Forbidden, Principal, Token, apply_forced_filters,
                      authenticate, load_tokens, required_permission)
 from .events import EventContract, EventError
-from .store import chdb_path, connect, insert_json_rows, redact
+from .store import chdb_path, connect, insert_json_rows, open_handle, redact
 
 # Content types a JSON body may come with; none at all is accepted too (Vector does not look).
 JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
@@ -490,12 +490,12 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     # Exports and the refresh get engine handles of their own: an open export stream
     # holds its handle, and ingest must not wait behind either.
     data_dir = chdb_path(dsn)
-    jobs = export.ExportJobs(lambda: export.open_client(dsn), spec,
+    jobs = export.ExportJobs(lambda: open_handle(dsn), spec,
                              directory=data_dir.parent / f"{data_dir.name}-exports" if data_dir else None)
     install_export(server, jobs)
-    install_dashboards(server, lambda: export.open_client(dsn), spec)
+    install_dashboards(server, lambda: open_handle(dsn), spec)
     refresher = threading.Thread(target=refresh_working_time_forever, name="working-time",
-                                 args=(refresh_client or export.open_client(dsn), spec, server.stopping),
+                                 args=(refresh_client or open_handle(dsn), spec, server.stopping),
                                  daemon=True)
     refresher.start()
     if not _is_loopback(host):

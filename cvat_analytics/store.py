@@ -103,6 +103,18 @@ def connect(dsn: str) -> Client:
     return client
 
 
+def open_handle(dsn: str) -> Client:
+    """A client of its own, for a thread that must not wait behind another's query.
+
+    A chdb handle (like an HTTP session) runs one query at a time and an open stream
+    holds it. chdb allows any number of handles on the one engine a process hosts."""
+    path = chdb_path(dsn)
+    if path is None:
+        return clickhouse_connect.get_client(dsn=dsn)
+    connect(dsn)  # opens (and lock-checks) the engine once for the process
+    return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
+
+
 def redact(dsn: str) -> str:
     """The DSN without its password, for messages."""
     parsed = urlparse(dsn)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cvat_analytics import export
+from cvat_analytics.store import open_handle
 from cvat_analytics.access import AccessError, Principal, Token, apply_forced_filters, authenticate, load_tokens
 from cvat_analytics.server import install_export, make_server
 from generator.render import render_all
@@ -70,7 +71,7 @@ def test_a_conflicting_forced_filter_is_refused_and_a_matching_one_kept():
 def secured(store, tmp_path):
     """serve with the tokens above, and events of two orgs and several users."""
     srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn, tokens=TOKENS)
-    jobs = export.ExportJobs(lambda: export.open_client(store.dsn), store.spec, directory=tmp_path / "exports")
+    jobs = export.ExportJobs(lambda: open_handle(store.dsn), store.spec, directory=tmp_path / "exports")
     install_export(srv, jobs)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -205,7 +206,7 @@ def test_the_dashboards_profile_refuses_writes_on_the_real_engine(store):
     profile = root.find(f"profiles/{user.findtext('profile')}")
     readonly = f" SETTINGS readonly = {int(profile.findtext('readonly'))}"
     db = store.database
-    client = export.open_client(store.dsn)  # a handle of its own
+    client = open_handle(store.dsn)  # a handle of its own
     assert client.command(f"SELECT count() FROM `{db}`.events" + readonly) == 0
     for sql in (f"INSERT INTO `{db}`.events (scope, timestamp) SELECT 'x', now()",
                 f"ALTER TABLE `{db}`.events DELETE WHERE 1",

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from cvat_analytics import export
+from cvat_analytics.store import open_handle
 from cvat_analytics.server import install_export, make_server
 from tests.test_serve import cvat_batch
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.clickhouse
 @pytest.fixture
 def server(store, tmp_path):
     srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
-    jobs = export.ExportJobs(lambda: export.open_client(store.dsn), store.spec, directory=tmp_path / "exports")
+    jobs = export.ExportJobs(lambda: open_handle(store.dsn), store.spec, directory=tmp_path / "exports")
     install_export(srv, jobs)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
