@@ -185,7 +185,7 @@ def read_bodies(path: Path) -> list[bytes]:
 def _validate_rate(cfg: dict) -> float:
     """Events/s through serve's per-event work on one core: parse the body, EventContract
     normalize + to_line (what each request does under the GIL before its INSERT)."""
-    from generator.spec import load_spec
+    from cvat_analytics_generator.spec import load_spec
 
     from .events import EventContract
     from .server import parse_events
@@ -200,7 +200,7 @@ def _validate_rate(cfg: dict) -> float:
 
 
 def _open(cfg: dict):
-    from generator.spec import load_spec
+    from cvat_analytics_generator.spec import load_spec
 
     from .store import connect
 
@@ -314,7 +314,7 @@ def phase_wt_sql(cfg: dict) -> dict:
 
 
 def phase_wt_udf(cfg: dict) -> dict:
-    from generator.spec import load_spec
+    from cvat_analytics_generator.spec import load_spec
 
     from . import working_time as wt
 
@@ -523,7 +523,7 @@ def phase_cvat_export(cfg: dict) -> dict:
 def phase_ceiling(cfg: dict) -> dict:
     """The engine's own insert rate of the ingest sample through clickhouse-connect,
     one INSERT per batch of 100 / 1000 stored rows, into a freshly migrated database."""
-    from generator.spec import load_spec
+    from cvat_analytics_generator.spec import load_spec
 
     from .migrate import migrate
     from .store import connect, insert_json_rows
@@ -777,7 +777,7 @@ def figure(name, value, unit, baseline, baseline_value, better, target=None, met
 def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | None = None,
         workdir: str | None = None, keep: bool = False, seed: int = 1, err=sys.stderr,
         out=sys.stdout, senders: int = SENDERS) -> dict:
-    from generator.spec import DEFAULT_SPEC, load_spec
+    from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
     spec_path = str(Path(spec_path or DEFAULT_SPEC).resolve())
     load_spec(Path(spec_path))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from generator.spec import DEFAULT_SPEC, SpecError, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
 
 from . import output
 from .store import StoreError, connect
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_render(args) -> int:
-    from generator.render import render_all, write_tree
+    from cvat_analytics_generator.render import render_all, write_tree
 
     files = render_all(load_spec(args.spec))
     write_tree(files, args.out)
@@ -129,8 +129,8 @@ def cmd_render(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from generator.render import diff_tree, render_all
-    from generator.validate import validate_tree
+    from cvat_analytics_generator.render import diff_tree, render_all
+    from cvat_analytics_generator.validate import validate_tree
 
     files = render_all(load_spec(args.spec))
     problems = diff_tree(files, args.out) + validate_tree(files)

@@ -46,7 +46,7 @@ def is_cvat_csv(first_line: str, spec: dict | None = None) -> bool:
 
     Without a spec, CVAT's 18 columns. Quoted names (ClickHouse's CSVWithNames) count too."""
     if spec is None:
-        from generator.spec import DEFAULT_SPEC, load_spec
+        from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
         spec = load_spec(DEFAULT_SPEC)
     names = _split_header(first_line)
     return names == header_names(spec)

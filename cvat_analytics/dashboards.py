@@ -17,7 +17,7 @@ from typing import Callable
 
 import jinja2
 
-from generator import grafana
+from cvat_analytics_generator import grafana
 from . import charts
 from .grafana_macros import ALL, Variable, expand
 

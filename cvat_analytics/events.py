@@ -284,6 +284,6 @@ def normalize(obj: Any, index: int, spec: dict | None = None, unit: str = "index
     if spec is not None:
         return EventContract(spec).normalize(obj, index, unit)
     if _default_contract is None:
-        from generator.spec import load_spec
+        from cvat_analytics_generator.spec import load_spec
         _default_contract = EventContract(load_spec())
     return _default_contract.normalize(obj, index, unit)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
-from generator.render import render_sql
+from cvat_analytics_generator.render import render_sql
 
 REAPPLY_MARK = "-- reapply: on-change"
 

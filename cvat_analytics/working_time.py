@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from generator.render import context, environment
+from cvat_analytics_generator.render import context, environment
 
 UDF_SCRIPT = Path(__file__).resolve().parent.parent / "udf" / "working_time.py"
 UDF_CONFIG = "clickhouse/user_defined/working_time_function.xml.j2"

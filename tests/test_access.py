@@ -20,8 +20,8 @@ from cvat_analytics import export
 from cvat_analytics.store import open_handle
 from cvat_analytics.access import AccessError, Principal, Token, apply_forced_filters, authenticate, load_tokens
 from cvat_analytics.server import install_export, make_server
-from generator.render import render_all
-from generator.spec import load_spec
+from cvat_analytics_generator.render import render_all
+from cvat_analytics_generator.spec import load_spec
 from tests.conftest import write_spec
 from tests.test_serve import CLI, cvat_batch
 

@@ -9,7 +9,7 @@ import pytest
 
 from cvat_analytics import export
 from cvat_analytics.cvat_csv import CsvError, is_cvat_csv, read_cvat_csv, to_timestamp
-from generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(DEFAULT_SPEC)
 NAMES = [c["name"] for c in SPEC["events"]["columns"]]

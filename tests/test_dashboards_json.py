@@ -9,9 +9,9 @@ import re
 import pytest
 import yaml
 
-from generator import grafana
-from generator.render import render_all
-from generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator import grafana
+from cvat_analytics_generator.render import render_all
+from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 from tests.conftest import write_spec
 
 SPEC = load_spec(DEFAULT_SPEC)

@@ -15,8 +15,8 @@ from cvat_analytics.dashboards import (BadRequest, Dashboards, all_selected, int
                                        parse_selection, sql_text, variable_queries, variables_for)
 from cvat_analytics.grafana_macros import ALL, Variable, expand
 from cvat_analytics.store import insert_json_rows
-from generator import grafana
-from generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator import grafana
+from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 from tests.conftest import write_spec
 
 # Recent days: events older than the spec's retention are dropped at once.

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cvat_analytics import demo
-from generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
 SPEC = load_spec(DEFAULT_SPEC)
 NOW = 1_700_000_000_000

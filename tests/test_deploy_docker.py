@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from generator.render import render_all, write_tree
-from generator.spec import load_spec
+from cvat_analytics_generator.render import render_all, write_tree
+from cvat_analytics_generator.spec import load_spec
 from tests.conftest import write_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.clickhouse]

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from cvat_analytics.cli import build_parser
-from generator.spec import load_schema
+from cvat_analytics_generator.spec import load_schema
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cvat_analytics.events import EventContract, EventError, format_ms, normalize
 from cvat_analytics.store import insert_json_rows
-from generator.spec import load_spec
+from cvat_analytics_generator.spec import load_spec
 
 SPEC = load_spec()
 # Retention off for the contract's own bounds (2000..now+1 day); retention has its test below.

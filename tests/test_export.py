@@ -333,7 +333,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from cvat_analytics.store import connect
     from cvat_analytics.migrate import migrate
     from cvat_analytics import export
-    from generator.spec import load_spec, DEFAULT_SPEC
+    from cvat_analytics_generator.spec import load_spec, DEFAULT_SPEC
     n = int(sys.argv[2])
     spec = load_spec(DEFAULT_SPEC)
     c = connect(sys.argv[1])

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from cvat_analytics.migrate import migrate, migrations, split_statements
-from generator.spec import load_spec
+from cvat_analytics_generator.spec import load_spec
 from tests.conftest import REPO
 
 

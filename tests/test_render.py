@@ -17,10 +17,10 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from generator import validate
-from generator.render import render_all, write_tree
-from generator.spec import SpecError, load_spec
-from generator.validate import compose_binary, compose_problems, parse_yaml, sql_problems, validate_tree
+from cvat_analytics_generator import validate
+from cvat_analytics_generator.render import render_all, write_tree
+from cvat_analytics_generator.spec import SpecError, load_spec
+from cvat_analytics_generator.validate import compose_binary, compose_problems, parse_yaml, sql_problems, validate_tree
 from tests.conftest import REPO, write_spec
 
 DEPLOY = REPO / "deploy"
@@ -253,7 +253,7 @@ def test_any_accepted_name_and_sub_path_render_to_parsable_files(name, path):
     spec = load_spec()
     spec["grafana"]["datasource_name"] = name
     spec["grafana"]["root_url"] = "http://grafana.example:3000" + path
-    from generator.spec import validate as validate_spec
+    from cvat_analytics_generator.spec import validate as validate_spec
     validate_spec(spec)
     files = render_all(spec)
     for rel, text in files.items():

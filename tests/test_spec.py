@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from generator.spec import DEFAULT_SPEC, SpecError, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
 from tests.conftest import REPO, write_spec
 
 

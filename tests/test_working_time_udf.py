@@ -24,7 +24,7 @@ CLI = [sys.executable, "-m", "cvat_analytics.cli"]
 CHILD = r"""
 import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
-from generator.spec import load_spec
+from cvat_analytics_generator.spec import load_spec
 from cvat_analytics import store, working_time as wt
 from cvat_analytics.migrate import migrate
 from test_working_time import _as_rows, db_events, db_totals, random_stream, split_shuffled
