@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPEC=${SPEC:-analytics.yaml}
-data=$(.venv/bin/python -c 'import sys; from generator.spec import load_spec; print(load_spec(sys.argv[1])["embedded"]["data_dir"])' "$SPEC")
+data=$(.venv/bin/python -c 'import sys; from cvat_analytics_generator.spec import load_spec; print(load_spec(sys.argv[1])["embedded"]["data_dir"])' "$SPEC")
 pidfile="$data/serve.pid"
 if [ -f "$pidfile" ]; then
   pid=$(cat "$pidfile")

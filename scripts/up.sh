@@ -8,7 +8,7 @@ PY=.venv/bin/python
 SPEC=${SPEC:-analytics.yaml}
 
 spec_value() {  # spec_value clickhouse.http_port
-  "$PY" -c 'import sys; from generator.spec import load_spec
+  "$PY" -c 'import sys; from cvat_analytics_generator.spec import load_spec
 v = load_spec(sys.argv[1])
 for k in sys.argv[2].split("."): v = v[k]
 print(v)' "$SPEC" "$1"
