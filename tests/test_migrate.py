@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cvat_analytics.migrate import MigrationDrift, applied, migrate, migrations
+from cvat_analytics.migrate import Migration, MigrationDrift, applied, migrate, migrations
 from cvat_analytics_generator.spec import load_spec
 from tests.conftest import REPO
 
@@ -18,8 +18,8 @@ def test_migrations_are_ordered_and_split_into_statements():
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.
-    assert type(first)(first.name, "-- edited\n" + first.sql).checksum == first.checksum
-    assert type(first)(first.name, first.sql + "SELECT 1;\n").checksum != first.checksum
+    assert Migration(first.name, "-- edited\n" + first.sql).checksum == first.checksum
+    assert Migration(first.name, first.sql + "SELECT 1;\n").checksum != first.checksum
 
 
 def with_column_type(spec: dict, column: str, type_: str) -> dict:
