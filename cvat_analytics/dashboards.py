@@ -18,6 +18,8 @@ from typing import Callable
 import jinja2
 
 from cvat_analytics_generator import grafana
+from cvat_analytics_generator.render import render_template
+from cvat_analytics_generator.sql import escape_string
 from . import charts
 from .grafana_macros import ALL, Variable, expand
 
@@ -117,11 +119,6 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
     return Selection(range_key, time_from, time_to, values)
 
 
-def sql_text(value: str) -> str:
-    """A value to go between the single quotes Grafana's format puts around it."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def variables_for(selection: Selection, options: dict[str, list[str]], kinds: dict[str, str]) -> dict[str, Variable]:
     out = {}
     for name, chosen in selection.values.items():
@@ -132,7 +129,8 @@ def variables_for(selection: Selection, options: dict[str, list[str]], kinds: di
                 unknown = [c for c in chosen if c not in options.get(name, [])]
                 if unknown:
                     raise BadRequest(f"{name}: not one of its values in this time range: {unknown[0][:60]!r}")
-            out[name] = Variable([sql_text(c) for c in chosen])
+            # Grafana's format puts the single quotes around each value.
+            out[name] = Variable([escape_string(c) for c in chosen])
     return out
 
 
@@ -151,8 +149,10 @@ class Dashboards:
                                       autoescape=True, undefined=jinja2.StrictUndefined)
         self.env.filters["cell"] = _cell
 
-    def query(self, sql: str, forced: dict | None = None) -> tuple[list[str], list[tuple]]:
+    def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:
         settings = {"readonly": 2, "max_execution_time": self.spec["clickhouse"]["dashboards_max_execution_time_s"]}
+        if limit:
+            settings["limit"] = limit  # caps the outer query's rows, as a LIMIT clause would
         if forced:
             settings["additional_table_filters"] = self.forced_filters(forced)
         with self._lock:
@@ -162,13 +162,9 @@ class Dashboards:
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
     def forced_filters(self, forced: dict) -> str:
-        """A caller limited to an org or a user (access.py) sees only those rows: ClickHouse
-        adds the condition to every read of the table, inside views too. working_time_totals
-        has no org_id, so an org-limited caller gets none of it rather than everyone's."""
-        db = self.spec["clickhouse"]["database"]
-        events = " AND ".join(f"{key} = {int(value)}" for key, value in sorted(forced.items()))
-        totals = "0" if "org_id" in forced else events
-        return "{" + f"'{db}.events': '{events}', '{db}.working_time_totals': '{totals}'" + "}"
+        """A caller limited to an org or a user (access.py) sees only those rows."""
+        return render_template(self.spec, "clickhouse/runtime/forced_filters.sql.j2",
+                               forced={key: int(value) for key, value in forced.items()}).strip()
 
     def index_page(self) -> str:
         return self.env.get_template("index.html.j2").render(
@@ -187,7 +183,7 @@ class Dashboards:
         controls = []
         for v in d["variables"]:
             sql = expand(v["sql"], sel.time_from, sel.time_to, sel.interval, state)
-            _, rows = self.query(sql + f" LIMIT {MAX_OPTIONS}", forced)
+            _, rows = self.query(sql, forced, limit=MAX_OPTIONS)
             options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
                                                  {v["name"]: sel.values[v["name"]]}), options, kinds))

@@ -1,21 +1,30 @@
 """Apply the rendered migrations in order, once each, and record them.
 
 A migration is applied when its name is not in <db>.schema_migrations. One whose
-first line is `-- reapply: on-change` holds spec values that may change later
-(retention, dedup window); it is applied again whenever its text changes.
+first line is the option `-- reapply: on-change` holds spec values that may change
+later (retention, dedup window); it is applied again whenever its statements change.
+Any other applied migration whose statements changed is drift: migrate refuses to
+run (MigrationDrift) rather than leave the database behind the spec silently.
 Every statement is idempotent, so a migration interrupted halfway can be re-run.
+The file format is the renderer's SQL template convention (cvat_analytics_generator.sql).
 """
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from clickhouse_connect.driver.client import Client
 
-from cvat_analytics_generator.render import render_sql
+from cvat_analytics_generator.render import render_sql, render_template
+from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
-REAPPLY_MARK = "-- reapply: on-change"
+FOLDER = "clickhouse/migrations"
+LEDGER = "clickhouse/runtime/schema_migrations.sql.j2"
+
+
+class MigrationDrift(Exception):
+    """An applied migration's statements changed: the database no longer matches the spec."""
 
 
 @dataclass
@@ -24,56 +33,82 @@ class Migration:
     sql: str
 
     @property
+    def template(self) -> str:
+        return f"generator/templates/{FOLDER}/{self.name}.sql.j2"
+
+    @cached_property
+    def parsed(self) -> SqlFile:
+        parsed = parse(self.sql, self.template, options={"reapply"})
+        if parsed.options.get("reapply", "on-change") != "on-change":
+            raise SqlTemplateError(f"{self.template}:1: reapply takes on-change, "
+                                   f"not {parsed.options['reapply']!r}")
+        return parsed
+
+    @property
+    def statements(self) -> list[str]:
+        return [s.sql for s in self.parsed.statements]
+
+    @property
     def checksum(self) -> str:
+        """Of what runs: a comment edited in the template is not a change to the database."""
+        return hashlib.sha256("".join(s + ";\n" for s in self.statements).encode()).hexdigest()
+
+    @property
+    def text_checksum(self) -> str:
+        """Of the whole text: what versions before the statement checksum recorded."""
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
     @property
     def reapply_on_change(self) -> bool:
-        return self.sql.startswith(REAPPLY_MARK)
-
-    def statements(self) -> list[str]:
-        return split_statements(self.sql)
-
-
-def split_statements(sql: str) -> list[str]:
-    """Statements of a file; each ends with `;` at the end of a line (our templates' style)."""
-    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
-    return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+        return "reapply" in self.parsed.options
 
 
 def migrations(spec: dict) -> list[Migration]:
-    files = render_sql(spec, "clickhouse/migrations")
+    files = render_sql(spec, FOLDER)
     return [Migration(name.removesuffix(".sql"), files[name]) for name in sorted(files)]
 
 
-def applied(client: Client, database: str) -> dict[str, str]:
+def ledger(spec: dict) -> SqlFile:
+    return parse(render_template(spec, LEDGER), LEDGER)
+
+
+def applied(client: Client, spec: dict) -> dict[str, str]:
     """name -> checksum of the latest application of each recorded migration."""
-    exists = client.command("EXISTS TABLE {db:Identifier}.schema_migrations", parameters={"db": database})
-    if not int(exists):
+    sql = ledger(spec)
+    if not int(client.command(sql.named("exists"))):
         return {}
-    rows = client.query(
-        "SELECT name, argMax(checksum, applied_at) FROM {db:Identifier}.schema_migrations GROUP BY name",
-        parameters={"db": database},
-    ).result_rows
-    return dict(rows)
+    return dict(client.query(sql.named("applied")).result_rows)
 
 
 def migrate(client: Client, spec: dict, log=print) -> list[str]:
-    """Apply what is pending; return the names applied (empty on a second run)."""
-    database = spec["clickhouse"]["database"]
-    done = applied(client, database)
-    ran = []
+    """Apply what is pending; return the names applied (empty on a second run).
+    Raises MigrationDrift, before applying anything, if an applied migration changed."""
+    sql = ledger(spec)
+    done = applied(client, spec)
+
+    def record(m: Migration) -> None:
+        client.command(sql.named("record"), parameters={"name": m.name, "checksum": m.checksum})
+
+    pending = []
     for m in migrations(spec):
-        if m.name in done and (done[m.name] == m.checksum or not m.reapply_on_change):
+        recorded = done.get(m.name)
+        if recorded == m.checksum:
             continue
-        for statement in m.statements():
+        if recorded == m.text_checksum:
+            record(m)  # same text, recorded the old way: note it the new way, apply nothing
+            continue
+        if recorded is not None and not m.reapply_on_change:
+            raise MigrationDrift(
+                f"{m.template} was applied with a different text than the spec renders now, and it is "
+                "not marked `-- reapply: on-change`, so the change would never reach the database. "
+                "Restore the spec value (or template) that changed it, or leave this migration as it "
+                "was and write the change as a new migration.")
+        pending.append(m)
+    for m in pending:
+        for statement in m.statements:
             client.command(statement)
-        client.command(
-            "INSERT INTO {db:Identifier}.schema_migrations (name, checksum) VALUES ({n:String}, {c:String})",
-            parameters={"db": database, "n": m.name, "c": m.checksum},
-        )
+        record(m)
         log(f"applied {m.name}")
-        ran.append(m.name)
-    if not ran:
+    if not pending:
         log(f"nothing to apply: {len(done)} migrations already applied")
-    return ran
+    return [m.name for m in pending]

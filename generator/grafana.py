@@ -14,6 +14,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from .sql import ident
+
 DEFINITIONS = Path(__file__).with_name("dashboards")
 PANEL_TYPES = ("timeseries", "barchart", "table", "stat", "piechart", "bargauge")
 PLUGIN = "grafana-clickhouse-datasource"
@@ -21,12 +23,10 @@ PLUGIN = "grafana-clickhouse-datasource"
 
 def load(name: str, spec: dict) -> dict:
     """The definition of dashboard `name` with its SQL completed for this spec."""
-    from .render import sql_ident  # render imports this module: import late
-
     data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     filters = " AND ".join(data.get("filters") or ["1=1"])
-    ctx = {"db": sql_ident(spec["clickhouse"]["database"]), "filters": filters}
+    ctx = {"db": ident(spec["clickhouse"]["database"]), "filters": filters}
     data["name"] = name
     for item in data["variables"] + data["panels"]:
         item["sql"] = env.from_string(item["sql"]).render(ctx).strip()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,28 +10,17 @@ from xml.sax.saxutils import quoteattr
 import jinja2
 
 from . import grafana
+from .sql import ident, string_literal
 
 TEMPLATES = Path(__file__).with_name("templates")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Statements the runtime renders and runs itself (e.g. migrate's ledger): not deploy files.
+RUNTIME = "clickhouse/runtime/"
 
 
 # Escapers: one per language a value can land in, so no spec value can break out
 # of its quotes. JSON string syntax is valid YAML and TOML basic-string syntax.
 def to_json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def sql_str(value) -> str:
-    """A ClickHouse string literal."""
-    escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
-
-
-def sql_ident(value) -> str:
-    """A ClickHouse identifier; only plain names are accepted (the spec schema ensures it)."""
-    if not _IDENT.match(str(value)):
-        raise ValueError(f"not a plain SQL identifier: {value!r}")
-    return f"`{value}`"
 
 
 def xml_text(value) -> str:
@@ -49,8 +37,8 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(json=to_json, yaml=to_json, toml=to_json, sql_str=sql_str,
-                       sql_ident=sql_ident, xml=xml_text)
+    env.filters.update(json=to_json, yaml=to_json, toml=to_json, sql_str=string_literal,
+                       sql_ident=ident, xml=xml_text)
     return env
 
 
@@ -59,7 +47,7 @@ def context(spec: dict) -> dict:
     ch = spec["clickhouse"]
     return {
         "spec": spec,
-        "db": sql_ident(ch["database"]),
+        "db": ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],
         # grafana/dashboards/<name>.json.j2: the JSON built from generator/dashboards/<name>.yaml
@@ -86,8 +74,15 @@ def render_all(spec: dict) -> dict[str, str]:
     return out
 
 
+def render_template(spec: dict, name: str, **extra) -> str:
+    """One template (e.g. clickhouse/runtime/...) rendered for this spec."""
+    return environment().get_template(name).render({**context(spec), **extra})
+
+
 def _wanted(name: str, spec: dict) -> bool:
-    """Dashboards not listed in the spec are not rendered."""
+    """Runtime statements and dashboards not listed in the spec are not rendered."""
+    if name.startswith(RUNTIME):
+        return False
     parts = name.split("/")
     if parts[:2] == ["grafana", "dashboards"] and len(parts) == 3:
         return Path(parts[2]).name.split(".")[0] in spec["dashboards"]

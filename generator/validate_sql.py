@@ -15,15 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .sql import SqlTemplateError, parse
+
 MIGRATIONS = "clickhouse/migrations/"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
-
-
-def split_statements(sql: str) -> list[str]:
-    # The same split the migrator uses, so what is checked is what gets executed.
-    from cvat_analytics.migrate import split_statements as split
-
-    return split(sql)
 
 
 def neutral_value(ch_type: str) -> str:
@@ -59,8 +54,12 @@ def run(root: Path) -> list[str]:
         session = chdb.session.Session(data)
         try:
             for rel in sql_files(root):
-                text = (root / rel).read_text(encoding="utf-8")
-                for n, statement in enumerate(split_statements(text), 1):
+                try:  # the parser the migrator uses, so what is checked is what gets executed
+                    statements = [s.sql for s in parse((root / rel).read_text(encoding="utf-8"), rel).statements]
+                except SqlTemplateError as exc:
+                    problems.append(str(exc))
+                    continue
+                for n, statement in enumerate(statements, 1):
                     params = {name: neutral_value(t) for name, t in _PARAM.findall(statement)}
                     try:
                         session.query(statement, "Null", params=params)

@@ -12,11 +12,12 @@ import pytest
 
 from cvat_analytics import demo, store as store_module, working_time
 from cvat_analytics.dashboards import (BadRequest, Dashboards, all_selected, interval_for, panel_queries,
-                                       parse_selection, sql_text, variable_queries, variables_for)
+                                       parse_selection, variable_queries, variables_for)
 from cvat_analytics.grafana_macros import ALL, Variable, expand
 from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.sql import escape_string
 from tests.conftest import write_spec
 
 # Recent days: events older than the spec's retention are dropped at once.
@@ -106,7 +107,7 @@ def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
             assert client.query(sql).result_rows, f"{name} / {p['title']}: no rows with All selected"
     # One value of one variable at a time, the rest All: everything still runs with the same shape.
     for var_name, value in chosen.items():
-        variables = dict(everything, **{var_name: Variable([sql_text(value)])})
+        variables = dict(everything, **{var_name: Variable([escape_string(value)])})
         for v in d["variables"]:
             options_of(client, v, variables)
         for p in d["panels"]:
@@ -212,9 +213,9 @@ def test_exceptions_table_by_hand(hand):
     assert rows[0][0].replace(tzinfo=timezone.utc) == T0 + timedelta(seconds=5400)
     assert json.loads(rows[1][9])["message"] == "Boom 'x'"
     # An error message with a quote, selected as the embedded service passes it (escaped).
-    only = run_panel(hand, "monitoring", "Exceptions", errors=[sql_text("Boom 'x'")])
+    only = run_panel(hand, "monitoring", "Exceptions", errors=[escape_string("Boom 'x'")])
     assert [r[7] for r in only] == ["Boom 'x'"]
-    assert run_panel(hand, "monitoring", "Exceptions", errors=[sql_text("x') OR 1=1 --")]) == []
+    assert run_panel(hand, "monitoring", "Exceptions", errors=[escape_string("x') OR 1=1 --")]) == []
     assert run_panel(hand, "monitoring", "Exceptions") and run_panel(hand, "monitoring", "Exceptions", users=["1"])[0][1] == 1
 
 
@@ -260,6 +261,15 @@ def test_free_text_must_be_one_of_the_variables_values():
     sel = parse_selection({"errors": ["it's"], "users": ["007"]}, MONITORING, SPEC)
     out = variables_for(sel, {"errors": ["it's"]}, kinds)
     assert out["errors"].value == ["it\\'s"] and out["users"].value == ["7"] and out["jobs"].value == ALL
+
+
+@pytest.mark.clickhouse
+def test_a_limit_caps_the_rows_of_the_outer_query_only(hand):
+    """How a variable's options are capped (MAX_OPTIONS) without appending to its SQL."""
+    pages = Dashboards(lambda: hand.client, hand.spec)
+    sql = "SELECT number FROM numbers(10) WHERE number IN (SELECT number FROM numbers(2, 8)) ORDER BY number"
+    assert pages.query(sql, limit=3)[1] == [(2,), (3,), (4,)]
+    assert len(pages.query(sql)[1]) == 8
 
 
 @pytest.mark.clickhouse

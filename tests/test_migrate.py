@@ -4,15 +4,57 @@ import sys
 
 import pytest
 
-from cvat_analytics.migrate import migrate, migrations, split_statements
+from cvat_analytics.migrate import Migration, MigrationDrift, applied, migrate, migrations
 from cvat_analytics_generator.spec import load_spec
 from tests.conftest import REPO
 
 
 def test_migrations_are_ordered_and_split_into_statements():
-    names = [m.name for m in migrations(load_spec())]
+    found = migrations(load_spec())
+    names = [m.name for m in found]
     assert names == sorted(names) and names[0].startswith("0001_")
-    assert split_statements("-- c\nSELECT 1;\nSELECT ';';\n") == ["SELECT 1", "SELECT ';'"]
+    assert [m.name for m in found if m.reapply_on_change] == ["0003_events_retention_and_dedup",
+                                                              "0005_working_time_views"]
+    first = found[0]
+    assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
+    # The checksum covers what runs: a comment edit is not a change to the database.
+    assert Migration(first.name, "-- edited\n" + first.sql).checksum == first.checksum
+    assert Migration(first.name, first.sql + "SELECT 1;\n").checksum != first.checksum
+
+
+def with_column_type(spec: dict, column: str, type_: str) -> dict:
+    spec["events"]["columns"] = [dict(c, type=type_) if c["name"] == column else c
+                                 for c in spec["events"]["columns"]]
+    return spec
+
+
+@pytest.mark.clickhouse
+def test_a_changed_migration_that_is_not_reapplied_stops_migrate_before_anything_runs(store):
+    """0002 (CREATE TABLE IF NOT EXISTS) renders the spec's columns: a changed type would
+    never reach the existing table, so migrate refuses instead of skipping it."""
+    store.spec["clickhouse"]["retention_days"] = 30  # 0003 is pending: it must not run either
+    with_column_type(store.spec, "user_name", "Nullable(String)")
+    with pytest.raises(MigrationDrift) as caught:
+        migrate(store.client, store.spec, log=lambda *_: None)
+    message = str(caught.value)
+    assert "generator/templates/clickhouse/migrations/0002_create_events.sql.j2" in message
+    assert "applied with a different text" in message
+    assert "Restore the spec value" in message and "new migration" in message
+    assert "toIntervalDay(30)" not in store.client.command(f"SHOW CREATE TABLE `{store.database}`.events")
+
+
+@pytest.mark.clickhouse
+def test_a_ledger_from_the_whole_text_checksum_is_taken_over_without_applying(store):
+    """Before checksums covered the statements they covered the whole rendered text: such a
+    ledger means "applied as it is now", and is rewritten in the new form."""
+    found = migrations(store.spec)
+    store.client.command(f"TRUNCATE TABLE `{store.database}`.schema_migrations")
+    for m in found:
+        store.client.command(
+            f"INSERT INTO `{store.database}`.schema_migrations (name, checksum, applied_at) "
+            "VALUES ({n:String}, {c:String}, '2020-01-01 00:00:00')", parameters={"n": m.name, "c": m.text_checksum})
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+    assert applied(store.client, store.spec) == {m.name: m.checksum for m in found}
 
 
 @pytest.mark.clickhouse
@@ -36,15 +78,25 @@ def test_events_table_has_cvats_columns_in_order_plus_request_id(store):
     assert dict(rows)["timestamp"] == "DateTime64(3, 'Etc/UTC')"
 
 
-def test_migrate_twice_on_a_fresh_chdb_path_from_the_cli(tmp_path):
+@pytest.mark.clickhouse  # in subprocesses of their own, on a path of their own
+def test_migrate_twice_on_a_fresh_chdb_path_from_the_cli_and_drift_exits_1(tmp_path):
+    from tests.conftest import write_spec
+
     dsn = f"chdb://{tmp_path / 'db'}"
-    run = lambda: subprocess.run([sys.executable, "-m", "cvat_analytics.cli", "migrate", "--dsn", dsn],
-                                 capture_output=True, text=True, cwd=REPO, timeout=120)
+    data, _ = write_spec(tmp_path)
+    (tmp_path / "drifted").mkdir()
+    _, drifted = write_spec(tmp_path / "drifted", **{"events.columns": with_column_type(
+        data, "user_name", "Nullable(String)")["events"]["columns"]})
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "cvat_analytics.cli", "migrate", "--dsn", dsn, *extra],
+                                        capture_output=True, text=True, cwd=REPO, timeout=120)
     first, second = run(), run()
     assert first.returncode == 0, first.stderr
     assert "applied 0001_create_database" in first.stdout
     assert second.returncode == 0, second.stderr
     assert "nothing to apply" in second.stdout and "applied" not in second.stdout.replace("already applied", "")
+    third = run("--spec", str(drifted))
+    assert third.returncode == 1, third.stderr
+    assert "0002_create_events.sql.j2 was applied with a different text" in third.stderr
 
 
 @pytest.mark.clickhouse
