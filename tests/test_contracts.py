@@ -66,8 +66,7 @@ def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_reques
     other_table = edited(files, "vector/vector.yaml", 'table: "events"', 'table: "working_time_totals"')
     [problem] = contracts.vector_problems(other_table, users)
     assert "INSERT INTO cvat.working_time_totals" in problem and "cvat_ingest" in problem
-    unbounded = edited(files, USERS, f"<max_execution_time>{profile.findtext('max_execution_time')}</max_execution_time>\n"
-                       "            <readonly>0</readonly>", "<readonly>0</readonly>")
+    unbounded = edited(files, USERS, f"<max_execution_time>{profile.findtext('max_execution_time')}</max_execution_time>", "")
     problems = contracts.vector_problems(unbounded, contracts.ClickHouseUsers.from_files(unbounded))
     assert len(problems) == 1 and "unlimited" in problems[0]
 
