@@ -130,7 +130,9 @@ class ClickHouseUsers:
             match = _GRANT.match(query.text or "")
             if not match:
                 raise ValueError(f"user {user}: a grant this check cannot read: {query.text!r}")
-            privs = {re.sub(r"\(.*\)", "", p).strip().upper() for p in match["privs"].split(",")}
+            # A column-level grant ("SELECT(a, b)") stays as written, so it never counts as the
+            # whole table: this check proves table access only.
+            privs = {p.strip().upper() for p in re.split(r",(?![^()]*\))", match["privs"])}
             out.append((privs, _unquote(match["db"]), _unquote(match["table"])))
         return out
 

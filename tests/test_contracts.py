@@ -138,3 +138,16 @@ def test_the_system_log_list_is_the_engines_own(chdb_dsn):
     for name in ("latency_log", "instrumentation_trace_log"):
         with pytest.raises(Exception, match="does not exist"):
             client.command(f"SYSTEM FLUSH LOGS {name}")
+
+
+def test_grants_are_read_as_clickhouse_reads_them(files):
+    users = contracts.ClickHouseUsers.from_files(edited(
+        files, USERS, "GRANT SELECT ON `cvat`.*", "GRANT SELECT(user_id, scope), SHOW TABLES ON `cvat`.`events`"))
+    assert users.may("cvat_ingest", "INSERT", "cvat", "events")
+    assert not users.may("cvat_ingest", "INSERT", "cvat", "working_time_totals")
+    # A column-level grant is not the whole table.
+    assert not users.may("cvat_dashboards", "SELECT", "cvat", "events")
+    assert users.may("cvat_dashboards", "SHOW TABLES", "cvat", "events")
+    unreadable = edited(files, USERS, "GRANT SELECT ON `cvat`.*", "GRANT SELECT ON cluster")
+    with pytest.raises(ValueError, match="cannot read"):
+        contracts.ClickHouseUsers.from_files(unreadable).grants("cvat_dashboards")
