@@ -80,6 +80,8 @@ def contract_problems(files: dict[str, str]) -> list[str]:
         return []
     try:
         users = ClickHouseUsers.from_files(files)
+        for user in users.users:
+            users.grants(user)  # an unreadable grant is a problem here, not a crash later
     except (ET.ParseError, ValueError) as exc:
         return [f"{USERS_D}: cannot read the users: {exc}"]
     return (grafana_timeout_problems(files, users) + vector_problems(files, users)
