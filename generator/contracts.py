@@ -60,8 +60,11 @@ IMAGE_COMMANDS = {
 # (tests/test_contracts.py re-checks each name on the engine). `latency_log` and
 # `instrumentation_trace_log` are not among them.
 CLICKHOUSE_SYSTEM_LOGS = {
-    # enabled by the image's default config.xml (ClickHouse programs/server/config.xml):
-    # each must carry a TTL, or it grows for ever
+    # on in the image: each must carry a TTL, or it grows for ever. The sections the default
+    # config.xml (ClickHouse programs/server/config.xml) declares uncommented, read in a
+    # revision older than 26.9, plus the three logs recent releases add there
+    # (background_schedule_pool_log, iceberg_metadata_log, delta_lake_metadata_log; in
+    # ClickHouse's server-settings docs). 26.9's own config.xml could not be read here.
     "enabled": ("query_log", "query_thread_log", "query_views_log", "query_metric_log", "part_log",
                 "trace_log", "text_log", "metric_log", "asynchronous_metric_log", "error_log",
                 "crash_log", "opentelemetry_span_log", "processors_profile_log",
