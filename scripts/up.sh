@@ -2,7 +2,7 @@
 # `make up`: the Docker stack where a Docker engine answers; otherwise the embedded
 # default (chdb under ./data, `cvat-analytics serve` on 127.0.0.1).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CLI=.venv/bin/cvat-analytics
 PY=.venv/bin/python
 SPEC=${SPEC:-analytics.yaml}
@@ -37,16 +37,43 @@ if missing:
 PY
 }
 
+wait_for_clickhouse() {  # wait_for_clickhouse HOST PORT ADMIN COMPOSE...
+  # The real server, not the image's init-phase one: that listens on 127.0.0.1 inside the
+  # container only, so the published port answers only once init is over and the real
+  # server is up. Retried until a deadline, since a first start runs the init scripts.
+  local host=$1 port=$2 admin=$3; shift 3
+  local deadline=$(( $(date +%s) + ${CLICKHOUSE_WAIT_SECONDS:-180} ))
+  until CH_PASSWORD="$CLICKHOUSE_ADMIN_PASSWORD" "$PY" - "$host" "$port" "$admin" <<'PY' 2>/dev/null
+import base64, os, sys, urllib.request
+host, port, user = sys.argv[1:]
+request = urllib.request.Request(f"http://{host}:{port}/?query=SELECT%201")
+token = base64.b64encode(f"{user}:{os.environ['CH_PASSWORD']}".encode()).decode()
+request.add_header("Authorization", f"Basic {token}")
+sys.exit(0 if urllib.request.urlopen(request, timeout=3).read().strip() == b"1" else 1)
+PY
+  do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "ClickHouse did not answer SELECT 1 as ${admin} on http://${host}:${port} within" \
+           "${CLICKHOUSE_WAIT_SECONDS:-180} s (set CLICKHOUSE_WAIT_SECONDS to wait longer)." >&2
+      echo "Its last log lines:" >&2
+      "$@" logs --tail 30 clickhouse >&2 || true
+      return 1
+    fi
+    sleep 2
+  done
+}
+
 docker_up() {
   ensure_env
   "$CLI" render --spec "$SPEC" --out deploy
   local compose=(docker compose --project-directory deploy -f deploy/docker-compose.yml --env-file .env)
-  "${compose[@]}" up -d --build --wait clickhouse
+  "${compose[@]}" up -d --build clickhouse
   set -a; . ./.env; set +a
   local host port admin db
   host=$(spec_value bind_address); port=$(spec_value clickhouse.http_port)
   admin=$(spec_value clickhouse.users.admin); db=$(spec_value clickhouse.database)
   [ "$host" = "0.0.0.0" ] && host=127.0.0.1
+  wait_for_clickhouse "$host" "$port" "$admin" "${compose[@]}"
   "$CLI" migrate --spec "$SPEC" --dsn "http://${admin}:${CLICKHOUSE_ADMIN_PASSWORD}@${host}:${port}"
   "${compose[@]}" up -d --build --wait
   echo "cvat-analytics is up (Docker):"
@@ -88,9 +115,16 @@ embedded_up() {
   return 1
 }
 
-if docker info >/dev/null 2>&1; then
-  docker_up
-else
-  echo "no Docker engine answers here: starting the embedded default (chdb) instead"
-  embedded_up
+main() {
+  if docker info >/dev/null 2>&1; then
+    docker_up
+  else
+    echo "no Docker engine answers here: starting the embedded default (chdb) instead"
+    embedded_up
+  fi
+}
+
+# Sourced (tests), only the functions are defined.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main
 fi

@@ -11,6 +11,9 @@ import base64
 import json
 import secrets
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -120,11 +123,17 @@ def test_events_posted_to_vector_are_in_clickhouse_when_vector_answers(services)
     request = urllib.request.Request(f"http://127.0.0.1:{spec['vector']['port']}/", method="POST",
                                      data=json.dumps(events).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
-        # End-to-end acknowledgements: 200 only once ClickHouse has the batch.
+        # 200 once the batch is in Vector's disk buffer (durable); ClickHouse has it soon after.
         assert response.status == 200
-    rows = _client(services, "dashboards").query(
-        f"SELECT scope, toUnixTimestamp64Milli(timestamp), duration FROM `{spec['clickhouse']['database']}`.events "
-        "WHERE request_id = {m:String} ORDER BY timestamp", parameters={"m": marker}).result_rows
+    dashboards = _client(services, "dashboards")
+    deadline = time.monotonic() + 60
+    while True:
+        rows = dashboards.query(
+            f"SELECT scope, toUnixTimestamp64Milli(timestamp), duration FROM `{spec['clickhouse']['database']}`.events "
+            "WHERE request_id = {m:String} ORDER BY timestamp", parameters={"m": marker}).result_rows
+        if len(rows) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert rows == [("create:task", 1700000000123, 0), ("change:frame", 1704110400123, 5000)]
 
 
@@ -148,3 +157,132 @@ def test_grafana_datasource_is_provisioned_and_healthy(services):
     with pytest.raises(urllib.error.HTTPError) as anonymous:
         _get(url)
     assert anonymous.value.code == 401
+
+
+# --- Grafana's own API, as the provisioned datasource -----------------------------------------
+
+def _grafana(stack) -> tuple[str, tuple[str, str]]:
+    spec = stack["spec"]
+    return f"http://127.0.0.1:{spec['grafana']['port']}/analytics", ("admin", stack["env"]["GRAFANA_ADMIN_PASSWORD"])
+
+
+def _panel_sql(stack, dashboard: str, title: str) -> str:
+    """A panel's SQL as Grafana's frontend hands it to the plugin with every variable on
+    "All": $__conditionalAll applied, the backend macros left for the plugin."""
+    from cvat_analytics.grafana_macros import ALL, Variable, _conditional_all
+
+    model = json.loads((stack["deploy"] / "grafana" / "dashboards" / f"{dashboard}.json").read_text())
+    panel = next(p for p in model["panels"] if p["title"] == title)
+    names = [v["name"] for v in model["templating"]["list"]]
+    return _conditional_all(panel["targets"][0]["rawSql"], {n: Variable(ALL) for n in names})
+
+
+def _ds_query(stack, sql: str, range_from: str = "now-30d") -> list[dict]:
+    """Rows of `sql` run through Grafana's /api/ds/query as the provisioned datasource."""
+    base, auth = _grafana(stack)
+    body = {"from": range_from, "to": "now", "queries": [{
+        "refId": "A", "datasource": {"type": "grafana-clickhouse-datasource",
+                                     "uid": stack["spec"]["grafana"]["datasource_uid"]},
+        "editorType": "sql", "rawSql": sql, "format": 1, "intervalMs": 60000, "maxDataPoints": 1000}]}
+    request = urllib.request.Request(f"{base}/api/ds/query", method="POST", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": "Basic "
+                                              + base64.b64encode(":".join(auth).encode()).decode()})
+    with urllib.request.urlopen(request, timeout=90) as response:
+        result = json.loads(response.read())["results"]["A"]
+    assert "error" not in result, result["error"]  # e.g. ClickHouse refusing max_execution_time
+    frame = result["frames"][0]
+    names = [f["name"] for f in frame["schema"]["fields"]]
+    values = frame["data"]["values"] if frame.get("data") else [[] for _ in names]
+    return [dict(zip(names, row)) for row in zip(*values)]
+
+
+def test_a_panel_query_through_grafanas_api_as_the_provisioned_datasource_returns_rows(services):
+    """Grafana → plugin → ClickHouse as the dashboards user: the driver's max_execution_time
+    (queryTimeout + 5 s) is accepted, and a real panel returns the events just sent."""
+    spec = services["spec"]
+    event = {"scope": "load:job", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+             "source": "client", "user_id": 4242, "user_name": "panel-check", "job_id": 1}
+    request = urllib.request.Request(f"http://127.0.0.1:{spec['vector']['port']}/", method="POST",
+                                     data=json.dumps([event]).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).close()
+    sql = _panel_sql(services, "all_events", next(
+        p["title"] for p in json.loads((services["deploy"] / "grafana/dashboards/all_events.json").read_text())["panels"]
+        if p.get("targets")))
+    deadline = time.monotonic() + 60
+    while not (rows := _ds_query(services, sql)) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert rows, sql
+
+
+def _compose(stack, project: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "compose", "--project-directory", str(stack["deploy"]), "-p", project,
+                           "-f", str(stack["deploy"] / "docker-compose.yml"), "--env-file",
+                           str(stack["deploy"] / ".env"), *args],
+                          capture_output=True, text=True, timeout=300, check=True)
+
+
+def test_an_offline_restart_of_grafana_keeps_the_plugin(services, docker_engine, docker_compose_project_name):
+    """Grafana restarted with no network at all still has the ClickHouse plugin it was built with."""
+    project = docker_compose_project_name
+    container_id = _compose(services, project, "ps", "-q", "grafana").stdout.strip()
+    container = docker_engine.containers.get(container_id)
+    networks = list(container.attrs["NetworkSettings"]["Networks"])
+    _compose(services, project, "stop", "grafana")
+    for network in networks:
+        docker_engine.networks.get(network).disconnect(container)
+    try:
+        container.start()
+        base, auth = _grafana(services)
+        path = base.split("127.0.0.1:", 1)[1].split("/", 1)[1]
+        token = base64.b64encode(":".join(auth).encode()).decode()
+        url = f"http://127.0.0.1:3000/{path}/api/plugins/grafana-clickhouse-datasource/settings"
+        deadline = time.monotonic() + 180
+        while True:
+            code, output = container.exec_run(["wget", "-qO-", "--header", f"Authorization: Basic {token}", url])
+            if code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert code == 0, output
+        plugin = json.loads(output)
+        assert plugin["id"] == "grafana-clickhouse-datasource"
+        assert plugin["info"]["version"] == services["spec"]["grafana"]["clickhouse_plugin_version"]
+    finally:
+        container.stop()
+        for network in networks:
+            docker_engine.networks.get(network).connect(container, aliases=["grafana"])
+        _compose(services, project, "up", "-d", "--wait", "grafana")
+
+
+def test_working_time_appears_in_the_management_dashboard_within_one_refresh_after_make_demo(services):
+    """`make demo` posts CVAT traffic to Vector; within the refresh interval + 10 s of the
+    events reaching ClickHouse, the Management dashboard's working-time panel shows each
+    user's working time, equal to the query-time computation."""
+    spec = services["spec"]
+    admin = _client(services, "admin")
+    db = spec["clickhouse"]["database"]
+    before = admin.command(f"SELECT count() FROM `{db}`.events")
+    run = subprocess.run([sys.executable, "-m", "cvat_analytics.cli", "demo", "--url",
+                          f"http://127.0.0.1:{spec['vector']['port']}/", "--events", "3000", "--days", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    sent = int(run.stderr.rsplit("demo: ", 1)[1].split()[0])
+    deadline = time.monotonic() + 120
+    while admin.command(f"SELECT count() FROM `{db}`.events") < before + sent:
+        assert time.monotonic() < deadline, "the demo's events did not all reach ClickHouse"
+        time.sleep(1)
+    arrived = time.monotonic()
+
+    from cvat_analytics import working_time
+
+    columns, rows = working_time.totals(admin, spec, working_time.parse_by("user"))
+    expected = {r["user_id"]: r["working_time_ms"] / 3_600_000
+                for r in (dict(zip(columns, row)) for row in rows) if r["working_time_ms"]}
+    assert expected, "the demo produced no working time"
+    sql = _panel_sql(services, "management", "Working time per user (hours)")
+    while True:
+        shown = {int(r["user"].rsplit("#", 1)[1]): r["working_time_h"] for r in _ds_query(services, sql, "now-3d")}
+        # The panel rounds to 0.01 h.
+        if all(user in shown and abs(shown[user] - hours) <= 0.006 for user, hours in expected.items()):
+            break
+        assert time.monotonic() - arrived <= spec["working_time"]["refresh_interval_s"] + 10, (shown, expected)
+        time.sleep(1)
