@@ -6,16 +6,19 @@ PYTHON ?= python3
 
 .PHONY: up down test render check demo bench clean
 
+# pip's own chatter goes to .venv/install.log; it is shown only when the install fails.
+PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
-	touch $@
+	@echo "installing cvat-analytics and its dependencies into $(VENV) (about a minute the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP_INSTALL) -e . >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed scripts/install-system-packages.sh
-	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "installing what the tests need (pytest, hypothesis, selenium; Debian's chromium)"
+	@$(PIP_INSTALL) -e '.[test]' >>$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	scripts/install-system-packages.sh
-	touch $@
+	@touch $@
 
 ## up: the Docker stack where a Docker engine answers, else the embedded default on chdb
 up: $(VENV)/.installed
@@ -36,9 +39,10 @@ render: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(CLI) check --out deploy
 
-## demo: post realistic CVAT traffic to the running service (after `make up`)
+## demo: post realistic CVAT traffic to what `make up` started (its address is in .up)
 demo: $(VENV)/.installed
-	$(CLI) demo --url http://127.0.0.1:8282/
+	@test -f "$${UP_STATE:-.up}" || { echo "nothing is up: run make up first"; exit 1; }
+	$(CLI) demo --url "$$(sed -n 's/^ingest=//p' "$${UP_STATE:-.up}")"
 
 ## bench: every headline figure against its baseline (10M events, ~15 min; BENCH_EVENTS=N for fewer)
 BENCH_EVENTS ?= 10000000

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
+from cvat_analytics_generator.spec import DEFAULT_SPEC, SPEC_ENV, SpecError, find_spec, load_spec
 
 from . import output
-from .store import StoreError, connect
+from .store import StoreError, connect, default_dsn
 
-DEFAULT_DSN = "chdb://data"
+DSN_ENV, HOST_ENV, PORT_ENV = "CVAT_ANALYTICS_DSN", "CVAT_ANALYTICS_HOST", "CVAT_ANALYTICS_PORT"
+
+DESCRIPTION = """Analytics and monitoring for CVAT: events in ClickHouse, working time, dashboards, CSV export.
+
+Every config (Vector, ClickHouse, Grafana, docker compose) is rendered from one spec,
+analytics.yaml. The commands below render and check those configs, apply the schema, load
+and query events, compute working time, export CVAT's CSV and run the embedded service
+(chdb, no Docker needed) that takes the events CVAT's server sends.
+
+The spec is --spec, else $CVAT_ANALYTICS_SPEC, else ./analytics.yaml, else the default
+that ships with the package (the init command writes it out for you to edit).
+The store is --dsn, else $CVAT_ANALYTICS_DSN, else chdb://<embedded.data_dir>/clickhouse,
+the data that make up starts the embedded service on."""
+
+EXAMPLES = """examples:
+  cvat-analytics init                      write analytics.yaml here, to edit
+  cvat-analytics render --out deploy       every config, from the spec
+  cvat-analytics serve                     the embedded service on 127.0.0.1:8282
+  cvat-analytics demo                      post sample CVAT traffic to it
+  cvat-analytics working-time --by user    hours per annotator
+  cvat-analytics export --project-id 3 -o events.csv
+
+exit codes: 0 ok, 1 failure, 2 bad spec or bad arguments."""
 
 
 class CommandError(Exception):
@@ -19,13 +44,21 @@ class CommandError(Exception):
 
 
 def _spec_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC,
-                   help="the spec file (default: analytics.yaml at the repository root)")
+    p.add_argument("--spec", type=Path, default=None,
+                   help=f"the spec file (default: ${SPEC_ENV}, else ./analytics.yaml, else the packaged default)")
 
 
 def _dsn_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", default=DEFAULT_DSN,
-                   help="ClickHouse: http://user:pass@host:8123 or chdb:///path (default: chdb://data)")
+    p.add_argument("--dsn", default=None,
+                   help=f"ClickHouse: http://user:pass@host:8123 or chdb:///path (default: ${DSN_ENV}, "
+                        "else chdb://<embedded.data_dir>/clickhouse from the spec)")
+
+
+def _package_version() -> str:
+    try:
+        return version("cvat-analytics")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _format_arg(p: argparse.ArgumentParser, default: str = "pretty") -> None:
@@ -34,8 +67,15 @@ def _format_arg(p: argparse.ArgumentParser, default: str = "pretty") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvat-analytics", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cvat-analytics", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write the default spec (analytics.yaml) into a directory, to edit")
+    p.add_argument("directory", nargs="?", default=".", help="where to write it (default: here)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing analytics.yaml")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("render", help="render every config from the spec into a deploy directory")
     _spec_arg(p)
@@ -71,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the embedded service: event ingest, CSV export, dashboards, working-time refresh")
     _spec_arg(p)
     _dsn_arg(p)
-    p.add_argument("--host", default=None, help="address to bind (default: the spec's embedded.host)")
-    p.add_argument("--port", type=int, default=None, help="port (default: the spec's embedded.port)")
+    p.add_argument("--host", default=None,
+                   help=f"address to bind (default: ${HOST_ENV}, else the spec's embedded.host)")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"port (default: ${PORT_ENV}, else the spec's embedded.port)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("working-time", help="working time per user/project/task/job, exact at the moment it runs")
@@ -101,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate realistic CVAT traffic into a service (--url) or a store (--dsn)")
     _spec_arg(p)
-    p.add_argument("--url", help="POST CVAT's bodies here (the running service or Vector), e.g. http://127.0.0.1:8282/")
+    p.add_argument("--url", help="POST CVAT's bodies here, e.g. Vector's http://127.0.0.1:8282/ "
+                                 "(default: the embedded service at the spec's embedded.host and embedded.port)")
     p.add_argument("--dsn", default=None, help="insert directly instead (fast): chdb:///path or http://...")
     p.add_argument("--events", type=int, default=20_000, help="how many events (default: 20000)")
     p.add_argument("--days", type=float, default=7, help="spread over the last D days (default: 7)")
@@ -117,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="demo generator seed (default: 1)")
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_init(args) -> int:
+    target = Path(args.directory) / "analytics.yaml"
+    if target.exists() and not args.force:
+        raise CommandError(f"{target} exists; edit it, or add --force to replace it with the default")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DEFAULT_SPEC, target)
+    print(f"wrote {target}: edit it, then `cvat-analytics render` or `cvat-analytics serve`")
+    return 0
 
 
 def cmd_render(args) -> int:
@@ -162,7 +215,7 @@ def cmd_import(args) -> int:
 
 def cmd_query(args) -> int:
     load_spec(args.spec)
-    result = connect(args.dsn).query(args.sql)
+    result = connect(args.dsn, create=False).query(args.sql)
     output.write_rows(result.column_names, result.result_rows, args.format)
     return 0
 
@@ -171,9 +224,21 @@ def cmd_serve(args) -> int:
     from .server import serve
 
     spec = load_spec(args.spec)
-    host = args.host or spec["embedded"]["host"]
-    port = args.port if args.port is not None else spec["embedded"]["port"]
+    host, port = service_address(args, spec)
     return serve(args.dsn, spec, host, port)
+
+
+def service_address(args, spec: dict) -> tuple[str, int]:
+    """--host/--port, else the environment, else the spec."""
+    host = args.host or os.environ.get(HOST_ENV) or spec["embedded"]["host"]
+    if args.port is not None:
+        return host, args.port
+    port = os.environ.get(PORT_ENV)
+    if port is None:
+        return host, spec["embedded"]["port"]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise CommandError(f"${PORT_ENV}: expected a port number, got {port!r}")
+    return host, int(port)
 
 
 def _by_arg(text: str) -> list[str]:
@@ -198,7 +263,7 @@ def cmd_export(args) -> int:
     except FilterError as exc:
         print(f"cvat-analytics: --{exc.param.replace('_', '-')}: {exc.reason}", file=sys.stderr)
         return 2
-    rows = export_to_path(connect(args.dsn), spec, filters, args.output, out=sys.stdout.buffer)
+    rows = export_to_path(connect(args.dsn, create=False), spec, filters, args.output, out=sys.stdout.buffer)
     if args.output != "-":
         print(f"exported {rows} events to {args.output}", file=sys.stderr)
     return 0
@@ -212,11 +277,14 @@ def cmd_demo(args) -> int:
         raise CommandError("give --url or --dsn, not both")
     if args.events < 0:
         raise CommandError("--events must be >= 0")
-    if args.url:
-        demo.run(args.events, args.days, args.seed, url=args.url)
-    else:
-        demo.run(args.events, args.days, args.seed, client=connect(args.dsn or DEFAULT_DSN),
+    if args.dsn:
+        demo.run(args.events, args.days, args.seed, client=connect(args.dsn),
                  database=spec["clickhouse"]["database"])
+    else:
+        args.host = args.port = None
+        host, port = service_address(args, spec)
+        host = f"[{host}]" if ":" in host else host
+        demo.run(args.events, args.days, args.seed, url=args.url or f"http://{host}:{port}/")
     return 0
 
 
@@ -237,7 +305,7 @@ def cmd_working_time(args) -> int:
     try:
         by = args.by
         engine = args.engine or spec["working_time"]["engine"]
-        client = wt.connect_with_udf(args.dsn, spec) if engine == "udf" else connect(args.dsn)
+        client = wt.connect_with_udf(args.dsn, spec) if engine == "udf" else connect(args.dsn, create=False)
         columns, rows = wt.totals(client, spec, by, user_id=args.user_id, project_id=args.project_id,
                                   task_id=args.task_id, job_id=args.job_id, from_ts=args.from_ts,
                                   to_ts=args.to_ts, engine=engine)
@@ -247,9 +315,18 @@ def cmd_working_time(args) -> int:
     return 0
 
 
+def _resolve_defaults(args) -> None:
+    """The spec file and the DSN, where no flag gave them (see DESCRIPTION)."""
+    if hasattr(args, "spec"):
+        args.spec = find_spec(args.spec)
+    if getattr(args, "dsn", "") is None and args.command != "demo":
+        args.dsn = os.environ.get(DSN_ENV) or default_dsn(load_spec(args.spec))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_defaults(args)
         return args.func(args)
     except SpecError as exc:
         print(f"cvat-analytics: {exc}", file=sys.stderr)

@@ -72,8 +72,16 @@ def _describe_process(pid: int) -> str:
     return f"process {pid}" + (f" ({cmd})" if cmd else "")
 
 
-def connect(dsn: str) -> Client:
-    """A client for `dsn`; one per DSN per process (chdb allows only one path anyway)."""
+def default_dsn(spec: dict) -> str:
+    """Where `make up` keeps the embedded store: chdb under the spec's embedded.data_dir."""
+    return f"chdb://{Path(spec['embedded']['data_dir']) / 'clickhouse'}"
+
+
+def connect(dsn: str, create: bool = True) -> Client:
+    """A client for `dsn`; one per DSN per process (chdb allows only one path anyway).
+
+    create=False (commands that only read): a chdb path with no data is an error naming
+    it, instead of a new empty store that answers "database does not exist"."""
     if dsn in _clients:
         return _clients[dsn]
     path = chdb_path(dsn)
@@ -90,6 +98,12 @@ def connect(dsn: str) -> Client:
         if open_paths:
             raise StoreError(
                 f"this process already opened {open_paths[0]}; chdb can open one data path per process"
+            )
+        if not create and not (path / "metadata").is_dir():
+            raise StoreError(
+                f"there is no ClickHouse data at {path}: `make up` or `cvat-analytics migrate "
+                f"--dsn chdb://{path}` creates it (without --dsn, commands use "
+                "chdb://<embedded.data_dir>/clickhouse from the spec)"
             )
         path.mkdir(parents=True, exist_ok=True)
         dsn_to_open = f"chdb://{path}"

@@ -14,9 +14,11 @@ import shutil
 import time
 from pathlib import Path
 
+import cvat_analytics_udf
+
 from cvat_analytics_generator.render import context, environment
 
-UDF_SCRIPT = Path(__file__).resolve().parent.parent / "udf" / "working_time.py"
+UDF_SCRIPT = Path(cvat_analytics_udf.__file__).with_name("working_time.py")
 UDF_CONFIG = "clickhouse/user_defined/working_time_function.xml.j2"
 BY_CHOICES = ("user", "project", "task", "job", "day", "hour")
 EPOCH = "1970-01-01 00:00:00.000"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,10 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("spec_schema.yaml")
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "analytics.yaml"
+# The default spec ships inside the package (in the repository, a link to the top-level
+# analytics.yaml), so an installed wheel renders and serves with no file of its own.
+DEFAULT_SPEC = Path(__file__).resolve().with_name("analytics.yaml")
+SPEC_ENV = "CVAT_ANALYTICS_SPEC"
 
 # Columns that the ingest, the export, the working time and the dashboards rely on:
 # CVAT's own 18, in CVAT's order.
@@ -24,13 +28,24 @@ class SpecError(Exception):
     """A spec mistake, already worded for the person who made it."""
 
 
+def find_spec(explicit: str | Path | None = None) -> Path:
+    """The spec to use: --spec, else $CVAT_ANALYTICS_SPEC, else ./analytics.yaml, else the
+    packaged default."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(SPEC_ENV):
+        return Path(os.environ[SPEC_ENV])
+    local = Path("analytics.yaml")
+    return local if local.is_file() else DEFAULT_SPEC
+
+
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def load_spec(path: str | Path | None = None) -> dict:
     """Read, parse and validate a spec file; raise SpecError naming file, line and key."""
-    path = Path(path) if path else DEFAULT_SPEC
+    path = find_spec(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -145,3 +160,32 @@ def _line_of(node: yaml.Node | None, keys: list) -> int | None:
             break
         node = child
     return line
+
+
+def value(spec: dict, dotted: str) -> Any:
+    """spec["a"]["b"] for "a.b"."""
+    node: Any = spec
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def main(argv: list[str]) -> int:
+    """`python -m cvat_analytics_generator.spec SPEC KEY...`: print each value on a line
+    (for scripts/up.sh); a bad spec is one line on stderr and exit 2, never a traceback."""
+    import sys
+
+    try:
+        spec = load_spec(argv[0])
+        for dotted in argv[1:]:
+            print(value(spec, dotted))
+    except SpecError as exc:
+        print(f"cvat-analytics: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CLI=.venv/bin/cvat-analytics
 PY=.venv/bin/python
-SPEC=${SPEC:-analytics.yaml}
+SPEC=${SPEC:-${CVAT_ANALYTICS_SPEC:-analytics.yaml}}
 
-spec_value() {  # spec_value clickhouse.http_port
-  "$PY" -c 'import sys; from cvat_analytics_generator.spec import load_spec
-v = load_spec(sys.argv[1])
-for k in sys.argv[2].split("."): v = v[k]
-print(v)' "$SPEC" "$1"
+# What `make up` started, for `make down` and `make demo`: neither reads the spec, so a
+# typo in it never keeps you from stopping the service.
+STATE=${UP_STATE:-.up}
+ENV_FILE=${ENV_FILE:-.env}
+
+spec_value() {  # spec_value clickhouse.http_port; a bad spec: one line, exit 2
+  "$PY" -m cvat_analytics_generator.spec "$SPEC" "$1"
 }
 
 ensure_env() {
@@ -19,21 +21,22 @@ ensure_env() {
   # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
   # (deploy/cvat-compose.override.yml).
   umask 077
-  touch .env
-  "$PY" - <<'PY'
-import re, secrets
+  touch "$ENV_FILE"
+  ENV_FILE="$ENV_FILE" "$PY" - <<'PY'
+import os, re, secrets
 names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
          "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
-text = open(".env").read()
+path = os.environ["ENV_FILE"]
+text = open(path).read()
 have = set(re.findall(r"^([A-Z_]+)=", text, re.M))
 missing = [n for n in names if n not in have]
-with open(".env", "a") as env:
+with open(path, "a") as env:
     if missing and text and not text.endswith("\n"):
         env.write("\n")
     for name in missing:
         env.write(f"{name}={secrets.token_urlsafe(24)}\n")
 if missing:
-    print(f"added random {', '.join(missing)} to .env (keep it; it is not in git)")
+    print(f"added random {', '.join(missing)} to {path} (keep it; it is not in git)")
 PY
 }
 
@@ -64,11 +67,10 @@ PY
 }
 
 docker_up() {
-  ensure_env
   "$CLI" render --spec "$SPEC" --out deploy
-  local compose=(docker compose --project-directory deploy -f deploy/docker-compose.yml --env-file .env)
+  local compose=(docker compose --project-directory deploy -f deploy/docker-compose.yml --env-file "$ENV_FILE")
   "${compose[@]}" up -d --build clickhouse
-  set -a; . ./.env; set +a
+  set -a; . "$(realpath "$ENV_FILE")"; set +a
   local host port admin db
   host=$(spec_value bind_address); port=$(spec_value clickhouse.http_port)
   admin=$(spec_value clickhouse.users.admin); db=$(spec_value clickhouse.database)
@@ -76,6 +78,7 @@ docker_up() {
   wait_for_clickhouse "$host" "$port" "$admin" "${compose[@]}"
   "$CLI" migrate --spec "$SPEC" --dsn "http://${admin}:${CLICKHOUSE_ADMIN_PASSWORD}@${host}:${port}"
   "${compose[@]}" up -d --build --wait
+  printf 'mode=docker\ningest=http://%s:%s/\n' "$host" "$(spec_value vector.port)" > "$STATE"
   echo "cvat-analytics is up (Docker):"
   echo "  events in:  http://${host}:$(spec_value vector.port)/  (Vector, JSON array bodies)"
   echo "  ClickHouse: http://${host}:${port}  database ${db}"
@@ -96,6 +99,7 @@ embedded_up() {
   nohup "$CLI" serve --spec "$SPEC" --dsn "chdb://$data/clickhouse" --host "$host" --port "$port" \
     >>"$data/serve.log" 2>&1 &
   echo $! > "$pidfile"
+  printf 'mode=embedded\npid=%s\ningest=http://%s:%s/\ndata=%s\n' "$(cat "$pidfile")" "$host" "$port" "$data" > "$STATE"
   for _ in $(seq 1 100); do
     if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
          "http://$host:$port/health" 2>/dev/null; then
@@ -103,7 +107,7 @@ embedded_up() {
       echo "  events in:  http://$host:$port/   (POST JSON arrays, as CVAT's server sends them)"
       echo "  health:     http://$host:$port/health"
       echo "  data:       $data/clickhouse (chdb); log: $data/serve.log; pid $(cat "$pidfile")"
-      echo "  SQL:        stop the service (make down), then .venv/bin/cvat-analytics query --dsn chdb://$data/clickhouse \"SELECT ...\""
+      echo "  SQL:        stop the service (make down), then .venv/bin/cvat-analytics query \"SELECT ...\""
       echo "stop with: make down"
       return 0
     fi
@@ -116,6 +120,10 @@ embedded_up() {
 }
 
 main() {
+  spec_value version >/dev/null  # a bad spec stops here, with its one-line message
+  # .env holds the secrets of both modes (access-token secrets, the Docker stack's passwords),
+  # written once, so switching modes later keeps them.
+  ensure_env
   if docker info >/dev/null 2>&1; then
     docker_up
   else
