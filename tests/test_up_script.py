@@ -66,7 +66,8 @@ def test_up_gives_up_at_the_deadline_with_a_clear_message_and_the_servers_log():
     started = time.monotonic()
     run = wait(port, 3)
     assert run.returncode == 1
-    assert 3 <= time.monotonic() - started < 20
+    # The deadline is counted in whole seconds (date +%s): at least 2 s of the 3 pass.
+    assert 2 <= time.monotonic() - started < 20
     assert f"ClickHouse did not answer SELECT 1 as cvat_admin on http://127.0.0.1:{port} within 3 s" in run.stderr
     assert "CLICKHOUSE_WAIT_SECONDS" in run.stderr
     assert "compose logs --tail 30 clickhouse" in run.stderr
