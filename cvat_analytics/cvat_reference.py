@@ -1,7 +1,7 @@
 """CVAT's working-time loop, ported verbatim: the behaviour the dev tools imitate and measure against.
 
 `compute_working_time_per_ids` is cvat/apps/events/utils.py as CVAT's server runs it on each
-batch a client posts (see docs/cvat-compatibility.md, Working time): dict events, the previous
+batch a client posts (see docs/cvat-compatibility.md, "Working time"): dict events, the previous
 batch's last event carried over. The demo uses it to write the `send:working_time` rows CVAT
 would write; the bench times it as the baseline our SQL is compared with. Nothing in the
 runtime imports this module; it imports nothing from the runtime.

@@ -1,7 +1,7 @@
 """The demo's traffic: what CVAT's UI and server send while a team annotates, user by user.
 
 Per user, a timeline of annotation sessions over the last D days (see docs/cvat-compatibility.md,
-Events):
+"The event contract"):
 
 - client events as CVAT's UI sends them: load:cvat with the platform payload, load:job,
   draw/drag/resize/delete:object, change:frame (durations; playback merged into one event with

@@ -1,7 +1,7 @@
 """The demo's wire format: an event as CVAT sends it (to_wire) and as it is stored (to_row).
 
 CVAT's server writes `timestamp` as epoch seconds in a string with microseconds, its UI as
-ISO-8601; both send `payload` as a JSON string (see docs/cvat-compatibility.md, Events).
+ISO-8601; both send `payload` as a JSON string (see docs/cvat-compatibility.md, "The event contract").
 """
 from __future__ import annotations
 
