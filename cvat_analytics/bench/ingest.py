@@ -19,7 +19,7 @@ SENDERS = 4  # concurrent senders (HTTP connections, engine handles)
 
 def _validate_rate(cfg: dict) -> float:
     """Events/s through serve's per-event work on one core: parse the body, EventContract
-    normalize + to_line (what each request does under the GIL before its INSERT)."""
+    normalize + to_line (what each request does under the GIL before it inserts)."""
     from cvat_analytics_generator.spec import load_spec
 
     from ..events import EventContract
@@ -35,7 +35,7 @@ def _validate_rate(cfg: dict) -> float:
 
 def phase_ceiling(cfg: dict) -> dict:
     """The engine's own insert rate of the ingest sample through clickhouse-connect,
-    one INSERT per batch of 100 / 1000 stored rows, into a freshly migrated database."""
+    one insert per batch of 100 / 1000 stored rows, into a freshly migrated database."""
     from cvat_analytics_generator.spec import load_spec
 
     base = load_spec(Path(cfg["spec"]))
@@ -54,7 +54,7 @@ def phase_ceiling(cfg: dict) -> dict:
         elapsed = time.monotonic() - t
         stored = int(statements.run(client, "count_events", db=ours))
         out[str(size)] = {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
-        # For the report: the same INSERTs into CVAT's schema (no MV, no indexes, no fsync) ...
+        # For the report: the same inserts into CVAT's schema (no MV, no indexes, no fsync) ...
         cvat = f"cvat_{size}"
         statements.run(client, "create_database", db=cvat)
         statements.run(client, "cvat_events", db=cvat)
@@ -63,7 +63,7 @@ def phase_ceiling(cfg: dict) -> dict:
             insert_json_rows(client, cvat, body)
         out[str(size)]["cvat_schema_rate"] = stored / (time.monotonic() - t)
         # ... and into our schema from SENDERS concurrent handles with async_insert (the engine
-        # coalesces concurrent INSERTs into one part; each keeps its own deduplication token).
+        # coalesces concurrent inserts into one part; each keeps its own deduplication token).
         spec["clickhouse"]["database"] = f"coalesced_{size}"
         migrate(client, spec, log=lambda *_: None)
         out[str(size)]["coalesced_rate"] = _coalesced_rate(cfg["dsn"], f"coalesced_{size}", batches)

@@ -1,9 +1,11 @@
 """`cvat-analytics serve` in a process of its own, on a port it picks: for the bench and the tests."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,9 +18,13 @@ READY_LINE = "cvat-analytics: serving "  # what serve logs once it listens (with
 
 class ServeProcess:
     """serve on 127.0.0.1, port 0 (the kernel's pick, so no race for a "free" port), its log
-    in a file; `url` is read from the log's "serving http://..." line."""
+    in a file (a temporary one unless given); `url` is read from its "serving http://..." line."""
 
-    def __init__(self, dsn: str, spec_path, log: Path, timeout: float = 120):
+    def __init__(self, dsn: str, spec_path, log: Path | None = None, timeout: float = 120):
+        self.own_log = log is None  # removed by stop()
+        if log is None:
+            fd, log = tempfile.mkstemp(prefix="cvat-analytics-serve-", suffix=".log")
+            os.close(fd)
         self.log_path = Path(log)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -28,8 +34,7 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while (url := self._logged_url()) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"serve did not start:\n{self.output()}")
+                raise RuntimeError(f"serve did not start:\n{self.stop()}")
             time.sleep(0.1)
         self.url = url
 
@@ -63,4 +68,7 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        return self.output()
+        output = self.output()
+        if self.own_log:
+            self.log_path.unlink(missing_ok=True)
+        return output

@@ -27,7 +27,7 @@ def sql(name: str) -> str:
 
 
 def run(client, name: str, **parameters):
-    """Run a statement that answers with one value or none (DDL, INSERT ... SELECT, count)."""
+    """Run a statement that answers with one value or none (DDL, a copy, a count)."""
     return client.command(sql(name), parameters=parameters)
 
 

@@ -3,7 +3,7 @@
 - world.py    organizations, users, projects, tasks, jobs
 - traffic.py  the events CVAT's UI and server send while that world annotates (`Demo`)
 - wire.py     an event as CVAT sends it (`to_wire`) and as it is stored (`to_row`)
-- senders.py  POST CVAT's bodies to a URL, or INSERT rows into a store
+- senders.py  POST CVAT's bodies to a URL, or insert rows into a store
 
 `--url` posts JSON arrays of ~100 events to a running service or Vector, the bodies CVAT
 sends; `--dsn` inserts rows directly in 100k-row JSONEachRow batches (the fast path).

@@ -1,4 +1,4 @@
-"""The demo's senders: POST CVAT's bodies to a service or Vector, or INSERT rows into a store."""
+"""The demo's senders: POST CVAT's bodies to a service or Vector, or insert rows into a store."""
 from __future__ import annotations
 
 import json
@@ -47,7 +47,7 @@ def post_events(url: str, events: Iterator[dict], batch: int = 100,
 
 def insert_events(client, database: str, events: Iterator[dict], batch: int = 100_000,
                   progress: Callable[[int], None] | None = None) -> int:
-    """INSERT the events directly, `batch` rows per JSONEachRow INSERT."""
+    """Insert the events directly, `batch` rows per JSONEachRow insert."""
     sent, buf = 0, []
     for ev in events:
         buf.append(to_row(ev))
