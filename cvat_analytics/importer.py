@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
@@ -28,6 +27,7 @@ from typing import IO, Any, Iterator
 from .cvat_csv import CsvError
 from .cvat_csv import read_cvat_csv as read_cvat_csv_rows
 from .events import EventContract, EventError
+from .progress import Progress
 from .store import insert_json_rows
 
 CHUNK = 1 << 20
@@ -248,46 +248,6 @@ def detect_format(start: bytes) -> str:
     raise ImportFailed(f"not a JSON array, NDJSON or CVAT CSV file: it starts with {start[:20]!r}")
 
 
-class Progress:
-    """A one-line progress display on stderr, only when stderr is a terminal."""
-
-    def __init__(self, stream: IO[str], total_bytes: int | None):
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.total = total_bytes
-        self.phase = ""
-        self.started = self.shown = 0.0
-
-    def show(self, phase: str, events: int, done_bytes: int | None = None, total_events: int | None = None):
-        now = time.monotonic()
-        if phase != self.phase:  # each phase has its own rate
-            self.phase, self.started = phase, now
-        if not self.enabled or now - self.shown < 0.2:
-            return
-        self.shown = now
-        rate = events / max(now - self.started, 1e-3)
-        if done_bytes is not None:
-            of = f" / {_size(self.total)}" if self.total else ""
-            line = f"{phase}: {_size(done_bytes)}{of}, {events:,} events, {rate:,.0f} events/s"
-        else:
-            line = f"{phase}: {events:,} / {total_events:,} events, {rate:,.0f} events/s"
-        self.stream.write(f"\r{line}\033[K")
-        self.stream.flush()
-
-    def done(self) -> None:
-        if self.enabled and self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def _open(path_or_dash: str) -> tuple[IO[bytes], str, int | None]:
     raw = sys.stdin.buffer if path_or_dash == "-" else open(path_or_dash, "rb")
     try:
@@ -314,36 +274,37 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
     except OSError as exc:
         print(f"cvat-analytics: cannot read {path_or_dash}: {exc.strerror}", file=err)
         return 1
-    progress = Progress(err, size)
+    reading = Progress("reading", total_bytes=size, stream=err)
     # stdin is left open: it is not ours to close.
     with raw if path_or_dash != "-" else nullcontext(), tempfile.TemporaryFile(prefix="cvat-import-") as spool:
         try:
-            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, progress, err)
+            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, reading, err)
         except ImportFailed as exc:
-            progress.done()
+            reading.close()
             print(f"cvat-analytics: {name}: {exc}; nothing imported", file=err)
             return 1
-        progress.done()
+        reading.close()
         if invalid and not skip_invalid:
             print(f"cvat-analytics: {name}: nothing imported: {invalid} invalid record(s); "
                   "fix them, or pass --skip-invalid to store the valid ones", file=err)
             return 1
         spool.seek(0)
         stored = 0
-        progress.show("storing", 0, total_events=valid)
+        storing = Progress("storing", total=valid, stream=err)
+        storing.update(0)
         try:
             for body, rows in _batches(spool, batch_size):
                 # The token makes a retried identical batch count once (ClickHouse's dedup window).
                 insert_json_rows(client, database, body, token=hashlib.sha256(body).hexdigest())
                 stored += rows
-                progress.show("storing", stored, total_events=valid)
+                storing.update(stored)
         except Exception as exc:
-            progress.done()
+            storing.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"cvat-analytics: {name}: INSERT failed after {stored} of {valid} events were stored: "
                   f"{first}", file=err)
             return 1
-        progress.done()
+        storing.close()
     print(f"imported {stored} events ({invalid} skipped)", file=out)
     return 0
 
@@ -374,7 +335,7 @@ def _validate(raw, name, contract, spool, skip_invalid, progress, err) -> tuple[
             elif invalid == MAX_REPORTED + 1:
                 print(f"cvat-analytics: {name}: ... (only the first {MAX_REPORTED} invalid records are listed)",
                       file=err)
-        progress.show("reading", valid + invalid, done_bytes=source.bytes_read)
+        progress.update(valid + invalid, done_bytes=source.bytes_read)
     return valid, invalid
 
 

@@ -14,20 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from cvat_analytics import bench
+from cvat_analytics.bench import statements
+from cvat_analytics.bench.cvat_baselines import python_baseline
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
 
 
 def test_panels_have_both_schemas_and_a_kind():
-    panels = bench.parse_panels((bench.SQL_DIR / "panels.sql").read_text())
+    panels = statements.panels()
     assert len(panels) >= 8
     kinds = {p["kind"] for p in panels}
     assert {"overview", "user", "job"} <= kinds
     for p in panels:
         assert p["ours"].lstrip().upper().startswith("SELECT") and p["cvat"].lstrip().upper().startswith("SELECT")
-        assert "{{ db }}" in p["ours"] and "{{ cvat_db }}" in p["cvat"]
+        assert "{db:Identifier}" in p["ours"] and "{cvat_db:Identifier}" in p["cvat"]
+        # values are bound by ClickHouse, never formatted in
+        assert "{{" not in p["ours"] + p["cvat"] and "{t_from:DateTime64(3, 'Etc/UTC')}" in p["ours"]
 
 
 def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
@@ -46,7 +49,7 @@ def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
         (2, at(0), "click:element", 0, None, None, None),
     ]
     for batch in (1, 2, 100):
-        totals = bench.python_baseline(iter(rows), batch=batch)
+        totals = python_baseline(iter(rows), batch=batch)
         assert totals[(1, 10, 1, 1)] == 5000 + 4000  # the first event credits its own ids
         assert totals[(1, 11, 1, 1)] == 99_999
         assert totals.get((2, None, None, None), 0) == 0
@@ -92,8 +95,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
         ingest = named(f"ingest: serve over HTTP, {size}-event bodies")[0]
         assert ingest["detail"]["events"] == 20000  # every event acknowledged
         assert "ceiling" in ingest["baseline"]
-    panels = bench.parse_panels((bench.SQL_DIR / "panels.sql").read_text())
-    assert len(named("dashboard: ")) == len(panels)
+    assert len(named("dashboard: ")) == len(statements.panels())
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0
     named("storage: bytes on disk per event")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, write_spec
-from tests.test_serve import Serve
+from cvat_analytics.bench.service import ServeProcess
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CLI = REPO / ".venv" / "bin" / "cvat-analytics"
@@ -34,7 +34,7 @@ def service(tmp_path_factory):
     for args in (["migrate"], ["demo", "--events", "20000", "--days", "7", "--seed", "5"]):
         subprocess.run([str(CLI), *args, "--dsn", dsn, "--spec", str(spec_path)], check=True,
                        capture_output=True, timeout=300)
-    srv = Serve(dsn, spec_path)
+    srv = ServeProcess(dsn, spec_path)
     # The first working-time refresh runs as serve starts; wait until the table shows it.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

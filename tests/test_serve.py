@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cvat_analytics.bench.service import ServeProcess
 from cvat_analytics.server import Response, make_server
 
 pytestmark = pytest.mark.clickhouse
@@ -173,40 +173,9 @@ def test_stop_closes_idle_keep_alive_connections_at_once(store):
 
 # -- the real CLI, in processes of their own -----------------------------------
 
-class Serve:
-    """`cvat-analytics serve` in a process of its own; a thread drains its stderr (the
-    per-request log would otherwise fill the pipe) into `lines`."""
-
-    def __init__(self, dsn: str, spec_path):
-        self.proc = subprocess.Popen([str(CLI), "serve", "--dsn", dsn, "--spec", str(spec_path), "--port", "0"],
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        if not self.ready.wait(120) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise AssertionError("serve did not start:\n" + "".join(self.lines))
-        line = next(l for l in self.lines if "serving http://" in l)
-        self.url = line.split("serving ", 1)[1].split()[0]
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if "serving http://" in line:
-                self.ready.set()
-        self.ready.set()
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.reader.join(10)
-        return "".join(self.lines)
-
-
 def test_serve_subprocess_stores_posts_and_owns_its_chdb_path(store, tmp_path):
     dsn = f"chdb://{tmp_path / 'data'}"
-    serve = Serve(dsn, store.spec_path)
+    serve = ServeProcess(dsn, store.spec_path)
     try:
         host, port = serve.url.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)

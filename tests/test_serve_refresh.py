@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.conftest import write_spec
-from tests.test_serve import CLI, Serve
+from cvat_analytics.bench.service import ServeProcess
+from tests.test_serve import CLI
 
 
 def run(*args) -> str:
@@ -22,7 +23,7 @@ def run(*args) -> str:
 def test_serve_refreshes_the_totals_to_the_query_time_result(tmp_path, engine):
     _, spec = write_spec(tmp_path, **{"working_time.engine": engine, "working_time.refresh_interval_s": 1})
     dsn = f"chdb://{tmp_path / 'data'}"
-    serve = Serve(dsn, spec)
+    serve = ServeProcess(dsn, spec)
     try:
         run("demo", "--spec", spec, "--url", serve.url + "/", "--events", "3000", "--days", "2", "--seed", "5")
         time.sleep(3)  # more than one refresh period after the last acknowledged request

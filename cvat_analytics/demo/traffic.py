@@ -1,52 +1,38 @@
-"""Realistic CVAT traffic, deterministic per seed: `cvat-analytics demo`.
+"""The demo's traffic: what CVAT's UI and server send while a team annotates, user by user.
 
-A small world (organizations, users with names and emails, projects, tasks,
-jobs) and, per user, a timeline of annotation sessions over the last D days:
+Per user, a timeline of annotation sessions over the last D days (see docs/cvat-compatibility.md,
+"The event contract"):
 
-- client events as CVAT's UI sends them (reference/cvat.md §6): load:cvat with
-  the platform payload, load:job, draw/drag/resize/delete:object, change:frame
-  (durations; playback merged into one event with count > 1, as the UI
-  compresses it), zoom:image, click:element, action:undo, save:job; payload
-  carries client_id and is_active; timestamps ISO-8601;
+- client events as CVAT's UI sends them: load:cvat with the platform payload, load:job,
+  draw/drag/resize/delete:object, change:frame (durations; playback merged into one event with
+  count > 1, as the UI compresses it), zoom:image, click:element, action:undo, save:job; payload
+  carries client_id and is_active;
 - idle breaks (longer than the 100 s idle threshold) and job switches;
-- server events as CVAT's server sends them to Vector (§5): timestamp epoch
-  seconds as a string, payload a JSON string with request {id, user_agent};
-  create:project/task/job bursts share one request id; update:job is one row
-  per changed field (obj_name=field, obj_val=new value, payload.old_value),
-  jobs move to completed or rejected; create/update:shapes on save;
-  create:cache_item when a job's chunks are prepared; a few send:exception with
-  message and stack (server and client);
-- send:working_time rows computed per 90 s batch of client events exactly as
-  CVAT's server does (previous_event carried across batches).
+- server events as CVAT's server writes them: create:project/task/job bursts share one request
+  id; update:job is one row per changed field (obj_name=field, obj_val=new value,
+  payload.old_value), jobs move to completed or rejected; create/update:shapes on save;
+  create:cache_item when a job's chunks are prepared; a few send:exception with message and
+  stack (server and client);
+- send:working_time rows computed per 90 s batch of client events by CVAT's own loop
+  (cvat_analytics/cvat_reference.py), the previous batch's last event carried over.
 
-`--url` posts JSON arrays of ~100 events to a running service or Vector, the
-bodies CVAT sends; `--dsn` inserts rows directly in 100k-row JSONEachRow batches
-(the fast path for benchmarks).
+Events are dicts with CVAT's flat fields, `_ts` (epoch ms) for the time and `payload` a dict;
+demo/wire.py turns them into what travels.
 """
 from __future__ import annotations
 
-import json
 import random
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-UTC = timezone.utc
-IDLE_MS = 100_000
+from ..cvat_reference import MAX_EVENT_DURATION_MS, compute_working_time_per_ids
+from .world import Job, Project, Task, User, build_world
+
+IDLE_MS = MAX_EVENT_DURATION_MS
 BATCH_MS = 90_000
-DEFAULT_EVENTS = 20_000
 DEFAULT_DAYS = 7
 
-FIRST = ["Alice", "Bob", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivan", "Julia",
-         "Kofi", "Lena", "Mateo", "Nina", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
-LAST = ["Smith", "Ivanova", "Wang", "Garcia", "Müller", "Khan", "Novak", "Sato", "Okafor", "Rossi"]
-ORGS = ["acme-vision", "roadscan", "medlabel", "agri-ai", "retail-eyes"]
-BROWSERS = [("Chrome", "124.0.0.0", 0.55), ("Firefox", "125.0", 0.2), ("Edge", "124.0.2478.80", 0.12),
-            ("Safari", "17.4", 0.08), ("Opera", "109.0.0.0", 0.05)]
-OSES = [("Windows 10", 0.45), ("Linux x86_64", 0.3), ("OS X 10.15.7", 0.2), ("Ubuntu", 0.05)]
 SHAPES = ["rectangle", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton"]
 BUTTONS = [("cvat-annotation-header-save-button", "Save"), ("cvat-player-next-button", "Next"),
            ("cvat-player-previous-button", "Previous"), ("cvat-annotation-header-undo-button", "Undo"),
@@ -63,58 +49,6 @@ SERVER_ERRORS = [
 ]
 
 
-@dataclass
-class Job:
-    id: int
-    task: "Task"
-    frames: int
-    state: str = "new"
-    stage: str = "annotation"
-
-
-@dataclass
-class Task:
-    id: int
-    name: str
-    project: "Project"
-    jobs: list = field(default_factory=list)
-
-
-@dataclass
-class Project:
-    id: int
-    name: str
-    org: "Org | None"
-    tasks: list = field(default_factory=list)
-
-
-@dataclass
-class Org:
-    id: int
-    slug: str
-
-
-@dataclass
-class User:
-    id: int
-    name: str
-    email: str
-    org: Org | None
-    client_id: str
-    browser: tuple
-    os: str
-    jobs: list = field(default_factory=list)
-
-
-def _pick(rng: random.Random, weighted):
-    r, acc = rng.random(), 0.0
-    for item in weighted:
-        acc += item[-1]
-        if r < acc:
-            return item
-    return weighted[-1]
-
-
 class Demo:
     """Yields events (dicts with CVAT's flat fields; `_ts` = epoch ms) in per-user order."""
 
@@ -122,44 +56,11 @@ class Demo:
         self.rng = random.Random(seed)
         self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.start_ms = self.now_ms - int(days * 86_400_000)
-        self._build_world()
+        world = build_world(self.rng)
+        self.orgs, self.users, self.projects, self.owner = world.orgs, world.users, world.projects, world.owner
 
-    # -- the world ------------------------------------------------------------
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-
-    def _build_world(self) -> None:
-        rng = self.rng
-        self.orgs = [Org(i + 1, slug) for i, slug in enumerate(ORGS[: rng.randint(3, 5)])]
-        self.users: list[User] = []
-        ids = iter(range(1, 10**9))
-        for uid in range(1, rng.randint(10, 16) + 1):
-            first, last = FIRST[(uid - 1) % len(FIRST)], rng.choice(LAST)
-            org = None if uid % 5 == 0 else self.orgs[uid % len(self.orgs)]
-            self.users.append(User(
-                uid, f"{first.lower()}.{last.lower().replace('ü', 'u')}",
-                f"{first.lower()}.{last.lower().replace('ü', 'u')}@{(org.slug if org else 'example')}.com",
-                org, str(rng.randrange(10**9, 10**10)), _pick(rng, BROWSERS), _pick(rng, OSES)[0]))
-        self.projects: list[Project] = []
-        task_id = job_id = 0
-        for org in self.orgs + [None]:
-            for _ in range(rng.randint(1, 3)):
-                p = Project(next(ids), f"{rng.choice(['Cars', 'Pedestrians', 'Cells', 'Crops', 'Shelves', 'Signs'])}"
-                            f" {rng.randint(1, 99)}", org)
-                for _ in range(rng.randint(2, 4)):
-                    task_id += 1
-                    t = Task(task_id, f"batch_{task_id:03d}", p)
-                    for _ in range(rng.randint(2, 5)):
-                        job_id += 1
-                        t.jobs.append(Job(job_id, t, rng.randint(20, 400)))
-                    p.tasks.append(t)
-                self.projects.append(p)
-        for u in self.users:
-            pool = [j for p in self.projects if p.org is u.org for t in p.tasks for j in t.jobs]
-            if not pool:
-                pool = [j for p in self.projects for t in p.tasks for j in t.jobs]
-            u.jobs = rng.sample(pool, min(len(pool), rng.randint(2, 6)))
-        self.owner = self.users[0]
 
     # -- event builders -------------------------------------------------------
     def _user_cols(self, u: User) -> dict:
@@ -231,30 +132,16 @@ class Demo:
                                    task=t, obj_id=t.id)
 
     def _working_time(self, u: User, batch: list[dict], prev: dict | None) -> Iterator[dict]:
-        """CVAT's compute_working_time_per_ids for one batch (reference/cvat.md §5)."""
-        def end(e):
-            return e["_ts"] + (e["duration"] if e["scope"] == "change:frame" else 0)
+        """The send:working_time rows CVAT's server writes for one batch of client events."""
+        def as_cvat(e: dict) -> dict:
+            return {"scope": e["scope"], "timestamp": e["_ts"], "duration": e["duration"],
+                    "job_id": e["job_id"], "task_id": e["task_id"], "project_id": e["project_id"]}
 
-        def ids(e):
-            return (e["job_id"], e["task_id"], e["project_id"])
-
-        first = prev or batch[0]
-        prev_end, prev_ids = end(first) if prev else first["_ts"], ids(first)
-        buckets: dict[tuple, list[int]] = {}
-        for e in batch:
-            t = 0
-            if e["_ts"] > prev_end:
-                if e["_ts"] - prev_end < IDLE_MS:
-                    t += e["_ts"] - prev_end
-                prev_end = e["_ts"]
-            if end(e) > prev_end:
-                t += end(e) - prev_end
-                prev_end = end(e)
-            b = buckets.setdefault(prev_ids, [e["_ts"], 0])
-            b[1] += t
-            prev_ids = ids(e)
+        per_ids = compute_working_time_per_ids(
+            {"events": [as_cvat(e) for e in batch], "previous_event": as_cvat(prev) if prev else None}, ms=1)
         rid = self._uuid()
-        for (job_id, task_id, project_id), (ts, ms) in buckets.items():
+        for (job_id, task_id, project_id), item in per_ids.items():
+            ts, ms = item["timestamp"], item["value"]
             if ms:
                 yield {"scope": "send:working_time", "source": "server", "_ts": ts, "obj_name": None,
                        "obj_id": None, "obj_val": None, "count": 1, "duration": ms,
@@ -439,133 +326,3 @@ class Demo:
                         return
                 clock[u.id] = last + max(60_000, int(self.rng.expovariate(1 / max(gap, 60_000))))
             rounds += 1
-
-
-# -- rendering -------------------------------------------------------------------
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _row_ts(ms: int) -> str:
-    return "%04d-%02d-%02d %02d:%02d:%02d" % time.gmtime(ms // 1000)[:6] + f".{ms % 1000:03d}"
-
-
-def to_wire(ev: dict, micros: int = 0) -> dict:
-    """The event as CVAT sends it: server -> epoch-seconds string, client -> ISO; payload a JSON string."""
-    out = {k: v for k, v in ev.items() if not k.startswith("_")}
-    ms = ev["_ts"]
-    if ev["source"] == "server":
-        out["timestamp"] = f"{ms // 1000}.{ms % 1000:03d}{micros:03d}"
-    else:
-        out["timestamp"] = _iso(ms)
-    out["payload"] = json.dumps(ev["payload"], separators=(",", ":")) if ev["payload"] is not None else None
-    return out
-
-
-_ROW_KEYS = ("scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration", "project_id",
-             "task_id", "job_id", "user_id", "user_name", "user_email", "org_id", "org_slug",
-             "access_token_id")
-_enc = json.encoder.encode_basestring  # C-accelerated JSON string quoting
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _jv(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, str):
-        return _enc(v)
-    return str(v)
-
-
-def to_row(ev: dict) -> bytes:
-    """One JSONEachRow line for <database>.events (the stored form), built by hand: ~3x json.dumps."""
-    ms = ev["_ts"]
-    parts = [f'"{k}":{_jv(ev[k])}' for k in _ROW_KEYS]
-    parts.append(f'"timestamp":"{_row_ts(ms)}"')
-    payload = ev["payload"]
-    parts.append('"payload":' + (_enc(_dumps(payload)) if payload is not None else "null"))
-    return ("{" + ",".join(parts) + "}\n").encode()
-
-
-def post_events(url: str, events: Iterator[dict], batch: int = 100,
-                progress: Callable[[int], None] | None = None, timeout: float = 30.0) -> int:
-    """POST JSON arrays of `batch` events (CVAT's bodies) to a service or Vector."""
-    import urllib.request
-
-    sent, buf = 0, []
-
-    def send(items):
-        body = json.dumps(items, ensure_ascii=False).encode()
-        req = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        for attempt in range(5):
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    resp.read()
-                    return
-            except OSError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * 2 ** attempt)
-
-    for i, ev in enumerate(events):
-        buf.append(to_wire(ev, micros=(i * 7919) % 1000))
-        if len(buf) >= batch:
-            send(buf)
-            sent += len(buf)
-            buf = []
-            if progress:
-                progress(sent)
-    if buf:
-        send(buf)
-        sent += len(buf)
-        if progress:
-            progress(sent)
-    return sent
-
-
-def insert_events(client, database: str, events: Iterator[dict], batch: int = 100_000,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """INSERT the events directly, `batch` rows per JSONEachRow INSERT."""
-    from .store import insert_json_rows
-
-    sent, buf = 0, []
-    for ev in events:
-        buf.append(to_row(ev))
-        if len(buf) >= batch:
-            insert_json_rows(client, database, b"".join(buf))
-            sent += len(buf)
-            buf = []
-            if progress:
-                progress(sent)
-    if buf:
-        insert_json_rows(client, database, b"".join(buf))
-        sent += len(buf)
-        if progress:
-            progress(sent)
-    return sent
-
-
-def run(n: int = DEFAULT_EVENTS, days: float = DEFAULT_DAYS, seed: int = 1, url: str | None = None,
-        client=None, database: str | None = None, now_ms: int | None = None, err=sys.stderr) -> int:
-    """The CLI's demo: to `url`, or into `client`/`database`. Returns the number of events."""
-    demo = Demo(seed=seed, days=days, now_ms=now_ms)
-    started = time.monotonic()
-    last = [0.0]
-
-    def progress(done: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 1 or done >= n:
-            last[0] = now
-            rate = done / max(now - started, 1e-9)
-            print(f"\rdemo: {done}/{n} events ({rate:,.0f}/s)", end="", file=err, flush=True)
-
-    if url:
-        sent = post_events(url, demo.events(n), progress=progress)
-    else:
-        sent = insert_events(client, database, demo.events(n), progress=progress)
-    elapsed = time.monotonic() - started
-    print(f"\rdemo: {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):,.0f}/s), "
-          f"{len(demo.users)} users, {len(demo.orgs)} organizations, {len(demo.projects)} projects, "
-          f"over {days:g} days, seed {seed}", file=err)
-    return sent

@@ -1,0 +1,96 @@
+"""Ingest's baselines: the engine's own insert rate of the same rows (the ceiling), on our schema,
+on CVAT's, and coalesced by async_insert; and serve's per-event validation rate on one core."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+from ..migrate import migrate
+from ..store import INSERT_SETTINGS, connect, insert_json_rows, open_handle
+from . import statements
+from .generate import read_bodies
+from .runtime import parse_events
+
+SENDERS = 4  # concurrent senders (HTTP connections, engine handles)
+
+
+def _validate_rate(cfg: dict) -> float:
+    """Events/s through serve's per-event work on one core: parse the body, EventContract
+    normalize + to_line (what each request does under the GIL before it inserts)."""
+    from cvat_analytics_generator.spec import load_spec
+
+    from ..events import EventContract
+
+    contract = EventContract(load_spec(Path(cfg["spec"])))
+    bodies = read_bodies(Path(cfg["workdir"]) / "bodies_1000.bin")[:100]
+    t, n = time.monotonic(), 0
+    for body in bodies:
+        lines = [contract.to_line(contract.normalize(e, i)) for i, e in enumerate(parse_events(body))]
+        n += len(lines)
+    return n / max(time.monotonic() - t, 1e-9)
+
+
+def phase_ceiling(cfg: dict) -> dict:
+    """The engine's own insert rate of the ingest sample through clickhouse-connect,
+    one insert per batch of 100 / 1000 stored rows, into a freshly migrated database."""
+    from cvat_analytics_generator.spec import load_spec
+
+    base = load_spec(Path(cfg["spec"]))
+    client = connect(cfg["dsn"])
+    lines = (Path(cfg["workdir"]) / "rows.jsonl").read_bytes().splitlines(keepends=True)
+    out = {"validate_rate": _validate_rate(cfg)}
+    for size, count in cfg["ingest"].items():
+        size = int(size)
+        spec = json.loads(json.dumps(base))
+        ours = spec["clickhouse"]["database"] = f"ceiling_{size}"
+        migrate(client, spec, log=lambda *_: None)
+        batches = [b"".join(lines[i:i + size]) for i in range(0, min(count, len(lines)), size)]
+        t = time.monotonic()
+        for body in batches:
+            insert_json_rows(client, ours, body)
+        elapsed = time.monotonic() - t
+        stored = int(statements.run(client, "count_events", db=ours))
+        out[str(size)] = {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
+        # For the report: the same inserts into CVAT's schema (no MV, no indexes, no fsync) ...
+        cvat = f"cvat_{size}"
+        statements.run(client, "create_database", db=cvat)
+        statements.run(client, "cvat_events", db=cvat)
+        t = time.monotonic()
+        for body in batches:
+            insert_json_rows(client, cvat, body)
+        out[str(size)]["cvat_schema_rate"] = stored / (time.monotonic() - t)
+        # ... and into our schema from SENDERS concurrent handles with async_insert (the engine
+        # coalesces concurrent inserts into one part; each keeps its own deduplication token).
+        spec["clickhouse"]["database"] = f"coalesced_{size}"
+        migrate(client, spec, log=lambda *_: None)
+        out[str(size)]["coalesced_rate"] = _coalesced_rate(cfg["dsn"], f"coalesced_{size}", batches)
+    return out
+
+
+def _coalesced_rate(dsn: str, database: str, batches: list[bytes]) -> float:
+    handles = [open_handle(dsn) for _ in range(SENDERS)]
+    work = iter(batches)
+    lock = threading.Lock()
+
+    def worker(handle):
+        while True:
+            with lock:
+                body = next(work, None)
+            if body is None:
+                return
+            settings = dict(INSERT_SETTINGS, async_insert=1, wait_for_async_insert=1,
+                            async_insert_busy_timeout_max_ms=50,
+                            insert_deduplication_token=hashlib.sha256(body).hexdigest())
+            handle.raw_insert(f"`{database}`.events", None, body, settings=settings, fmt="JSONEachRow")
+
+    threads = [threading.Thread(target=worker, args=(h,)) for h in handles]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.monotonic() - t
+    return int(statements.run(handles[0], "count_events", db=database)) / elapsed

@@ -1,0 +1,71 @@
+"""What every phase measures with: memory, the machine, a query's median time, a store to open."""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from . import statements
+
+PANEL_RUNS = 5  # timed runs per query after one warm-up; the median is reported
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_mb(pid: int, key: str = "VmRSS") -> float:
+    """VmRSS (now) or VmHWM (peak) of another process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> dict:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                  if l.startswith("MemTotal:"))
+    import chdb
+
+    return {"nproc": os.cpu_count(), "ram_gb": round(mem_kb / 1024 / 1024, 1), "cpu": model,
+            "python": sys.version.split()[0], "chdb": getattr(chdb, "__version__", "?")}
+
+
+def ts_text(ms: int) -> str:
+    """Epoch ms as ClickHouse's DateTime64(3) text."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def open_store(cfg: dict) -> tuple[dict, object]:
+    """(spec, client) for a phase's config: the spec file and the store's DSN."""
+    from cvat_analytics_generator.spec import load_spec
+
+    from ..store import connect
+
+    return load_spec(Path(cfg["spec"])), connect(cfg["dsn"])
+
+
+def warm_up(client) -> float:
+    """Run a first query so the engine is up; the memory it holds then (the phase's base)."""
+    statements.run(client, "warm_up")
+    return peak_mb()
+
+
+def median_time(client, sql: str, parameters: dict | None = None) -> float:
+    """Median seconds of PANEL_RUNS runs of `sql` after one warm-up run (caches, marks)."""
+    client.raw_query(sql, parameters=parameters)
+    runs = []
+    for _ in range(PANEL_RUNS):
+        t = time.monotonic()
+        client.raw_query(sql, parameters=parameters, fmt="Native")
+        runs.append(time.monotonic() - t)
+    return statistics.median(runs)

@@ -1,0 +1,123 @@
+"""`cvat-analytics bench`: runs every phase in a process of its own and prints the report.
+
+The orchestrator never opens chdb itself (one data path per process): each engine phase runs
+as `python -m cvat_analytics.bench PHASE CONFIG RESULT`, so its peak memory is its own.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..progress import Progress
+from .export_download import export_via_service
+from .load_generator import send_bodies
+from .report import build_report, format_table
+from .service import ServeProcess
+
+DEFAULT_EVENTS = 10_000_000
+DAYS = 30  # the data spans 30 days; dashboards read the last 7
+INGEST_SAMPLE = {1000: 500_000, 100: 100_000}  # events sent per body size (at most N)
+SENDERS = 4
+
+
+class Runner:
+    """Starts phases as child processes; a phase's config and result are JSON files in the workdir."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.count = 0
+
+    def start(self, phase: str, cfg: dict) -> tuple[subprocess.Popen, Path]:
+        self.count += 1
+        config = self.workdir / f"{phase}_{self.count}.config.json"
+        result = self.workdir / f"{phase}_{self.count}.result.json"
+        config.write_text(json.dumps(cfg))
+        proc = subprocess.Popen([sys.executable, "-m", "cvat_analytics.bench", phase, str(config), str(result)],
+                                cwd=str(Path(__file__).resolve().parents[2]))
+        return proc, result
+
+    def wait(self, phase: str, started: tuple[subprocess.Popen, Path]) -> dict:
+        proc, result = started
+        if proc.wait() != 0:
+            raise RuntimeError(f"bench phase {phase} failed (exit code {proc.returncode})")
+        return json.loads(result.read_text())
+
+    def run(self, phase: str, cfg: dict) -> dict:
+        return self.wait(phase, self.start(phase, cfg))
+
+
+def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | None = None,
+        workdir: str | None = None, keep: bool = False, seed: int = 1, err=sys.stderr,
+        out=sys.stdout, senders: int = SENDERS) -> dict:
+    from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+
+    spec_path = str(Path(spec_path or DEFAULT_SPEC).resolve())
+    load_spec(Path(spec_path))
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cvat-analytics-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runner = Runner(work)
+    now_ms = (int(time.time()) - 120) * 1000
+    ingest = {str(size): min(n, count) for size, count in INGEST_SAMPLE.items()}
+    base = {"workdir": str(work), "spec": spec_path, "n": n, "days": DAYS, "seed": seed,
+            "now_ms": now_ms, "ingest": ingest}
+    main = {**base, "dsn": f"chdb://{work / 'store'}"}
+    started = time.monotonic()
+    step = [0]
+    steps = 10
+    r: dict = {}
+
+    def say(text: str) -> None:  # a log line per step, on a terminal or not
+        step[0] += 1
+        print(f"[{step[0]}/{steps}] {text} ({time.monotonic() - started:.0f}s)", file=err, flush=True)
+
+    try:
+        say(f"generating {n:,} demo events over {DAYS} days and loading them (ours + CVAT's schema)")
+        gen = runner.start("gen", base)
+        bodies = runner.start("bodies", base)
+        r["load"] = load = runner.run("load", main)
+        r["gen"] = runner.wait("gen", gen)
+        say("working time: window SQL over all users")
+        r["wt_sql"] = runner.run("wt_sql", main)
+        say("working time: executable UDF")
+        r["wt_udf"] = runner.run("wt_udf", main)
+        say("working time: Python baseline (CVAT's per-batch loop)")
+        r["wt_python"] = runner.run("wt_python", main)
+        say("dashboards: each panel, ours vs CVAT's schema")
+        r["dashboards"] = runner.run("dashboards", {**main, "user_id": load["user_id"], "job_id": load["job_id"]})
+        say("export: CVAT's export code on CVAT's schema")
+        r["cvat_export"] = runner.run("cvat_export", {**main, "export_from": load["export_from"],
+                                                      "export_to": load["export_to"]})
+        say("export: GET /api/events on `serve`")
+        svc = ServeProcess(main["dsn"], spec_path, work / "serve-export.log")
+        try:
+            r["exp"] = export_via_service(svc, load["export_from"], load["export_to"], work / "export.csv")
+        finally:
+            svc.stop()
+        say("ingest ceiling: the engine's own insert rate through clickhouse-connect")
+        runner.wait("bodies", bodies)
+        r["ceiling"] = runner.run("ceiling", {**base, "dsn": f"chdb://{work / 'ceiling'}"})
+        r["ingest"] = {}
+        for size in sorted(ingest, key=int, reverse=True):
+            say(f"ingest: {ingest[size]:,} events into `serve` over HTTP, {size}-event bodies, {senders} senders")
+            svc = ServeProcess(f"chdb://{work / f'ingest_{size}'}", spec_path, work / f"serve-ingest-{size}.log")
+            try:
+                with Progress("ingest", total=ingest[size], stream=err) as progress:
+                    stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress)
+                r["ingest"][size] = {"events": stored, "seconds": secs, "rate": stored / secs,
+                                     "server_peak_mb": svc.rss("VmHWM")}
+            finally:
+                svc.stop()
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report = build_report(r, senders, time.monotonic() - started)
+    print(format_table(report), file=out)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
