@@ -15,6 +15,8 @@ from clickhouse_connect.driver.client import Client
 
 from cvat_analytics_generator.render import render_sql
 
+from . import retention
+
 REAPPLY_MARK = "-- reapply: on-change"
 
 
@@ -58,14 +60,18 @@ def applied(client: Client, database: str) -> dict[str, str]:
     return dict(rows)
 
 
-def migrate(client: Client, spec: dict, log=print) -> list[str]:
-    """Apply what is pending; return the names applied (empty on a second run)."""
+def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> list[str]:
+    """Apply what is pending; return the names applied (empty on a second run).
+    A TTL that would drop stored events needs `assume_yes` (see retention.py)."""
+    spec = retention.effective_spec(client, spec)
     database = spec["clickhouse"]["database"]
     done = applied(client, database)
     ran = []
     for m in migrations(spec):
         if m.name in done and (done[m.name] == m.checksum or not m.reapply_on_change):
             continue
+        if m.name == retention.RETENTION_MIGRATION:
+            retention.before_retention_migration(client, spec, assume_yes, log)
         for statement in m.statements():
             client.command(statement)
         client.command(
