@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply the schema to ClickHouse; a second run changes nothing")
     _spec_arg(p)
     _dsn_arg(p)
+    p.add_argument("--yes", action="store_true",
+                   help="apply a retention (TTL) change even when it drops stored events (default: refuse, with the counts)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("import", help="load events from a JSON array, NDJSON or CVAT's CSV export")
@@ -201,7 +203,7 @@ def cmd_migrate(args) -> int:
     from .migrate import migrate
 
     spec = load_spec(args.spec)
-    migrate(connect(args.dsn), spec)
+    migrate(connect(args.dsn), spec, assume_yes=args.yes)
     return 0
 
 

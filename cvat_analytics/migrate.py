@@ -19,6 +19,8 @@ from clickhouse_connect.driver.client import Client
 from cvat_analytics_generator.render import render_sql, render_template
 from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
+from . import retention
+
 FOLDER = "clickhouse/migrations"
 LEDGER = "clickhouse/runtime/schema_migrations.sql.j2"
 
@@ -80,9 +82,11 @@ def applied(client: Client, spec: dict) -> dict[str, str]:
     return dict(client.query(sql.named("applied")).result_rows)
 
 
-def migrate(client: Client, spec: dict, log=print) -> list[str]:
+def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> list[str]:
     """Apply what is pending; return the names applied (empty on a second run).
-    Raises MigrationDrift, before applying anything, if an applied migration changed."""
+    Raises MigrationDrift, before applying anything, if an applied migration changed.
+    A TTL that would drop stored events needs `assume_yes` (see retention.py)."""
+    spec = retention.effective_spec(client, spec)
     sql = ledger(spec)
     done = applied(client, spec)
 
@@ -105,6 +109,8 @@ def migrate(client: Client, spec: dict, log=print) -> list[str]:
                 "was and write the change as a new migration.")
         pending.append(m)
     for m in pending:
+        if m.name == retention.RETENTION_MIGRATION:
+            retention.before_retention_migration(client, spec, assume_yes, log)
         for statement in m.statements:
             client.command(statement)
         record(m)

@@ -355,7 +355,6 @@ def test_cvat_server_may_read_and_run_cvats_idempotent_ddl_only(files):
         f"GRANT CREATE TABLE ON `{db}`.*", f"GRANT ALTER ADD COLUMN ON `{db}`.`events`"]
     assert "cvat-server-user.xml" in files["cvat-compose.override.yml"]
     assert "cvat-server-user.xml" not in files["docker-compose.yml"]
-    assert f"CLICKHOUSE_USER={name}" in files["cvat-compose.override.yml"]
 
 
 def test_every_system_log_gets_the_ttl_and_server_settings_come_from_the_spec(files):
@@ -418,7 +417,7 @@ def test_services_are_pinned_healthy_persistent_and_ordered(files):
 
 @pytest.mark.parametrize("mode", ["login", "anonymous_viewer"])
 def test_grafana_never_downloads_a_plugin_at_start_and_is_never_anonymous_admin(tmp_path, mode):
-    _, path = write_spec(tmp_path, **{"grafana.auth_mode": mode})
+    _, path = write_spec(tmp_path, **{"grafana.auth_mode": mode, "cvat_stack.grafana_auth_mode": mode})
     spec = load_spec(path)
     files = render_all(spec)
     for rel in ("docker-compose.yml", "cvat-compose.override.yml"):
@@ -447,87 +446,3 @@ def test_grafana_provisioning(files):
     assert ds["jsonData"]["protocol"] == "http"
     provider = yaml.safe_load(files["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
-
-
-# --- CVAT override -------------------------------------------------------------------
-
-CVAT_STUB = """
-x-clickhouse-env: &clickhouse_env
-  CLICKHOUSE_HOST: clickhouse
-  CLICKHOUSE_PORT: 8123
-  CLICKHOUSE_DB: cvat
-  CLICKHOUSE_USER: user
-  CLICKHOUSE_PASSWORD: user
-services:
-  cvat_server:
-    image: cvat/server:dev
-    environment:
-      <<: *clickhouse_env
-      DJANGO_LOG_SERVER_HOST: vector
-      DJANGO_LOG_SERVER_PORT: 8282
-    networks: [cvat]
-  cvat_clickhouse:
-    image: clickhouse/clickhouse-server:23.11-alpine
-    restart: always
-    environment: *clickhouse_env
-    networks: {cvat: {aliases: [clickhouse]}}
-    volumes: [cvat_events_db:/var/lib/clickhouse/]
-  cvat_vector:
-    image: timberio/vector:0.26.0-alpine
-    restart: always
-    depends_on: [cvat_clickhouse]
-    environment: *clickhouse_env
-    user: "1000:1000"
-    networks: {cvat: {aliases: [vector]}}
-    volumes: [./components/analytics/vector/vector.toml:/etc/vector/vector.toml:ro]
-  cvat_grafana:
-    image: grafana/grafana-oss:10.1.2
-    restart: always
-    environment:
-      <<: *clickhouse_env
-      GF_AUTH_ANONYMOUS_ENABLED: "true"
-      GF_AUTH_ANONYMOUS_ORG_ROLE: Admin
-      GF_AUTH_DISABLE_LOGIN_FORM: "true"
-      GF_INSTALL_PLUGINS: grafana-clickhouse-datasource 4.8.2
-    entrypoint: [sh, -euc, "exec /run.sh"]
-    networks: {cvat: {aliases: [grafana]}}
-    volumes: [./components/analytics/grafana/dashboards/:/var/lib/grafana/dashboards/:ro]
-volumes:
-  cvat_events_db:
-networks:
-  cvat:
-"""
-
-
-def test_cvat_override_replaces_cvats_services_keeping_names_and_aliases(tmp_path, files):
-    spec = load_spec()
-    override = parse_yaml(files["cvat-compose.override.yml"])
-    aliases = {name: s["networks"]["cvat"]["aliases"] for name, s in override["services"].items()}
-    assert aliases == {"cvat_clickhouse": ["clickhouse"], "cvat_vector": ["vector"], "cvat_grafana": ["grafana"]}
-    write_tree(files, tmp_path / "d")
-    (tmp_path / "cvat").mkdir()
-    (tmp_path / "cvat" / "docker-compose.yml").write_text(CVAT_STUB)
-    run = subprocess.run(compose_binary() + ["-f", "docker-compose.yml", "-f", str(tmp_path / "d" / "cvat-compose.override.yml"),
-                                             "config", "--format", "json"],
-                         capture_output=True, text=True, cwd=tmp_path / "cvat", timeout=120,
-                         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **dummy_env(tmp_path / "d")})
-    assert run.returncode == 0, run.stderr
-    merged = json.loads(run.stdout)["services"]
-    ch, vec, gf = merged["cvat_clickhouse"], merged["cvat_vector"], merged["cvat_grafana"]
-    assert ch["image"] == f"{spec['clickhouse']['image']}:{spec['clickhouse']['version']}"
-    assert ch["environment"]["CLICKHOUSE_USER"] == spec["clickhouse"]["users"]["admin"]
-    assert ch["environment"]["CLICKHOUSE_PASSWORD"] == "dummy-clickhouse_admin_password"  # not CVAT's user/user
-    assert ch["networks"]["cvat"]["aliases"] == ["clickhouse"]
-    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}" and "user" not in vec
-    assert "CLICKHOUSE_PASSWORD" not in (vec.get("environment") or {})
-    assert [v["target"] for v in vec["volumes"]] == ["/etc/vector/vector.yaml", "/var/lib/vector"]
-    assert gf["entrypoint"] == ["/run.sh"]
-    assert "GF_INSTALL_PLUGINS" not in gf["environment"] and "CLICKHOUSE_PASSWORD" not in gf["environment"]
-    assert gf["environment"].get("GF_AUTH_ANONYMOUS_ORG_ROLE") != "Admin"
-    assert gf["environment"]["GF_SERVER_SERVE_FROM_SUB_PATH"] == "false"  # Traefik strips /analytics
-    assert gf["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/api/health"
-    for service in (ch, vec, gf):
-        assert "healthcheck" in service and service["restart"] == "unless-stopped"
-    assert merged["cvat_server"]["environment"]["DJANGO_LOG_SERVER_PORT"] == str(spec["vector"]["port"])
-    text = files["cvat-compose.override.yml"]
-    assert f"CLICKHOUSE_USER={spec['clickhouse']['users']['cvat_server']}" in text

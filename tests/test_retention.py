@@ -10,6 +10,7 @@ import pytest
 
 from cvat_analytics.events import EventContract, format_ms
 from cvat_analytics.migrate import migrate
+from cvat_analytics.retention import RetentionRefused
 from cvat_analytics.store import insert_json_rows
 
 pytestmark = pytest.mark.clickhouse
@@ -32,7 +33,10 @@ def test_old_parts_are_dropped_whole_by_the_ttl_and_new_events_stay(store):
     insert_json_rows(client, db, rows([1, 30, 200]), token="new")
     assert client.command(f"SELECT count() FROM `{db}`.events") == 6
 
-    migrate(client, store.spec, log=lambda *_: None)  # ...then the spec's 365 days apply again
+    # ...then the spec's 365 days apply again: dropping stored events needs the operator's yes.
+    with pytest.raises(RetentionRefused, match="drops 3 events older than 365 days"):
+        migrate(client, store.spec, log=lambda *_: None)
+    migrate(client, store.spec, log=lambda *_: None, assume_yes=True)
     client.command(f"OPTIMIZE TABLE `{db}`.events FINAL")
     kept = client.query(f"SELECT obj_id FROM `{db}`.events ORDER BY obj_id").result_rows
     assert [r[0] for r in kept] == [1, 30, 200]
