@@ -326,10 +326,16 @@ def test_the_cli_refuses_a_ttl_that_drops_events_without_yes(tmp_path):
         return subprocess.run([sys.executable, "-m", "cvat_analytics.cli", *args], capture_output=True,
                               text=True, timeout=300, cwd=REPO)
 
-    for statement in (f"CREATE DATABASE {database}", cvat_create_table(database),
-                      f"INSERT INTO {database}.events (scope, source, timestamp) VALUES ('create:task', 'server', '{old}')"):
-        run = cli("query", "--spec", str(path), "--dsn", dsn, statement)
-        assert run.returncode == 0, run.stderr
+    # CVAT's own table on a new store, as CVAT's start-up DDL leaves it (`query` only reads
+    # existing stores, so the engine is opened directly, in a process of its own).
+    setup = ("import clickhouse_connect, sys\n"
+             "client = clickhouse_connect.get_client(dsn=sys.argv[1])\n"
+             "for statement in sys.argv[2:]: client.command(statement)")
+    run = subprocess.run([sys.executable, "-c", setup, f"chdb://{tmp_path / 'chdb'}",
+                          f"CREATE DATABASE {database}", cvat_create_table(database),
+                          f"INSERT INTO {database}.events (scope, source, timestamp) VALUES ('create:task', 'server', '{old}')"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
     run = cli("migrate", "--spec", str(path), "--dsn", dsn)
     assert run.returncode == 1 and "drops 1 events older than 365 days" in run.stderr and "--yes" in run.stderr
     run = cli("migrate", "--spec", str(path), "--dsn", dsn, "--yes")
