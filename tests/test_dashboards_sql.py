@@ -26,14 +26,19 @@ NUMERIC = ("Int", "UInt", "Float", "Decimal")
 
 # What the tables must show, in this order.
 TABLE_COLUMNS = {
-    ("cvat-all-events", "Events"): ["timestamp", "scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration",
-                                    "project_id", "task_id", "job_id", "user_id", "user_name", "org_id"],
-    ("cvat-management", "Working time"): ["user_id", "user_name", "project_id", "project", "task_id", "task", "job_id",
-                                          "working_time_h", "cvat_reported_h", "activity"],
-    ("cvat-monitoring", "Exceptions"): ["timestamp", "user_id", "user_name", "source", "project_id", "task_id",
-                                        "job_id", "error", "stack", "payload"],
-    ("cvat-monitoring", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
-    ("cvat-monitoring", "Number of events"): ["scope", "source", "events"],
+    # every column CVAT stores, as CVAT's SELECT * shows them
+    ("EIGSTDAVz", "Events"): ["timestamp", "scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration",
+                              "project_id", "task_id", "job_id", "user_id", "user_name", "user_email", "org_id",
+                              "org_slug", "payload", "access_token_id"],
+    ("w0if6WAVz", "Working time"): ["user_id", "user_name", "project_id", "project", "task_id", "task", "job_id",
+                                    "working_time_h", "cvat_reported_h", "activity"],
+    ("WvDvWK04k", "Exceptions"): ["timestamp", "user_id", "user_name", "source", "project_id", "task_id",
+                                  "job_id", "error", "stack", "payload"],
+    ("WvDvWK04k", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
+    ("WvDvWK04k", "Number of events"): ["scope", "source", "events"],
+    ("user-exceptions", "Category summary"): ["source", "category", "errors", "share_pct", "users", "previous_errors",
+                                              "change_pct", "previous_users"],
+    ("user-exceptions", "Top messages"): ["category", "message", "source", "errors", "users"],
 }
 
 
@@ -58,8 +63,8 @@ def check_shape(client, uid: str, panel: dict, sql: str) -> None:
         assert all(t.startswith(NUMERIC) or t == "String" for t in types[1:]), where
     elif kind == "barchart":  # a text category, then one number per series
         assert types[0] == "String" and len(types) >= 2 and all(t.startswith(NUMERIC) for t in types[1:]), where
-    elif kind == "stat":
-        assert len(result.result_rows) == 1 and len(types) == 1 and types[0].startswith(NUMERIC), where
+    elif kind == "stat":  # one row of numbers: the figure first, then e.g. the previous period's
+        assert len(result.result_rows) == 1 and all(t.startswith(NUMERIC) for t in types), where
     else:
         assert names == TABLE_COLUMNS[(uid, panel["title"])], where
 
@@ -87,7 +92,7 @@ def options_of(client, variable: dict, variables: dict) -> list[str]:
 
 
 @pytest.mark.clickhouse
-@pytest.mark.parametrize("name", ["all_events", "management", "monitoring"])
+@pytest.mark.parametrize("name", ["all_events", "management", "monitoring", "exceptions"])
 def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
     client, spec = seeded
     d = grafana.load(name, spec)
@@ -144,7 +149,7 @@ def at(seconds: float) -> str:
 
 
 def ev(scope, seconds, source="client", user=1, project=None, task=None, job=None, **extra):
-    names = {1: "ann", 2: "bob"}
+    names = {1: "ann", 2: "bob", 3: "cy"}
     return {"scope": scope, "source": source, "timestamp": at(seconds), "user_id": user, "user_name": names[user],
             "project_id": project, "task_id": task, "job_id": job, "duration": 0, **extra}
 
@@ -160,8 +165,14 @@ HAND_EVENTS = [
     ev("save:job", 7320, project=2, task=5, job=11),
     ev("send:working_time", 7500, "server", project=2, task=5, job=10, duration=5_400_000,
        payload=json.dumps({"working_time": 5_400_000})),
-    # bob: one instant event: no working time, one activity
-    ev("draw:object", 3600, user=2, project=3, task=6, job=20),
+    # An older CVAT's report: the figure only in the payload (duration 0).
+    ev("send:working_time", 7600, "server", project=2, task=5, job=11, payload=json.dumps({"working_time": 3_600_000})),
+    # bob: one instant event, so no working time of ours; before v2.14.1 CVAT put its own
+    # figure into every client event's payload, and CVAT's table counts it.
+    ev("draw:object", 3600, user=2, project=3, task=6, job=20, duration=40_000,
+       payload=json.dumps({"working_time": 600_000})),
+    # bob's browser reports no platform: no blank bar
+    ev("load:cvat", 3500, user=2, payload=json.dumps({})),
     # exceptions: one from ann's browser in job 10, one from the server for bob without task or job
     ev("send:exception", 900, project=2, task=5, job=10,
        payload=json.dumps({"message": "Boom 'x'", "stack": "Error: Boom\n    at a.js:1"})),
@@ -183,23 +194,65 @@ def run_panel(store, dashboard: str, title: str, **selected) -> list[tuple]:
     d = grafana.load(dashboard, store.spec)
     sql = {p["title"]: p["sql"] for p in d["panels"]}[title]
     variables = dict(all_selected(d), **{k: Variable(v) for k, v in selected.items()})
-    return store.client.query(expand(sql, *DAY, 3600, variables)).result_rows
+    interval = 86400 if title == "Overall activity" else 3600
+    return store.client.query(expand(sql, *DAY, interval, variables)).result_rows
+
+
+H = 3_600_000  # ms per hour
 
 
 @pytest.mark.clickhouse
 def test_working_time_table_by_hand(hand):
     rows = run_panel(hand, "management", "Working time")
     assert rows == [
-        # user, name, project, name, task, name, job, ours h, CVAT's h, activity
-        (1, "ann", 2, "Cars", 5, "batch-a", 10, 1.52, 1.5, 3),     # 5 460 000 ms; 2 frames + 1 exception
-        (1, "ann", None, None, None, None, None, 0.51, 0.0, 1),    # 1 830 000 ms, kept though it has no job
-        (1, "ann", 2, "Cars", 5, "batch-a", 11, 0.01, 0.0, 2),     # 30 000 ms
-        (2, "bob", 3, None, 6, None, 20, 0.0, 0.0, 1),
+        # user, name, project, name, task, name, job, ours h, CVAT's h, activity = CVAT's working-time rows
+        (1, "ann", 2, "Cars", 5, "batch-a", 10, 5_460_000 / H, 5_400_000 / H, 1),  # reported in duration
+        (1, "ann", None, None, None, None, None, 1_830_000 / H, 0.0, 0),  # kept though it has no job
+        (1, "ann", 2, "Cars", 5, "batch-a", 11, 30_000 / H, 3_600_000 / H, 1),  # reported in the payload only
+        (2, "bob", 3, None, 6, None, 20, 0.0, 600_000 / H, 1),  # an old client event's payload, not its duration
     ]
+    # The footer adds unrounded hours: 7 320 000 ms = 2.03 h, where rows rounded first would give 2.04.
+    assert sum(r[7] for r in rows) == pytest.approx(7_320_000 / H)
     # One job selected: only its row; the row without a job is not that job's.
     assert [r[6] for r in run_panel(hand, "management", "Working time", jobs=["10"])] == [10]
     per_user = run_panel(hand, "management", "Working time per user (hours)")
-    assert per_user == [("ann #1", 2.03, 1.5)]  # 7 320 000 ms; bob worked 0 ms and CVAT reported none
+    assert per_user == [("ann #1", 7_320_000 / H, 9_000_000 / H), ("bob #2", 0.0, 600_000 / H)]
+
+
+@pytest.mark.clickhouse
+def test_activity_panels_count_every_source_as_cvat(hand):
+    # Every hand event is in DAY; with one-day intervals the single bucket holds them all.
+    overall = run_panel(hand, "management", "Overall activity")
+    assert sum(r[1] for r in overall) == len(HAND_EVENTS)
+    per_user: dict[str, int] = {}
+    for _, user, events in run_panel(hand, "management", "Activity per user"):
+        per_user[user] = per_user.get(user, 0) + events
+    assert per_user == {"ann #1": sum(e["user_id"] == 1 for e in HAND_EVENTS),
+                        "bob #2": sum(e["user_id"] == 2 for e in HAND_EVENTS)}
+
+
+@pytest.mark.clickhouse
+def test_browsers_and_systems_skip_blanks_and_ignore_the_scope_filter(hand):
+    for selected in ({}, {"scopes": ["draw:object"]}, {"sources": ["server"]}, {"jobs": ["10"]}):
+        assert run_panel(hand, "all_events", "Browsers", **selected) == [("Chrome 120", 1)], selected
+        assert run_panel(hand, "all_events", "Operating systems", **selected) == [("Linux", 1)], selected
+    assert run_panel(hand, "all_events", "Browsers", users=["2"]) == []  # bob's load reported none
+
+
+@pytest.mark.clickhouse
+def test_active_users_now_is_the_last_15_minutes_before_now_and_buckets_are_15_minutes(store):
+    now = datetime.now(timezone.utc)
+    recent = [{"scope": "click:element", "source": "client", "user_id": user, "duration": 0,
+               "timestamp": (now - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+              for user, minutes in ((1, 5), (3, 2), (2, 20))]
+    # Around T0 (10:00, on a 15-minute boundary): two users in the first quarter, one in the next.
+    quarter = [ev("click:element", 0), ev("click:element", 300, user=2), ev("click:element", 960)]
+    insert_json_rows(store.client, store.database, "\n".join(json.dumps(e) for e in recent + quarter).encode())
+    # The range ends a day ago, yet "now" means now: users 1 and 3 (user 2 was 20 minutes ago).
+    assert run_panel(store, "monitoring", "Active users (now)") == [(2,)]
+    buckets = {r[0].replace(tzinfo=timezone.utc): r[1] for r in run_panel(store, "monitoring", "Active users")}
+    assert len(buckets) == 24 * 4  # one point per 15 minutes though the panel interval is an hour
+    assert buckets[T0] == 2 and buckets[T0 + timedelta(minutes=15)] == 1 and buckets[T0 - timedelta(minutes=15)] == 0
 
 
 @pytest.mark.clickhouse
@@ -221,7 +274,7 @@ def test_exceptions_table_by_hand(hand):
 @pytest.mark.clickhouse
 def test_the_embedded_pages_use_the_same_numbers(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)
-    html = pages.dashboard_page("cvat-management", {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]})
+    html = pages.dashboard_page("w0if6WAVz", {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]})
     assert "batch-a" in html and "1.52" in html and "Query failed" not in html
 
 
@@ -266,10 +319,10 @@ def test_free_text_must_be_one_of_the_variables_values():
 def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)
     query = {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]}
-    bob_only = pages.dashboard_page("cvat-management", query, forced={"user_id": 2})
+    bob_only = pages.dashboard_page("w0if6WAVz", query, forced={"user_id": 2})
     assert "bob" in bob_only and "ann" not in bob_only and "Query failed" not in bob_only
-    monitoring = pages.dashboard_page("cvat-monitoring", query, forced={"user_id": 1})
+    monitoring = pages.dashboard_page("WvDvWK04k", query, forced={"user_id": 1})
     assert "Boom" in monitoring and "Server fail" not in monitoring
     # working_time_totals has no org_id: an org-limited caller sees none of it, not everyone's.
-    org = pages.dashboard_page("cvat-management", query, forced={"org_id": 99})
+    org = pages.dashboard_page("w0if6WAVz", query, forced={"org_id": 99})
     assert "ann" not in org and "Query failed" not in org
