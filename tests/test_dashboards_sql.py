@@ -17,7 +17,7 @@ from cvat_analytics.grafana_macros import ALL, Variable, expand
 from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
-from tests.conftest import write_spec
+from tests.conftest import Store, write_spec
 
 # Recent days: events older than the spec's retention are dropped at once.
 NOW = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -298,6 +298,22 @@ def test_bad_query_values_never_reach_sql(query, message):
         parse_selection(query, MONITORING, SPEC)
 
 
+def test_grafana_url_names_and_times_are_understood():
+    """Links copied from CVAT's Grafana: var-<name>=..., All as $__all, from/to as now-7d or epoch ms."""
+    d = grafana.load("all_events", SPEC)
+    now = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
+    sel = parse_selection({"var-organizations": ["3"], "var-users": ["$__all"], "jobs": ["5"],
+                           "from": ["now-7d"], "to": ["now"]}, d, SPEC, now=now)
+    assert sel.values["organizations"] == ["3"] and sel.values["users"] == [] and sel.values["jobs"] == ["5"]
+    assert (sel.time_from, sel.time_to) == (now - timedelta(days=7), now)
+    sel = parse_selection({"from": ["1709985600000"], "to": ["1710072000000"]}, d, SPEC, now=now)
+    assert (sel.time_from, sel.time_to) == (datetime(2024, 3, 9, 12, tzinfo=timezone.utc), now)
+    with pytest.raises(BadRequest, match="whole number"):
+        parse_selection({"var-organizations": ["3 OR 1=1"]}, d, SPEC)
+    with pytest.raises(BadRequest, match="ISO time"):
+        parse_selection({"from": ["now-7y"]}, d, SPEC)
+
+
 def test_scopes_must_be_known():
     d = grafana.load("all_events", SPEC)
     assert parse_selection({"scopes": ["change:frame"]}, d, SPEC).values["scopes"] == ["change:frame"]
@@ -326,3 +342,72 @@ def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     # working_time_totals has no org_id: an org-limited caller sees none of it, not everyone's.
     org = pages.dashboard_page("w0if6WAVz", query, forced={"org_id": 99})
     assert "ann" not in org and "Query failed" not in org
+
+
+# --- hand-computed: the exceptions dashboard (current range = DAY, previous = the day before)
+
+DAY_S = 86400
+JS = "TypeError: Cannot read properties of undefined (reading 'x')"
+
+
+def exc(seconds, source, user, message):
+    return ev("send:exception", seconds, source, user=user, payload=json.dumps({"message": message}))
+
+
+EXCEPTION_EVENTS = [
+    # in the range
+    exc(100, "client", 1, JS),
+    exc(200, "client", 1, JS),
+    exc(300, "server", 2, "ConnectionError: Network Error"),
+    exc(400, "server", 3, "Cannot read properties of y"),  # JS patterns are for client errors only: Other
+    exc(500, "client", 2, "Request failed with status code 429"),  # noise
+    exc(600, "server", 1, "PermissionDenied: not yours"),  # noise
+    exc(700, "server", 3, "   "),  # no message
+    # in the day before
+    exc(100 - DAY_S, "client", 1, "Cannot read properties of null"),
+    exc(200 - DAY_S, "client", 2, "network error"),
+    exc(300 - DAY_S, "client", 2, "Throttled: slow down"),  # noise
+    # before both
+    exc(100 - 3 * DAY_S, "client", 3, JS),
+]
+
+
+@pytest.fixture
+def errors(store):
+    insert_json_rows(store.client, store.database, "\n".join(json.dumps(e) for e in EXCEPTION_EVENTS).encode())
+    return store
+
+
+@pytest.mark.clickhouse
+def test_exceptions_deltas_and_categories_by_hand(errors):
+    # 4 errors now (2 JS, 1 network, 1 other) against 2 before: +100 %; users 1, 2, 3 against 1, 2: +50 %.
+    assert run_panel(errors, "exceptions", "Total errors") == [(4, 2, 100.0)]
+    assert run_panel(errors, "exceptions", "Unique users impacted") == [(3, 2, 50.0)]
+    assert run_panel(errors, "exceptions", "Server vs client") == [("client", 2, 2), ("server", 2, 0)]
+    assert run_panel(errors, "exceptions", "Category share") == [
+        ("JS null/undefined access", 50.0), ("Network Error", 25.0), ("Other / uncategorized", 25.0)]
+    day = DAY[0]
+    assert [(r[0].replace(tzinfo=timezone.utc), r[1], r[2]) for r in
+            run_panel(errors, "exceptions", "Errors per day by category")] == [
+        (day, "JS null/undefined access", 2), (day, "Network Error", 1), (day, "Other / uncategorized", 1)]
+    assert run_panel(errors, "exceptions", "Category summary") == [
+        # source, category, errors, share %, users, previous errors, change %, previous users
+        ("client", "JS null/undefined access", 2, 50.0, 1, 1, 100.0, 1),
+        ("server", "Network Error", 1, 25.0, 1, 0, None, 0),
+        ("server", "Other / uncategorized", 1, 25.0, 1, 0, None, 0),
+        ("client", "Network Error", 0, 0.0, 0, 1, -100.0, 1),
+    ]
+    assert run_panel(errors, "exceptions", "Top messages", category=["JS null/undefined access"]) == [
+        ("JS null/undefined access", JS, "client", 2, 1)]
+    assert run_panel(errors, "exceptions", "Total errors", sources=["server"]) == [(2, 0, None)]
+
+
+@pytest.mark.clickhouse
+def test_exceptions_noise_and_categories_come_from_the_spec(errors):
+    spec = json.loads(json.dumps(errors.spec))
+    spec["exceptions"] = {"noise": [], "categories": [{"name": "Rate limits", "match": ["STATUS CODE 429", "throttled"]}]}
+    tuned = Store(errors.dsn, spec, errors.spec_path, errors.client)
+    # Nothing is noise now: 6 errors with a message in the range, 3 the day before.
+    assert run_panel(tuned, "exceptions", "Total errors") == [(6, 3, 100.0)]
+    assert run_panel(tuned, "exceptions", "Category share") == [("Other / uncategorized", 83.33), ("Rate limits", 16.67)]
+    assert [r[0] for r in run_panel(tuned, "exceptions", "Top messages", category=["Rate limits"])] == ["Rate limits"]
