@@ -167,10 +167,12 @@ HAND_EVENTS = [
        payload=json.dumps({"working_time": 5_400_000})),
     # An older CVAT's report: the figure only in the payload (duration 0).
     ev("send:working_time", 7600, "server", project=2, task=5, job=11, payload=json.dumps({"working_time": 3_600_000})),
-    # bob: one instant event, so no working time of ours; before v2.14.1 CVAT put its own
-    # figure into every client event's payload, and CVAT's table counts it.
+    # bob: one instant event, so no working time of ours. Its payload figure is how CVAT before
+    # v2.14.1 reported; those per-event payloads are not read (see the panel's description).
     ev("draw:object", 3600, user=2, project=3, task=6, job=20, duration=40_000,
-       payload=json.dumps({"working_time": 600_000})),
+       payload=json.dumps({"working_time": 900_000})),
+    # A report with the figure in obj_val only.
+    ev("send:working_time", 3700, "server", user=2, project=3, task=6, job=20, obj_val="600000"),
     # bob's browser reports no platform: no blank bar
     ev("load:cvat", 3500, user=2, payload=json.dumps({})),
     # exceptions: one from ann's browser in job 10, one from the server for bob without task or job
@@ -209,7 +211,7 @@ def test_working_time_table_by_hand(hand):
         (1, "ann", 2, "Cars", 5, "batch-a", 10, 5_460_000 / H, 5_400_000 / H, 1),  # reported in duration
         (1, "ann", None, None, None, None, None, 1_830_000 / H, 0.0, 0),  # kept though it has no job
         (1, "ann", 2, "Cars", 5, "batch-a", 11, 30_000 / H, 3_600_000 / H, 1),  # reported in the payload only
-        (2, "bob", 3, None, 6, None, 20, 0.0, 600_000 / H, 1),  # an old client event's payload, not its duration
+        (2, "bob", 3, None, 6, None, 20, 0.0, 600_000 / H, 1),  # obj_val; not the client event's payload
     ]
     # The footer adds unrounded hours: 7 320 000 ms = 2.03 h, where rows rounded first would give 2.04.
     assert sum(r[7] for r in rows) == pytest.approx(7_320_000 / H)
