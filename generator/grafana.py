@@ -33,7 +33,7 @@ def load(name: str, spec: dict) -> dict:
            "other": OTHER_CATEGORY}
     for key, value in data.items():
         if key == "filters" or key.endswith("_filters"):
-            ctx[key] = " AND ".join(value or ["1=1"])
+            ctx[key] = env.from_string(" AND ".join(value or ["1=1"])).render(ctx)
     for key, text in (data.get("fragments") or {}).items():
         ctx[key] = env.from_string(text).render(ctx).strip()
     data["name"] = name

@@ -23,9 +23,9 @@ CVAT_UIDS = {"all_events": "EIGSTDAVz", "management": "w0if6WAVz", "monitoring":
              "exceptions": "user-exceptions"}
 # CVAT's variable names, per dashboard (ours may add, never rename).
 CVAT_VARIABLES = {
-    "all_events": {"scopes", "sources", "users", "projects", "tasks", "jobs", "organizations"},
-    "management": {"users", "projects", "tasks", "jobs"},
-    "monitoring": {"sources", "users", "projects", "tasks", "jobs", "organizations", "errors"},
+    "all_events": {"scopes", "sources", "users", "usernames", "projects", "tasks", "jobs", "organizations"},
+    "management": {"users", "usernames", "projects", "tasks", "jobs"},
+    "monitoring": {"sources", "users", "usernames", "projects", "tasks", "jobs", "organizations", "errors"},
     "exceptions": {"sources", "category"},
 }
 BUILTIN = {"__interval", "__interval_ms", "__from", "__to"}

@@ -217,6 +217,8 @@ def test_working_time_table_by_hand(hand):
     assert sum(r[7] for r in rows) == pytest.approx(7_320_000 / H)
     # One job selected: only its row; the row without a job is not that job's.
     assert [r[6] for r in run_panel(hand, "management", "Working time", jobs=["10"])] == [10]
+    # A username (CVAT's `usernames` variable) selects that user's rows, ours and CVAT's alike.
+    assert [r[:2] for r in run_panel(hand, "management", "Working time", usernames=["bob"])] == [(2, "bob")]
     per_user = run_panel(hand, "management", "Working time per user (hours)")
     assert per_user == [("ann #1", 7_320_000 / H, 9_000_000 / H), ("bob #2", 0.0, 600_000 / H)]
 
