@@ -138,3 +138,25 @@ def test_grafana_home_dashboard_and_sub_path_match_the_files():
 
 def test_dashboard_json_is_deterministic():
     assert render_all(SPEC)["grafana/dashboards/management.json"] == FILES["grafana/dashboards/management.json"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"exceptions.categories": [{"name": "it's", "match": ["x"]}]}, "exceptions.categories.0.name"),
+    ({"exceptions.categories": [{"name": "A", "match": []}]}, "exceptions.categories.0.match"),
+    ({"exceptions.noise": ["two\nlines"]}, "exceptions.noise.0"),
+    ({"dashboards": {"nope": "x"}}, "dashboards.nope"),
+    ({"dashboards": {"monitoring": "has space"}}, "dashboards.monitoring"),
+])
+def test_bad_exception_rules_and_dashboard_uids_are_named(tmp_path, changes, message):
+    from cvat_analytics_generator.spec import SpecError
+
+    _, path = write_spec(tmp_path, **changes)
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        load_spec(path)
+
+
+def test_exception_patterns_are_sql_literals_whatever_they_hold(tmp_path):
+    _, path = write_spec(tmp_path, **{"exceptions.noise": ["it's \\ odd"],
+                                      "exceptions.categories": [{"name": "Quotes", "match": ["say 'hi'"]}]})
+    sql = grafana.load("exceptions", load_spec(path))["panels"][0]["sql"]
+    assert "['it\\'s \\\\ odd']" in sql and "['say \\'hi\\'']), 'Quotes'" in sql
