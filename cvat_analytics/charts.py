@@ -194,7 +194,8 @@ def barchart_svg(columns, rows, width: int = 600, height: int = 200) -> tuple[st
     for ri, row in enumerate(rows):
         g_y = 4 + ri * group_h
         label = "—" if row[0] is None or str(row[0]).strip() == "" else str(row[0])
-        short = label if len(label) <= 26 else label[:25] + "…"
+        fits = int((label_w - 12) / (font * 0.56))  # characters the label column holds at this size
+        short = label if len(label) <= fits else label[:fits - 1] + "…"
         parts.append(f'<text x="{label_w - 8}" y="{g_y + group_h / 2 + 2:.1f}" text-anchor="end" class="lb" style="font-size:{font}px">'
                      f'<title>{escape(label)}</title>{escape(short)}</text>')
         for si, i in enumerate(value_cols):

@@ -9,6 +9,7 @@ Queries run read-only (readonly=2) with the dashboards user's time limit.
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -81,12 +82,31 @@ class Selection:
         return interval_for(self.time_from, self.time_to)
 
 
-def parse_time(text: str, name: str) -> datetime:
+_RELATIVE = re.compile(r"now(?:-(\d{1,6})([mhdw]))?")
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, name: str, now: datetime | None = None) -> datetime:
+    """An ISO time, or as Grafana's URLs give it: epoch milliseconds or now / now-7d."""
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 15:
+        return datetime.fromtimestamp(int(text) / 1000, timezone.utc)
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        now = now or datetime.now(timezone.utc)
+        return now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
     try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def chosen_values(query: dict[str, list[str]], name: str) -> list[str]:
+    """A variable's values from the query string: `users=7` or, as in Grafana's links,
+    `var-users=7`; "All" in either spelling selects everything."""
+    values = query.get(name, []) + query.get(f"var-{name}", [])
+    return [x for x in values if x not in ("", "all", "All", ALL)]
 
 
 def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
@@ -95,8 +115,8 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
     range_key = (query.get("range") or [DEFAULT_RANGE])[0]
     custom_from, custom_to = (query.get("from") or [""])[0], (query.get("to") or [""])[0]
     if custom_from:
-        time_from = parse_time(custom_from, "from")
-        time_to = parse_time(custom_to, "to") if custom_to else now
+        time_from = parse_time(custom_from, "from", now)
+        time_to = parse_time(custom_to, "to", now) if custom_to else now
         range_key = "custom"
         if time_to <= time_from:
             raise BadRequest("to must be after from")
@@ -107,7 +127,7 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
     scopes = set(spec["events"]["scopes"]["server"]) | set(spec["events"]["scopes"]["client"])
     values: dict[str, list[str]] = {}
     for v in definition["variables"]:
-        chosen = [x for x in query.get(v["name"], []) if x not in ("", "all", ALL)]
+        chosen = chosen_values(query, v["name"])
         for x in chosen:
             if v["kind"] == "id" and not (x.isascii() and x.isdigit() and int(x) < 2 ** 64):
                 raise BadRequest(f"{v['name']}: expected a whole number id, got {x[:40]!r}")
@@ -226,8 +246,10 @@ class Dashboards:
             out["svg"], out["legend"] = charts.barchart_svg(columns, rows, width=width, height=height + 30)
             out["empty"] = not rows
         elif p["type"] == "stat":
-            value = rows[0][0] if rows else None
-            out["value"] = _total([value]) if value is not None else "–"  # a stat in full: 60,000 not 60k
+            row = rows[0] if rows else (None,) * len(columns)
+            # A stat in full (60,000 not 60k); further columns (previous period, change) named below it.
+            out["value"] = _total([row[0]]) if row[0] is not None else "–"
+            out["more"] = [(c, _total([v]) if v is not None else "–") for c, v in zip(columns[1:], row[1:])]
         else:
             totals = p.get("totals") or []
             out["totals"] = [_total([r[i] for r in rows]) if c in totals else None

@@ -14,20 +14,30 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from .sql import ident
+from .sql import ident, string_literal
 
 DEFINITIONS = Path(__file__).with_name("dashboards")
 PANEL_TYPES = ("timeseries", "barchart", "table", "stat", "piechart", "bargauge")
 PLUGIN = "grafana-clickhouse-datasource"
+OTHER_CATEGORY = "Other / uncategorized"  # an exception no category of the spec matches (CVAT's draft's name)
 
 
 def load(name: str, spec: dict) -> dict:
-    """The definition of dashboard `name` with its SQL completed for this spec."""
+    """The definition of dashboard `name` with its SQL completed for this spec: its uid is
+    the spec's; `filters` and every `*_filters` list become one ANDed condition each;
+    `fragments` are rendered in order, each able to use the ones before it."""
     data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    filters = " AND ".join(data.get("filters") or ["1=1"])
-    ctx = {"db": ident(spec["clickhouse"]["database"]), "filters": filters}
+    env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
+    ctx = {"db": ident(spec["clickhouse"]["database"]), "exceptions": spec["exceptions"],
+           "other": OTHER_CATEGORY}
+    for key, value in data.items():
+        if key == "filters" or key.endswith("_filters"):
+            ctx[key] = env.from_string(" AND ".join(value or ["1=1"])).render(ctx)
+    for key, text in (data.get("fragments") or {}).items():
+        ctx[key] = env.from_string(text).render(ctx).strip()
     data["name"] = name
+    data["uid"] = spec["dashboards"][name]
     for item in data["variables"] + data["panels"]:
         item["sql"] = env.from_string(item["sql"]).render(ctx).strip()
     return data
@@ -47,7 +57,7 @@ def dashboard_json(name: str, spec: dict) -> str:
         "title": d["title"],
         "description": d["description"],
         "tags": ["cvat", "cvat-analytics"],
-        "editable": True,  # explore and tweak; provisioning (allowUiUpdates: false) keeps the file the truth
+        "editable": True,  # whether an edit can be saved is the provisioning's allowUiUpdates
         "graphTooltip": 1,
         "schemaVersion": 39,
         "version": 1,
@@ -107,7 +117,9 @@ def _panel(p: dict, ds: dict) -> dict:
                    "tooltip": {"mode": "multi", "sort": "none"}, "xTickLabelRotation": 0}
     elif kind == "stat":
         options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "value", "graphMode": "none", "textMode": "value", "justifyMode": "center"}
+                   "colorMode": "value", "graphMode": "none", "justifyMode": "center",
+                   # several values (a figure, the previous period's, the change): each named
+                   "textMode": "value_and_name"}
     elif kind == "table":
         totals = p.get("totals") or []
         options = {"showHeader": True, "cellHeight": "sm",
@@ -121,6 +133,10 @@ def _panel(p: dict, ds: dict) -> dict:
         "gridPos": dict(p["gridPos"]),
         "datasource": ds,
         "targets": [target],
-        "fieldConfig": {"defaults": {"custom": custom}, "overrides": []},
+        # Values are sent unrounded (a footer sums what it is given); only the display rounds.
+        "fieldConfig": {"defaults": {"custom": custom},
+                        "overrides": [{"matcher": {"id": "byName", "options": column},
+                                       "properties": [{"id": "decimals", "value": places}]}
+                                      for column, places in (p.get("decimals") or {}).items()]},
         "options": options,
     }

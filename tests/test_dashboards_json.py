@@ -1,6 +1,6 @@
-"""The rendered Grafana dashboards, checked for what Grafana relies on: fixed uids,
-unique panel ids, a 24-column grid without overlaps, the provisioned datasource,
-every variable a panel uses defined, the 7-day default range, the home dashboard."""
+"""The rendered Grafana dashboards, checked for what Grafana relies on: CVAT's uids and
+variable names, unique panel ids, a 24-column grid without overlaps, the provisioned
+datasource, every variable a panel uses defined, the 7-day default range, the home dashboard."""
 from __future__ import annotations
 
 import json
@@ -17,21 +17,34 @@ from tests.conftest import write_spec
 SPEC = load_spec(DEFAULT_SPEC)
 FILES = render_all(SPEC)
 DASHBOARDS = {name: json.loads(FILES[f"grafana/dashboards/{name}.json"]) for name in SPEC["dashboards"]}
-FIXED_UIDS = {"all_events": "cvat-all-events", "management": "cvat-management", "monitoring": "cvat-monitoring"}
+# CVAT's uids (its all_events.json, management.json, monitoring.json and its draft
+# users_exceptions.json): bookmarks into CVAT's Grafana keep working.
+CVAT_UIDS = {"all_events": "EIGSTDAVz", "management": "w0if6WAVz", "monitoring": "WvDvWK04k",
+             "exceptions": "user-exceptions"}
+# CVAT's variable names, per dashboard (ours may add, never rename).
+CVAT_VARIABLES = {
+    "all_events": {"scopes", "sources", "users", "usernames", "projects", "tasks", "jobs", "organizations"},
+    "management": {"users", "usernames", "projects", "tasks", "jobs"},
+    "monitoring": {"sources", "users", "usernames", "projects", "tasks", "jobs", "organizations", "errors"},
+    "exceptions": {"sources", "category"},
+}
 BUILTIN = {"__interval", "__interval_ms", "__from", "__to"}
 
 
-def test_every_dashboard_of_the_spec_is_rendered_with_its_fixed_uid():
-    assert set(DASHBOARDS) == {"all_events", "management", "monitoring"}
+def test_every_dashboard_of_the_spec_is_rendered_with_cvats_uid_and_variable_names():
+    assert set(DASHBOARDS) == set(CVAT_UIDS)
     for name, d in DASHBOARDS.items():
-        assert d["uid"] == FIXED_UIDS[name]
-    assert len({d["uid"] for d in DASHBOARDS.values()}) == 3
+        assert d["uid"] == CVAT_UIDS[name]
+        assert CVAT_VARIABLES[name] <= {v["name"] for v in d["templating"]["list"]}, name
+    assert SPEC["grafana"]["datasource_uid"] == "PDEE91DDB90597936"  # CVAT's datasource
+    assert SPEC["grafana"]["datasource_name"] == "ClickHouse"
 
 
-def test_only_listed_dashboards_are_rendered(tmp_path):
-    _, path = write_spec(tmp_path, dashboards=["monitoring"])
+def test_only_listed_dashboards_are_rendered_with_the_uid_the_spec_gives(tmp_path):
+    _, path = write_spec(tmp_path, dashboards={"monitoring": "ops-monitoring"})
     files = render_all(load_spec(path))
     assert [p for p in files if p.startswith("grafana/dashboards/")] == ["grafana/dashboards/monitoring.json"]
+    assert json.loads(files["grafana/dashboards/monitoring.json"])["uid"] == "ops-monitoring"
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -93,17 +106,22 @@ def test_panels_are_known_types_with_sql_that_honours_the_time_range(name):
     for p in DASHBOARDS[name]["panels"]:
         assert p["type"] in grafana.PANEL_TYPES
         sql = p["targets"][0]["rawSql"]
-        assert "$__timeFilter(" in sql, f"{p['title']} reads without a time filter"
+        # The range, the range and the period before it (exceptions), or now (Active users (now)).
+        reads_a_range = "$__timeFilter(" in sql or "$__fromTime" in sql or "now() - INTERVAL 15 MINUTE" in sql
+        assert reads_a_range, f"{p['title']} reads without a time filter"
         assert f"`{SPEC['clickhouse']['database']}`." in sql  # the spec's database, not a hard-coded one
         assert "{{" not in sql and "}}" not in sql
         assert p["targets"][0]["format"] == (0 if p["type"] == "timeseries" else 1)
 
 
-def test_working_time_reads_the_totals_not_payload_json():
+def test_working_time_reads_the_totals_and_rounds_only_for_display():
     panels = {p["title"]: p for p in DASHBOARDS["management"]["panels"]}
-    sql = panels["Working time"]["targets"][0]["rawSql"]
-    assert "working_time_totals" in sql and "working_time_reported" in sql and "JSON" not in sql
-    assert panels["Working time"]["options"]["footer"]["show"]
+    table = panels["Working time"]
+    sql = table["targets"][0]["rawSql"]
+    assert "working_time_totals" in sql and "round(" not in sql  # the footer sums unrounded hours
+    assert table["options"]["footer"]["show"]
+    assert {o["matcher"]["options"]: o["properties"] for o in table["fieldConfig"]["overrides"]} == {
+        "working_time_h": [{"id": "decimals", "value": 2}], "cvat_reported_h": [{"id": "decimals", "value": 2}]}
 
 
 def test_grafana_home_dashboard_and_sub_path_match_the_files():
@@ -120,3 +138,25 @@ def test_grafana_home_dashboard_and_sub_path_match_the_files():
 
 def test_dashboard_json_is_deterministic():
     assert render_all(SPEC)["grafana/dashboards/management.json"] == FILES["grafana/dashboards/management.json"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"exceptions.categories": [{"name": "it's", "match": ["x"]}]}, "exceptions.categories.0.name"),
+    ({"exceptions.categories": [{"name": "A", "match": []}]}, "exceptions.categories.0.match"),
+    ({"exceptions.noise": ["two\nlines"]}, "exceptions.noise.0"),
+    ({"dashboards": {"nope": "x"}}, "dashboards.nope"),
+    ({"dashboards": {"monitoring": "has space"}}, "dashboards.monitoring"),
+])
+def test_bad_exception_rules_and_dashboard_uids_are_named(tmp_path, changes, message):
+    from cvat_analytics_generator.spec import SpecError
+
+    _, path = write_spec(tmp_path, **changes)
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        load_spec(path)
+
+
+def test_exception_patterns_are_sql_literals_whatever_they_hold(tmp_path):
+    _, path = write_spec(tmp_path, **{"exceptions.noise": ["it's \\ odd"],
+                                      "exceptions.categories": [{"name": "Quotes", "match": ["say 'hi'"]}]})
+    sql = grafana.load("exceptions", load_spec(path))["panels"][0]["sql"]
+    assert "['it\\'s \\\\ odd']" in sql and "['say \\'hi\\'']), 'Quotes'" in sql

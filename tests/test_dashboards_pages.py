@@ -20,7 +20,7 @@ from cvat_analytics.bench.service import ServeProcess
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CLI = REPO / ".venv" / "bin" / "cvat-analytics"
 ARTIFACTS = REPO / "tests" / "artifacts"
-UIDS = ["cvat-all-events", "cvat-management", "cvat-monitoring"]
+UIDS = ["EIGSTDAVz", "w0if6WAVz", "WvDvWK04k", "user-exceptions"]  # CVAT's, and its exceptions draft's
 
 pytestmark = pytest.mark.clickhouse  # the service's process runs the engine
 
@@ -38,7 +38,7 @@ def service(tmp_path_factory):
     # The first working-time refresh runs as serve starts; wait until the table shows it.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        html = get(srv.url + "/dashboards/cvat-management")[1]
+        html = get(srv.url + "/dashboards/w0if6WAVz")[1]
         if 'id="panel-4" data-panel-type="table" data-empty="false"' in html:
             break
         time.sleep(1)
@@ -119,7 +119,7 @@ def test_filters_from_the_form_narrow_the_page(service, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    browser.get(f"{service.url}/dashboards/cvat-management")
+    browser.get(f"{service.url}/dashboards/w0if6WAVz")
     users = Select(browser.find_element(By.NAME, "users"))
     chosen = users.options[1].get_attribute("value")
     users.select_by_value(chosen)
@@ -130,21 +130,35 @@ def test_filters_from_the_form_narrow_the_page(service, browser):
     user_ids = {row.find_elements(By.TAG_NAME, "td")[0].text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")}
     assert user_ids == {chosen}
     assert Select(browser.find_element(By.NAME, "users")).first_selected_option.get_attribute("value") == chosen
-    shoot(browser, "cvat-management-one-user")
+    shoot(browser, "management-one-user")
     assert severe_logs(browser) == []
+
+
+def test_grafana_links_into_cvats_dashboards_work_here(service):
+    """A CVAT bookmark (/d/<uid>?var-users=N&from=now-30d&to=now) keeps its meaning on the embedded page."""
+    status, page = get(f"{service.url}/dashboards/w0if6WAVz?range=30d")
+    user = re.search(r'<select name="users">\s*<option value="">All</option>\s*<option value="(\d+)"', page).group(1)
+    status, html = get(f"{service.url}/dashboards/w0if6WAVz?var-users={user}&from=now-30d&to=now")
+    assert status == 200 and "Query failed" not in html
+    table = html[html.index('id="panel-4"'):]
+    table = table[:table.index("</section>")]
+    shown = set(re.findall(r"<tr><td class=\"num\">(\d+)</td>", table))
+    assert shown == {user}
+    assert get(f"{service.url}/dashboards/EIGSTDAVz?var-organizations=1")[0] == 200
+    assert get(f"{service.url}/dashboards/EIGSTDAVz?var-organizations=x")[0] == 400
 
 
 @pytest.mark.parametrize("query", ["users=1%20OR%201%3D1", "sources=x", "range=forever", "errors=nope",
                                    "scopes=change:frame%27"])
 def test_bad_filters_answer_400_and_unknown_dashboards_404(service, query):
-    status, html = get(f"{service.url}/dashboards/cvat-monitoring?{query}" if "scopes" not in query
-                       else f"{service.url}/dashboards/cvat-all-events?{query}")
+    status, html = get(f"{service.url}/dashboards/WvDvWK04k?{query}" if "scopes" not in query
+                       else f"{service.url}/dashboards/EIGSTDAVz?{query}")
     assert status == 400 and "Bad filter" in html
     assert get(service.url + "/dashboards/nope")[0] == 404
 
 
 def test_pages_load_nothing_from_elsewhere(service):
-    with urllib.request.urlopen(service.url + "/dashboards/cvat-monitoring", timeout=60) as r:
+    with urllib.request.urlopen(service.url + "/dashboards/WvDvWK04k", timeout=60) as r:
         csp = r.headers["Content-Security-Policy"]
         html = r.read().decode()
     assert "default-src 'none'" in csp

@@ -18,7 +18,7 @@ from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 from cvat_analytics_generator.sql import escape_string
-from tests.conftest import write_spec
+from tests.conftest import Store, write_spec
 
 # Recent days: events older than the spec's retention are dropped at once.
 NOW = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -27,14 +27,19 @@ NUMERIC = ("Int", "UInt", "Float", "Decimal")
 
 # What the tables must show, in this order.
 TABLE_COLUMNS = {
-    ("cvat-all-events", "Events"): ["timestamp", "scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration",
-                                    "project_id", "task_id", "job_id", "user_id", "user_name", "org_id"],
-    ("cvat-management", "Working time"): ["user_id", "user_name", "project_id", "project", "task_id", "task", "job_id",
-                                          "working_time_h", "cvat_reported_h", "activity"],
-    ("cvat-monitoring", "Exceptions"): ["timestamp", "user_id", "user_name", "source", "project_id", "task_id",
-                                        "job_id", "error", "stack", "payload"],
-    ("cvat-monitoring", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
-    ("cvat-monitoring", "Number of events"): ["scope", "source", "events"],
+    # every column CVAT stores, as CVAT's SELECT * shows them
+    ("EIGSTDAVz", "Events"): ["timestamp", "scope", "obj_name", "obj_id", "obj_val", "source", "count", "duration",
+                              "project_id", "task_id", "job_id", "user_id", "user_name", "user_email", "org_id",
+                              "org_slug", "payload", "access_token_id"],
+    ("w0if6WAVz", "Working time"): ["user_id", "user_name", "project_id", "project", "task_id", "task", "job_id",
+                                    "working_time_h", "cvat_reported_h", "activity"],
+    ("WvDvWK04k", "Exceptions"): ["timestamp", "user_id", "user_name", "source", "project_id", "task_id",
+                                  "job_id", "error", "stack", "payload"],
+    ("WvDvWK04k", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
+    ("WvDvWK04k", "Number of events"): ["scope", "source", "events"],
+    ("user-exceptions", "Category summary"): ["source", "category", "errors", "share_pct", "users", "previous_errors",
+                                              "change_pct", "previous_users"],
+    ("user-exceptions", "Top messages"): ["category", "message", "source", "errors", "users"],
 }
 
 
@@ -59,8 +64,8 @@ def check_shape(client, uid: str, panel: dict, sql: str) -> None:
         assert all(t.startswith(NUMERIC) or t == "String" for t in types[1:]), where
     elif kind == "barchart":  # a text category, then one number per series
         assert types[0] == "String" and len(types) >= 2 and all(t.startswith(NUMERIC) for t in types[1:]), where
-    elif kind == "stat":
-        assert len(result.result_rows) == 1 and len(types) == 1 and types[0].startswith(NUMERIC), where
+    elif kind == "stat":  # one row of numbers: the figure first, then e.g. the previous period's
+        assert len(result.result_rows) == 1 and all(t.startswith(NUMERIC) for t in types), where
     else:
         assert names == TABLE_COLUMNS[(uid, panel["title"])], where
 
@@ -88,7 +93,7 @@ def options_of(client, variable: dict, variables: dict) -> list[str]:
 
 
 @pytest.mark.clickhouse
-@pytest.mark.parametrize("name", ["all_events", "management", "monitoring"])
+@pytest.mark.parametrize("name", ["all_events", "management", "monitoring", "exceptions"])
 def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
     client, spec = seeded
     d = grafana.load(name, spec)
@@ -145,7 +150,7 @@ def at(seconds: float) -> str:
 
 
 def ev(scope, seconds, source="client", user=1, project=None, task=None, job=None, **extra):
-    names = {1: "ann", 2: "bob"}
+    names = {1: "ann", 2: "bob", 3: "cy"}
     return {"scope": scope, "source": source, "timestamp": at(seconds), "user_id": user, "user_name": names[user],
             "project_id": project, "task_id": task, "job_id": job, "duration": 0, **extra}
 
@@ -161,8 +166,16 @@ HAND_EVENTS = [
     ev("save:job", 7320, project=2, task=5, job=11),
     ev("send:working_time", 7500, "server", project=2, task=5, job=10, duration=5_400_000,
        payload=json.dumps({"working_time": 5_400_000})),
-    # bob: one instant event: no working time, one activity
-    ev("draw:object", 3600, user=2, project=3, task=6, job=20),
+    # An older CVAT's report: the figure only in the payload (duration 0).
+    ev("send:working_time", 7600, "server", project=2, task=5, job=11, payload=json.dumps({"working_time": 3_600_000})),
+    # bob: one instant event, so no working time of ours. Its payload figure is how CVAT before
+    # v2.14.1 reported; those per-event payloads are not read (see the panel's description).
+    ev("draw:object", 3600, user=2, project=3, task=6, job=20, duration=40_000,
+       payload=json.dumps({"working_time": 900_000})),
+    # A report with the figure in obj_val only.
+    ev("send:working_time", 3700, "server", user=2, project=3, task=6, job=20, obj_val="600000"),
+    # bob's browser reports no platform: no blank bar
+    ev("load:cvat", 3500, user=2, payload=json.dumps({})),
     # exceptions: one from ann's browser in job 10, one from the server for bob without task or job
     ev("send:exception", 900, project=2, task=5, job=10,
        payload=json.dumps({"message": "Boom 'x'", "stack": "Error: Boom\n    at a.js:1"})),
@@ -184,23 +197,67 @@ def run_panel(store, dashboard: str, title: str, **selected) -> list[tuple]:
     d = grafana.load(dashboard, store.spec)
     sql = {p["title"]: p["sql"] for p in d["panels"]}[title]
     variables = dict(all_selected(d), **{k: Variable(v) for k, v in selected.items()})
-    return store.client.query(expand(sql, *DAY, 3600, variables)).result_rows
+    interval = 86400 if title == "Overall activity" else 3600
+    return store.client.query(expand(sql, *DAY, interval, variables)).result_rows
+
+
+H = 3_600_000  # ms per hour
 
 
 @pytest.mark.clickhouse
 def test_working_time_table_by_hand(hand):
     rows = run_panel(hand, "management", "Working time")
     assert rows == [
-        # user, name, project, name, task, name, job, ours h, CVAT's h, activity
-        (1, "ann", 2, "Cars", 5, "batch-a", 10, 1.52, 1.5, 3),     # 5 460 000 ms; 2 frames + 1 exception
-        (1, "ann", None, None, None, None, None, 0.51, 0.0, 1),    # 1 830 000 ms, kept though it has no job
-        (1, "ann", 2, "Cars", 5, "batch-a", 11, 0.01, 0.0, 2),     # 30 000 ms
-        (2, "bob", 3, None, 6, None, 20, 0.0, 0.0, 1),
+        # user, name, project, name, task, name, job, ours h, CVAT's h, activity = CVAT's working-time rows
+        (1, "ann", 2, "Cars", 5, "batch-a", 10, 5_460_000 / H, 5_400_000 / H, 1),  # reported in duration
+        (1, "ann", None, None, None, None, None, 1_830_000 / H, 0.0, 0),  # kept though it has no job
+        (1, "ann", 2, "Cars", 5, "batch-a", 11, 30_000 / H, 3_600_000 / H, 1),  # reported in the payload only
+        (2, "bob", 3, None, 6, None, 20, 0.0, 600_000 / H, 1),  # obj_val; not the client event's payload
     ]
+    # The footer adds unrounded hours: 7 320 000 ms = 2.03 h, where rows rounded first would give 2.04.
+    assert sum(r[7] for r in rows) == pytest.approx(7_320_000 / H)
     # One job selected: only its row; the row without a job is not that job's.
     assert [r[6] for r in run_panel(hand, "management", "Working time", jobs=["10"])] == [10]
+    # A username (CVAT's `usernames` variable) selects that user's rows, ours and CVAT's alike.
+    assert [r[:2] for r in run_panel(hand, "management", "Working time", usernames=["bob"])] == [(2, "bob")]
     per_user = run_panel(hand, "management", "Working time per user (hours)")
-    assert per_user == [("ann #1", 2.03, 1.5)]  # 7 320 000 ms; bob worked 0 ms and CVAT reported none
+    assert per_user == [("ann #1", 7_320_000 / H, 9_000_000 / H), ("bob #2", 0.0, 600_000 / H)]
+
+
+@pytest.mark.clickhouse
+def test_activity_panels_count_every_source_as_cvat(hand):
+    # Every hand event is in DAY; with one-day intervals the single bucket holds them all.
+    overall = run_panel(hand, "management", "Overall activity")
+    assert sum(r[1] for r in overall) == len(HAND_EVENTS)
+    per_user: dict[str, int] = {}
+    for _, user, events in run_panel(hand, "management", "Activity per user"):
+        per_user[user] = per_user.get(user, 0) + events
+    assert per_user == {"ann #1": sum(e["user_id"] == 1 for e in HAND_EVENTS),
+                        "bob #2": sum(e["user_id"] == 2 for e in HAND_EVENTS)}
+
+
+@pytest.mark.clickhouse
+def test_browsers_and_systems_skip_blanks_and_ignore_the_scope_filter(hand):
+    for selected in ({}, {"scopes": ["draw:object"]}, {"sources": ["server"]}, {"jobs": ["10"]}):
+        assert run_panel(hand, "all_events", "Browsers", **selected) == [("Chrome 120", 1)], selected
+        assert run_panel(hand, "all_events", "Operating systems", **selected) == [("Linux", 1)], selected
+    assert run_panel(hand, "all_events", "Browsers", users=["2"]) == []  # bob's load reported none
+
+
+@pytest.mark.clickhouse
+def test_active_users_now_is_the_last_15_minutes_before_now_and_buckets_are_15_minutes(store):
+    now = datetime.now(timezone.utc)
+    recent = [{"scope": "click:element", "source": "client", "user_id": user, "duration": 0,
+               "timestamp": (now - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+              for user, minutes in ((1, 5), (3, 2), (2, 20))]
+    # Around T0 (10:00, on a 15-minute boundary): two users in the first quarter, one in the next.
+    quarter = [ev("click:element", 0), ev("click:element", 300, user=2), ev("click:element", 960)]
+    insert_json_rows(store.client, store.database, "\n".join(json.dumps(e) for e in recent + quarter).encode())
+    # The range ends a day ago, yet "now" means now: users 1 and 3 (user 2 was 20 minutes ago).
+    assert run_panel(store, "monitoring", "Active users (now)") == [(2,)]
+    buckets = {r[0].replace(tzinfo=timezone.utc): r[1] for r in run_panel(store, "monitoring", "Active users")}
+    assert len(buckets) == 24 * 4  # one point per 15 minutes though the panel interval is an hour
+    assert buckets[T0] == 2 and buckets[T0 + timedelta(minutes=15)] == 1 and buckets[T0 - timedelta(minutes=15)] == 0
 
 
 @pytest.mark.clickhouse
@@ -222,7 +279,7 @@ def test_exceptions_table_by_hand(hand):
 @pytest.mark.clickhouse
 def test_the_embedded_pages_use_the_same_numbers(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)
-    html = pages.dashboard_page("cvat-management", {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]})
+    html = pages.dashboard_page("w0if6WAVz", {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]})
     assert "batch-a" in html and "1.52" in html and "Query failed" not in html
 
 
@@ -244,6 +301,22 @@ MONITORING = grafana.load("monitoring", SPEC)
 def test_bad_query_values_never_reach_sql(query, message):
     with pytest.raises(BadRequest, match=message):
         parse_selection(query, MONITORING, SPEC)
+
+
+def test_grafana_url_names_and_times_are_understood():
+    """Links copied from CVAT's Grafana: var-<name>=..., All as $__all, from/to as now-7d or epoch ms."""
+    d = grafana.load("all_events", SPEC)
+    now = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
+    sel = parse_selection({"var-organizations": ["3"], "var-users": ["$__all"], "jobs": ["5"],
+                           "from": ["now-7d"], "to": ["now"]}, d, SPEC, now=now)
+    assert sel.values["organizations"] == ["3"] and sel.values["users"] == [] and sel.values["jobs"] == ["5"]
+    assert (sel.time_from, sel.time_to) == (now - timedelta(days=7), now)
+    sel = parse_selection({"from": ["1709985600000"], "to": ["1710072000000"]}, d, SPEC, now=now)
+    assert (sel.time_from, sel.time_to) == (datetime(2024, 3, 9, 12, tzinfo=timezone.utc), now)
+    with pytest.raises(BadRequest, match="whole number"):
+        parse_selection({"var-organizations": ["3 OR 1=1"]}, d, SPEC)
+    with pytest.raises(BadRequest, match="ISO time"):
+        parse_selection({"from": ["now-7y"]}, d, SPEC)
 
 
 def test_scopes_must_be_known():
@@ -276,10 +349,79 @@ def test_a_limit_caps_the_rows_of_the_outer_query_only(hand):
 def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)
     query = {"from": [DAY[0].isoformat()], "to": [DAY[1].isoformat()]}
-    bob_only = pages.dashboard_page("cvat-management", query, forced={"user_id": 2})
+    bob_only = pages.dashboard_page("w0if6WAVz", query, forced={"user_id": 2})
     assert "bob" in bob_only and "ann" not in bob_only and "Query failed" not in bob_only
-    monitoring = pages.dashboard_page("cvat-monitoring", query, forced={"user_id": 1})
+    monitoring = pages.dashboard_page("WvDvWK04k", query, forced={"user_id": 1})
     assert "Boom" in monitoring and "Server fail" not in monitoring
     # working_time_totals has no org_id: an org-limited caller sees none of it, not everyone's.
-    org = pages.dashboard_page("cvat-management", query, forced={"org_id": 99})
+    org = pages.dashboard_page("w0if6WAVz", query, forced={"org_id": 99})
     assert "ann" not in org and "Query failed" not in org
+
+
+# --- hand-computed: the exceptions dashboard (current range = DAY, previous = the day before)
+
+DAY_S = 86400
+JS = "TypeError: Cannot read properties of undefined (reading 'x')"
+
+
+def exc(seconds, source, user, message):
+    return ev("send:exception", seconds, source, user=user, payload=json.dumps({"message": message}))
+
+
+EXCEPTION_EVENTS = [
+    # in the range
+    exc(100, "client", 1, JS),
+    exc(200, "client", 1, JS),
+    exc(300, "server", 2, "ConnectionError: Network Error"),
+    exc(400, "server", 3, "Cannot read properties of y"),  # JS patterns are for client errors only: Other
+    exc(500, "client", 2, "Request failed with status code 429"),  # noise
+    exc(600, "server", 1, "PermissionDenied: not yours"),  # noise
+    exc(700, "server", 3, "   "),  # no message
+    # in the day before
+    exc(100 - DAY_S, "client", 1, "Cannot read properties of null"),
+    exc(200 - DAY_S, "client", 2, "network error"),
+    exc(300 - DAY_S, "client", 2, "Throttled: slow down"),  # noise
+    # before both
+    exc(100 - 3 * DAY_S, "client", 3, JS),
+]
+
+
+@pytest.fixture
+def errors(store):
+    insert_json_rows(store.client, store.database, "\n".join(json.dumps(e) for e in EXCEPTION_EVENTS).encode())
+    return store
+
+
+@pytest.mark.clickhouse
+def test_exceptions_deltas_and_categories_by_hand(errors):
+    # 4 errors now (2 JS, 1 network, 1 other) against 2 before: +100 %; users 1, 2, 3 against 1, 2: +50 %.
+    assert run_panel(errors, "exceptions", "Total errors") == [(4, 2, 100.0)]
+    assert run_panel(errors, "exceptions", "Unique users impacted") == [(3, 2, 50.0)]
+    assert run_panel(errors, "exceptions", "Server vs client") == [("client", 2, 2), ("server", 2, 0)]
+    assert run_panel(errors, "exceptions", "Category share") == [
+        ("JS null/undefined access", 50.0), ("Network Error", 25.0), ("Other / uncategorized", 25.0)]
+    day = DAY[0]
+    assert [(r[0].replace(tzinfo=timezone.utc), r[1], r[2]) for r in
+            run_panel(errors, "exceptions", "Errors per day by category")] == [
+        (day, "JS null/undefined access", 2), (day, "Network Error", 1), (day, "Other / uncategorized", 1)]
+    assert run_panel(errors, "exceptions", "Category summary") == [
+        # source, category, errors, share %, users, previous errors, change %, previous users
+        ("client", "JS null/undefined access", 2, 50.0, 1, 1, 100.0, 1),
+        ("server", "Network Error", 1, 25.0, 1, 0, None, 0),
+        ("server", "Other / uncategorized", 1, 25.0, 1, 0, None, 0),
+        ("client", "Network Error", 0, 0.0, 0, 1, -100.0, 1),
+    ]
+    assert run_panel(errors, "exceptions", "Top messages", category=["JS null/undefined access"]) == [
+        ("JS null/undefined access", JS, "client", 2, 1)]
+    assert run_panel(errors, "exceptions", "Total errors", sources=["server"]) == [(2, 0, None)]
+
+
+@pytest.mark.clickhouse
+def test_exceptions_noise_and_categories_come_from_the_spec(errors):
+    spec = json.loads(json.dumps(errors.spec))
+    spec["exceptions"] = {"noise": [], "categories": [{"name": "Rate limits", "match": ["STATUS CODE 429", "throttled"]}]}
+    tuned = Store(errors.dsn, spec, errors.spec_path, errors.client)
+    # Nothing is noise now: 6 errors with a message in the range, 3 the day before.
+    assert run_panel(tuned, "exceptions", "Total errors") == [(6, 3, 100.0)]
+    assert run_panel(tuned, "exceptions", "Category share") == [("Other / uncategorized", 83.33), ("Rate limits", 16.67)]
+    assert [r[0] for r in run_panel(tuned, "exceptions", "Top messages", category=["Rate limits"])] == ["Rate limits"]
