@@ -188,7 +188,7 @@ def _validate_rate(cfg: dict) -> float:
     from cvat_analytics_generator.spec import load_spec
 
     from .events import EventContract
-    from .server import parse_events
+    from .service.ingest import parse_events
 
     contract = EventContract(load_spec(Path(cfg["spec"])))
     bodies = read_bodies(Path(cfg["workdir"]) / "bodies_1000.bin")[:100]

@@ -162,7 +162,7 @@ class Dashboards:
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
     def forced_filters(self, forced: dict) -> str:
-        """A caller limited to an org or a user (access.py) sees only those rows: ClickHouse
+        """A caller limited to an org or a user (service/access.py) sees only those rows: ClickHouse
         adds the condition to every read of the table, inside views too. working_time_totals
         has no org_id, so an org-limited caller gets none of it rather than everyone's."""
         db = self.spec["clickhouse"]["database"]
