@@ -1,14 +1,25 @@
 """The HTTP layer of `cvat-analytics serve`: the stdlib's ThreadingHTTPServer with
-keep-alive, a graceful stop, and one Response type.
+keep-alive, a graceful stop, request framing, and one Response type.
 
 What a request means is not decided here: every request goes to the server's route
 table (routes.py), which answers with a Response. One process owns the chdb path
 (see docs/architecture.md); requests run in threads.
+
+Framing. A body no handler read would otherwise become the next request on a
+kept-alive connection, so after every answer the unread rest of a Content-Length
+body is read and dropped (up to embedded.max_body_bytes), or the connection is
+closed. A chunked body is read by `read_body`, with the same limit; Content-Length
+together with Transfer-Encoding is refused and the connection closed (the two
+framings disagree: request smuggling). gzip and deflate bodies are inflated, the
+limit applying to the inflated size. Error answers never quote the request: what
+looks like a request line may be someone's body.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
 import shutil
 import socket
 import sys
@@ -37,6 +48,22 @@ class Response:
 
 def json_response(status: int, data: dict, events: int = 0, **headers: str) -> Response:
     return Response(status, json.dumps(data).encode() + b"\n", headers=headers, events=events)
+
+
+class BodyError(Exception):
+    """The body cannot be read as sent: `status` and a message that quotes nothing of it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+# Answers to requests the stdlib refuses before any route sees them (bad request line,
+# unknown method, header too long): fixed texts, never the request's own.
+_REFUSED = {400: "bad request: the request line or a header cannot be parsed",
+            414: "the request line is too long", 431: "the request's headers are too large",
+            501: "this method is not supported", 505: "this HTTP version is not supported"}
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -69,16 +96,146 @@ class RequestHandler(BaseHTTPRequestHandler):
     def respond(self) -> None:
         started = time.monotonic()
         path = urlsplit(self.path).path
-        try:
-            response = self.server.routes.answer(self, path)
-        except Exception as exc:  # a bug or a ClickHouse failure: say so, keep serving
-            response = json_response(500, {"error": first_line(exc)})
-        if self.server.stopping.is_set():
+        refused = self._check_framing()
+        if refused is not None:
+            response = refused
+        else:
+            try:
+                response = self.server.routes.answer(self, path)
+            except Exception as exc:  # a bug or a ClickHouse failure: say so, keep serving
+                response = json_response(500, {"error": first_line(exc)})
+        if self.server.stopping.is_set() or not self._can_drain(response.status):
             self.close_connection = True
         self.send(response)
+        if not self.close_connection:
+            self._drain()
         elapsed = (time.monotonic() - started) * 1000
         print(f"{self.command} {path} {response.status} {response.events} {elapsed:.0f}ms",
               file=sys.stderr, flush=True)
+
+    # -- the body ----------------------------------------------------------------
+    def _check_framing(self) -> Response | None:
+        """How the body is delimited; a 400/501 (connection closed) when that is unclear."""
+        self._unread = 0  # bytes of a Content-Length body not read yet
+        self._chunked = self._body_done = False
+        lengths = self.headers.get_all("Content-Length") or []
+        encoding = self.headers.get_all("Transfer-Encoding") or []
+        if lengths and encoding:
+            self.close_connection = True
+            return json_response(400, {"error": "Content-Length and Transfer-Encoding together: send one"})
+        if encoding:
+            if [e.strip().lower() for e in ",".join(encoding).split(",")] != ["chunked"]:
+                self.close_connection = True
+                return json_response(501, {"error": "the only Transfer-Encoding accepted is chunked"})
+            self._chunked = True
+            return None
+        if lengths:
+            if len(set(lengths)) != 1 or not lengths[0].strip().isdigit() or not lengths[0].strip().isascii():
+                self.close_connection = True
+                return json_response(400, {"error": "bad Content-Length: expected one non-negative integer"})
+            self._unread = int(lengths[0])
+        return None
+
+    @property
+    def body_length(self) -> int | None:
+        """The Content-Length; None when the body is chunked (its length is known once read)."""
+        return None if self._chunked else self._unread
+
+    def has_body(self) -> bool:
+        return self._chunked or "Content-Length" in self.headers
+
+    def read_body(self) -> bytes:
+        """The request's body, inflated when it is gzip or deflate, at most
+        embedded.max_body_bytes (raw and inflated); BodyError otherwise."""
+        limit = self.server.max_body_bytes
+        if self._body_done:
+            raise BodyError(500, "the body was read already")
+        if not self.has_body():
+            raise BodyError(411, "Content-Length is required (or Transfer-Encoding: chunked)")
+        if not self._chunked and self._unread > limit:
+            self.close_connection = True  # refused before reading: the body is never read
+            raise BodyError(413, f"the body is {self._unread} bytes; at most {limit} are accepted "
+                                 "(embedded.max_body_bytes): send smaller batches")
+        try:
+            raw = self._read_chunked(limit) if self._chunked else self._read_exactly(self._unread)
+        except BodyError:
+            self.close_connection = True  # where the next request starts is unknown now
+            raise
+        finally:
+            self._body_done, self._unread = True, 0
+        return self._inflate(raw, limit)
+
+    def _read_exactly(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) < size:
+            raise BodyError(400, f"the body ended after {len(data)} of {size} bytes")
+        return data
+
+    def _read_chunked(self, limit: int) -> bytes:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            size_text = line.split(b";", 1)[0].strip()  # a chunk extension is ignored
+            if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
+                raise BodyError(400, "bad chunked body: a chunk size line cannot be parsed")
+            size = int(size_text, 16)
+            if size == 0:
+                for _ in range(100):  # trailer fields, up to the empty line
+                    if self.rfile.readline(8192).strip() == b"":
+                        return bytes(body)
+                raise BodyError(400, "bad chunked body: too many trailer fields")
+            if len(body) + size > limit:
+                raise BodyError(413, f"the body is more than {limit} bytes; at most {limit} are accepted "
+                                     "(embedded.max_body_bytes): send smaller batches")
+            body += self._read_exactly(size)
+            if self.rfile.readline(3).strip() != b"":
+                raise BodyError(400, "bad chunked body: a chunk is longer than its size")
+
+    def _inflate(self, raw: bytes, limit: int) -> bytes:
+        coding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding in ("", "identity"):
+            return raw
+        if coding in ("gzip", "x-gzip"):
+            wbits = 31
+        elif coding == "deflate":  # zlib-wrapped as RFC 9110 says; some clients send it raw
+            wbits = 15 if raw[:2] and len(raw) >= 2 and (raw[0] * 256 + raw[1]) % 31 == 0 else -15
+        else:
+            raise BodyError(415, "the only Content-Encodings accepted are gzip and deflate")
+        inflater = zlib.decompressobj(wbits)
+        try:
+            body = inflater.decompress(raw, limit + 1)
+        except zlib.error:
+            raise BodyError(400, f"the body is not valid {coding} data") from None
+        if len(body) > limit:
+            raise BodyError(413, f"the body inflates to more than {limit} bytes; at most {limit} are "
+                                 "accepted (embedded.max_body_bytes): send smaller batches")
+        if not inflater.eof:
+            raise BodyError(400, f"the {coding} data ends early")
+        return body
+
+    def _can_drain(self, status: int) -> bool:
+        """Whether the connection can stay open: the rest of the body, if any, is read
+        after the answer. An unread chunked body, one over the limit, or a caller that
+        was refused (401/403: not worth reading for) closes it."""
+        if self._body_done or not self.has_body():
+            return True
+        if self._chunked or status in (401, 403):
+            return False
+        return self._unread <= self.server.max_body_bytes
+
+    def _drain(self) -> None:
+        while self._unread > 0:
+            data = self.rfile.read(min(self._unread, 1 << 16))
+            if not data:
+                self.close_connection = True
+                return
+            self._unread -= len(data)
+
+    def send_error(self, code, message=None, explain=None):
+        """The stdlib's refusals (before a route runs), as JSON that quotes nothing of the request."""
+        self.close_connection = True
+        self.send(json_response(code, {"error": _REFUSED.get(code, "the request cannot be served")}))
+        print(f"- - {code} 0 0ms", file=sys.stderr, flush=True)
 
     # Every method goes to the route table, which answers 405 where a path has no such method.
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = respond

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import first_line
 from ..events import EventContract, EventError
 from ..store import insert_json_rows
-from .http import Response, json_response
+from .http import BodyError, Response, json_response
 
 if TYPE_CHECKING:
     from .http import RequestHandler
@@ -95,26 +95,13 @@ class Ingest:
     def __init__(self, client, spec: dict):
         self.client = client
         self.database = spec["clickhouse"]["database"]
-        self.max_body_bytes = spec["embedded"]["max_body_bytes"]
         self.contract = EventContract(spec)
 
     def __call__(self, request: "RequestHandler") -> Response:
-        length = request.headers.get("Content-Length")
-        if length is None:
-            request.close_connection = True  # a body we will not read may follow
-            return json_response(411, {"error": "Content-Length is required"})
         try:
-            size = int(length)
-            if size < 0:
-                raise ValueError
-        except ValueError:
-            request.close_connection = True
-            return json_response(400, {"error": f"bad Content-Length: {length!r}"})
-        if size > self.max_body_bytes:
-            request.close_connection = True  # refused before reading: the body is never read
-            return json_response(413, {"error": f"the body is {size} bytes; at most {self.max_body_bytes} "
-                                                "are accepted (embedded.max_body_bytes): send smaller batches"})
-        body = request.rfile.read(size)
+            body = request.read_body()
+        except BodyError as exc:
+            return json_response(exc.status, {"error": str(exc)})
         try:
             token = dedup_token(request, body)
         except BadBody as exc:
