@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import statistics
+import time
 import zlib
 
 import pytest
@@ -144,3 +146,21 @@ def test_a_garbage_request_line_is_answered_without_quoting_it(srv, capsys):
 def test_a_body_on_a_get_is_consumed_and_the_connection_kept(srv):
     got = exchange(srv, req("GET", "/health", b"x" * 5000) + req("GET", "/health"))
     assert [status for status, _, _ in got] == [200, 200]
+
+
+def test_responses_come_at_once_on_a_kept_alive_connection_and_name_no_versions(srv):
+    """Each response is one write with TCP_NODELAY: a kept-alive round trip takes well under
+    the ~40 ms a client's delayed ACK costs when headers and body go in two writes."""
+    with socket.create_connection(srv.server_address[:2], timeout=5) as sock:
+        timings = []
+        for _ in range(20):
+            started = time.perf_counter()
+            sock.sendall(req("GET", "/nope"))
+            received = b""
+            while not (received.endswith(b"}\n") and b"\r\n\r\n" in received):
+                received += sock.recv(65536)
+            timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.025, timings
+    assert received.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    server_header = next(line for line in received.split(b"\r\n") if line.lower().startswith(b"server:"))
+    assert b"Python" not in server_header and b"/" not in server_header

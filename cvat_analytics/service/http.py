@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
@@ -58,6 +59,16 @@ class BodyError(Exception):
         self.status = status
 
 
+SERVER = "cvat-analytics"  # no versions: they only help someone looking for a known hole
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 # Answers to requests the stdlib refuses before any route sees them (bad request line,
 # unknown method, header too long): fixed texts, never the request's own.
@@ -85,6 +96,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        if self.connection.family in (socket.AF_INET, socket.AF_INET6):
+            # A response is one write; without this it would wait for the client's delayed ACK.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection)
 
     def finish(self):
@@ -241,21 +255,27 @@ class RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = respond
 
     def send(self, response: Response) -> None:
+        """The status line and headers, and a bytes body with them in one write: with
+        TCP_NODELAY set (setup), a response is on the wire at once."""
         body = response.body
-        headers = {"Content-Type": response.content_type, **response.headers}
-        headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size)
-        self.send_response(response.status)
-        for name, value in headers.items():
-            self.send_header(name, value)
+        length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+        headers = {"Server": SERVER, "Date": self.date_time_string(), "Content-Type": response.content_type,
+                   **response.headers, "Content-Length": str(length)}
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
+            headers["Connection"] = "close"
+        lines = [f"{self.protocol_version} {response.status} {_phrase(response.status)}"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} holds a line break")
+            lines.append(f"{name}: {value}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
             if self.command == "HEAD":
-                pass
+                self.wfile.write(head)
             elif isinstance(body, bytes):
-                self.wfile.write(body)
+                self.wfile.write(head + body)
             else:
+                self.wfile.write(head)
                 shutil.copyfileobj(body, self.wfile, 1 << 20)
         finally:
             if not isinstance(body, bytes):
