@@ -62,6 +62,20 @@ class BodyError(Exception):
 SERVER = "cvat-analytics"  # no versions: they only help someone looking for a known hole
 
 
+def encode_head(response: Response, length: int, close: bool, date: str) -> bytes:
+    """The status line and headers of `response`, as bytes."""
+    headers = {"Server": SERVER, "Date": date, "Content-Type": response.content_type,
+               **response.headers, "Content-Length": str(length)}
+    if close:
+        headers["Connection"] = "close"
+    lines = [f"HTTP/1.1 {response.status} {_phrase(response.status)}"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} holds a line break")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -259,16 +273,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         TCP_NODELAY set (setup), a response is on the wire at once."""
         body = response.body
         length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
-        headers = {"Server": SERVER, "Date": self.date_time_string(), "Content-Type": response.content_type,
-                   **response.headers, "Content-Length": str(length)}
-        if self.close_connection:
-            headers["Connection"] = "close"
-        lines = [f"{self.protocol_version} {response.status} {_phrase(response.status)}"]
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value:
-                raise ValueError(f"header {name} holds a line break")
-            lines.append(f"{name}: {value}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = encode_head(response, length, self.close_connection, self.date_time_string())
         try:
             if self.command == "HEAD":
                 self.wfile.write(head)
@@ -294,6 +299,12 @@ class EventServer(ThreadingHTTPServer):
     def __init__(self, routes: "Routes", embedded: dict, host: str, port: int):
         self.routes = routes
         self.max_body_bytes = embedded["max_body_bytes"]
+        self.request_queue_size = embedded["listen_backlog"]  # listen()'s backlog
+        self.max_connections = embedded["max_connections"]
+        self._serving = 0  # connections with a thread of their own
+        from .overflow import Overflow  # here: overflow.py builds on this module
+
+        self.overflow = Overflow(self)
         self.stopping = threading.Event()
         self._connections: dict[socket.socket, bool] = {}  # open connection -> busy
         self._lock = threading.Lock()
@@ -305,6 +316,36 @@ class EventServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def process_request(self, request, client_address):
+        """A thread for the connection, or, at max_connections, the overflow's quick answer."""
+        with self._lock:
+            full = self._serving >= self.max_connections
+            if not full:
+                self._serving += 1
+        if full:
+            self.overflow.take(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done_serving()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done_serving()
+
+    def _done_serving(self) -> None:
+        with self._lock:
+            self._serving -= 1
+
+    def brief_health(self) -> Response:
+        """GET /health as a caller without a token sees it (the overflow's answer)."""
+        route = self.routes.find("GET", "/health")
+        return route.handler(None) if route else json_response(404, {"error": "no such path: /health"})
 
     def track(self, conn: socket.socket) -> None:
         with self._lock:
@@ -330,6 +371,7 @@ class EventServer(ThreadingHTTPServer):
             idle = [conn for conn, busy in self._connections.items() if not busy]
         for conn in idle:
             _shut_reading(conn)
+        self.overflow.stop()
         self.server_close()  # joins the request threads
 
 
