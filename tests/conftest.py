@@ -96,6 +96,7 @@ def make_served(store, tmp_path):
                           directory=tmp_path / f"exports-{len(started)}") if export else None
         pages = Dashboards(lambda: store_module.open_handle(store.dsn), spec) if dashboards else None
         srv = make_server(store.client, spec, "127.0.0.1", 0, store.dsn, tokens=tokens, jobs=jobs, pages=pages)
+        srv.export_directory = jobs.directory if jobs else None  # for tests that look for export files
         thread = threading.Thread(target=srv.serve_forever, daemon=True)
         thread.start()
         started.append((srv, thread, jobs))

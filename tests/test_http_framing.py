@@ -4,6 +4,7 @@ are read within the size limit, and nothing from a body is echoed or logged."""
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import socket
 import statistics
@@ -164,3 +165,25 @@ def test_responses_come_at_once_on_a_kept_alive_connection_and_name_no_versions(
     assert received.startswith(b"HTTP/1.1 404 Not Found\r\n")
     server_header = next(line for line in received.split(b"\r\n") if line.lower().startswith(b"server:"))
     assert b"Python" not in server_header and b"/" not in server_header
+
+
+def test_head_answers_like_get_without_a_body_and_starts_nothing(make_served):
+    srv = make_served(export=True, dashboards=True)
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    for path in ("/health", "/dashboards", "/api/requests/unknown-id"):
+        conn.request("GET", path)
+        get = conn.getresponse()
+        get_body = get.read()
+        conn.request("HEAD", path)  # the same kept-alive connection: a stray body would show
+        head = conn.getresponse()
+        assert (head.status, head.read()) == (get.status, b""), path
+        assert head.getheader("Content-Length") == str(len(get_body)), path
+        assert head.getheader("Content-Type") == get.getheader("Content-Type"), path
+    for path in ("/api/events", "/api/events?action=download&query_id=x", "/api/events/download?rq_id=x"):
+        conn.request("HEAD", path)
+        head = conn.getresponse()
+        assert (head.status, head.read()) == (405, b""), path
+        assert "HEAD" not in head.getheader("Allow") and "GET" in head.getheader("Allow")
+    conn.close()
+    time.sleep(0.3)  # an export started by mistake would have written its file by now
+    assert list(srv.export_directory.iterdir()) == []

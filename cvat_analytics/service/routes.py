@@ -28,6 +28,9 @@ class Route:
     handler: Handler
     permission: str | None  # None: anyone may call it, even with tokens configured
     prefix: bool = False  # also matches every path under `path` (which then ends in "/")
+    # A GET route whose handler changes nothing also answers HEAD (the body left out);
+    # one that starts or hands out an export does not: HEAD must have no side effects.
+    head: bool = True
 
     def matches(self, method: str, path: str) -> bool:
         if method != self.method:
@@ -47,6 +50,9 @@ class Routes:
         self.routes.append(route)
 
     def find(self, method: str, path: str) -> Route | None:
+        if method == "HEAD":
+            route = self.find("GET", path)
+            return route if route is not None and route.head else None
         exact = [r for r in self.routes if not r.prefix and r.matches(method, path)]
         return (exact or [r for r in self.routes if r.matches(method, path)] or [None])[0]
 
@@ -57,7 +63,8 @@ class Routes:
             return refused
         if route is not None:
             return route.handler(request)
-        allowed = sorted({r.method for r in self.routes if r.matches(r.method, path)})
+        on_path = [r for r in self.routes if r.matches(r.method, path)]
+        allowed = sorted({r.method for r in on_path} | {"HEAD" for r in on_path if r.method == "GET" and r.head})
         if allowed:
             return json_response(405, {"error": f"{request.command} not allowed on {path}"}, Allow=", ".join(allowed))
         return json_response(404, {"error": f"no such path: {path}"})
@@ -94,10 +101,9 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
     if jobs is not None:
         export = ExportRoutes(jobs)
         routes += [
-            Route("GET", "/api/events", export.legacy, EXPORT),
-            Route("HEAD", "/api/events", export.legacy, EXPORT),
+            Route("GET", "/api/events", export.legacy, EXPORT, head=False),  # starts an export, or hands it out
             Route("POST", "/api/events/export", export.start, EXPORT),
-            Route("GET", "/api/events/download", export.download, EXPORT),
+            Route("GET", "/api/events/download", export.download, EXPORT, head=False),  # hands the file out
             Route("GET", "/api/requests/", export.status, EXPORT, prefix=True),
         ]
     if pages is not None:
