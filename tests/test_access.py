@@ -118,8 +118,11 @@ def test_no_token_or_a_wrong_one_is_401_and_a_missing_permission_403(secured):
     assert call(secured, "GET", "/api/events", "ingest")[0] == 403  # ingest only
     assert call(secured, "GET", "/api/events", None)[0] == 401
     assert call(secured, "GET", "/dashboards/", "ingest")[0] == 403
-    status, health = call(secured, "GET", "/health")  # open, and tells no secret
-    assert status == 200 and not any(s.encode() in health for s in SECRETS.values())
+    status, health = call(secured, "GET", "/health")  # open: the status only, no path, no secret
+    assert (status, json.loads(health)) == (200, {"status": "ok"})
+    status, health = call(secured, "GET", "/health", "ingest")  # a known caller gets the details
+    assert status == 200 and json.loads(health)["events"] == 16
+    assert not any(s.encode() in health for s in SECRETS.values())
 
 
 @pytest.mark.clickhouse

@@ -145,6 +145,17 @@ def test_routes_can_be_added(server):
     assert conn.getresponse().read() == b"pong"
 
 
+def test_a_failing_handler_is_a_500_whose_details_go_to_the_log_only(server, capsys):
+    def broken(request):
+        raise RuntimeError("Code: 60. DB::Exception: Table secret_db.hidden does not exist")
+
+    server.routes.add(Route("GET", "/api/broken", broken, None))
+    status, body = request(server, "GET", "/api/broken")
+    assert status == 500 and "DB::Exception" not in json.dumps(body) and "secret_db" not in json.dumps(body)
+    assert "DB::Exception: Table secret_db.hidden" in capsys.readouterr().err
+    assert request(server, "GET", "/health")[0] == 200
+
+
 def test_stop_closes_idle_keep_alive_connections_at_once(make_served):
     srv = make_served()
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)

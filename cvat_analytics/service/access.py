@@ -54,6 +54,8 @@ class Principal:
 
 
 LOCAL = Principal("local", frozenset(PERMISSIONS))
+# A caller without a (known) token on an open route, when tokens are configured.
+ANONYMOUS = Principal("anonymous", frozenset())
 
 
 @dataclass(frozen=True)

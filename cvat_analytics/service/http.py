@@ -130,8 +130,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         else:
             try:
                 response = self.server.routes.answer(self, path)
-            except Exception as exc:  # a bug or a ClickHouse failure: say so, keep serving
-                response = json_response(500, {"error": first_line(exc)})
+            except Exception as exc:  # a bug or a ClickHouse failure: log it, keep serving
+                print(f"cvat-analytics: {self.command} {path} failed: {type(exc).__name__}: {first_line(exc)}",
+                      file=sys.stderr, flush=True)
+                response = json_response(500, {"error": "internal error; the service log has the details"})
         if self.server.stopping.is_set() or not self._can_drain(response.status):
             self.close_connection = True
         self.send(response)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .access import LOCAL, Token, authenticate
+from .access import ANONYMOUS, LOCAL, Token, authenticate
 from .http import Response, json_response
 
 if TYPE_CHECKING:
@@ -72,10 +72,13 @@ class Routes:
     def check_access(self, request: "RequestHandler", needed: str | None) -> Response | None:
         """Set request.principal; a 401/403 answer when the caller may not go on.
         `needed` "" (no such route): any known token may learn that it is a 404."""
-        if not self.tokens or needed is None:
+        if not self.tokens:
             request.principal = LOCAL
             return None
         principal = authenticate(self.tokens, request.headers.get("Authorization"))
+        if needed is None:  # open to all; a token still says who is asking
+            request.principal = principal or ANONYMOUS
+            return None
         if principal is None:
             request.close_connection = True  # a body we will not read may follow
             return json_response(401, {"error": "authentication required: send Authorization: Bearer <token>"},
