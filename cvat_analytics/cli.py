@@ -223,7 +223,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
+    from .service import serve
 
     spec = load_spec(args.spec)
     host, port = service_address(args, spec)

@@ -182,7 +182,7 @@ class Dashboards:
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
     def forced_filters(self, forced: dict) -> str:
-        """A caller limited to an org or a user (access.py) sees only those rows."""
+        """A caller limited to an org or a user (service/access.py) sees only those rows."""
         return render_template(self.spec, "clickhouse/runtime/forced_filters.sql.j2",
                                forced={key: int(value) for key, value in forced.items()}).strip()
 

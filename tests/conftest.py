@@ -8,6 +8,7 @@ at once (snuba's rule), so a slow or stateful dependency never hides in a unit t
 """
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,42 @@ def store(chdb_dsn, tmp_path) -> Store:
     migrate(client, spec, log=lambda *_: None)
     yield Store(chdb_dsn, spec, spec_path, client)
     client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
+
+
+@pytest.fixture
+def make_served(store, tmp_path):
+    """A factory: `make_served(spec=None, tokens=None, export=False, dashboards=False)`
+    starts `serve`'s HTTP server in this process on a free port of 127.0.0.1 (store's
+    database; export jobs and dashboards when asked) and returns it; every server it
+    started is stopped at the end of the test."""
+    from cvat_analytics.dashboards import Dashboards
+    from cvat_analytics.export import ExportJobs
+    from cvat_analytics.service import make_server
+
+    started = []
+
+    def start(spec: dict | None = None, tokens=None, export: bool = False, dashboards: bool = False):
+        spec = spec or store.spec
+        jobs = ExportJobs(lambda: store_module.open_handle(store.dsn), spec,
+                          directory=tmp_path / f"exports-{len(started)}") if export else None
+        pages = Dashboards(lambda: store_module.open_handle(store.dsn), spec) if dashboards else None
+        srv = make_server(store.client, spec, "127.0.0.1", 0, store.dsn, tokens=tokens, jobs=jobs, pages=pages)
+        srv.export_directory = jobs.directory if jobs else None  # for tests that look for export files
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        started.append((srv, thread, jobs))
+        return srv
+
+    yield start
+    for srv, thread, jobs in started:
+        if not srv.stopping.is_set():
+            srv.stop()
+        thread.join(5)
+        if jobs is not None:
+            jobs.shutdown()
+
+
+@pytest.fixture
+def server(make_served):
+    """The service (ingest, health, export) on a free port, serving from a thread."""
+    return make_served(export=True)

@@ -7,19 +7,18 @@ import http.client
 import io
 import json
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cvat_analytics import export
+from cvat_analytics.export import FilterError, parse_filters
 from cvat_analytics.store import open_handle
-from cvat_analytics.access import AccessError, Principal, Token, apply_forced_filters, authenticate, load_tokens
-from cvat_analytics.server import install_export, make_server
+from cvat_analytics.service.access import (AccessError, Principal, Token, apply_forced_filters, authenticate,
+                                           load_tokens)
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
 from tests.conftest import write_spec
@@ -68,22 +67,15 @@ def test_a_conflicting_forced_filter_is_refused_and_a_matching_one_kept():
 # -- the service -----------------------------------------------------------------
 
 @pytest.fixture
-def secured(store, tmp_path):
+def secured(make_served):
     """serve with the tokens above, and events of two orgs and several users."""
-    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn, tokens=TOKENS)
-    jobs = export.ExportJobs(lambda: open_handle(store.dsn), store.spec, directory=tmp_path / "exports")
-    install_export(srv, jobs)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = make_served(tokens=TOKENS, export=True, dashboards=True)
     events = []
     for org, user in [(7, 5), (7, 6), (8, 5), (8, 9), (None, 5)]:
         for event in cvat_batch(f"o{org}u{user}", 3):
             events.append({**event, "org_id": org, "user_id": user})
     assert call(srv, "POST", "/", "ingest", json.dumps(events).encode())[0] == 200
-    yield srv
-    srv.stop()
-    thread.join(5)
-    jobs.shutdown()
+    return srv
 
 
 def call(srv, method: str, path: str, who: str | None = None, body: bytes | None = None,
@@ -126,8 +118,11 @@ def test_no_token_or_a_wrong_one_is_401_and_a_missing_permission_403(secured):
     assert call(secured, "GET", "/api/events", "ingest")[0] == 403  # ingest only
     assert call(secured, "GET", "/api/events", None)[0] == 401
     assert call(secured, "GET", "/dashboards/", "ingest")[0] == 403
-    status, health = call(secured, "GET", "/health")  # open, and tells no secret
-    assert status == 200 and not any(s.encode() in health for s in SECRETS.values())
+    status, health = call(secured, "GET", "/health")  # open: the status only, no path, no secret
+    assert (status, json.loads(health)) == (200, {"status": "ok"})
+    status, health = call(secured, "GET", "/health", "ingest")  # a known caller gets the details
+    assert status == 200 and json.loads(health)["events"] == 16
+    assert not any(s.encode() in health for s in SECRETS.values())
 
 
 @pytest.mark.clickhouse
@@ -141,7 +136,7 @@ def test_forced_filters_limit_exports_and_a_conflict_is_403(secured):
     status, detail = export_rows(secured, "user5", "user_id=6")
     assert status == 403 and detail.endswith("user_id=6")
     status, rows = export_rows(secured, "admin", "")
-    assert {r["org_id"] for r in rows} == {"7", "8", ""}
+    assert status == 200 and {r["org_id"] for r in rows} == {"7", "8", ""}
 
 
 @pytest.mark.clickhouse
@@ -151,6 +146,25 @@ def test_an_export_is_visible_only_to_the_token_that_started_it(secured):
     assert call(secured, "GET", f"/api/requests/{rq_id}", "admin")[0] == 404
     assert call(secured, "GET", f"/api/events/download?rq_id={rq_id}", "user5")[0] == 404
     assert call(secured, "GET", f"/api/requests/{rq_id}", "org7")[0] == 200
+
+
+FORCED = {"org7": {"org_id": 7}, "user5": {"org_id": 7, "user_id": 5}}
+
+
+def expected_status(who: str, query: str) -> int:
+    """403 when a forced key is given any other value (a number with the forced value
+    is fine: "07", " 7"); otherwise 400 when a filter is invalid, else 200."""
+    params = parse_qs(query, keep_blank_values=True)
+    for key, forced in FORCED[who].items():
+        for value in params.get(key, []):
+            text = value.strip()
+            if not (text.isascii() and text.isdigit() and int(text) == forced):
+                return 403
+    try:
+        parse_filters({**params, **{k: [str(v)] for k, v in FORCED[who].items()}})
+    except FilterError:
+        return 400
+    return 200
 
 
 query_params = st.lists(st.tuples(
@@ -168,7 +182,7 @@ def test_whatever_the_query_string_a_forced_export_sees_only_its_rows(secured):
         # Unencoded, "7&org_id=8" smuggles a second parameter in.
         query = "&".join(f"{quote(k)}={quote(v, safe='' if encode else '&=')}" for k, v in params)
         status, rows = export_rows(secured, who, query)
-        assert status in (200, 400, 403), (status, query)
+        assert status == expected_status(who, query), (status, query, rows)
         if status == 200:
             allowed = {("7", "5")} if who == "user5" else {("7", "5"), ("7", "6")}
             assert {(r["org_id"], r["user_id"]) for r in rows} <= allowed, query

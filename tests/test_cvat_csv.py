@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 
 import pytest
 
 from cvat_analytics import export
+from cvat_analytics.export.filters import UTC, fmt_time
 from cvat_analytics.cvat_csv import CsvError, is_cvat_csv, read_cvat_csv, to_timestamp
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
@@ -96,7 +98,7 @@ def test_round_trip_byte_identical(store, tmp_path):
     now_ms = int(__import__("time").time() * 1000)
     rows = [demo.to_row(e) for e in demo.Demo(seed=3, days=5, now_ms=now_ms).events(3000)]
     rows.append(json.dumps({"scope": "draw:object", "source": "client", "obj_name": "", "obj_val": "a\nb,\"c\"",
-                            "timestamp": export.fmt_time(export.datetime.now(export.UTC)), "duration": 0,
+                            "timestamp": fmt_time(datetime.now(UTC)), "duration": 0,
                             "user_name": "Zoë ✓"}).encode() + b"\n")
     insert_json_rows(store.client, store.database, b"".join(rows))
     filters = export.parse_filters({})

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from cvat_analytics import export
+from cvat_analytics.export.writer import render
+from cvat_analytics.service import export_routes
 from cvat_analytics.export import ExportJobs, FilterError, parse_filters
 from cvat_analytics.store import insert_json_rows
 
@@ -50,15 +52,15 @@ def jobs(store, tmp_path):
 
 def run_legacy(jobs, query) -> tuple[list[int], bytes, dict]:
     """Drive GET /api/events to the end: statuses seen, the CSV, the final headers."""
-    r = export.handle_legacy_get(jobs, query)
+    r = export_routes.handle_legacy_get(jobs, query)
     statuses = [r.status]
     assert r.status == 202, r.body
     qid = json.loads(r.body)["query_id"]
     jobs.wait(qid)
-    r = export.handle_legacy_get(jobs, dict(query, query_id=[qid]))
+    r = export_routes.handle_legacy_get(jobs, dict(query, query_id=[qid]))
     statuses.append(r.status)
     assert r.status == 201, r.body
-    r = export.handle_legacy_get(jobs, dict(query, query_id=[qid], action=["download"]))
+    r = export_routes.handle_legacy_get(jobs, dict(query, query_id=[qid], action=["download"]))
     statuses.append(r.status)
     assert r.status == 200
     data = r.body.read()
@@ -144,23 +146,23 @@ def test_legacy_protocol_and_csv_format(store, jobs):
     assert rows[2]["obj_id"] == "" and rows[2]["payload"] == ""  # NULL -> empty field
     assert ',"",' in lines[1]  # an empty string is "" (not NULL): the round trip keeps it
     # the job is forgotten after the download
-    qid_again = export.handle_legacy_get(jobs, {"query_id": ["00000000-0000-4000-8000-000000000000"]})
+    qid_again = export_routes.handle_legacy_get(jobs, {"query_id": ["00000000-0000-4000-8000-000000000000"]})
     assert qid_again.status == 404
 
 
 @pytest.mark.clickhouse
 def test_download_forgets_job_and_deletes_file(store, jobs):
     insert(store, [row()])
-    r = export.handle_legacy_get(jobs, {})
+    r = export_routes.handle_legacy_get(jobs, {})
     qid = json.loads(r.body)["query_id"]
     job = jobs.wait(qid)
     assert job.path.exists()
-    r = export.handle_legacy_get(jobs, {"query_id": [qid], "action": ["download"], "filename": ["../my file.csv"]})
+    r = export_routes.handle_legacy_get(jobs, {"query_id": [qid], "action": ["download"], "filename": ["../my file.csv"]})
     assert r.status == 200 and r.headers["Content-Disposition"] == 'attachment; filename="my_file.csv"'
     assert not job.path.exists()  # unlinked at once; the open handle still reads it
     assert len(r.body.read().splitlines()) == 2
     r.body.close()
-    assert export.handle_legacy_get(jobs, {"query_id": [qid]}).status == 404
+    assert export_routes.handle_legacy_get(jobs, {"query_id": [qid]}).status == 404
     assert list((jobs.directory).iterdir()) == []
 
 
@@ -202,8 +204,8 @@ def test_time_window_and_default(store, jobs):
 ])
 def test_400_cases_and_injection_refused(store, jobs, query, param):
     insert(store, [row()])
-    for handler in (export.handle_legacy_get, export.handle_export_post):
-        if param == "action" and handler is export.handle_export_post:
+    for handler in (export_routes.handle_legacy_get, export_routes.handle_export_post):
+        if param == "action" and handler is export_routes.handle_export_post:
             continue
         r = handler(jobs, query)
         assert r.status == 400, (handler, r.body)
@@ -215,7 +217,8 @@ def test_400_cases_and_injection_refused(store, jobs, query, param):
 @pytest.mark.clickhouse
 def test_values_only_as_bound_parameters(store, jobs):
     """Even a value that parses is bound, never pasted: the SQL text holds no request value."""
-    assert "{org_id:Nullable(UInt64)}" in export.WINDOW_SQL and "%" not in export.WINDOW_SQL
+    window_sql = render(store.spec, "export_window")
+    assert "{org_id:Nullable(UInt64)}" in window_sql and "%" not in window_sql
     insert(store, [row(org_id=18446744073709551615)])
     assert len(parse(run_legacy(jobs, {"org_id": ["18446744073709551615"]})[1])) == 1
 
@@ -235,15 +238,15 @@ def test_unknown_ids_and_running_and_failed(store, tmp_path):
 
     jobs = ExportJobs(lambda: Slow(store.client), store.spec, tmp_path / "x")
     try:
-        assert export.handle_legacy_get(jobs, {"query_id": ["nope"]}).status == 404
-        qid = json.loads(export.handle_legacy_get(jobs, {}).body)["query_id"]
-        r = export.handle_legacy_get(jobs, {"query_id": [qid]})
+        assert export_routes.handle_legacy_get(jobs, {"query_id": ["nope"]}).status == 404
+        qid = json.loads(export_routes.handle_legacy_get(jobs, {}).body)["query_id"]
+        r = export_routes.handle_legacy_get(jobs, {"query_id": [qid]})
         assert r.status == 202 and r.headers["Deprecation"]
-        r = export.handle_legacy_get(jobs, {"query_id": [qid], "action": ["download"]})
+        r = export_routes.handle_legacy_get(jobs, {"query_id": [qid], "action": ["download"]})
         assert r.status == 202  # not ready yet: keep polling
         gate.set()
         jobs.wait(qid)
-        assert export.handle_legacy_get(jobs, {"query_id": [qid]}).status == 201
+        assert export_routes.handle_legacy_get(jobs, {"query_id": [qid]}).status == 201
     finally:
         gate.set()
         jobs.shutdown()
@@ -254,9 +257,9 @@ def test_unknown_ids_and_running_and_failed(store, tmp_path):
 
     jobs = ExportJobs(lambda: Broken(), store.spec, tmp_path / "y")
     try:
-        qid = json.loads(export.handle_legacy_get(jobs, {}).body)["query_id"]
+        qid = json.loads(export_routes.handle_legacy_get(jobs, {}).body)["query_id"]
         assert jobs.wait(qid).status == "failed"
-        r = export.handle_legacy_get(jobs, {"query_id": [qid]})
+        r = export_routes.handle_legacy_get(jobs, {"query_id": [qid]})
         assert r.status == 500 and "Memory limit exceeded" in json.loads(r.body)["detail"]
         assert list((tmp_path / "y").iterdir()) == []
     finally:
@@ -266,20 +269,20 @@ def test_unknown_ids_and_running_and_failed(store, tmp_path):
 @pytest.mark.clickhouse
 def test_new_flow_post_status_download(store, jobs):
     insert(store, [row(job_id=4), row(job_id=5)])
-    r = export.handle_export_post(jobs, {"job_id": ["4"]})
+    r = export_routes.handle_export_post(jobs, {"job_id": ["4"]})
     assert r.status == 202
     rq = json.loads(r.body)["rq_id"]
     jobs.wait(rq)
-    r = export.handle_request_status(jobs, rq, base_url="http://h")
+    r = export_routes.handle_request_status(jobs, rq, base_url="http://h")
     body = json.loads(r.body)
     assert r.status == 200 and body["status"] == "finished"
     assert body["result_url"] == f"http://h/api/events/download?rq_id={rq}"
-    r = export.handle_download(jobs, {"rq_id": [rq]})
+    r = export_routes.handle_download(jobs, {"rq_id": [rq]})
     assert r.status == 200 and len(parse(r.body.read())) == 1
     r.body.close()
-    assert export.handle_download(jobs, {"rq_id": [rq]}).status == 404
-    assert export.handle_request_status(jobs, rq).status == 404
-    assert export.handle_download(jobs, {}).status == 400
+    assert export_routes.handle_download(jobs, {"rq_id": [rq]}).status == 404
+    assert export_routes.handle_request_status(jobs, rq).status == 404
+    assert export_routes.handle_download(jobs, {}).status == 400
 
 
 @pytest.mark.clickhouse
@@ -288,12 +291,12 @@ def test_expiry_after_an_hour(store, tmp_path):
     jobs = ExportJobs(lambda: store.client, store.spec, tmp_path / "e", clock=lambda: now[0])
     try:
         insert(store, [row()])
-        qid = json.loads(export.handle_legacy_get(jobs, {}).body)["query_id"]
+        qid = json.loads(export_routes.handle_legacy_get(jobs, {}).body)["query_id"]
         path = jobs.wait(qid).path
         now[0] += 3599
-        assert export.handle_legacy_get(jobs, {"query_id": [qid]}).status == 201
+        assert export_routes.handle_legacy_get(jobs, {"query_id": [qid]}).status == 201
         now[0] += 2
-        assert export.handle_legacy_get(jobs, {"query_id": [qid]}).status == 404
+        assert export_routes.handle_legacy_get(jobs, {"query_id": [qid]}).status == 404
         assert not path.exists()
     finally:
         jobs.shutdown()

@@ -9,15 +9,13 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import threading
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cvat_analytics.server import make_server
-from tests.test_serve import count, cvat_batch, post, request, server  # noqa: F401 (server: a fixture)
+from tests.test_serve import count, cvat_batch, post, request
 
 pytestmark = pytest.mark.clickhouse
 
@@ -131,13 +129,9 @@ def oversize(draw):
 
 
 @pytest.fixture
-def fuzz_server(store):
-    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
-    srv.max_body_bytes = MAX_BODY  # oversize bodies stay cheap to send
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop()
+def fuzz_server(store, make_served):
+    # A small size limit: oversize bodies stay cheap to send.
+    return make_served({**store.spec, "embedded": {**store.spec["embedded"], "max_body_bytes": MAX_BODY}})
 
 
 def send(srv, body: bytes) -> tuple[int, dict]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cvat_analytics.bench.service import ServeProcess
-from cvat_analytics.server import Response, make_server
+from cvat_analytics.service.http import Response
+from cvat_analytics.service.routes import Route
 
 pytestmark = pytest.mark.clickhouse
 
@@ -32,17 +33,6 @@ def cvat_batch(request_id: str, n: int = 3) -> list[dict]:
          "access_token_id": None}
         for i in range(n)
     ]
-
-
-@pytest.fixture
-def server(store):
-    """The ingest server on a free port, serving from a thread."""
-    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop()
-    thread.join(5)
 
 
 def request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -113,23 +103,18 @@ def test_an_identical_retried_body_is_stored_once(server, store):
     assert count(store, "retry") == 4
 
 
-def test_an_oversize_body_is_refused_before_it_is_read(store):
-    spec = {**store.spec, "embedded": {**store.spec["embedded"], "max_body_bytes": 1000}}
-    srv = make_server(store.client, spec, "127.0.0.1", 0, store.dsn)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
-        conn.putrequest("POST", "/")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", "5000")
-        conn.endheaders()  # the body is never sent: the answer must come without it
-        response = conn.getresponse()
-        assert response.status == 413
-        assert "at most 1000" in json.loads(response.read())["error"]
-        conn.close()
-        assert post(srv, cvat_batch("small", 1)) == (200, {"stored": 1})
-    finally:
-        srv.stop()
+def test_an_oversize_body_is_refused_before_it_is_read(store, make_served):
+    srv = make_served({**store.spec, "embedded": {**store.spec["embedded"], "max_body_bytes": 1000}})
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    conn.putrequest("POST", "/")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", "5000")
+    conn.endheaders()  # the body is never sent: the answer must come without it
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "at most 1000" in json.loads(response.read())["error"]
+    conn.close()
+    assert post(srv, cvat_batch("small", 1)) == (200, {"stored": 1})
 
 
 def test_protocol_errors(server, store):
@@ -154,15 +139,25 @@ def test_health(server, store):
 
 
 def test_routes_can_be_added(server):
-    server.add_route("GET", "/api/ping", lambda req: Response(200, b"pong", "text/plain"))
+    server.routes.add(Route("GET", "/api/ping", lambda req: Response(200, b"pong", "text/plain"), None))
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     conn.request("GET", "/api/ping?x=1")
     assert conn.getresponse().read() == b"pong"
 
 
-def test_stop_closes_idle_keep_alive_connections_at_once(store):
-    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+def test_a_failing_handler_is_a_500_whose_details_go_to_the_log_only(server, capsys):
+    def broken(request):
+        raise RuntimeError("Code: 60. DB::Exception: Table secret_db.hidden does not exist")
+
+    server.routes.add(Route("GET", "/api/broken", broken, None))
+    status, body = request(server, "GET", "/api/broken")
+    assert status == 500 and "DB::Exception" not in json.dumps(body) and "secret_db" not in json.dumps(body)
+    assert "DB::Exception: Table secret_db.hidden" in capsys.readouterr().err
+    assert request(server, "GET", "/health")[0] == 200
+
+
+def test_stop_closes_idle_keep_alive_connections_at_once(make_served):
+    srv = make_served()
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
     conn.request("GET", "/health")
     assert conn.getresponse().read()  # the connection stays open, idle

@@ -3,32 +3,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 import uuid
 from urllib.parse import urlencode
 
 import pytest
 
-from cvat_analytics import export
-from cvat_analytics.store import open_handle
-from cvat_analytics.server import install_export, make_server
 from tests.test_serve import cvat_batch
 
 pytestmark = pytest.mark.clickhouse
-
-
-@pytest.fixture
-def server(store, tmp_path):
-    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn)
-    jobs = export.ExportJobs(lambda: open_handle(store.dsn), store.spec, directory=tmp_path / "exports")
-    install_export(srv, jobs)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop()
-    thread.join(5)
-    jobs.shutdown()
 
 
 def call(srv, method: str, path: str, body: bytes | None = None):

@@ -19,6 +19,7 @@ def run(*args) -> str:
     return result.stdout
 
 
+@pytest.mark.clickhouse  # the serve process runs the engine
 @pytest.mark.parametrize("engine", ["sql", "udf"])
 def test_serve_refreshes_the_totals_to_the_query_time_result(tmp_path, engine):
     _, spec = write_spec(tmp_path, **{"working_time.engine": engine, "working_time.refresh_interval_s": 1})

@@ -1,14 +1,14 @@
 """The two runtime entry points the bench calls that are being reshaped elsewhere, each
 imported here only, so a move is a one-line change:
 
-- the service's body parser (`parse_events`, today in cvat_analytics/server.py), timed in
+- the service's body parser (`parse_events`, cvat_analytics/service/ingest.py), timed in
   the ingest phase as serve's per-event work;
 - the full working-time refresh, timed once after the bulk load (`refresh_working_time`).
 """
 from __future__ import annotations
 
 from .. import working_time
-from ..server import parse_events
+from ..service.ingest import parse_events
 from . import statements
 
 __all__ = ["parse_events", "refresh_working_time"]

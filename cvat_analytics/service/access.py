@@ -14,13 +14,13 @@ The spec's `access.tokens` lists callers:
 
 A request names its token as `Authorization: Bearer <secret>` (or `Token <secret>`,
 as CVAT's clients write it). No or an unknown token -> 401; a known token without
-the route's permission -> 403. Secrets are compared with hmac.compare_digest,
+the permission its route names (routes.py) -> 403. Secrets are compared with hmac.compare_digest,
 against every configured token, so the time taken does not say which one matched.
 
-Forced filters are CVAT's (reference/cvat.md §5 "Permissions"): an export by a
+Forced filters are CVAT's (see docs/cvat-compatibility.md, Permissions): an export by a
 caller forced to org 7 only ever sees org 7's rows; asking for another org answers
 403 "You don't have permission to view events with org_id=...". The dashboards read
-`request.principal.forced_filters` and must add them to every query.
+`request.principal.forced_filters` and add them to every query.
 
 With no token configured every caller is `LOCAL` (all permissions, no filter), and
 `serve` binds only to a loopback address.
@@ -54,6 +54,8 @@ class Principal:
 
 
 LOCAL = Principal("local", frozenset(PERMISSIONS))
+# A caller without a (known) token on an open route, when tokens are configured.
+ANONYMOUS = Principal("anonymous", frozenset())
 
 
 @dataclass(frozen=True)
@@ -93,17 +95,6 @@ def authenticate(tokens: list[Token], authorization: str | None) -> Principal | 
         if hmac.compare_digest(offered, token.secret):
             found = token.principal
     return found
-
-
-def required_permission(method: str, path: str) -> str | None:
-    """The permission a route needs; None for /health (open to all)."""
-    if path == "/health":
-        return None
-    if method == "POST" and path == "/":
-        return "ingest"
-    if path.startswith(("/api/events", "/api/requests/")):
-        return "export"
-    return "dashboards"  # /dashboards and anything else added later: read access
 
 
 def apply_forced_filters(principal: Principal, query: dict[str, list[str]]) -> dict[str, list[str]]:

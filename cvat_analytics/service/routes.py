@@ -1,0 +1,120 @@
+"""The route table: every route names its method, its path, its handler and the
+permission a caller needs (None: open to all). The access check reads the permission
+from here and nowhere else.
+
+`table()` lists every route the service has; ingest, health, export and dashboards
+provide the handlers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .access import ANONYMOUS, LOCAL, Token, authenticate
+from .http import Response, json_response
+
+if TYPE_CHECKING:
+    from .http import RequestHandler
+
+INGEST, EXPORT, DASHBOARDS = "ingest", "export", "dashboards"  # access.PERMISSIONS
+
+Handler = Callable[["RequestHandler"], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    permission: str | None  # None: anyone may call it, even with tokens configured
+    prefix: bool = False  # also matches every path under `path` (which then ends in "/")
+    # A GET route whose handler changes nothing also answers HEAD (the body left out);
+    # one that starts or hands out an export does not: HEAD must have no side effects.
+    head: bool = True
+
+    def matches(self, method: str, path: str) -> bool:
+        if method != self.method:
+            return False
+        return path.startswith(self.path) if self.prefix else path == self.path
+
+
+class Routes:
+    """Finds a request's route, checks the caller may use it, runs its handler."""
+
+    def __init__(self, routes: list[Route], tokens: list[Token]):
+        self.routes = list(routes)
+        # Without tokens every caller is LOCAL (serve then binds to loopback only).
+        self.tokens = tokens
+
+    def add(self, route: Route) -> None:
+        self.routes.append(route)
+
+    def find(self, method: str, path: str) -> Route | None:
+        if method == "HEAD":
+            route = self.find("GET", path)
+            return route if route is not None and route.head else None
+        exact = [r for r in self.routes if not r.prefix and r.matches(method, path)]
+        return (exact or [r for r in self.routes if r.matches(method, path)] or [None])[0]
+
+    def answer(self, request: "RequestHandler", path: str) -> Response:
+        route = self.find(request.command, path)
+        refused = self.check_access(request, route.permission if route else "")
+        if refused is not None:
+            return refused
+        if route is not None:
+            return route.handler(request)
+        on_path = [r for r in self.routes if r.matches(r.method, path)]
+        allowed = sorted({r.method for r in on_path} | {"HEAD" for r in on_path if r.method == "GET" and r.head})
+        if allowed:
+            return json_response(405, {"error": f"{request.command} not allowed on {path}"}, Allow=", ".join(allowed))
+        return json_response(404, {"error": f"no such path: {path}"})
+
+    def check_access(self, request: "RequestHandler", needed: str | None) -> Response | None:
+        """Set request.principal; a 401/403 answer when the caller may not go on.
+        `needed` "" (no such route): any known token may learn that it is a 404."""
+        if not self.tokens:
+            request.principal = LOCAL
+            return None
+        principal = authenticate(self.tokens, request.headers.get("Authorization"))
+        if needed is None:  # open to all; a token still says who is asking
+            request.principal = principal or ANONYMOUS
+            return None
+        if principal is None:
+            request.close_connection = True  # a body we will not read may follow
+            return json_response(401, {"error": "authentication required: send Authorization: Bearer <token>"},
+                                 **{"WWW-Authenticate": 'Bearer realm="cvat-analytics"'})
+        request.principal = principal
+        if needed and needed not in principal.permissions:
+            request.close_connection = True
+            return json_response(403, {"error": f"token {principal.name!r} lacks the {needed!r} permission"})
+        return None
+
+
+def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=None) -> Routes:
+    """Every route of the service. Export routes need `jobs` (export.ExportJobs), the
+    dashboards `pages` (dashboards.Dashboards); without them those paths are 404."""
+    from .export_routes import ExportRoutes
+    from .health import Health
+    from .ingest import Ingest
+
+    routes = [
+        Route("POST", "/", Ingest(client, spec), INGEST),
+        Route("GET", "/health", Health(client, spec, dsn), None),
+    ]
+    if jobs is not None:
+        export = ExportRoutes(jobs)
+        routes += [
+            Route("GET", "/api/events", export.legacy, EXPORT, head=False),  # starts an export, or hands it out
+            Route("POST", "/api/events/export", export.start, EXPORT),
+            Route("GET", "/api/events/download", export.download, EXPORT, head=False),  # hands the file out
+            Route("GET", "/api/requests/", export.status, EXPORT, prefix=True),
+        ]
+    if pages is not None:
+        from .dashboard_routes import DashboardPages
+
+        page = DashboardPages(pages)
+        routes += [
+            Route("GET", "/dashboards", page, DASHBOARDS),
+            Route("GET", "/dashboards/", page, DASHBOARDS, prefix=True),
+        ]
+    return Routes(routes, tokens)

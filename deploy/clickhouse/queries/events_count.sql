@@ -1,0 +1,2 @@
+-- The number of stored events, for GET /health: a metadata read on MergeTree.
+SELECT count() FROM `cvat`.events
