@@ -144,4 +144,5 @@ def connect_with_udf(dsn: str, spec: dict):
 
 
 def udf_available(client) -> bool:
-    return bool(int(client.command("SELECT count() FROM system.functions WHERE name = 'working_time_ms'")))
+    sql = split_statements(environment().get_template("clickhouse/queries/working_time_udf_available.sql.j2").render())[0]
+    return bool(client.query(sql).result_rows[0][0])

@@ -31,7 +31,7 @@ from test_working_time import _as_rows, db_events, db_totals, random_stream, spl
 import working_time_oracle as oracle
 
 spec = load_spec()
-spec["working_time"]["engine"] = "udf"  # the refreshable view runs the UDF
+spec["working_time"]["engine"] = "udf"  # the refreshable view keeps the totals with this engine too
 client = wt.connect_with_udf("chdb://" + {path!r}, spec)
 migrate(client, spec, log=lambda *_: None)
 assert wt.udf_available(client)
