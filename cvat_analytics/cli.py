@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _format_arg(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("serve", help="the embedded service: event ingest, CSV export, dashboards, working-time refresh")
+    p = sub.add_parser("serve", help="the embedded service: event ingest, CSV export, dashboards")
     _spec_arg(p)
     _dsn_arg(p)
     p.add_argument("--host", default=None,

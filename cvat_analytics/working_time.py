@@ -1,15 +1,13 @@
-"""Working time (DESIGN.md §6): query-time totals, the refresh step that keeps
-<db>.working_time_totals exact, and the executable-UDF setup for chdb.
+"""Working time (DESIGN.md §6): query-time totals, waiting for the refresh that
+keeps <db>.working_time_totals exact, and the executable-UDF setup for chdb.
 
-The SQL lives in generator/templates/clickhouse/queries/working_time*.j2; this
-module renders it from the spec and runs it with bound parameters only.
+The engine keeps the totals current itself (a refreshable view, migration 0009).
+The SQL lives in generator/templates/clickhouse/; this module renders it from the
+spec and runs it with bound parameters only.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -18,18 +16,13 @@ import cvat_analytics_udf
 
 from cvat_analytics_generator.render import context, environment
 
+from cvat_analytics_generator.sql import split_statements
+
 UDF_SCRIPT = Path(cvat_analytics_udf.__file__).with_name("working_time.py")
 UDF_CONFIG = "clickhouse/user_defined/working_time_function.xml.j2"
 BY_CHOICES = ("user", "project", "task", "job", "day", "hour")
 EPOCH = "1970-01-01 00:00:00.000"
 FAR_FUTURE = "2299-12-31 23:59:59.999"
-# An insert is picked up by the refresh that starts after its insert trigger ran, and by
-# every refresh for COMMIT_MARGIN_S after that: an insert that takes that long to commit
-# is still counted. Refreshes are idempotent, so taking a change twice costs only time.
-COMMIT_MARGIN_S = 60
-# working_time_changes keeps rows 7 days (its TTL); a refresh that finds its last
-# watermark older than this recomputes everything instead.
-CHANGES_KEPT_S = 6 * 24 * 3600
 
 
 class WorkingTimeError(Exception):
@@ -101,58 +94,23 @@ def per_event(client, spec: dict, engine: str | None = None):
     return list(result.column_names), result.result_rows
 
 
-def rule_signature(spec: dict) -> str:
-    """What the totals depend on besides the events: a change forces a full recompute."""
-    wt = spec["working_time"]
-    text = json.dumps([wt["idle_threshold_ms"], sorted(wt["collapsed_scopes"])])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
+    """Return once working_time_totals counts every event committed before the call.
 
-
-def _steps(sql: str) -> list[str]:
-    """The statements of the refresh template, in order (each follows a `-- step:` line)."""
-    chunks = re.split(r"^-- step: \w+\n", sql, flags=re.M)[1:]
-    body = ["\n".join(line for line in c.splitlines() if not line.lstrip().startswith("--"))
-            for c in chunks]
-    return [b.strip().rstrip(";") for b in body if b.strip()]
-
-
-def refresh(client, spec: dict, *, full: bool = False, engine: str | None = None,
-            margin_s: int = COMMIT_MARGIN_S) -> dict:
-    """Bring <db>.working_time_totals up to date; return what it did.
-
-    Recomputes, per user with new client events, the hours from that user's earliest
-    new event on, starting from the checkpoint before it; writes new-minus-stored
-    deltas. Idempotent: running it twice changes nothing the second time. One
-    refresh at a time (serve runs it in one loop)."""
-    engine = _engine(spec, engine)
-    db = spec["clickhouse"]["database"]
-    started = time.monotonic()
-    until = client.query("SELECT toString(now64(6, 'UTC'))").result_rows[0][0]
-    last = client.query(
-        "SELECT toString(watermark), rule, dateDiff('second', watermark, now64(6, 'UTC')) "
-        "FROM {db:Identifier}.working_time_refresh_log ORDER BY refreshed_at DESC LIMIT 1",
-        parameters={"db": db}).result_rows
-    rule = rule_signature(spec)
-    if not last or last[0][1] != rule or last[0][2] > CHANGES_KEPT_S:
-        full = True  # first refresh, a changed rule, or changes older than their TTL
-    since = EPOCH if full or not last else last[0][0]
-    params = {"since": since, "until": until, "full": int(full),
-              "version": int(dt.datetime.fromisoformat(until).replace(tzinfo=dt.timezone.utc).timestamp() * 1e6)}
-    if not full:
-        params["since"] = client.query(
-            "SELECT toString({w:DateTime64(6, 'UTC')} - toIntervalSecond({m:UInt32}))",
-            parameters={"w": since, "m": margin_s}).result_rows[0][0]
-    for statement in _steps(render(spec, "clickhouse/queries/working_time_refresh.sql.j2", engine=engine)):
-        client.command(statement, parameters=params, settings=_settings(engine))
-    users, events = client.query(
-        "SELECT (SELECT count() FROM {db:Identifier}.working_time_stage_users),"
-        " (SELECT count() FROM {db:Identifier}.working_time_stage)", parameters={"db": db}).result_rows[0]
-    elapsed_ms = int((time.monotonic() - started) * 1000)
-    client.command(
-        "INSERT INTO {db:Identifier}.working_time_refresh_log VALUES (now64(6, 'UTC'), "
-        "{w:DateTime64(6, 'UTC')}, {r:String}, {f:UInt8}, {u:UInt64}, {e:UInt64}, {ms:UInt64})",
-        parameters={"db": db, "w": until, "r": rule, "f": int(full), "u": users, "e": events, "ms": elapsed_ms})
-    return {"full": full, "users": users, "events": events, "elapsed_ms": elapsed_ms, "watermark": until}
+    Starts a refresh of the view that keeps them current (it runs inside the engine,
+    see migration 0009) and waits for one that started after this call to finish."""
+    statements = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
+    now, refresh, wait, done = statements
+    since = client.query(now).result_rows[0][0]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        client.command(refresh)
+        client.command(wait)  # raises the refresh's error, if it failed
+        if client.query(done, parameters={"since": since}).result_rows[0][0]:
+            return
+        if time.monotonic() > deadline:
+            raise WorkingTimeError(f"working_time_totals not refreshed within {timeout_s} s")
+        time.sleep(0.2)
 
 
 def write_udf_dir(spec: dict, directory: Path, udf_type: str = "executable_pool") -> Path:
@@ -188,4 +146,5 @@ def connect_with_udf(dsn: str, spec: dict):
 
 
 def udf_available(client) -> bool:
-    return bool(int(client.command("SELECT count() FROM system.functions WHERE name = 'working_time_ms'")))
+    sql = split_statements(environment().get_template("clickhouse/queries/working_time_udf_available.sql.j2").render())[0]
+    return bool(client.query(sql).result_rows[0][0])

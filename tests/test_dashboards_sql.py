@@ -81,7 +81,7 @@ def seeded(chdb_dsn, tmp_path_factory):
     migrate(client, spec, log=lambda *_: None)
     demo.run(20_000, days=7, seed=3, client=client, database=spec["clickhouse"]["database"],
              now_ms=int(NOW.timestamp() * 1000), err=open("/dev/null", "w"))
-    working_time.refresh(client, spec, full=True, margin_s=0)
+    working_time.wait_current(client, spec)
     yield client, spec
     client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
 
@@ -189,7 +189,7 @@ DAY = (NOW - timedelta(days=2), NOW - timedelta(days=1))
 def hand(store):
     body = "\n".join(json.dumps(e) for e in HAND_EVENTS).encode()
     insert_json_rows(store.client, store.database, body)
-    working_time.refresh(store.client, store.spec, full=True, margin_s=0)
+    working_time.wait_current(store.client, store.spec)
     return store
 
 

@@ -1,4 +1,4 @@
-"""Working time: the window SQL, the executable UDF and the refresh step against a
+"""Working time: the window SQL, the executable UDF and the engine's refresh against a
 plain-Python oracle (tests/working_time_oracle.py) and CVAT's published cases."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 
 from cvat_analytics import store as store_module
 from cvat_analytics import working_time as wt
+from cvat_analytics_generator.spec import load_spec
+from tests.conftest import write_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import working_time_oracle as oracle  # noqa: E402
@@ -249,42 +252,84 @@ def query_time_hourly(client, spec):
     return {tuple(r[:5]): r[5] for r in rows}
 
 
+@pytest.fixture
+def refreshed(chdb_dsn, tmp_path):
+    """A migrated database whose totals the engine refreshes every second."""
+    from cvat_analytics.migrate import migrate
+
+    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
+                                           "working_time.refresh_interval_s": 1})
+    spec = load_spec(spec_path)
+    client = store_module.connect(chdb_dsn)
+    migrate(client, spec, log=lambda *_: None)
+    yield client, spec
+    client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
+
+
+def _until(condition, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.2)
+
+
+@pytest.mark.clickhouse
+def test_engine_keeps_totals_current_without_any_call(refreshed):
+    """No serve and no refresh call: the refreshable view inside the engine brings the
+    totals to the query-time result; then late events for earlier hours, and they follow."""
+    client, spec = refreshed
+    db = spec["clickhouse"]["database"]
+    events = random_stream(7)
+    early, late = events[::2], events[1::2]  # `late` fills in hours the first refresh counted
+    store_module.insert_json_rows(client, db, _as_rows(early))
+    _until(lambda: stored_totals(client, db) and stored_totals(client, db) == query_time_hourly(client, spec))
+    first = stored_totals(client, db)
+    store_module.insert_json_rows(client, db, _as_rows(late))
+    _until(lambda: stored_totals(client, db) != first
+           and stored_totals(client, db) == query_time_hourly(client, spec))
+    got = defaultdict(int)
+    for (user, project, task, job, _hour), ms in stored_totals(client, db).items():
+        got[(user, project, task, job)] += ms
+    assert {k: v for k, v in got.items() if v} == oracle.totals(events)
+    runs = client.query(f"SELECT full FROM `{db}`.working_time_refresh_log ORDER BY refreshed_at").result_rows
+    assert runs[0] == (1,) and runs[-1] == (0,)  # only the first run recomputes everything
+
+
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("seed", range(3))
 def test_refresh_keeps_totals_equal_to_query_time(store, seed):
-    """Shuffled batches (late and out-of-order events) with a refresh after each few;
-    margin 0 so every refresh really starts from the carried checkpoints."""
+    """Shuffled batches (late and out-of-order events), waiting for a refresh after each few."""
     events = random_stream(100 + seed)
     batches = split_shuffled(events, seed)
     for i, batch in enumerate(batches):
         store_module.insert_json_rows(store.client, store.database, _as_rows(batch))
         if i % 3 == 2 or i == len(batches) - 1:
-            stats = wt.refresh(store.client, store.spec, margin_s=0)
+            wt.wait_current(store.client, store.spec)
             assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
-            assert stats["full"] == (i == 2)  # only the first refresh recomputes everything
     got = defaultdict(int)
     for (user, project, task, job, _hour), ms in stored_totals(store.client, store.database).items():
         got[(user, project, task, job)] += ms
     assert {k: v for k, v in got.items() if v} == oracle.totals(events)
-    # settled: another refresh finds nothing new and changes nothing
+    # settled: another refresh changes nothing
     before = stored_totals(store.client, store.database)
-    stats = wt.refresh(store.client, store.spec, margin_s=0)
-    assert stats["users"] == 0 and stored_totals(store.client, store.database) == before
+    wt.wait_current(store.client, store.spec)
+    assert stored_totals(store.client, store.database) == before
 
 
 @pytest.mark.clickhouse
-def test_refresh_is_idempotent_and_late_event_recomputes_only_its_user(store):
-    events = random_stream(9)
-    store_module.insert_json_rows(store.client, store.database, _as_rows(events))
-    wt.refresh(store.client, store.spec)
-    # default margin: the same changes are taken again, and nothing moves
-    assert wt.refresh(store.client, store.spec)["full"] is False
-    assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
-    late = [ev(30, user_id=3, job_id=4), frame(31, 200_000, user_id=3, job_id=5)]
-    store_module.insert_json_rows(store.client, store.database, _as_rows(late))
-    stats = wt.refresh(store.client, store.spec, margin_s=0)
-    assert stats["users"] == 1
-    assert stored_totals(store.client, store.database) == query_time_hourly(store.client, store.spec)
+def test_changed_rule_recomputes_everything(store, tmp_path):
+    from cvat_analytics.migrate import migrate
+
+    store_module.insert_json_rows(store.client, store.database, _as_rows(random_stream(9)))
+    wt.wait_current(store.client, store.spec)
+    spec = dict(store.spec, working_time=dict(store.spec["working_time"], idle_threshold_ms=50_000))
+    migrate(store.client, spec, log=lambda *_: None)  # replaces the view: the rule is in it
+    wt.wait_current(store.client, spec)
+    assert stored_totals(store.client, store.database) == query_time_hourly(store.client, spec)
+    runs = store.client.query(f"SELECT rule, full FROM `{store.database}`.working_time_refresh_log"
+                              " ORDER BY refreshed_at").result_rows
+    first_under_new_rule = next(full for rule, full in runs if rule.startswith("[50000,"))
+    assert first_under_new_rule == 1
 
 
 @pytest.mark.clickhouse
@@ -292,7 +337,7 @@ def test_reported_beside_computed(store):
     events = [frame(0, 5000, job_id=7), ev(6000, job_id=7),
               ev(0, "send:working_time", 4000, source="server", job_id=7)]
     store_module.insert_json_rows(store.client, store.database, _as_rows(events))
-    wt.refresh(store.client, store.spec)
+    wt.wait_current(store.client, store.spec)
     rows = store.client.query(
         f"SELECT user_id, job_id, reported_ms, computed_ms, difference_ms FROM `{store.database}`.working_time_comparison"
     ).result_rows

@@ -31,6 +31,7 @@ from test_working_time import _as_rows, db_events, db_totals, random_stream, spl
 import working_time_oracle as oracle
 
 spec = load_spec()
+spec["working_time"]["engine"] = "udf"  # the refreshable view keeps the totals with this engine too
 client = wt.connect_with_udf("chdb://" + {path!r}, spec)
 migrate(client, spec, log=lambda *_: None)
 assert wt.udf_available(client)
@@ -38,8 +39,8 @@ events = random_stream({seed})
 for i, batch in enumerate(split_shuffled(events, {seed})):
     store.insert_json_rows(client, "cvat", _as_rows(batch))
     if i % 4 == 3:
-        wt.refresh(client, spec, engine="udf", margin_s=0)
-wt.refresh(client, spec, engine="udf", margin_s=0)
+        wt.wait_current(client, spec)
+wt.wait_current(client, spec)
 sql, udf = db_events(client, spec, "sql"), db_events(client, spec, "udf")
 from test_working_time import oracle_events
 stored = client.query("SELECT user_id, project_id, task_id, job_id, sum(working_time_ms) AS ms "

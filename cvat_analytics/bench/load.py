@@ -9,7 +9,7 @@ from ..progress import Progress
 from . import statements
 from .generate import chunk_path
 from .measure import open_store, ts_text
-from .runtime import refresh_working_time
+from .runtime import refresh_after_new_events, refresh_working_time
 from .statements import CVAT_DB
 
 EXPORT_ROWS = 1_000_000  # rows in the timed CSV export
@@ -46,6 +46,7 @@ def phase_load(cfg: dict) -> dict:
     t = time.monotonic()
     refresh = refresh_working_time(client, spec)
     refresh_s = time.monotonic() - t
+    incremental = refresh_after_new_events(client, spec)
     t = time.monotonic()
     for database in (db, CVAT_DB):
         statements.run(client, "optimize_events", db=database)
@@ -61,7 +62,8 @@ def phase_load(cfg: dict) -> dict:
                                       t_from=ts_text(cfg["now_ms"] - 7 * 86_400_000))[0]
     export_from = statements.rows(client, "export_window_start", db=db, rows=EXPORT_ROWS)[0][0]
     return {"events": ours_rows, "cvat_events": cvat_rows, "load_s": load_s, "copy_s": copy_s,
-            "refresh_s": refresh_s, "refresh": refresh, "optimize_s": optimize_s,
+            "refresh_s": refresh_s, "refresh": refresh, "incremental_refresh": incremental,
+            "optimize_s": optimize_s,
             "ours_bytes": ours_bytes, "cvat_bytes": cvat_bytes, "working_time_bytes": wt_bytes,
             "user_id": user_id, "job_id": job_id, "export_from": export_from,
             "export_to": ts_text(cfg["now_ms"] + 86_400_000)}

@@ -7,8 +7,6 @@ import signal
 import sys
 import threading
 
-from .. import working_time
-from ..errors import first_line
 from ..export import ExportJobs
 from ..store import chdb_path, connect, open_handle, redact
 from .access import AccessError, Token, load_tokens
@@ -36,39 +34,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def refresh_working_time_forever(client, spec: dict, serving: threading.Event,
-                                 stopping: threading.Event) -> None:
-    """Keep <db>.working_time_totals current: one refresh every working_time.refresh_interval_s,
-    the first once the store is migrated and the server is serving."""
-    interval = spec["working_time"]["refresh_interval_s"]
-    while not serving.wait(1):
-        if stopping.is_set():
-            return
-    while not stopping.is_set():
-        try:
-            working_time.refresh(client, spec)
-        except Exception as exc:  # keep serving; the next round retries from the same watermark
-            print(f"cvat-analytics: working-time refresh failed: {first_line(exc)}", file=sys.stderr, flush=True)
-        stopping.wait(interval)
-
-
-def start_working_time_refresh(dsn: str, spec: dict, serving: threading.Event,
-                               stopping: threading.Event) -> threading.Thread:
-    """The thread that keeps the working-time totals current (all of it: remove this
-    function and its one call to let ClickHouse refresh them instead). Called before
-    anything else opens the store: see below."""
-    if spec["working_time"]["engine"] == "udf" and chdb_path(dsn) is not None:
-        # chdb loads executable UDFs only into the handle that first opens the engine:
-        # the refresh gets that handle, opened before any other.
-        client = working_time.connect_with_udf(dsn, spec)
-    else:
-        client = None
-    refresher = threading.Thread(target=refresh_working_time_forever, name="working-time",
-                                 args=(client or open_handle(dsn), spec, serving, stopping), daemon=True)
-    refresher.start()
-    return refresher
-
-
 def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT.
 
@@ -85,8 +50,8 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
               "who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
               "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
         return 2
-    serving, stopping = threading.Event(), threading.Event()
-    refresher = start_working_time_refresh(dsn, spec, serving, stopping)
+    # No thread of ours keeps working time current: ClickHouse does, with the refreshable
+    # view the migrations create (see docs/architecture.md, Working time).
     client = connect(dsn)
     if chdb_path(dsn) is not None:
         from ..migrate import migrate
@@ -118,12 +83,9 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serving.set()
     server.serve_forever()
     for stopper in stoppers:
         stopper.join()  # requests in flight answered, threads joined
-    stopping.set()
-    refresher.join(timeout=60)
     jobs.shutdown()
     print("cvat-analytics: stopped", file=sys.stderr, flush=True)
     return 0
