@@ -67,7 +67,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     assert not (tmp_path / "work").exists()  # scratch removed without --keep
 
     report = json.loads(out.read_text())
-    assert report["events"] == 20000
+    assert report["events"] == 20000 + 1000  # the 1,000 new events of the incremental refresh
     assert {"nproc", "ram_gb", "cpu"} <= set(report["machine"])
     figures = {f["name"]: f for f in report["figures"]}
     for f in figures.values():
