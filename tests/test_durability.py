@@ -18,7 +18,8 @@ import time
 import pytest
 
 from tests.conftest import write_spec
-from tests.test_serve import CLI, Serve, cvat_batch
+from cvat_analytics.bench.service import ServeProcess
+from tests.test_serve import CLI, cvat_batch
 
 pytestmark = pytest.mark.clickhouse
 
@@ -104,14 +105,14 @@ def test_every_acknowledged_event_survives_kill_9_and_retries_count_once(tmp_pat
         thread.start()
     kills = 0
     for _ in range(KILLS):
-        serve = Serve(dsn, spec_path)
+        serve = ServeProcess(dsn, spec_path)
         senders.url = serve.url
         time.sleep(rng.uniform(0.3, 2.0))
         serve.proc.kill()  # SIGKILL: no clean-up of any kind
         senders.url = None
         serve.proc.wait(30)
         kills += 1
-    serve = Serve(dsn, spec_path)  # the last start: pending batches get through
+    serve = ServeProcess(dsn, spec_path)  # the last start: pending batches get through
     senders.url = serve.url
     senders.finish.set()
     for thread in senders.threads:
@@ -137,7 +138,7 @@ def test_a_retry_after_a_client_timeout_is_stored_once(tmp_path, capsys):
     body count once; the same events in another order are another batch."""
     _, spec_path = write_spec(tmp_path)
     dsn = f"chdb://{tmp_path / 'data'}"
-    serve = Serve(dsn, spec_path)
+    serve = ServeProcess(dsn, spec_path)
     try:
         host, port = serve.url.removeprefix("http://").rsplit(":", 1)
         events = cvat_batch("timeout", 5)
