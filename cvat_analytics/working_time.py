@@ -1,4 +1,4 @@
-"""Working time (DESIGN.md §6): query-time totals, waiting for the refresh that
+"""Working time (docs/architecture.md, Working time): query-time totals, waiting for the refresh that
 keeps <db>.working_time_totals exact, and the executable-UDF setup for chdb.
 
 The engine keeps the totals current itself (a refreshable view, migration 0009).

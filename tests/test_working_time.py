@@ -48,7 +48,7 @@ def frame(ts, duration, **kw):
     return ev(ts, "change:frame", duration, **kw)
 
 
-# CVAT's WorkingTimeTestCase (reference/cvat.md §8) and the rule's own examples. A
+# CVAT's WorkingTimeTestCase (cvat/apps/events/tests/test_events.py in CVAT's repository) and the rule's own examples. A
 # `previous_event` in CVAT is simply the event before, in one stream.
 CVAT_CASES = {
     "one instant": ([ev(0)], [0]),

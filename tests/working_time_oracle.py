@@ -1,4 +1,4 @@
-"""The working-time rule in plain Python, word for word (DESIGN.md §6): the tests' oracle.
+"""The working-time rule in plain Python, word for word (docs/architecture.md, Working time): the tests' oracle.
 
 Events are dicts with the columns of <db>.events (timestamp as epoch ms in `ts`).
 Per user, client events only, in the documented tie-break order."""

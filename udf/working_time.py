@@ -5,7 +5,7 @@ Input, one JSON object per line (format JSONEachRow):
     {"ts": [ms, ...], "dur": [ms, ...], "scope": ["change:frame", ...]}
 already in the tie-break order (timestamp, end, scope, job, task, project).
 Output, one line per input line: {"result": [ms added at each event, ...]}.
-The rule (DESIGN.md §6): an event ends at ts + dur for a collapsed scope and at
+The rule (docs/architecture.md, Working time): an event ends at ts + dur for a collapsed scope and at
 ts otherwise; a gap to the running end counts only if strictly shorter than the
 idle threshold; an end past the running end counts in full.
 

@@ -1,8 +1,8 @@
--- Working time, kept current (DESIGN.md §6; README "Working time").
+-- Working time, kept current (docs/architecture.md and README, "Working time").
 -- working_time_totals: per user, hour and credited (project, task, job), the ms of
 -- working time counted at events in that hour. Rows are deltas: always read it as
 -- sum(working_time_ms) ... GROUP BY (parts merge into one row per key over time).
--- `refresh` (cvat_analytics/working_time.py, run by `serve`) keeps it exact.
+-- The refreshable view working_time_refresh (migration 0009) keeps it exact.
 CREATE TABLE IF NOT EXISTS `cvat`.working_time_totals
 (
     user_id UInt64,
