@@ -12,7 +12,7 @@ from pathlib import Path
 from cvat_analytics_generator.spec import DEFAULT_SPEC, SPEC_ENV, SpecError, find_spec, load_spec
 
 from . import output
-from .store import StoreError, connect, default_dsn
+from .store import StoreError, chdb_path, connect, default_dsn
 
 DSN_ENV, HOST_ENV, PORT_ENV = "CVAT_ANALYTICS_DSN", "CVAT_ANALYTICS_HOST", "CVAT_ANALYTICS_PORT"
 
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="store the valid records and report each invalid one (default: store nothing)")
     p.add_argument("--batch-size", type=int, default=50_000, help="events per INSERT (default: 50000)")
+    p.add_argument("--again", action="store_true",
+                   help="store the events even if the same ones were imported before (default: skip them)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("query", help="run SQL and print the result")
@@ -211,8 +213,9 @@ def cmd_import(args) -> int:
     from .importer import run_import
 
     spec = load_spec(args.spec)
-    return run_import(connect(args.dsn), spec, args.file,
-                      skip_invalid=args.skip_invalid, batch_size=args.batch_size)
+    return run_import(connect(args.dsn), spec, args.file, skip_invalid=args.skip_invalid,
+                      batch_size=args.batch_size, again=args.again,
+                      exclusive=chdb_path(args.dsn) is not None)
 
 
 def cmd_query(args) -> int:

@@ -20,9 +20,13 @@ import json
 import os
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
+
+from cvat_analytics_generator.render import render_template
+from cvat_analytics_generator.sql import parse
 
 from .cvat_csv import CsvError
 from .cvat_csv import read_cvat_csv as read_cvat_csv_rows
@@ -31,6 +35,7 @@ from .progress import Progress
 from .store import insert_json_rows
 
 CHUNK = 1 << 20
+IMPORTS_SQL = "clickhouse/runtime/imports.sql.j2"
 MAX_REPORTED = 20  # invalid records listed when the import is refused; the rest are counted
 WHITESPACE = " \t\r\n"
 
@@ -258,14 +263,20 @@ def _open(path_or_dash: str) -> tuple[IO[bytes], str, int | None]:
 
 
 def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False,
-               batch_size: int = 50_000, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """Validate every record of the file, then store them; the exit code for the CLI."""
+               batch_size: int = 50_000, out: IO[str] | None = None, err: IO[str] | None = None,
+               again: bool = False, exclusive: bool = False) -> int:
+    """Validate every record of the file, then store them; the exit code for the CLI.
+
+    The same valid rows imported before (whatever the file's format or the batch size)
+    store nothing unless `again`. `exclusive`: no other process writes to this store
+    (chdb), so the batches ClickHouse recognised as already stored can be counted."""
     out, err = out or sys.stdout, err or sys.stderr
     database = spec["clickhouse"]["database"]
+    sql = parse(render_template(spec, IMPORTS_SQL), IMPORTS_SQL)
     if batch_size < 1:
         print(f"cvat-analytics: --batch-size must be at least 1, got {batch_size}", file=err)
         return 2
-    if not int(client.command("EXISTS TABLE {db:Identifier}.events", parameters={"db": database})):
+    if not int(client.command(sql.named("events_table_exists"))):
         print(f"cvat-analytics: there is no table {database}.events yet: run `cvat-analytics migrate` "
               "with the same --dsn and --spec first", file=err)
         return 1
@@ -277,8 +288,9 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
     reading = Progress("reading", total_bytes=size, stream=err)
     # stdin is left open: it is not ours to close.
     with raw if path_or_dash != "-" else nullcontext(), tempfile.TemporaryFile(prefix="cvat-import-") as spool:
+        content = hashlib.sha256()
         try:
-            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, reading, err)
+            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, reading, err, content)
         except ImportFailed as exc:
             reading.close()
             print(f"cvat-analytics: {name}: {exc}; nothing imported", file=err)
@@ -288,29 +300,55 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
             print(f"cvat-analytics: {name}: nothing imported: {invalid} invalid record(s); "
                   "fix them, or pass --skip-invalid to store the valid ones", file=err)
             return 1
+        sha = content.hexdigest()
+        ledger = bool(int(client.command(sql.named("imports_table_exists"))))
+        earlier = client.query(sql.named("earlier"), parameters={"sha": sha}).result_rows if ledger else []
+        if earlier and not again:
+            events, source, when = earlier[0]
+            print(f"nothing stored: these {valid} events were imported on {when} UTC (from {source}, "
+                  f"{events} events); pass --again to store them once more", file=out)
+            return 0
         spool.seek(0)
-        stored = 0
+        stored = already = 0
         storing = Progress("storing", total=valid, stream=err)
         storing.update(0)
+
+        def duplicated_blocks() -> int:
+            rows = client.query(sql.named("duplicated_blocks")).result_rows
+            return int(rows[0][0]) if rows else 0
+
         try:
-            for body, rows in _batches(spool, batch_size):
-                # The token makes a retried identical batch count once (ClickHouse's dedup window).
-                insert_json_rows(client, database, body, token=hashlib.sha256(body).hexdigest())
-                stored += rows
-                storing.update(stored)
+            for index, (body, rows) in enumerate(_batches(spool, batch_size)):
+                before = duplicated_blocks() if exclusive else 0
+                # The token makes a retried batch (same rows, same batch size) count once.
+                token = f"import:{sha}:{batch_size}:{index}" + (f":{time.time_ns()}" if again else "")
+                insert_json_rows(client, database, body, token=token)
+                if exclusive and duplicated_blocks() > before:
+                    already += rows
+                else:
+                    stored += rows
+                storing.update(stored + already)
         except Exception as exc:
             storing.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"cvat-analytics: {name}: INSERT failed after {stored} of {valid} events were stored: "
-                  f"{first}", file=err)
+            print(f"cvat-analytics: {name}: INSERT failed after {stored + already} of {valid} events were "
+                  f"stored: {first}; run the same import again (same --batch-size) to store the rest once",
+                  file=err)
             return 1
         storing.close()
-    print(f"imported {stored} events ({invalid} skipped)", file=out)
+        if ledger:
+            client.command(sql.named("record"), parameters={"sha": sha, "events": valid, "source": name})
+    if already:
+        print(f"imported {stored} events, {already} were already stored by an earlier attempt "
+              f"({invalid} skipped)", file=out)
+    else:
+        print(f"imported {stored} events ({invalid} skipped)", file=out)
     return 0
 
 
-def _validate(raw, name, contract, spool, skip_invalid, progress, err) -> tuple[int, int]:
-    """Read every record, write each valid one's row to the spool; (valid, invalid) counts."""
+def _validate(raw, name, contract, spool, skip_invalid, progress, err, content) -> tuple[int, int]:
+    """Read every record, write each valid one's row to the spool (and to the `content`
+    hash); (valid, invalid) counts."""
     source = ByteSource(raw)
     records = READERS[detect_format(source.start())](source, contract.spec)
     valid = invalid = 0
@@ -318,7 +356,9 @@ def _validate(raw, name, contract, spool, skip_invalid, progress, err) -> tuple[
         problem = record.problem
         if problem is None:
             try:
-                spool.write(contract.to_line(contract.normalize(record.value, record.index, record.unit)))
+                line = contract.to_line(contract.normalize(record.value, record.index, record.unit))
+                spool.write(line)
+                content.update(line)
                 valid += 1
             except EventError as exc:
                 problem = str(exc)

@@ -253,3 +253,54 @@ def test_export_import_export_gives_the_same_bytes(tmp_path):
     first, second = (tmp_path / "1.csv").read_bytes(), (tmp_path / "2.csv").read_bytes()
     assert first.count(b"\n") > 2000
     assert first == second
+
+
+@pytest.mark.clickhouse
+def test_a_reimport_stores_nothing_whatever_the_batch_size_and_says_so(store, tmp_path, capsys):
+    path = tmp_path / "events.ndjson"
+    path.write_text("".join(json.dumps({"scope": "load:job", "source": "client", "user_id": 5,
+                                        "timestamp": f"2026-11-0{1 + i % 9}T10:00:00.{i:03d}Z"}) + "\n"
+                            for i in range(300)))
+    count = lambda: int(store.client.command(f"SELECT count() FROM `{store.database}`.events"))
+    assert run_import(store.client, store.spec, str(path), batch_size=100) == 0
+    assert capsys.readouterr().out.strip() == "imported 300 events (0 skipped)"
+    assert run_import(store.client, store.spec, str(path), batch_size=7) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith("nothing stored: these 300 events were imported on ") and "--again" in said
+    # The same events in another format (a JSON array) are the same content.
+    array = tmp_path / "events.json"
+    array.write_text(json.dumps([json.loads(line) for line in path.read_text().splitlines()]))
+    assert run_import(store.client, store.spec, str(array), batch_size=1000) == 0
+    assert capsys.readouterr().out.startswith("nothing stored")
+    assert count() == 300
+    assert run_import(store.client, store.spec, str(path), batch_size=100, again=True) == 0
+    assert count() == 600
+
+
+@pytest.mark.clickhouse
+def test_an_import_cut_short_is_finished_by_running_it_again(store, tmp_path, capsys, monkeypatch):
+    """The first attempt stores 2 of 3 batches and fails; the second stores the rest once and
+    says how many were there already."""
+    from cvat_analytics import importer
+
+    path = tmp_path / "events.ndjson"
+    path.write_text("".join(json.dumps({"scope": "load:job", "source": "client", "user_id": 6,
+                                        "timestamp": f"2026-11-02T10:00:{i % 60:02d}.{i:03d}Z"}) + "\n"
+                            for i in range(30)))
+    real = importer.insert_json_rows
+    calls = []
+
+    def failing_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("connection reset")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "insert_json_rows", failing_third)
+    assert run_import(store.client, store.spec, str(path), batch_size=10, exclusive=True) == 1
+    assert "INSERT failed after 20 of 30 events" in capsys.readouterr().err
+    monkeypatch.setattr(importer, "insert_json_rows", real)
+    assert run_import(store.client, store.spec, str(path), batch_size=10, exclusive=True) == 0
+    assert capsys.readouterr().out.strip() == \
+        "imported 10 events, 20 were already stored by an earlier attempt (0 skipped)"
+    assert int(store.client.command(f"SELECT count() FROM `{store.database}`.events")) == 30
