@@ -44,3 +44,16 @@ def test_every_command_and_option_is_documented(name):
 def test_common_options_are_documented():
     for option in ("--spec FILE", "--dsn DSN"):
         assert option in README
+
+
+def test_the_readme_spec_error_example_is_what_the_cli_says(tmp_path):
+    """The example under "The spec" is produced, not typed: same line number, same words."""
+    from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
+
+    example = README.split("exit with code 2 and one line naming", 1)[1].split("```\n", 2)[1].strip()
+    key, value = "retention_days", example.rsplit("got str ", 1)[1].strip("'")
+    spec = tmp_path / "analytics.yaml"
+    spec.write_text(DEFAULT_SPEC.read_text().replace(f"  {key}: 365", f"  {key}: {value}", 1))
+    with pytest.raises(SpecError) as error:
+        load_spec(spec)
+    assert str(error.value) == example.replace("analytics.yaml", str(spec), 1)
