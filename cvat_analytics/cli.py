@@ -12,6 +12,7 @@ from pathlib import Path
 from cvat_analytics_generator.spec import DEFAULT_SPEC, SPEC_ENV, SpecError, find_spec, load_spec
 
 from . import output
+from .errors import first_line
 from .store import StoreError, chdb_path, connect, default_dsn
 
 DSN_ENV, HOST_ENV, PORT_ENV = "CVAT_ANALYTICS_DSN", "CVAT_ANALYTICS_HOST", "CVAT_ANALYTICS_PORT"
@@ -344,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # ClickHouse errors and the like: one line, not a traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"cvat-analytics: {args.command} failed: {first}", file=sys.stderr)
+        print(f"cvat-analytics: {args.command} failed: {first_line(exc)}", file=sys.stderr)
         return 1
 
 

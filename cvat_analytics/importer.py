@@ -30,6 +30,7 @@ from cvat_analytics_generator.sql import parse
 
 from .cvat_csv import CsvError
 from .cvat_csv import read_cvat_csv as read_cvat_csv_rows
+from .errors import first_line
 from .events import EventContract, EventError
 from .progress import Progress
 from .store import insert_json_rows
@@ -330,9 +331,8 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
                 storing.update(stored + already)
         except Exception as exc:
             storing.close()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"cvat-analytics: {name}: INSERT failed after {stored + already} of {valid} events were "
-                  f"stored: {first}; run the same import again (same --batch-size) to store the rest once",
+                  f"stored: {first_line(exc)}; run the same import again (same --batch-size) to store the rest once",
                   file=err)
             return 1
         storing.close()

@@ -7,7 +7,6 @@ spec and runs it with bound parameters only.
 """
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ import cvat_analytics_udf
 from cvat_analytics_generator.render import context, environment
 
 from cvat_analytics_generator.sql import split_statements
+
+from . import times
 
 UDF_SCRIPT = Path(cvat_analytics_udf.__file__).with_name("working_time.py")
 UDF_CONFIG = "clickhouse/user_defined/working_time_function.xml.j2"
@@ -51,12 +52,9 @@ def parse_time(text: str | None, default: str) -> str:
     if not text:
         return default
     try:
-        value = dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+        return times.sql_text(times.parse_utc(text))
     except ValueError:
         raise WorkingTimeError(f"not an ISO-8601 time: {text!r} (e.g. 2024-01-01T12:00:00Z)") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def parse_by(text: str) -> list[str]:
