@@ -14,7 +14,8 @@ def test_migrations_are_ordered_and_split_into_statements():
     names = [m.name for m in found]
     assert names == sorted(names) and names[0].startswith("0001_")
     assert [m.name for m in found if m.reapply_on_change] == ["0003_events_retention_and_dedup",
-                                                              "0005_working_time_views"]
+                                                              "0005_working_time_views",
+                                                              "0009_working_time_refresh"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.
