@@ -36,6 +36,10 @@ CHUNK_ROWS = 100_000
 _UNITS = {"hour": "Hour", "minute": "Minute"}
 
 
+class LimitExceeded(Exception):
+    """An export passed one of embedded.export's bounds; the message names it (fit for the caller)."""
+
+
 def render(spec: dict, template: str, **extra) -> str:
     """The text of clickhouse/queries/<template>.sql.j2 for this spec."""
     return environment().get_template(f"clickhouse/queries/{template}.sql.j2").render({**context(spec), **extra})
@@ -80,14 +84,18 @@ def plan_windows(client, spec: dict, filters: ExportFilters,
 
 def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
               progress: Callable[[int, int], None] | None = None,
-              chunk_rows: int = CHUNK_ROWS) -> int:
+              chunk_rows: int = CHUNK_ROWS, max_rows: int | None = None) -> int:
     """Write the export to a binary file object; returns the number of rows.
 
-    `progress(rows_done, rows_total)` is called after each window."""
+    `progress(rows_done, rows_total)` is called after each window; more than `max_rows`
+    rows is LimitExceeded before any row is written."""
     sql = render(spec, "export_window")
-    fileobj.write((",".join(column_names(spec)) + "\n").encode())
     windows = plan_windows(client, spec, filters, chunk_rows)
     total = sum(n for _, _, n in windows)
+    if max_rows is not None and total > max_rows:
+        raise LimitExceeded(f"the export would hold {total} rows; at most {max_rows} are allowed "
+                            "(embedded.export.max_rows): narrow the filters or the from/to window")
+    fileobj.write((",".join(column_names(spec)) + "\n").encode())
     done = 0
     if progress:
         progress(0, total)
