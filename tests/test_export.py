@@ -391,3 +391,74 @@ def test_memory_flat_with_row_count(tmp_path):
     growth_big = big["peak_kb"] - big["base_kb"]
     print(f"export peak growth: 20k rows {growth_small / 1024:.0f} MB, 200k rows {growth_big / 1024:.0f} MB")
     assert growth_big - growth_small < 60 * 1024, results
+
+
+# -- bounds on what exports may take (embedded.export) ------------------------------
+def test_files_left_by_a_crash_are_removed_at_start(tmp_path):
+    directory = tmp_path / "exports"
+    directory.mkdir()
+    left = [directory / f"{export.jobs.uuid.uuid4()}.csv", directory / f"{export.jobs.uuid.uuid4()}.csv.part"]
+    for path in left:
+        path.write_bytes(b"scope\n" * 1000)
+    (directory / "README.txt").write_text("not an export: kept")
+    jobs = ExportJobs(lambda: None, {}, directory)
+    try:
+        assert jobs.removed_at_start == 2
+        assert sorted(p.name for p in directory.iterdir()) == ["README.txt"]
+    finally:
+        jobs.shutdown()
+
+
+def export_limits(**changes) -> export.ExportLimits:
+    return export.ExportLimits(**changes)
+
+
+@pytest.mark.clickhouse
+def test_disk_bound_fails_a_job_that_would_pass_it_and_refuses_new_ones(store, tmp_path):
+    insert(store, [row(job_id=n % 3, user_name="u" * 50) for n in range(60)])
+    probe = ExportJobs(lambda: store.client, store.spec, tmp_path / "probe")
+    size = probe.wait(probe.submit(parse_filters({})).id).path.stat().st_size
+    probe.shutdown()
+
+    jobs = ExportJobs(lambda: store.client, store.spec, tmp_path / "d", limits=export_limits(max_disk_bytes=size))
+    try:
+        first = jobs.wait(jobs.submit(parse_filters({})).id)
+        assert first.status == "finished"  # exactly fills the bound
+        with pytest.raises(export.ExportRefused) as refused:
+            jobs.submit(parse_filters({}))
+        assert refused.value.status == 507 and refused.value.limit == "embedded.export.max_disk_bytes"
+        assert 1 <= refused.value.retry_after <= 3600
+        r = export_routes.handle_export_post(jobs, {})
+        assert r.status == 507 and r.headers["Retry-After"] and b"max_disk_bytes" in r.body
+        jobs.cancel(first.id)  # the file is gone: room again, but not for two of it
+        small = jobs.wait(jobs.submit(parse_filters({"job_id": ["1"]})).id)
+        assert small.status == "finished"
+        big = jobs.wait(jobs.submit(parse_filters({})).id)
+        assert big.status == "failed" and "embedded.export.max_disk_bytes" in big.reason
+        names = sorted(p.name for p in (tmp_path / "d").iterdir())
+        assert names == [f"{small.id}.csv"]  # the failed one left no part file
+        r = export_routes.handle_download(jobs, {"rq_id": [big.id]})
+        assert r.status == 500 and "max_disk_bytes" in json.loads(r.body)["detail"]
+    finally:
+        jobs.shutdown()
+
+
+@pytest.mark.clickhouse
+def test_row_and_time_bounds_fail_the_job_naming_the_limit(store, tmp_path):
+    insert(store, [row(), row(), row(job_id=1)])
+    jobs = ExportJobs(lambda: store.client, store.spec, tmp_path / "r", limits=export_limits(max_rows=2))
+    try:
+        job = jobs.wait(jobs.submit(parse_filters({})).id)
+        assert job.status == "failed" and "3 rows" in job.reason and "embedded.export.max_rows" in job.reason
+        assert [p.name for p in (tmp_path / "r").iterdir()] == []
+        narrower = jobs.wait(jobs.submit(parse_filters({"job_id": ["1"]})).id)
+        assert narrower.status == "finished" and narrower.rows == 1
+    finally:
+        jobs.shutdown()
+    jobs = ExportJobs(lambda: store.client, store.spec, tmp_path / "t", limits=export_limits(max_seconds=1e-9))
+    try:
+        job = jobs.wait(jobs.submit(parse_filters({})).id)
+        assert job.status == "failed" and "embedded.export.max_seconds" in job.reason
+        assert list((tmp_path / "t").iterdir()) == []
+    finally:
+        jobs.shutdown()
