@@ -242,7 +242,7 @@ class ExportJobs:
             with open(tmp, "wb") as raw:
                 out = _Bounded(raw, self, job, deadline)
                 rows = write_csv(self._client(), self.spec, job.filters, out, progress, self.chunk_rows,
-                                 max_rows=self.limits.max_rows)
+                                 max_rows=self.limits.max_rows, time_left=lambda: deadline - time.monotonic())
             os.replace(tmp, path)
         except Exception as exc:
             unlink(tmp)
@@ -253,6 +253,8 @@ class ExportJobs:
                 return
             if isinstance(exc, LimitExceeded):
                 job.reason = str(exc)
+            elif time.monotonic() >= deadline:  # the engine stopped a query at max_execution_time
+                job.reason = _too_long(self.limits)
             else:  # ClickHouse's text stays in the log: it can name tables, settings, paths
                 print(f"cvat-analytics: export {job.id} failed: {type(exc).__name__}: {first_line(exc)}",
                       file=sys.stderr, flush=True)
@@ -300,10 +302,13 @@ class _Bounded:
         if self.job.cancelled:
             raise Cancelled()
         if time.monotonic() > self.deadline:
-            raise LimitExceeded(f"the export ran longer than {self.jobs.limits.max_seconds:g} s "
-                                "(embedded.export.max_seconds): narrow the filters")
+            raise LimitExceeded(_too_long(self.jobs.limits))
         self.jobs.charge(self.job, len(data))
         return self.fileobj.write(data)
+
+
+def _too_long(limits: ExportLimits) -> str:
+    return f"the export ran longer than {limits.max_seconds:g} s (embedded.export.max_seconds): narrow the filters"
 
 
 def default_filename(now: float | None = None) -> str:
