@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dsn_arg(p)
     for name in ("org-id", "project-id", "task-id", "job-id", "user-id"):
         p.add_argument(f"--{name}", metavar="N", help=f"only events with this {name.replace('-', '_')}")
-    p.add_argument("--from", dest="from_", metavar="T", help="ISO 8601, naive = UTC (default: 30 days before --to)")
+    p.add_argument("--from", dest="from_", metavar="T", help="ISO 8601, naive = UTC (default: the beginning, as CVAT 2.36+)")
     p.add_argument("--to", metavar="T", help="ISO 8601, naive = UTC (default: now)")
     p.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
     p.set_defaults(func=cmd_export)

@@ -95,6 +95,9 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
         ingest = named(f"ingest: serve over HTTP, {size}-event bodies")[0]
         assert ingest["detail"]["events"] == 20000  # every event acknowledged
         assert "ceiling" in ingest["baseline"]
+    health = named("serve: GET /health round trip while idle, kept-alive")[0]
+    # without TCP_NODELAY a kept-alive answer waits ~40 ms for the client's delayed ACK
+    assert health["value"] < 0.02 and health["detail"]["p99_ms"] >= health["value"] * 1000
     assert len(named("dashboard: ")) == len(statements.panels())
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0

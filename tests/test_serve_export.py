@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 import uuid
 from urllib.parse import urlencode
 
 import pytest
 
+from cvat_analytics.export import ExportJobs, ExportLimits
+from cvat_analytics.service import make_server
+from cvat_analytics.service.access import Principal, Token
 from tests.test_serve import cvat_batch
 
 pytestmark = pytest.mark.clickhouse
 
 
-def call(srv, method: str, path: str, body: bytes | None = None):
+def call(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -88,3 +92,137 @@ def test_bad_parameters_answer_400_naming_them_and_the_table_is_intact(server, s
 
 def test_unknown_query_id_is_404(server):
     assert call(server, "GET", f"/api/events?query_id={uuid.uuid4()}")[0] == 404
+
+
+def wait_finished(srv, rq_id: str, headers: dict | None = None) -> dict:
+    for _ in range(300):
+        status, _, body = call(srv, "GET", f"/api/requests/{rq_id}", headers=headers)
+        assert status == 200, body
+        request = json.loads(body)
+        if request["status"] in ("finished", "failed"):
+            return request
+        time.sleep(0.05)
+    raise AssertionError(f"{rq_id} did not finish")
+
+
+def test_download_again_until_expiry_then_cancel(server):
+    assert call(server, "POST", "/", json.dumps(cvat_batch(str(uuid.uuid4()), 3)).encode())[0] == 200
+    rq_id = json.loads(call(server, "POST", "/api/events/export")[2])["rq_id"]
+    request = wait_finished(server, rq_id)
+    assert request["expiry_date"] > request["finished_date"]
+    path = request["result_url"][len(server.url):]
+    first = call(server, "GET", path)
+    second = call(server, "GET", path)  # a broken transfer can be retried
+    assert first[0] == second[0] == 200 and first[2] == second[2] and len(first[2].splitlines()) == 4
+    assert call(server, "GET", f"/api/requests/{rq_id}")[0] == 200
+    listed = json.loads(call(server, "GET", "/api/requests")[2])
+    assert listed["count"] == 1 and listed["results"][0]["id"] == rq_id and listed["next"] is None
+    assert call(server, "POST", f"/api/requests/{rq_id}/cancel")[0] == 200
+    assert call(server, "GET", path)[0] == 404 and call(server, "GET", f"/api/requests/{rq_id}")[0] == 404
+    assert list(server.export_directory.iterdir()) == []
+
+
+def test_result_url_names_the_host_the_caller_used(store, make_served):
+    srv = make_served(export=True)
+    rq_id = json.loads(call(srv, "POST", "/api/events/export")[2])["rq_id"]
+    wait_finished(srv, rq_id)
+    status, _, body = call(srv, "GET", f"/api/requests/{rq_id}",
+                           headers={"Host": "analytics.example:9000", "X-Forwarded-Host": "evil.example",
+                                    "X-Forwarded-Proto": "https"})
+    # not from a trusted proxy: the forwarded headers are ignored
+    assert json.loads(body)["result_url"] == f"http://analytics.example:9000/api/events/download?rq_id={rq_id}"
+    bad = json.loads(call(srv, "GET", f"/api/requests/{rq_id}", headers={"Host": "a b/c"})[2])
+    assert bad["result_url"].startswith(srv.url + "/")
+
+    spec = json.loads(json.dumps(store.spec))
+    spec["embedded"]["trusted_proxies"] = ["127.0.0.0/8"]
+    proxied = make_served(spec=spec, export=True)
+    rq_id = json.loads(call(proxied, "POST", "/api/events/export")[2])["rq_id"]
+    wait_finished(proxied, rq_id)
+    body = call(proxied, "GET", f"/api/requests/{rq_id}",
+                headers={"X-Forwarded-Host": "cvat.example.org", "X-Forwarded-Proto": "https"})[2]
+    assert json.loads(body)["result_url"] == f"https://cvat.example.org/api/events/download?rq_id={rq_id}"
+
+
+SECRETS = {"a": "a" * 24, "b": "b" * 24}
+TWO_CALLERS = [Token(SECRETS["a"].encode(), Principal("caller-a", frozenset({"export"}))),
+               Token(SECRETS["b"].encode(), Principal("caller-b", frozenset({"export"})))]
+
+
+def auth(name: str) -> dict:
+    return {"Authorization": f"Token {SECRETS[name]}"}
+
+
+@pytest.fixture
+def gated(store, tmp_path):
+    """`serve` whose exports wait for `gate` before reading: a flood stays queued."""
+    gate = threading.Event()
+
+    class Gated:
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            gate.wait(30)
+            return getattr(self.client, name)
+
+    def start(limits: ExportLimits, tokens=None):
+        jobs = ExportJobs(lambda: Gated(store.client), store.spec, tmp_path / "gated", limits=limits)
+        srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn, tokens=tokens, jobs=jobs)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        started.append((srv, jobs))
+        return srv
+
+    started: list = []
+    yield start, gate
+    gate.set()
+    for srv, jobs in started:
+        srv.stop()
+        jobs.shutdown()
+
+
+def test_an_export_flood_is_429_with_retry_after_naming_the_limit(gated):
+    start, gate = gated
+    srv = start(ExportLimits(max_jobs=3, max_jobs_per_caller=2), tokens=TWO_CALLERS)
+    answers = [call(srv, "POST", "/api/events/export", headers=auth("a")) for _ in range(20)]
+    assert [a[0] for a in answers[:2]] == [202, 202]
+    assert {a[0] for a in answers[2:]} == {429}
+    status, headers, body = answers[2]
+    assert int(headers["Retry-After"]) >= 1
+    assert json.loads(body)["limit"] == "embedded.export.max_jobs_per_caller"
+    assert "embedded.export.max_jobs_per_caller" in json.loads(body)["detail"]
+    # the legacy flow counts too
+    assert call(srv, "GET", "/api/events", headers=auth("a"))[0] == 429
+    # another caller gets the one slot left overall, then the overall limit
+    assert call(srv, "POST", "/api/events/export", headers=auth("b"))[0] == 202
+    status, headers, body = call(srv, "POST", "/api/events/export", headers=auth("b"))
+    assert status == 429 and json.loads(body)["limit"] == "embedded.export.max_jobs" and headers["Retry-After"]
+    # each caller lists only its own requests; cancelling frees a slot
+    mine = json.loads(call(srv, "GET", "/api/requests", headers=auth("a"))[2])
+    assert mine["count"] == 2 and {r["owner"]["username"] for r in mine["results"]} == {"caller-a"}
+    first = json.loads(answers[0][2])["rq_id"]
+    assert call(srv, "POST", f"/api/requests/{first}/cancel", headers=auth("b"))[0] == 404  # not b's
+    assert call(srv, "POST", f"/api/requests/{first}/cancel", headers=auth("a"))[0] == 200
+    assert call(srv, "POST", "/api/events/export", headers=auth("a"))[0] == 202
+    gate.set()
+
+
+def test_a_failed_export_names_the_request_not_clickhouses_text(store, tmp_path, capsys):
+    class Broken:
+        def query(self, *a, **k):
+            raise RuntimeError("Code: 241. DB::Exception: Memory limit exceeded: /var/lib/secret/path")
+
+    jobs = ExportJobs(lambda: Broken(), store.spec, tmp_path / "broken")
+    srv = make_server(store.client, store.spec, "127.0.0.1", 0, store.dsn, tokens=[], jobs=jobs)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rq_id = json.loads(call(srv, "POST", "/api/events/export")[2])["rq_id"]
+        request = wait_finished(srv, rq_id)
+        status, _, body = call(srv, "GET", f"/api/events/download?rq_id={rq_id}")
+        assert status == 500 and rq_id in body.decode()
+        for text in (body.decode(), request["message"]):
+            assert "Memory limit" not in text and "/var/lib" not in text
+        assert "Memory limit exceeded" in capsys.readouterr().err  # the log has it
+    finally:
+        srv.stop()
+        jobs.shutdown()

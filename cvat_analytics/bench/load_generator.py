@@ -49,3 +49,21 @@ def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = 
     if state["error"]:
         raise RuntimeError(f"ingest failed: {state['error']}")
     return state["stored"], elapsed
+
+
+def health_round_trips(url: str, count: int = 200, keep_alive: bool = True) -> dict:
+    """Median and p99 (ms) of `count` GET /health on one kept-alive connection (or a new
+    connection each), while the service is idle: the latency a small request pays."""
+    host, port = url.split("//", 1)[1].split(":")
+    conn, times = None, []
+    for _ in range(count):
+        t = time.perf_counter()
+        conn = conn if keep_alive and conn else http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        times.append((time.perf_counter() - t) * 1000)
+        if not keep_alive:
+            conn.close()
+    conn.close()
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}

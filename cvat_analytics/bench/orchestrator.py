@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..progress import Progress
 from .export_download import export_via_service
-from .load_generator import send_bodies
+from .load_generator import health_round_trips, send_bodies
 from .report import build_report, format_table
 from .service import ServeProcess
 
@@ -106,10 +106,11 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
             say(f"ingest: {ingest[size]:,} events into `serve` over HTTP, {size}-event bodies, {senders} senders")
             svc = ServeProcess(f"chdb://{work / f'ingest_{size}'}", spec_path, work / f"serve-ingest-{size}.log")
             try:
+                idle = {"kept_alive": health_round_trips(svc.url), "new_connection": health_round_trips(svc.url, keep_alive=False)}
                 with Progress("ingest", total=ingest[size], stream=err) as progress:
                     stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress)
                 r["ingest"][size] = {"events": stored, "seconds": secs, "rate": stored / secs,
-                                     "server_peak_mb": svc.rss("VmHWM")}
+                                     "server_peak_mb": svc.rss("VmHWM"), "idle_health": idle}
             finally:
                 svc.stop()
     finally:

@@ -59,6 +59,12 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                               serve_validation_one_core=round(ceiling["validate_rate"]),
                               engine_cvat_schema=round(c["cvat_schema_rate"]),
                               engine_coalesced_async_insert=round(c["coalesced_rate"])))
+    idle = ingest_results[max(ingest_results, key=int)]["idle_health"]  # before that ingest run
+    kept, new = idle["kept_alive"], idle["new_connection"]
+    figures.append(figure("serve: GET /health round trip while idle, kept-alive, median",
+                          round(kept["median_ms"] / 1000, 6), "s", "a new connection per request",
+                          round(new["median_ms"] / 1000, 6), "lower",
+                          p99_ms=round(kept["p99_ms"], 2), baseline_p99_ms=round(new["p99_ms"], 2)))
     for prefix, panels in (("dashboard panel", dash.get("product", [])), ("dashboard", dash["panels"])):
         for p in panels:
             per = p["kind"] in ("user", "job")

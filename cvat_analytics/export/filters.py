@@ -2,18 +2,20 @@
 
 What a user gets is CVAT's `/api/events` export (see docs/cvat-compatibility.md, Export):
 filters org_id, project_id, task_id, job_id, user_id and a [from, to] window (both
-inclusive); no from/to means the last 30 days; only `to` means the 30 days before it;
-only `from` means from then until now. A bad value is a FilterError naming the parameter.
+inclusive). A missing `from` is the beginning, a missing `to` is now, as CVAT documents
+them since 2.36 ("Default is the minimal time" / "the current time"). With neither,
+CVAT 2.36+ starts at the creation date of the filtered job/task/project/org, else at
+the beginning; no event of a resource precedes its creation, so the beginning selects
+the same rows. A bad value is a FilterError naming the parameter.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 UTC = timezone.utc
 ID_FILTERS = ("org_id", "project_id", "task_id", "job_id", "user_id")
-DEFAULT_WINDOW = timedelta(days=30)
 MAX_ID = 2**64 - 1
 # DateTime64's range; a window outside it is clamped.
 MIN_TIME = datetime(1900, 1, 1, tzinfo=UTC)
@@ -102,7 +104,7 @@ def parse_filters(query: dict, now: datetime | None = None) -> ExportFilters:
     now = (now or datetime.now(UTC)).astimezone(UTC)
     from_text, to_text = one(query, "from"), one(query, "to")
     to = parse_time("to", to_text) if to_text is not None else now
-    from_ = parse_time("from", from_text) if from_text is not None else to - DEFAULT_WINDOW
+    from_ = parse_time("from", from_text) if from_text is not None else MIN_TIME
     if from_ > to:
         raise FilterError("from", f"{fmt_time(from_)} is after to ({fmt_time(to)})")
     return ExportFilters(from_=from_, to=to, **ids)

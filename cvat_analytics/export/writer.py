@@ -21,6 +21,7 @@ the file restores exactly the same rows.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +37,10 @@ CHUNK_ROWS = 100_000
 _UNITS = {"hour": "Hour", "minute": "Minute"}
 
 
+class LimitExceeded(Exception):
+    """An export passed one of embedded.export's bounds; the message names it (fit for the caller)."""
+
+
 def render(spec: dict, template: str, **extra) -> str:
     """The text of clickhouse/queries/<template>.sql.j2 for this spec."""
     return environment().get_template(f"clickhouse/queries/{template}.sql.j2").render({**context(spec), **extra})
@@ -45,26 +50,33 @@ def column_names(spec: dict) -> list[str]:
     return [c["name"] for c in spec["events"]["columns"]]
 
 
+def _settings(time_left: Callable[[], float] | None) -> dict:
+    """The engine stops a query at the export's deadline too (max_execution_time)."""
+    return {} if time_left is None else {"max_execution_time": max(1, math.ceil(time_left()))}
+
+
 def _buckets(client, spec: dict, filters: ExportFilters, unit: str,
-             lo: datetime, hi: datetime) -> list[tuple[int, int]]:
+             lo: datetime, hi: datetime, time_left: Callable[[], float] | None = None) -> list[tuple[int, int]]:
     sql = render(spec, "export_buckets", unit=_UNITS[unit])
     params = dict(filters.params(), lo=fmt_time(lo), hi=fmt_time(hi))
-    return [(int(b), int(n)) for b, n in client.query(sql, parameters=params).result_rows]
+    return [(int(b), int(n)) for b, n in client.query(sql, parameters=params,
+                                                      settings=_settings(time_left)).result_rows]
 
 
 def plan_windows(client, spec: dict, filters: ExportFilters,
-                 chunk_rows: int = CHUNK_ROWS) -> list[tuple[datetime, datetime, int]]:
+                 chunk_rows: int = CHUNK_ROWS,
+                 time_left: Callable[[], float] | None = None) -> list[tuple[datetime, datetime, int]]:
     """[lo, hi) windows of at most `chunk_rows` rows each (one minute may hold more)."""
     start = filters.from_
     end = filters.to + timedelta(milliseconds=1)  # `to` is inclusive
     pieces: list[tuple[datetime, datetime, int]] = []
-    for bucket, n in _buckets(client, spec, filters, "hour", start, end):
+    for bucket, n in _buckets(client, spec, filters, "hour", start, end, time_left):
         lo = max(datetime.fromtimestamp(bucket, UTC), start)
         hi = min(datetime.fromtimestamp(bucket, UTC) + timedelta(hours=1), end)
         if n <= chunk_rows:
             pieces.append((lo, hi, n))
             continue
-        for mb, mn in _buckets(client, spec, filters, "minute", lo, hi):
+        for mb, mn in _buckets(client, spec, filters, "minute", lo, hi, time_left):
             mlo = max(datetime.fromtimestamp(mb, UTC), lo)
             mhi = min(datetime.fromtimestamp(mb, UTC) + timedelta(minutes=1), hi)
             pieces.append((mlo, mhi, mn))
@@ -80,20 +92,25 @@ def plan_windows(client, spec: dict, filters: ExportFilters,
 
 def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
               progress: Callable[[int, int], None] | None = None,
-              chunk_rows: int = CHUNK_ROWS) -> int:
+              chunk_rows: int = CHUNK_ROWS, max_rows: int | None = None,
+              time_left: Callable[[], float] | None = None) -> int:
     """Write the export to a binary file object; returns the number of rows.
 
-    `progress(rows_done, rows_total)` is called after each window."""
+    `progress(rows_done, rows_total)` is called after each window; more than `max_rows`
+    rows is LimitExceeded before any row is written; `time_left()` (seconds) bounds each query."""
     sql = render(spec, "export_window")
-    fileobj.write((",".join(column_names(spec)) + "\n").encode())
-    windows = plan_windows(client, spec, filters, chunk_rows)
+    windows = plan_windows(client, spec, filters, chunk_rows, time_left)
     total = sum(n for _, _, n in windows)
+    if max_rows is not None and total > max_rows:
+        raise LimitExceeded(f"the export would hold {total} rows; at most {max_rows} are allowed "
+                            "(embedded.export.max_rows): narrow the filters or the from/to window")
+    fileobj.write((",".join(column_names(spec)) + "\n").encode())
     done = 0
     if progress:
         progress(0, total)
     for lo, hi, n in windows:
         params = dict(filters.params(), lo=fmt_time(lo), hi=fmt_time(hi))
-        stream = client.raw_stream(sql, parameters=params, fmt="CSV")
+        stream = client.raw_stream(sql, parameters=params, fmt="CSV", settings=_settings(time_left))
         try:
             shutil.copyfileobj(stream, fileobj, 1 << 16)
         finally:

@@ -63,6 +63,9 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     data_dir = chdb_path(dsn)
     jobs = ExportJobs(lambda: open_handle(dsn), spec,
                       directory=data_dir.parent / f"{data_dir.name}-exports" if data_dir else None)
+    if jobs.removed_at_start:
+        print(f"cvat-analytics: removed {jobs.removed_at_start} export file(s) left by an earlier run",
+              file=sys.stderr, flush=True)
     server = make_server(client, spec, host, port, dsn, tokens, jobs=jobs,
                          pages=Dashboards(lambda: open_handle(dsn), spec))
     if not _is_loopback(host):

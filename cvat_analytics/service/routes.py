@@ -102,12 +102,14 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
         Route("GET", "/health", Health(client, spec, dsn), None),
     ]
     if jobs is not None:
-        export = ExportRoutes(jobs)
+        export = ExportRoutes(jobs, spec["embedded"].get("trusted_proxies", []))
         routes += [
             Route("GET", "/api/events", export.legacy, EXPORT, head=False),  # starts an export, or hands it out
             Route("POST", "/api/events/export", export.start, EXPORT),
             Route("GET", "/api/events/download", export.download, EXPORT, head=False),  # hands the file out
+            Route("GET", "/api/requests", export.list, EXPORT),
             Route("GET", "/api/requests/", export.status, EXPORT, prefix=True),
+            Route("POST", "/api/requests/", export.cancel, EXPORT, prefix=True),  # /api/requests/<id>/cancel
         ]
     if pages is not None:
         from .dashboard_routes import DashboardPages
