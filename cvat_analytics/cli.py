@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"address to bind (default: ${HOST_ENV}, else the spec's embedded.host)")
     p.add_argument("--port", type=int, default=None,
                    help=f"port (default: ${PORT_ENV}, else the spec's embedded.port)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="the log on stderr: one text line per record, or one JSON object per line (default: text)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("working-time", help="working time per user/project/task/job, exact at the moment it runs")
@@ -227,7 +229,7 @@ def cmd_serve(args) -> int:
 
     spec = load_spec(args.spec)
     host, port = service_address(args, spec)
-    return serve(args.dsn, spec, host, port)
+    return serve(args.dsn, spec, host, port, log_format=args.log_format)
 
 
 def service_address(args, spec: dict) -> tuple[str, int]:

@@ -2,12 +2,14 @@
 until it is downloaded or for `ttl_s` after it finished (CVAT keeps its export cache 1 h)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +21,7 @@ from .filters import UTC, ExportFilters
 from .writer import CHUNK_ROWS, unlink, write_csv
 
 JOB_TTL_S = 3600
+LOG = logging.getLogger("cvat_analytics.export")
 
 
 @dataclass
@@ -75,6 +78,12 @@ class ExportJobs:
             self._sweep()
             return self._jobs.get(job_id)
 
+    def states(self) -> dict[str, int]:
+        """How many jobs are in each state (GET /metrics)."""
+        with self._lock:
+            self._sweep()
+            return dict(Counter(job.status for job in self._jobs.values()))
+
     def take(self, job_id: str) -> BinaryIO | None:
         """The finished file, opened; the job is forgotten and the file unlinked
         (the open handle still reads it), so nothing is left behind."""
@@ -129,10 +138,12 @@ class ExportJobs:
             unlink(tmp)
             job.reason = first_line(exc)[:500]
             job.status, job.finished = "failed", self.clock()
+            LOG.error("export %s failed: %s", job.id, job.reason, exc_info=True)
             return
         with self._lock:
             job.rows, job.path = rows, path
             job.status, job.finished = "finished", self.clock()
+            LOG.info("export %s finished: %d rows in %.1f s", job.id, rows, job.finished - job.started)
             if self._jobs.get(job.id) is not job:
                 unlink(path)
 
