@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
 
 from cvat_analytics_generator.render import render_template
@@ -74,7 +75,8 @@ class Metrics:
 
     def __call__(self, request: "RequestHandler") -> Response:
         body = generate_latest(self.registry) + generate_latest(INSERT_REGISTRY)
-        return Response(200, body, CONTENT_TYPE_LATEST, {"Cache-Control": "no-store"})
+        # 0.0.4: the text format every Prometheus release reads (the body is the same).
+        return Response(200, body, CONTENT_TYPE_PLAIN_0_0_4, {"Cache-Control": "no-store"})
 
 
 class _ScrapeTime:
