@@ -267,7 +267,15 @@ def cmd_export(args) -> int:
     except FilterError as exc:
         print(f"cvat-analytics: --{exc.param.replace('_', '-')}: {exc.reason}", file=sys.stderr)
         return 2
-    rows = export_to_path(connect(args.dsn, create=False), spec, filters, args.output, out=sys.stdout.buffer)
+    from .progress import Progress
+
+    with Progress("exporting", unit="rows") as shown:  # on a terminal only (stderr)
+        def progress(done: int, total: int) -> None:
+            shown.total = total  # the planned windows' counts: known before the first row
+            shown.update(done)
+
+        rows = export_to_path(connect(args.dsn, create=False), spec, filters, args.output,
+                              out=sys.stdout.buffer, progress=progress)
     if args.output != "-":
         print(f"exported {rows} events to {args.output}", file=sys.stderr)
     return 0

@@ -132,3 +132,39 @@ def test_metrics_need_the_metrics_permission_when_tokens_are_configured(make_ser
     assert call(srv, "GET", "/metrics", headers={"Authorization": "Bearer " + "i" * 32})[0] == 403
     status, page, _ = call(srv, "GET", "/metrics", headers={"Authorization": f"Bearer {SECRET}"})
     assert status == 200 and b"cvat_analytics_engine_up 1.0" in page
+
+
+# -- progress on export ----------------------------------------------------------
+
+def test_export_to_a_file_shows_progress_on_a_terminal_and_nothing_on_a_pipe(make_served, store, tmp_path,
+                                                                             monkeypatch):
+    import os
+    import select
+
+    from cvat_analytics import cli
+
+    srv = make_served()
+    assert call(srv, "POST", "/", json.dumps(cvat_batch("progress", 7)).encode())[0] == 200
+    args = ["export", "--dsn", store.dsn, "--spec", str(store.spec_path)]
+
+    master, slave = os.openpty()
+    terminal = os.fdopen(slave, "w")
+    try:
+        monkeypatch.setattr("sys.stderr", terminal)
+        assert cli.main([*args, "-o", str(tmp_path / "a.csv")]) == 0
+        terminal.flush()
+        shown = ""
+        while select.select([master], [], [], 0.5)[0]:  # a pty hands over what was written in pieces
+            shown += os.read(master, 65536).decode()
+    finally:
+        terminal.close()
+        os.close(master)
+    assert "exporting: 0 / 7 rows" in shown and shown.count("\r\033[K") == 1  # drawn, then cleared
+    assert "exported 7 events" in shown
+
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    assert cli.main([*args, "-o", str(tmp_path / "b.csv")]) == 0
+    assert pipe.getvalue() == f"exported 7 events to {tmp_path / 'b.csv'}\n"
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert len((tmp_path / "a.csv").read_text().splitlines()) == 8
