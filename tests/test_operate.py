@@ -124,6 +124,19 @@ def test_the_refresh_lag_comes_from_the_last_refresh(make_served, store):
     assert 0 <= lag < 60
 
 
+def test_the_refresh_lag_comes_from_the_engine_when_refreshable_views_hold_the_totals(make_served, store):
+    srv = make_served()
+    lag_key = ("cvat_analytics_working_time_refresh_lag_seconds", ())
+    assert lag_key not in samples(call(srv, "GET", "/metrics")[1].decode())  # no refresh logged, no view
+    store.client.command(f"CREATE MATERIALIZED VIEW `{store.database}`.refreshed REFRESH EVERY 1 HOUR "
+                         f"ENGINE = MergeTree ORDER BY tuple() AS SELECT count() AS n FROM `{store.database}`.events")
+    deadline = time.monotonic() + 30
+    while lag_key not in (now := samples(call(srv, "GET", "/metrics")[1].decode())):
+        assert time.monotonic() < deadline, "the view never refreshed"
+        time.sleep(0.2)
+    assert 0 <= now[lag_key] < 60
+
+
 def test_metrics_need_the_metrics_permission_when_tokens_are_configured(make_served):
     tokens = [Token(b"i" * 32, Principal("ingest-only", frozenset({"ingest"}))),
               Token(SECRET.encode(), Principal("prometheus", frozenset({"metrics"})))]

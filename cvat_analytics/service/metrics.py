@@ -42,9 +42,10 @@ def refresh_lag_seconds(client, queries, database: str) -> float | None:
     watermark of serve's last refresh; None before any refresh."""
     params = {"database": database}
     if int(client.command(queries.named("refreshable_views"), parameters=params)):
-        return float(client.command(queries.named("lag_from_views"), parameters=params))
-    rows = client.query(queries.named("lag_from_log"), parameters=params).result_rows
-    return float(rows[0][0]) if rows and rows[0][0] is not None else None
+        rows = client.query(queries.named("lag_from_views"), parameters=params).result_rows
+    else:
+        rows = client.query(queries.named("lag_from_log"), parameters=params).result_rows
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None  # None: never refreshed yet
 
 
 class Metrics:
