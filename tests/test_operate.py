@@ -71,6 +71,20 @@ def test_one_json_access_line_per_request_without_query_values_or_secrets(make_s
         assert secret not in everything
 
 
+def test_a_request_line_refused_before_routing_is_logged_without_its_text(make_served, log_lines):
+    import socket
+
+    srv = make_served()
+    with socket.create_connection(srv.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /secret-looking-body HTTP/9.9\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 505") and b"X-Request-Id: " in answer
+    time.sleep(0.2)
+    [line] = [line for line in log_lines() if line["logger"] == "cvat_analytics.access"]
+    assert (line["method"], line["path"], line["status"]) == ("-", "-", 505)
+    assert "secret-looking-body" not in json.dumps(log_lines())
+
+
 def test_the_text_format_is_one_line_with_every_field():
     record = logging.LogRecord("cvat_analytics.access", logging.INFO, __file__, 1, "request", None, None)
     record.__dict__.update(client="10.0.0.5", token="org-7", method="GET", path="/health", status=200,

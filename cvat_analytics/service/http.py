@@ -146,14 +146,15 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._drain()
         self._log(response.status, response.events, started)
 
-    def _log(self, status: int, events: int, started: float) -> None:
+    def _log(self, status: int, events: int, started: float, request_line: bool = True) -> None:
         """The access line and the request counters: nothing of the body, the headers or query values."""
+        method, path = (self.command, loggable_path(self.path)) if request_line else ("-", "-")
         metrics = self.server.routes.metrics
         if metrics is not None:
-            metrics.observe(self.route, self.command, status, events)
+            metrics.observe(self.route, method, status, events)
         ACCESS.info("request", extra={
             "client": self.client_address[0] if self.client_address else "-",
-            "token": self.principal.name, "method": self.command, "path": loggable_path(self.path),
+            "token": self.principal.name, "method": method, "path": path,
             "status": status, "events": events, "ms": round((time.monotonic() - started) * 1000),
             "request_id": self.request_id})
 
@@ -284,9 +285,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         response = json_response(code, {"error": _REFUSED.get(code, "the request cannot be served")},
                                  **{"X-Request-Id": self.request_id})
         self.send(response)
-        self.command = self.command or "-"  # a request line that could not be parsed has none
-        self.path = self.path if isinstance(getattr(self, "path", None), str) else "-"
-        self._log(code, 0, started)
+        # What looks like a request line may be someone's body: neither method nor path is logged.
+        self._log(code, 0, started, request_line=False)
 
     # Every method goes to the route table, which answers 405 where a path has no such method.
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = respond
