@@ -28,7 +28,9 @@ up: $(VENV)/.installed
 down:
 	scripts/down.sh
 
-## test: install what the tests need and run them
+## test: install what the tests need and run them. tests/test_wheel.py builds the wheel, installs
+## it into a fresh virtualenv outside the repository (dependencies from .venv/wheelhouse, filled
+## once) and runs init, render, migrate and serve from an empty directory.
 test: $(VENV)/.test-installed
 	$(VENV)/bin/pytest
 

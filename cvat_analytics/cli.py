@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"address to bind (default: ${HOST_ENV}, else the spec's embedded.host)")
     p.add_argument("--port", type=int, default=None,
                    help=f"port (default: ${PORT_ENV}, else the spec's embedded.port)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="the log on stderr: one text line per record, or one JSON object per line (default: text)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("working-time", help="working time per user/project/task/job, exact at the moment it runs")
@@ -231,7 +233,7 @@ def cmd_serve(args) -> int:
 
     spec = load_spec(args.spec)
     host, port = service_address(args, spec)
-    return serve(args.dsn, spec, host, port)
+    return serve(args.dsn, spec, host, port, log_format=args.log_format)
 
 
 def service_address(args, spec: dict) -> tuple[str, int]:
@@ -269,7 +271,15 @@ def cmd_export(args) -> int:
     except FilterError as exc:
         print(f"cvat-analytics: --{exc.param.replace('_', '-')}: {exc.reason}", file=sys.stderr)
         return 2
-    rows = export_to_path(connect(args.dsn, create=False), spec, filters, args.output, out=sys.stdout.buffer)
+    from .progress import Progress
+
+    with Progress("exporting", unit="rows") as shown:  # on a terminal only (stderr)
+        def progress(done: int, total: int) -> None:
+            shown.total = total  # the planned windows' counts: known before the first row
+            shown.update(done)
+
+        rows = export_to_path(connect(args.dsn, create=False), spec, filters, args.output,
+                              out=sys.stdout.buffer, progress=progress)
     if args.output != "-":
         print(f"exported {rows} events to {args.output}", file=sys.stderr)
     return 0

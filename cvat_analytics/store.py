@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry, Histogram
 
 # Put in every INSERT: a server's defaults differ from chdb's (DESIGN.md §8), and
 # a retried insert must be recognised by its deduplication token.
@@ -24,6 +25,12 @@ INSERT_SETTINGS = {
 }
 
 _clients: dict[str, Client] = {}
+
+# Every insert this process makes, whoever makes it (serve's GET /metrics shows it).
+INSERT_REGISTRY = CollectorRegistry(auto_describe=True)
+INSERT_SECONDS = Histogram("cvat_analytics_insert_seconds", "Seconds an INSERT of events into ClickHouse took",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                           registry=INSERT_REGISTRY)
 
 
 class StoreError(Exception):
@@ -143,4 +150,5 @@ def insert_json_rows(client: Client, database: str, body: bytes, token: str | No
     settings = dict(INSERT_SETTINGS)
     if token:
         settings["insert_deduplication_token"] = token
-    client.raw_insert(f"`{database}`.events", None, body, settings=settings, fmt="JSONEachRow")
+    with INSERT_SECONDS.time():
+        client.raw_insert(f"`{database}`.events", None, body, settings=settings, fmt="JSONEachRow")

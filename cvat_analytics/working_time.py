@@ -117,7 +117,10 @@ def write_udf_dir(spec: dict, directory: Path, udf_type: str = "executable_pool"
     directory.mkdir(parents=True, exist_ok=True)
     xml = render(spec, UDF_CONFIG, udf_type=udf_type)
     (directory / "working_time_function.xml").write_text(xml, encoding="utf-8")
-    shutil.copy2(UDF_SCRIPT, directory / "working_time.py")
+    script = directory / "working_time.py"
+    shutil.copy2(UDF_SCRIPT, script)
+    # ClickHouse runs only an executable script, and pip installs a wheel's modules without the bit.
+    script.chmod(script.stat().st_mode | 0o111)
     return directory
 
 

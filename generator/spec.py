@@ -127,6 +127,13 @@ def _semantic_problems(spec: dict):
         if port in seen:
             yield key.split("."), f"a port not already used by {seen[port]}, got {port}"
         seen[port] = key
+    # Inside its container ClickHouse already listens on the image's ports (HTTP, native,
+    # MySQL, PostgreSQL, interserver): the Prometheus endpoint needs another, or the server fails to start.
+    prometheus = spec["clickhouse"]["server"]["prometheus_port"]
+    if prometheus in (8123, 9000, 9004, 9005, 9009):
+        yield (["clickhouse", "server", "prometheus_port"],
+               f"a port ClickHouse does not already listen on in its container (8123, 9000, 9004, 9005, 9009), "
+               f"got {prometheus}")
     for key in ("name", "secret_env"):
         values = [t[key] for t in spec["access"]["tokens"]]
         for i, value in enumerate(values):

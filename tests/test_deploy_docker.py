@@ -221,6 +221,21 @@ def _compose(stack, project: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, check=True)
 
 
+def test_clickhouses_prometheus_endpoint_answers_on_the_stacks_network_only(services, docker_engine,
+                                                                          docker_compose_project_name):
+    port = services["spec"]["clickhouse"]["server"]["prometheus_port"]
+    vector_id = _compose(services, docker_compose_project_name, "ps", "-q", "vector").stdout.strip()
+    code, output = docker_engine.containers.get(vector_id).exec_run(
+        ["wget", "-qO-", f"http://clickhouse:{port}/metrics"])
+    assert code == 0, output
+    assert b"ClickHouseProfileEvents_Query" in output and b"ClickHouseMetrics_" in output
+    published = subprocess.run(["docker", "compose", "--project-directory", str(services["deploy"]), "-p",
+                                docker_compose_project_name, "-f", str(services["deploy"] / "docker-compose.yml"),
+                                "--env-file", str(services["deploy"] / ".env"), "port", "clickhouse", str(port)],
+                               capture_output=True, text=True, timeout=60)
+    assert not published.stdout.strip() or published.stdout.strip().endswith(":0"), published.stdout
+
+
 def test_an_offline_restart_of_grafana_keeps_the_plugin(services, docker_engine, docker_compose_project_name):
     """Grafana restarted with no network at all still has the ClickHouse plugin it was built with."""
     project = docker_compose_project_name

@@ -375,6 +375,17 @@ def test_every_system_log_gets_the_ttl_and_server_settings_come_from_the_spec(fi
     assert "latency_log" not in logs  # not a system log of ClickHouse 26.9: declaring it would do nothing good
 
 
+def test_clickhouses_prometheus_endpoint_listens_on_the_spec_port_and_is_never_published(tmp_path):
+    _, path = write_spec(tmp_path, **{"clickhouse.server.prometheus_port": 9464})
+    changed = render_all(load_spec(path))
+    root = ET.fromstring(changed["clickhouse/config.d/cvat.xml"])
+    assert (root.findtext("prometheus/endpoint"), root.findtext("prometheus/port")) == ("/metrics", "9464")
+    assert root.findtext("prometheus/metrics") == root.findtext("prometheus/events") == "true"
+    clickhouse = parse_yaml(changed["docker-compose.yml"])["services"]["clickhouse"]
+    assert clickhouse["expose"] == ["9464"]
+    assert not any("9464" in str(p) for p in published(parse_yaml(changed["docker-compose.yml"])))
+
+
 # --- compose: ports, health, Grafana -----------------------------------------------
 
 def published(compose: dict) -> list[str]:

@@ -34,6 +34,8 @@ def test_default_spec_is_valid_and_has_the_defaults_the_issue_names():
     ("working_time.collapsed_scopes", ["create:task"], "working_time.collapsed_scopes.0", "client scope"),
     ("grafana.port", 8282, "grafana.port", "already used by vector.port"),
     ("bind_address", "999.1.1.1", "bind_address", "IPv4"),
+    ("clickhouse.server.prometheus_port", 9009, "clickhouse.server.prometheus_port", "does not already listen on"),
+    ("clickhouse.server.prometheus_port", 0, "clickhouse.server.prometheus_port", "port"),
 ])
 def test_a_bad_value_names_its_key_and_what_was_expected(tmp_path, key, value, expected_key, expected_text):
     _, path = write_spec(tmp_path, **{key: value})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .measure import process_mb
 
-READY_LINE = "cvat-analytics: serving "  # what serve logs once it listens (with its URL)
+READY_LINE = " serving http"  # what serve logs once it listens (with its URL)
 
 
 class ServeProcess:
@@ -41,7 +41,7 @@ class ServeProcess:
     def _logged_url(self) -> str | None:
         for line in self.output().splitlines():
             if READY_LINE in line:
-                return line.split(READY_LINE, 1)[1].split()[0]
+                return "http" + line.split(READY_LINE, 1)[1].split()[0]
         return None
 
     def output(self) -> str:

@@ -10,14 +10,15 @@ naming the limit). Files left by a crash are removed when the jobs start.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,6 +57,7 @@ class ExportRefused(Exception):
 
 class Cancelled(Exception):
     pass
+LOG = logging.getLogger("cvat_analytics.export")
 
 
 @dataclass
@@ -170,6 +172,12 @@ class ExportJobs:
             self._sweep()
             return sorted((j for j in self._jobs.values() if j.owner == owner), key=lambda j: -j.created)
 
+    def states(self) -> dict[str, int]:
+        """How many jobs are in each state (GET /metrics)."""
+        with self._lock:
+            self._sweep()
+            return dict(Counter(job.status for job in self._jobs.values()))
+
     def open(self, job_id: str) -> BinaryIO | None:
         """The finished file, opened; it stays (until the job expires) for another try."""
         with self._lock:
@@ -255,14 +263,14 @@ class ExportJobs:
                 job.reason = str(exc)
             elif time.monotonic() >= deadline:  # the engine stopped a query at max_execution_time
                 job.reason = _too_long(self.limits)
-            else:  # ClickHouse's text stays in the log: it can name tables, settings, paths
-                print(f"cvat-analytics: export {job.id} failed: {type(exc).__name__}: {first_line(exc)}",
-                      file=sys.stderr, flush=True)
             job.status, job.finished = "failed", self.clock()
+            # ClickHouse's text stays in the log: it can name tables, settings, paths.
+            LOG.error("export %s failed: %s", job.id, job.reason or first_line(exc), exc_info=True)
             return
         with self._lock:
             job.rows, job.path = rows, path
             job.status, job.finished = "finished", self.clock()
+            LOG.info("export %s finished: %d rows in %.1f s", job.id, rows, job.finished - job.started)
             if self._jobs.get(job.id) is not job:  # cancelled as it finished
                 self._forget(job)
 

@@ -129,16 +129,17 @@ def unlink(path: Path) -> None:
 
 
 def export_to_path(client, spec: dict, filters: ExportFilters, path: str | Path | None,
-                   out: BinaryIO | None = None) -> int:
+                   out: BinaryIO | None = None, progress: Callable[[int, int], None] | None = None) -> int:
     """The CLI's export: to `path` through a temporary file renamed at the end
-    (nothing half-written), or to `out` (stdout) when path is None or '-'."""
+    (nothing half-written), or to `out` (stdout) when path is None or '-'.
+    `progress` as for write_csv."""
     if path in (None, "-"):
-        return write_csv(client, spec, filters, out)
+        return write_csv(client, spec, filters, out, progress)
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
-            rows = write_csv(client, spec, filters, fh)
+            rows = write_csv(client, spec, filters, fh, progress)
         os.replace(tmp, target)
     except BaseException:
         unlink(Path(tmp))

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-PERMISSIONS = ("ingest", "export", "dashboards")
+PERMISSIONS = ("ingest", "export", "dashboards", "metrics")
 FILTER_KEYS = ("org_id", "user_id")
 MIN_SECRET_LENGTH = 16
 

@@ -9,8 +9,10 @@ import threading
 
 from ..export import ExportJobs
 from ..store import chdb_path, connect, open_handle, redact
+from . import logs
 from .access import AccessError, Token, load_tokens
 from .http import EventServer
+from .logs import SERVICE
 from .routes import table
 
 
@@ -34,8 +36,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(dsn: str, spec: dict, host: str, port: int) -> int:
+def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") -> int:
     """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT.
+    The log (logs.py) goes to stderr as `log_format`, text or json.
 
     Exit 2, before opening anything, when a token's secret is missing or when no token
     is configured and `host` is not a loopback address (anyone reaching it could read
@@ -50,12 +53,13 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
               "who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
               "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
         return 2
+    logs.configure(log_format)
     # No thread of ours keeps working time current: ClickHouse does, with the refreshable
     # view the migrations create (see docs/architecture.md, Working time).
     client = connect(dsn)
     if chdb_path(dsn) is not None:
         from ..migrate import migrate
-        migrate(client, spec, log=lambda line: print(f"cvat-analytics: {line}", file=sys.stderr))
+        migrate(client, spec, log=SERVICE.info)
     from ..dashboards import Dashboards
 
     # Exports and the dashboards get engine handles of their own: an open export stream
@@ -69,19 +73,22 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     server = make_server(client, spec, host, port, dsn, tokens, jobs=jobs,
                          pages=Dashboards(lambda: open_handle(dsn), spec))
     if not _is_loopback(host):
-        print(f"cvat-analytics: listening on {host} with {len(tokens)} access token(s); tokens travel "
-              "in clear over HTTP: put TLS (a reverse proxy) in front on untrusted networks",
-              file=sys.stderr)
-    print(f"cvat-analytics: serving {server.url} (database {spec['clickhouse']['database']}, {redact(dsn)}); "
-          "POST events to /, GET /health, CSV export at /api/events, dashboards at /dashboards",
-          file=sys.stderr, flush=True)
+        SERVICE.warning("listening on %s with %d access token(s); tokens travel in clear over HTTP: "
+                        "put TLS (a reverse proxy) in front on untrusted networks", host, len(tokens))
+    SERVICE.info("serving %s (database %s, %s); POST events to /, GET /health, CSV export at /api/events, "
+                 "dashboards at /dashboards, /metrics, /openapi.json",
+                 server.url, spec["clickhouse"]["database"], redact(dsn))
 
     stoppers: list[threading.Thread] = []
+
+    def stop(signum: int) -> None:
+        SERVICE.info("stopping (%s): answering the requests in flight", signal.Signals(signum).name)
+        server.stop()
 
     def on_signal(signum, _frame):
         # stop() waits for serve_forever() to return, and that runs on this thread: stop from another.
         if not stoppers:
-            stoppers.append(threading.Thread(target=server.stop, name="stop"))
+            stoppers.append(threading.Thread(target=stop, args=(signum,), name="stop"))
             stoppers[0].start()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -90,5 +97,5 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
     for stopper in stoppers:
         stopper.join()  # requests in flight answered, threads joined
     jobs.shutdown()
-    print("cvat-analytics: stopped", file=sys.stderr, flush=True)
+    SERVICE.info("stopped")
     return 0

@@ -4,14 +4,13 @@ A caller without a token (when tokens are configured) gets the status only: the
 database, DSN and count are for callers the service knows. Errors go to the log."""
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from cvat_analytics_generator.render import context, environment
 
-from ..errors import first_line
 from ..store import redact
 from .http import Response, json_response
+from .logs import SERVICE
 
 if TYPE_CHECKING:
     from .http import RequestHandler
@@ -29,8 +28,9 @@ class Health:
         detailed = request is not None and bool(request.principal.permissions)
         try:
             count = self.client.command(self.count_sql)
-        except Exception as exc:
-            print(f"cvat-analytics: /health: the store does not answer: {first_line(exc)}", file=sys.stderr, flush=True)
+        except Exception:
+            SERVICE.error("/health: the store does not answer", exc_info=True,
+                          extra={"request_id": getattr(request, "request_id", None)})
             return json_response(503, {"status": "error"})
         if not detailed:
             return json_response(200, {"status": "ok"})

@@ -22,17 +22,17 @@ import re
 import zlib
 import shutil
 import socket
-import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from ..errors import first_line
-from .access import LOCAL, Principal
+from .access import ANONYMOUS, LOCAL, Principal
+from .logs import ACCESS, SERVICE, loggable_path
 
 if TYPE_CHECKING:
     from .routes import Routes
@@ -123,6 +123,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def respond(self) -> None:
         started = time.monotonic()
+        # Every answer carries it; an error's stack trace in the log carries it too.
+        self.request_id = uuid.uuid4().hex[:16]
+        self.principal, self.route = ANONYMOUS, "unmatched"  # until the route table says
         path = urlsplit(self.path).path
         refused = self._check_framing()
         if refused is not None:
@@ -130,18 +133,30 @@ class RequestHandler(BaseHTTPRequestHandler):
         else:
             try:
                 response = self.server.routes.answer(self, path)
-            except Exception as exc:  # a bug or a ClickHouse failure: log it, keep serving
-                print(f"cvat-analytics: {self.command} {path} failed: {type(exc).__name__}: {first_line(exc)}",
-                      file=sys.stderr, flush=True)
-                response = json_response(500, {"error": "internal error; the service log has the details"})
+            except Exception:  # a bug or a ClickHouse failure: log it, keep serving
+                SERVICE.error("%s %s failed", self.command, loggable_path(self.path), exc_info=True,
+                              extra={"request_id": self.request_id})
+                response = json_response(500, {"error": "internal error; the service log has the details "
+                                                        f"(request id {self.request_id})"})
+        response.headers["X-Request-Id"] = self.request_id
         if self.server.stopping.is_set() or not self._can_drain(response.status):
             self.close_connection = True
         self.send(response)
         if not self.close_connection:
             self._drain()
-        elapsed = (time.monotonic() - started) * 1000
-        print(f"{self.command} {path} {response.status} {response.events} {elapsed:.0f}ms",
-              file=sys.stderr, flush=True)
+        self._log(response.status, response.events, started)
+
+    def _log(self, status: int, events: int, started: float, request_line: bool = True) -> None:
+        """The access line and the request counters: nothing of the body, the headers or query values."""
+        method, path = (self.command, loggable_path(self.path)) if request_line else ("-", "-")
+        metrics = self.server.routes.metrics
+        if metrics is not None:
+            metrics.observe(self.route, method, status, events)
+        ACCESS.info("request", extra={
+            "client": self.client_address[0] if self.client_address else "-",
+            "token": self.principal.name, "method": method, "path": path,
+            "status": status, "events": events, "ms": round((time.monotonic() - started) * 1000),
+            "request_id": self.request_id})
 
     # -- the body ----------------------------------------------------------------
     def _check_framing(self) -> Response | None:
@@ -264,8 +279,14 @@ class RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """The stdlib's refusals (before a route runs), as JSON that quotes nothing of the request."""
         self.close_connection = True
-        self.send(json_response(code, {"error": _REFUSED.get(code, "the request cannot be served")}))
-        print(f"- - {code} 0 0ms", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        self.request_id = uuid.uuid4().hex[:16]
+        self.principal, self.route = ANONYMOUS, "unmatched"
+        response = json_response(code, {"error": _REFUSED.get(code, "the request cannot be served")},
+                                 **{"X-Request-Id": self.request_id})
+        self.send(response)
+        # What looks like a request line may be someone's body: neither method nor path is logged.
+        self._log(code, 0, started, request_line=False)
 
     # Every method goes to the route table, which answers 405 where a path has no such method.
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = respond

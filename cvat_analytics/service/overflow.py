@@ -13,13 +13,13 @@ import email.utils
 import queue
 import selectors
 import socket
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .http import encode_head, json_response
+from .logs import ACCESS
 
 if TYPE_CHECKING:
     from .http import EventServer
@@ -126,8 +126,10 @@ class Overflow:
             sock.settimeout(1)  # the answer fits in the socket's buffer; a client that reads nothing gets cut
             sock.sendall(data if method == b"HEAD" else data + body)
             # Only what was recognised is logged: the rest may be anyone's bytes.
-            shown = f"{method.decode()} /health" if path == "/health" and method in (b"GET", b"HEAD") else "- -"
-            print(f"{shown} {response.status} 0 overflow", file=sys.stderr, flush=True)
+            health = path == "/health" and method in (b"GET", b"HEAD")
+            ACCESS.info("request", extra={"client": "-", "token": "overflow", "method": method.decode() if health else "-",
+                                          "path": "/health" if health else "-", "status": response.status,
+                                          "events": 0, "ms": 0, "request_id": "-"})
         except Exception:  # a client gone, a store not answering: the connection ends either way
             pass
         finally:

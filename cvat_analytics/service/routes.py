@@ -16,7 +16,7 @@ from .http import Response, json_response
 if TYPE_CHECKING:
     from .http import RequestHandler
 
-INGEST, EXPORT, DASHBOARDS = "ingest", "export", "dashboards"  # access.PERMISSIONS
+INGEST, EXPORT, DASHBOARDS, METRICS = "ingest", "export", "dashboards", "metrics"  # access.PERMISSIONS
 
 Handler = Callable[["RequestHandler"], Response]
 
@@ -41,10 +41,11 @@ class Route:
 class Routes:
     """Finds a request's route, checks the caller may use it, runs its handler."""
 
-    def __init__(self, routes: list[Route], tokens: list[Token]):
+    def __init__(self, routes: list[Route], tokens: list[Token], metrics=None):
         self.routes = list(routes)
         # Without tokens every caller is LOCAL (serve then binds to loopback only).
         self.tokens = tokens
+        self.metrics = metrics  # metrics.Metrics: counts every answer (http.py)
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
@@ -58,6 +59,7 @@ class Routes:
 
     def answer(self, request: "RequestHandler", path: str) -> Response:
         route = self.find(request.command, path)
+        request.route = route.path if route else "unmatched"  # the metrics' label: never the raw path
         refused = self.check_access(request, route.permission if route else "")
         if refused is not None:
             return refused
@@ -96,10 +98,14 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
     from .export_routes import ExportRoutes
     from .health import Health
     from .ingest import Ingest
+    from .metrics import Metrics
+    from .openapi import OpenApi
 
+    metrics = Metrics(client, spec, jobs)
     routes = [
         Route("POST", "/", Ingest(client, spec), INGEST),
         Route("GET", "/health", Health(client, spec, dsn), None),
+        Route("GET", "/metrics", metrics, METRICS),
     ]
     if jobs is not None:
         export = ExportRoutes(jobs, spec["embedded"].get("trusted_proxies", []))
@@ -119,4 +125,6 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
             Route("GET", "/dashboards", page, DASHBOARDS),
             Route("GET", "/dashboards/", page, DASHBOARDS, prefix=True),
         ]
-    return Routes(routes, tokens)
+    every = Routes(routes, tokens, metrics)
+    every.add(Route("GET", "/openapi.json", OpenApi(every), None))
+    return every

@@ -1,0 +1,130 @@
+"""GET /metrics: the service in Prometheus' text format (prometheus-client).
+
+Counted as requests are answered (http.py calls `Metrics.observe`): requests by route
+and status, events accepted, ingest requests refused by reason. Read from the engine
+and the export jobs when scraped: engine up, working-time refresh lag, export jobs by
+state and their bytes on disk. The insert latency histogram is process-wide
+(store.insert_json_rows observes it, whoever inserts).
+
+Each server has a registry of its own, so two servers in one process (the tests)
+count apart; the names are documented in README, Operating.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.core import GaugeMetricFamily
+
+from cvat_analytics_generator.render import render_template
+from cvat_analytics_generator.sql import parse
+
+from ..store import INSERT_REGISTRY
+from .http import Response
+from .logs import SERVICE
+
+if TYPE_CHECKING:
+    from ..export import ExportJobs
+    from .http import RequestHandler
+
+QUERIES = "clickhouse/runtime/service_metrics.sql.j2"
+# Why POST / was refused, by status; anything else is "other".
+REFUSED_REASONS = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 411: "length_required",
+                   413: "too_large", 415: "unsupported_media_type", 500: "error", 503: "unavailable"}
+JOB_STATES = ("queued", "running", "finished", "failed")
+
+
+def refresh_lag_seconds(client, queries, database: str) -> float | None:
+    """Seconds since the working-time totals were last exact: from the engine's own
+    refreshes (system.view_refreshes) when refreshable views hold them, else from the
+    watermark of serve's last refresh; None before any refresh."""
+    params = {"database": database}
+    if int(client.command(queries.named("refreshable_views"), parameters=params)):
+        rows = client.query(queries.named("lag_from_views"), parameters=params).result_rows
+    else:
+        rows = client.query(queries.named("lag_from_log"), parameters=params).result_rows
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None  # None: never refreshed yet
+
+
+class Metrics:
+    """The /metrics handler and the counters the HTTP layer feeds."""
+
+    def __init__(self, client, spec: dict, jobs: "ExportJobs | None" = None):
+        self.client = client
+        self.database = spec["clickhouse"]["database"]
+        self.jobs = jobs
+        self.queries = parse(render_template(spec, QUERIES), QUERIES)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("cvat_analytics_http_requests", "HTTP requests answered, by route and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.events_accepted = Counter("cvat_analytics_events_accepted", "Events stored by POST /",
+                                       registry=self.registry)
+        self.ingest_refused = Counter("cvat_analytics_ingest_refused",
+                                      "POST / requests refused (nothing of them stored), by reason",
+                                      ["reason"], registry=self.registry)
+        self.registry.register(_ScrapeTime(self))
+
+    def observe(self, route: str, method: str, status: int, events: int) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        if route == "/" and method == "POST":
+            if status == 200:
+                self.events_accepted.inc(events)
+            else:
+                self.ingest_refused.labels(REFUSED_REASONS.get(status, "other")).inc()
+
+    def __call__(self, request: "RequestHandler") -> Response:
+        body = generate_latest(self.registry) + generate_latest(INSERT_REGISTRY)
+        # 0.0.4: the text format every Prometheus release reads (the body is the same).
+        return Response(200, body, CONTENT_TYPE_PLAIN_0_0_4, {"Cache-Control": "no-store"})
+
+
+class _ScrapeTime:
+    """The gauges read when /metrics is asked for."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []  # nothing is read from the engine when the registry is built
+
+    def collect(self):
+        m = self.metrics
+        up = GaugeMetricFamily("cvat_analytics_engine_up", "1 when ClickHouse answers SELECT 1, else 0")
+        lag = GaugeMetricFamily("cvat_analytics_working_time_refresh_lag_seconds",
+                                "Seconds since the working-time totals were last exact (absent before the first refresh)")
+        try:
+            m.client.command(m.queries.named("engine_up"))
+            up.add_metric([], 1)
+            seconds = refresh_lag_seconds(m.client, m.queries, m.database)
+            if seconds is not None:
+                lag.add_metric([], seconds)
+        except Exception:  # the engine is down: say so, keep the rest of the page
+            SERVICE.warning("/metrics: the engine does not answer", exc_info=True)
+            up.add_metric([], 0)
+        yield up
+        yield lag
+        if m.jobs is None:
+            return
+        jobs = GaugeMetricFamily("cvat_analytics_export_jobs", "Export jobs kept, by state", labels=["state"])
+        counts = m.jobs.states()
+        for state in JOB_STATES:
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        yield GaugeMetricFamily("cvat_analytics_export_bytes", "Bytes of export files on disk",
+                                value=_bytes_under(m.jobs.directory))
+
+
+def _bytes_under(directory) -> int:
+    total = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            total += entry.stat().st_size if entry.is_file() else 0
+        except FileNotFoundError:  # downloaded (unlinked) while we looked
+            pass
+    return total
