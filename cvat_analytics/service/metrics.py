@@ -37,14 +37,9 @@ JOB_STATES = ("queued", "running", "finished", "failed")
 
 
 def refresh_lag_seconds(client, queries, database: str) -> float | None:
-    """Seconds since the working-time totals were last exact: from the engine's own
-    refreshes (system.view_refreshes) when refreshable views hold them, else from the
-    watermark of serve's last refresh; None before any refresh."""
-    params = {"database": database}
-    if int(client.command(queries.named("refreshable_views"), parameters=params)):
-        rows = client.query(queries.named("lag_from_views"), parameters=params).result_rows
-    else:
-        rows = client.query(queries.named("lag_from_log"), parameters=params).result_rows
+    """Seconds since the working-time totals were last exact, as the engine reports its
+    refreshable view (system.view_refreshes); None before its first refresh."""
+    rows = client.query(queries.named("refresh_lag"), parameters={"database": database}).result_rows
     return float(rows[0][0]) if rows and rows[0][0] is not None else None  # None: never refreshed yet
 
 
