@@ -151,6 +151,30 @@ PATHS: dict[str, dict] = {
             "404": _detail("unknown request"),
             "403": _json("forbidden", {"type": "object"}),
             "401": _REFUSED["401"]}}},
+    "/api/requests": {"get": {
+        "summary": "The caller's own export requests, newest first, in CVAT's page shape",
+        "x-permission": "export",
+        "parameters": [_query("page", "page number, from 1"), _query("page_size", "requests per page (1-1000)"),
+                       _query("status", "only requests in this state")],
+        "responses": {
+            "200": _json("a page", {"type": "object", "required": ["count", "next", "previous", "results"],
+                                    "properties": {"count": {"type": "integer"},
+                                                   "next": {"type": ["string", "null"]},
+                                                   "previous": {"type": ["string", "null"]},
+                                                   "results": {"type": "array", "items": {
+                                                       "$ref": "#/components/schemas/Request"}}}}),
+            "400": _detail("a parameter is invalid"),
+            "403": _json("forbidden", {"type": "object"}),
+            "401": _REFUSED["401"]}}},
+    "/api/requests/{rq_id}/cancel": {"post": {
+        "summary": "Cancel an export: the request and its file are gone",
+        "x-permission": "export",
+        "parameters": [{"name": "rq_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "cancelled"},
+            "404": _detail("unknown request"),
+            "403": _json("forbidden", {"type": "object"}),
+            "401": _REFUSED["401"]}}},
     "/dashboards": {"get": {
         "summary": "The list of dashboards, as an HTML page",
         "x-permission": "dashboards",
@@ -186,18 +210,20 @@ COMPONENTS = {
 }
 
 
-def table_path(route_path: str, prefix: bool) -> str:
-    """The document's path for a route of the table: a prefix route takes one parameter."""
+def table_path(route_path: str, prefix: bool, method: str = "get") -> str:
+    """The document's path for a route of the table: a prefix route takes one parameter
+    (the documented path under that prefix that has the route's method)."""
     if not prefix:
         return route_path
-    return next(p for p in PATHS if p.startswith(route_path) and p[len(route_path):].startswith("{"))
+    return next(p for p in PATHS if p.startswith(route_path) and p[len(route_path):].startswith("{")
+                and method.lower() in PATHS[p])
 
 
 def document(routes: "Routes") -> dict:
     """The document for the routes this server has."""
     paths: dict[str, dict] = {}
     for route in routes.routes:
-        path = table_path(route.path, route.prefix)
+        path = table_path(route.path, route.prefix, route.method)
         operation = PATHS[path][route.method.lower()]
         paths.setdefault(path, {})[route.method.lower()] = operation
     try:
