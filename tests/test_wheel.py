@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -49,11 +50,25 @@ def fill_wheelhouse(wheel: Path) -> None:
     stamp.touch()
 
 
+def source_tree(target: Path) -> Path:
+    """The repository's files as git sees them (tracked, and new ones not ignored), copied:
+    a build in the checkout itself would pick up whatever an old build left in build/."""
+    listed = run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]).stdout
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the work tree, not yet in git
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name, follow_symlinks=False)
+    return target
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     """A fresh virtualenv with the freshly built wheel: its bin directory and a clean environment."""
     work = tmp_path_factory.mktemp("wheel")
-    run([*PIP, "wheel", "--quiet", "--no-deps", "--wheel-dir", work / "dist", REPO])
+    source = source_tree(work / "source")
+    run([*PIP, "wheel", "--quiet", "--no-deps", "--wheel-dir", work / "dist", source])
     [wheel] = (work / "dist").glob("cvat_analytics-*.whl")
     fill_wheelhouse(wheel)
     venv = work / "venv"
