@@ -1,18 +1,19 @@
 """One store of the sharding proof (tests/test_cluster.py), in its own process: chdb opens
 one data path per process, so the single node and each shard run here, one at a time.
 
-    python -m tests.cluster_store single SPEC DATA ROWS N KEY OUT
+    python -m tests.cluster_store single SPEC DATA ROWS N KEY CONTROL_KEY OUT
         the single server: the default render's migrations, every event; writes OUT (JSON)
         and, beside it, shard_<k>.ndjson: the events whose `KEY % N` is k, as the engine
-        evaluates the rendered sharding key over the stored rows
+        evaluates the rendered sharding key over the stored rows (control_<k>.ndjson: the
+        same by CONTROL_KEY, a key that does not keep a user's events together)
     python -m tests.cluster_store shard SPEC DATA ROWS OUT
         one shard: the cluster render's migrations as one server runs them (their
         single-node equivalents, as `check` executes them), the shard's events
         inserted into events_local; writes OUT (JSON)
 
 OUT holds the working-time totals (read through `working_time_totals`, the name readers
-use), the users stored, and every dashboard panel's rows ("All" selected) over a range
-given in the spec file's neighbour range.json.
+use), the users stored, and every dashboard panel's rows ("All" selected) over the time
+range in range.json beside SPEC.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def _plain(value):
     return value if value is None or isinstance(value, (int, float, str)) else str(value)
 
 
-def single(spec_path: Path, data: Path, rows: Path, shards: int, key: str, out: Path) -> None:
+def single(spec_path: Path, data: Path, rows: Path, shards: int, keys: dict[str, str], out: Path) -> None:
     from cvat_analytics.migrate import migrate
 
     spec = load_spec(spec_path)
@@ -65,15 +66,15 @@ def single(spec_path: Path, data: Path, rows: Path, shards: int, key: str, out: 
     store.insert_json_rows(client, db, rows.read_bytes())
     working_time.wait_current(client, spec)
     out.write_text(json.dumps(results(client, spec, spec_path)))
-    split = client.query(f"SELECT ({key}) % {shards} AS shard, * FROM `{db}`.events",
-                         settings={"output_format_json_quote_64bit_integers": 0})
-    names = split.column_names[1:]
-    files = {k: [] for k in range(shards)}
-    for row in split.result_rows:
-        event = {n: _plain(v) for n, v in zip(names, row[1:])}
-        files[row[0]].append(json.dumps(event))
-    for k, lines in files.items():
-        (out.parent / f"shard_{k}.ndjson").write_text("\n".join(lines) + "\n")
+    for prefix, key in keys.items():
+        split = client.query(f"SELECT ({key}) % {shards} AS shard, * FROM `{db}`.events",
+                             settings={"output_format_json_quote_64bit_integers": 0})
+        names = split.column_names[1:]
+        files = {k: [] for k in range(shards)}
+        for row in split.result_rows:
+            files[row[0]].append(json.dumps({n: _plain(v) for n, v in zip(names, row[1:])}))
+        for k, lines in files.items():
+            (out.parent / f"{prefix}_{k}.ndjson").write_text("\n".join(lines) + "\n")
 
 
 def shard(spec_path: Path, data: Path, rows: Path, out: Path) -> None:
@@ -94,8 +95,9 @@ def shard(spec_path: Path, data: Path, rows: Path, out: Path) -> None:
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "single":
-        spec_path, data, rows, shards, key, out = args
-        single(Path(spec_path), Path(data), Path(rows), int(shards), key, Path(out))
+        spec_path, data, rows, shards, key, control_key, out = args
+        single(Path(spec_path), Path(data), Path(rows), int(shards), {"shard": key, "control": control_key},
+               Path(out))
     else:
         spec_path, data, rows, out = args
         shard(Path(spec_path), Path(data), Path(rows), Path(out))
