@@ -29,7 +29,7 @@ import yaml
 from cvat_analytics.demo import Demo, to_row
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import SpecError, load_spec
-from cvat_analytics_generator.validate import validate_tree
+from cvat_analytics_generator.validate import sql_problems
 from cvat_analytics_generator.validate_sql import _DISTRIBUTED
 from tests.conftest import REPO, write_spec
 
@@ -77,8 +77,31 @@ def cluster_files(tmp_path_factory) -> dict[str, str]:
     return render_all(spec)
 
 
-def test_a_two_by_two_render_passes_every_check(cluster_files):
-    assert validate_tree(cluster_files) == []
+def test_render_and_check_of_a_cluster_spec_through_the_cli(tmp_path):
+    _, spec_path = cluster_spec(tmp_path)
+    out = tmp_path / "deploy-cluster"
+    for command in ("render", "check"):
+        run = subprocess.run([sys.executable, "-m", "cvat_analytics.cli", command, "--spec", spec_path, "--out", out],
+                             capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert "every rendered file is valid" in run.stdout
+    assert (out / "keeper" / "keeper.xml").is_file() and not (out / "cvat-compose.override.yml").exists()
+
+
+def test_check_names_a_replicated_statement_that_does_not_parse_and_one_whose_equivalent_fails(cluster_files):
+    broken = dict(cluster_files)
+    events = "clickhouse/migrations/0002_create_events.sql"
+    broken[events] = broken[events].replace("ENGINE = ReplicatedMergeTree\nPARTITION BY",
+                                            "ENGINE = ReplicatedMergeTree\nPARTITION BYE")
+    assert broken[events] != cluster_files[events]
+    problems = sql_problems(broken)
+    assert any(p.startswith(f"{events}: statement 1 does not parse on ClickHouse") for p in problems), problems
+
+    broken = dict(cluster_files)
+    broken[events] = broken[events].replace("cityHash64(ifNull(user_id, 0))", "cityHash64(ifNull(no_such_column, 0))")
+    problems = sql_problems(broken)
+    assert any(p.startswith(f"{events}: statement 2 does not execute on ClickHouse (its single-node equivalent)")
+               and "no_such_column" in p for p in problems), problems
 
 
 def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_servers_entry(cluster_files):
