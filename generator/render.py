@@ -73,6 +73,7 @@ def context(spec: dict) -> dict:
     return {
         "spec": spec,
         "cluster": cluster_layout(spec),
+        "clustered": is_cluster(spec),
         "db": ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],

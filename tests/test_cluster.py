@@ -69,6 +69,14 @@ def test_a_quorum_above_the_replicas_is_refused_naming_the_key(tmp_path):
         load_spec(path)
 
 
+def test_migrate_refuses_a_cluster_spec_and_says_why(tmp_path):
+    from cvat_analytics.migrate import ClusterSpec, migrate
+
+    spec, _ = cluster_spec(tmp_path)
+    with pytest.raises(ClusterSpec, match=r"clickhouse\.cluster: 2 shards x 2 replicas.*first start"):
+        migrate(None, spec)  # refused before the store is touched
+
+
 # --- the 2 x 2 render -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
