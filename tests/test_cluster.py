@@ -145,6 +145,13 @@ def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_server
     users = ET.fromstring(cluster_files["clickhouse/users.d/cvat-cluster.xml"])
     assert users.findtext("profiles/cvat_ingest/insert_quorum") == "2"
     assert users.findtext("profiles/cvat_ingest/distributed_foreground_insert") == "1"
+    # An insert waiting for its quorum gives up before the ingest user's queries are cut
+    # off, and those before Vector sends the batch again.
+    quorum_s = int(users.findtext("profiles/cvat_ingest/insert_quorum_timeout")) / 1000
+    ingest = ET.fromstring(cluster_files["clickhouse/users.d/cvat-users.xml"])
+    vector = yaml.safe_load(cluster_files["vector/vector.yaml"])["sinks"]["clickhouse"]
+    assert quorum_s < int(ingest.findtext("profiles/cvat_ingest/max_execution_time")) < vector["request"]["timeout_secs"]
+    assert ingest.findall("users/cvat_ingest/grants/query")[1].text == "GRANT INSERT ON `cvat`.`events_local`"
 
 
 def test_readers_keep_the_single_server_names(cluster_files):
