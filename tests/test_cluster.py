@@ -276,4 +276,5 @@ def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_nu
         if any(whole.values()):  # an all-zero panel proves nothing
             proven.append(name)
     assert len(proven) >= 10, proven
-    print(f"\n{len(proven)} mergeable panels equal across {SHARDS} shards:", *proven, sep="\n  ")
+    print(f"\nevents per shard {[s['events'] for s in shards]}, users per shard {[len(s['users']) for s in shards]}")
+    print(f"{len(proven)} mergeable panels equal across {SHARDS} shards:", *proven, sep="\n  ")
