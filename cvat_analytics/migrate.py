@@ -16,7 +16,7 @@ from functools import cached_property
 
 from clickhouse_connect.driver.client import Client
 
-from cvat_analytics_generator.render import render_sql, render_template
+from cvat_analytics_generator.render import is_cluster, render_sql, render_template
 from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
 from . import retention
@@ -27,6 +27,10 @@ LEDGER = "clickhouse/runtime/schema_migrations.sql.j2"
 
 class MigrationDrift(Exception):
     """An applied migration's statements changed: the database no longer matches the spec."""
+
+
+class ClusterSpec(Exception):
+    """The spec renders a ClickHouse cluster, whose schema migrate does not apply."""
 
 
 @dataclass
@@ -86,6 +90,11 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
     """Apply what is pending; return the names applied (empty on a second run).
     Raises MigrationDrift, before applying anything, if an applied migration changed.
     A TTL that would drop stored events needs `assume_yes` (see retention.py)."""
+    if is_cluster(spec):
+        cluster = spec["clickhouse"]["cluster"]
+        raise ClusterSpec(f"the spec renders a ClickHouse cluster (clickhouse.cluster: {cluster['shards']} shards "
+                          f"x {cluster['replicas']} replicas): its servers create the schema on their first start "
+                          "(README, \"Past one machine\"); migrate applies the single server's")
     spec = retention.effective_spec(client, spec)
     sql = ledger(spec)
     done = applied(client, spec)

@@ -15,6 +15,16 @@ from .sql import ident, string_literal
 TEMPLATES = Path(__file__).with_name("templates")
 # Statements the runtime renders and runs itself (e.g. migrate's ledger): not deploy files.
 RUNTIME = "clickhouse/runtime/"
+# The cluster render (clickhouse.cluster above 1 x 1): templates under cluster/ land at the
+# same path without the prefix, and replace these files of the single-server tree (CVAT's
+# own stack runs one ClickHouse, so its override has no cluster form; `migrate`'s TTL
+# removal is single-server: the cluster's schema is created by its servers' first start).
+CLUSTER = "cluster/"
+SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "vector/vector-cvat.yaml.j2",
+                      "clickhouse/users.d/cvat-server-user.xml.j2", "clickhouse/queries/events_remove_ttl.sql.j2",
+                      "clickhouse/migrations/")
+CLUSTER_NAME = "cvat"
+KEEPER_NODES = 3
 
 
 # Escapers: one per language a value can land in, so no spec value can break out
@@ -42,11 +52,28 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def is_cluster(spec: dict) -> bool:
+    cluster = spec["clickhouse"]["cluster"]
+    return cluster["shards"] * cluster["replicas"] > 1
+
+
+def cluster_layout(spec: dict) -> dict:
+    """The servers and Keeper nodes of the cluster render (service names are host names)."""
+    cluster = spec["clickhouse"]["cluster"]
+    servers = [{"name": f"clickhouse-s{s}-r{r}", "shard": s, "replica": r}
+               for s in range(1, cluster["shards"] + 1) for r in range(1, cluster["replicas"] + 1)]
+    keepers = [{"name": f"clickhouse-keeper-{k}", "id": k} for k in range(1, KEEPER_NODES + 1)]
+    return {"name": CLUSTER_NAME, "shards": cluster["shards"], "replicas": cluster["replicas"],
+            "insert_quorum": cluster["insert_quorum"], "servers": servers, "keepers": keepers}
+
+
 def context(spec: dict) -> dict:
     """What every template sees: the spec and a few names derived from it."""
     ch = spec["clickhouse"]
     return {
         "spec": spec,
+        "cluster": cluster_layout(spec),
+        "clustered": is_cluster(spec),
         "db": ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],
@@ -70,7 +97,7 @@ def render_all(spec: dict) -> dict[str, str]:
         if not _wanted(name, spec):
             continue
         text = env.get_template(name).render(ctx)
-        out[name[: -len(".j2")]] = text
+        out[name[: -len(".j2")].removeprefix(CLUSTER)] = text
     return out
 
 
@@ -80,8 +107,13 @@ def render_template(spec: dict, name: str, **extra) -> str:
 
 
 def _wanted(name: str, spec: dict) -> bool:
-    """Runtime statements and dashboards not listed in the spec are not rendered."""
+    """Runtime statements, dashboards not listed in the spec, and the files of the other
+    topology (single server or cluster) are not rendered."""
     if name.startswith(RUNTIME):
+        return False
+    if name.startswith(CLUSTER):
+        return is_cluster(spec)
+    if name.startswith(SINGLE_SERVER_ONLY) and is_cluster(spec):
         return False
     parts = name.split("/")
     if parts[:2] == ["grafana", "dashboards"] and len(parts) == 3:

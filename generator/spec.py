@@ -109,6 +109,10 @@ def _semantic_problems(spec: dict):
     for i, scope in enumerate(spec["working_time"]["collapsed_scopes"]):
         if scope not in client:
             yield ["working_time", "collapsed_scopes", i], f"a client scope from events.scopes.client, got {scope!r}"
+    cluster = spec["clickhouse"]["cluster"]
+    if cluster["insert_quorum"] > cluster["replicas"]:
+        yield (["clickhouse", "cluster", "insert_quorum"],
+               f"at most clickhouse.cluster.replicas ({cluster['replicas']}), got {cluster['insert_quorum']}")
     users = spec["clickhouse"]["users"]
     if len(set(users.values())) != len(users):
         yield ["clickhouse", "users"], "a different user name for each role"

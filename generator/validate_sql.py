@@ -7,6 +7,12 @@ chdb path for its whole life (docs/architecture.md, Data flow): the caller (`cva
 session) may already hold one. Migrations run first, in order, then every other .sql file
 in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
 type. Prints one line per failing statement, "relpath: statement N: error"; exit 1 if any.
+
+The cluster render's statements need a cluster (Keeper, the {shard} and {replica} macros,
+a `remote_servers` entry) that chdb does not have. Such a statement must parse on the
+engine (formatQuery), and its single-node equivalent must execute: a Replicated database
+as Atomic, a Replicated*MergeTree as its *MergeTree, a Distributed table as a Merge table
+over its local table, with its sharding key evaluated over that local table.
 """
 from __future__ import annotations
 
@@ -19,6 +25,24 @@ from .sql import SqlTemplateError, parse
 
 MIGRATIONS = "clickhouse/migrations/"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
+_REPLICATED_DATABASE = re.compile(r"ENGINE\s*=\s*Replicated\s*\((?:[^()']|'[^']*')*\)")
+_REPLICATED_TABLE = re.compile(r"\bReplicated(?=\w*MergeTree\b)")
+_DISTRIBUTED = re.compile(r"\bDistributed\(\s*\w+\s*,\s*(?P<db>[^,\s]+)\s*,\s*(?P<table>\w+)\s*"
+                          r"(?:,\s*(?P<key>.+?))?\)\s*(?=;|$)", re.DOTALL)
+
+
+def single_node_equivalent(statement: str) -> tuple[str, list[str]]:
+    """The statement as one server without a cluster runs it, and statements that check
+    what the rewrite left out (a Distributed table's sharding key)."""
+    checks = []
+    distributed = _DISTRIBUTED.search(statement)
+    if distributed:
+        db, table, key = distributed["db"], distributed["table"], distributed["key"]
+        statement = statement[:distributed.start()] + f"Merge({db}, '^{table}$')" + statement[distributed.end():]
+        if key:
+            checks.append(f"SELECT {key} FROM {db}.{table} LIMIT 0")
+    statement = _REPLICATED_DATABASE.sub("ENGINE = Atomic", statement)
+    return _REPLICATED_TABLE.sub("", statement), checks
 
 
 def neutral_value(ch_type: str) -> str:
@@ -60,15 +84,33 @@ def run(root: Path) -> list[str]:
                     problems.append(str(exc))
                     continue
                 for n, statement in enumerate(statements, 1):
-                    params = {name: neutral_value(t) for name, t in _PARAM.findall(statement)}
+                    equivalent, checks = single_node_equivalent(statement)
+                    if equivalent != statement:
+                        try:
+                            session.query("SELECT formatQuery({sql:String})", "Null", params={"sql": _escaped(statement)})
+                        except Exception as exc:
+                            problems.append(f"{rel}: statement {n} does not parse on ClickHouse: {_first_line(exc)}")
+                            continue
+                    params = {name: neutral_value(t) for name, t in _PARAM.findall(equivalent)}
                     try:
-                        session.query(statement, "Null", params=params)
+                        for sql in [equivalent, *checks]:
+                            session.query(sql, "Null", params=params)
                     except Exception as exc:  # chdb raises ChdbError with ClickHouse's message
-                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                        problems.append(f"{rel}: statement {n} does not execute on ClickHouse: {first[:400]}")
+                        what = " (its single-node equivalent)" if equivalent != statement else ""
+                        problems.append(f"{rel}: statement {n} does not execute on ClickHouse{what}: "
+                                        f"{_first_line(exc)}")
         finally:
             session.close()
     return problems
+
+
+def _escaped(text: str) -> str:
+    """A query parameter's text form (ClickHouse reads it in the escaped format)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,14 @@ spec_value() {  # spec_value clickhouse.http_port; a bad spec: one line, exit 2
 ensure_env() {
   # Random secrets, added to .env for any that is missing; never committed (.gitignore),
   # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
-  # (deploy/cvat-compose.override.yml).
+  # (deploy/cvat-compose.override.yml), CLICKHOUSE_CLUSTER_PASSWORD for a cluster render
+  # (README, "Past one machine").
   umask 077
   touch "$ENV_FILE"
   ENV_FILE="$ENV_FILE" "$PY" - <<'PY'
 import os, re, secrets
 names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
-         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "CLICKHOUSE_CLUSTER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 path = os.environ["ENV_FILE"]
 text = open(path).read()
 have = set(re.findall(r"^([A-Z_]+)=", text, re.M))
