@@ -160,7 +160,9 @@ def timeseries_svg(columns, rows, time_from: datetime, time_to: datetime, bars: 
 def _time_ticks(time_from: datetime, time_to: datetime) -> list[datetime]:
     t0, t1 = _utc(time_from), _utc(time_to)
     span = (t1 - t0).total_seconds()
-    for step in (300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400):
+    day = 86400
+    for step in (300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, day, 2 * day, 7 * day, 14 * day,
+                 30 * day, 91 * day, 182 * day, 365 * day, 5 * 365 * day, 10 * 365 * day, 25 * 365 * day):
         if span / step <= 8:
             break
     first = datetime.fromtimestamp(math.ceil(t0.timestamp() / step) * step, timezone.utc)
@@ -174,6 +176,8 @@ def _time_ticks(time_from: datetime, time_to: datetime) -> list[datetime]:
 def _tick_label(t: datetime, span: float) -> str:
     if span <= 2 * 86400:
         return t.strftime("%H:%M") if (t.hour or t.minute) else t.strftime("%b %d")
+    if span > 365 * 86400:
+        return t.strftime("%Y-%m-%d")
     return t.strftime("%b %d") if not t.hour else t.strftime("%d %H:%M")
 
 

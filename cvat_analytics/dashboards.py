@@ -4,11 +4,14 @@ Same definitions (generator/dashboards/*.yaml) and same SQL as the Grafana
 dashboards, expanded by grafana_macros.expand as the plugin would. What comes from
 the query string is validated before it reaches SQL: ids must be integers, scopes
 and sources must be known ones, free-text values (error messages) must be among the
-variable's own options and are escaped; the time range is one of RANGES or ISO times.
-Queries run read-only (readonly=2) with the dashboards user's time limit.
+variable's own options and are escaped; the time range is one of RANGES or ISO times
+inside ClickHouse's DateTime range. Queries run read-only (readonly=2) with the dashboards
+user's time and memory limits; a page's work is bounded by the spec's
+embedded.dashboards (points per series, rows per panel).
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -28,18 +31,25 @@ TEMPLATES = Path(__file__).with_name("dashboard_templates")
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
           "7d": timedelta(days=7), "30d": timedelta(days=30), "90d": timedelta(days=90)}
 DEFAULT_RANGE = "7d"  # as the Grafana dashboards
-# Panel intervals, like Grafana's rounding: the smallest that keeps a chart under ~150 points.
+# Panel intervals, like Grafana's rounding: the smallest that keeps a chart under ~150 points;
+# past a week per point, whole days.
 INTERVALS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400)
+POINTS = 150
 MAX_OPTIONS = 500
+# ClickHouse's DateTime (what $__timeFilter compares with) holds 1970-01-01 to 2106-02-07.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
 
 
 class BadRequest(Exception):
     pass
 
 
-def interval_for(time_from: datetime, time_to: datetime) -> int:
+def interval_for(time_from: datetime, time_to: datetime, max_points: int = POINTS) -> int:
+    """Seconds per point ($__interval_s): at most min(POINTS, max_points) points in the range."""
     span = (time_to - time_from).total_seconds()
-    return next((s for s in INTERVALS if span / s <= 150), INTERVALS[-1])
+    points = min(POINTS, max_points)
+    return next((s for s in INTERVALS if span / s <= points), math.ceil(span / points / 86400) * 86400)
 
 
 def all_selected(definition: dict) -> dict[str, Variable]:
@@ -49,7 +59,7 @@ def all_selected(definition: dict) -> dict[str, Variable]:
 def panel_queries(spec: dict, time_from: datetime, time_to: datetime) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, SQL as sent to ClickHouse) for every panel, "All" selected:
     what the benchmark times."""
-    interval = interval_for(time_from, time_to)
+    interval = interval_for(time_from, time_to, spec["embedded"]["dashboards"]["max_points"])
     out = []
     for d in grafana.load_all(spec):
         variables = all_selected(d)
@@ -76,10 +86,11 @@ class Selection:
     time_from: datetime
     time_to: datetime
     values: dict[str, list[str]]  # variable -> selected values ([] = All)
+    max_points: int = POINTS
 
     @property
     def interval(self) -> int:
-        return interval_for(self.time_from, self.time_to)
+        return interval_for(self.time_from, self.time_to, self.max_points)
 
 
 _RELATIVE = re.compile(r"now(?:-(\d{1,6})([mhdw]))?")
@@ -87,19 +98,28 @@ _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(text: str, name: str, now: datetime | None = None) -> datetime:
-    """An ISO time, or as Grafana's URLs give it: epoch milliseconds or now / now-7d."""
+    """An ISO time, or as Grafana's URLs give it: epoch milliseconds or now / now-7d; between
+    EARLIEST and LATEST."""
     text = text.strip()
-    if text.isascii() and text.isdigit() and len(text) <= 15:
-        return datetime.fromtimestamp(int(text) / 1000, timezone.utc)
-    relative = _RELATIVE.fullmatch(text)
-    if relative:
-        now = now or datetime.now(timezone.utc)
-        return now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
+    out_of_range = BadRequest(f"{name}: must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} "
+                              f"(ClickHouse's DateTime range), got {text[:40]!r}")
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+        if text.isascii() and text.isdigit() and len(text) <= 15:
+            t = datetime.fromtimestamp(int(text) / 1000, timezone.utc)
+        elif relative := _RELATIVE.fullmatch(text):
+            now = now or datetime.now(timezone.utc)
+            t = now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
+        else:
+            try:
+                t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
+            t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except (OverflowError, OSError, ValueError):  # beyond what datetime holds (year 1 to 9999)
+        raise out_of_range from None
+    if not EARLIEST <= t <= LATEST:
+        raise out_of_range
+    return t
 
 
 def chosen_values(query: dict[str, list[str]], name: str) -> list[str]:
@@ -136,7 +156,7 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
             if v["kind"] == "source" and x not in ("client", "server"):
                 raise BadRequest(f"{v['name']}: expected client or server, got {x[:40]!r}")
         values[v["name"]] = [str(int(x)) if v["kind"] == "id" else x for x in chosen]
-    return Selection(range_key, time_from, time_to, values)
+    return Selection(range_key, time_from, time_to, values, spec["embedded"]["dashboards"]["max_points"])
 
 
 def variables_for(selection: Selection, options: dict[str, list[str]], kinds: dict[str, str]) -> dict[str, Variable]:
@@ -170,7 +190,9 @@ class Dashboards:
         self.env.filters["cell"] = _cell
 
     def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:
-        settings = {"readonly": 2, "max_execution_time": self.spec["clickhouse"]["dashboards_max_execution_time_s"]}
+        ch = self.spec["clickhouse"]
+        settings = {"readonly": 2, "max_execution_time": ch["dashboards_max_execution_time_s"],
+                    "max_memory_usage": ch["dashboards_max_memory_usage_bytes"]}
         if limit:
             settings["limit"] = limit  # caps the outer query's rows, as a LIMIT clause would
         if forced:
@@ -206,7 +228,8 @@ class Dashboards:
             _, rows = self.query(sql, forced, limit=MAX_OPTIONS)
             options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
-                                                 {v["name"]: sel.values[v["name"]]}), options, kinds))
+                                                 {v["name"]: sel.values[v["name"]]}, sel.max_points),
+                                       options, kinds))
             controls.append({"name": v["name"], "label": v["label"], "options": options[v["name"]],
                              "selected": sel.values[v["name"]]})
         panels = [self._panel(p, sel, state, forced) for p in d["panels"]]
@@ -220,11 +243,19 @@ class Dashboards:
         out = {"id": p["id"], "title": p["title"], "type": p["type"], "description": p.get("description", ""),
                "grid": p["gridPos"], "error": None, "empty": False}
         sql = expand(p["sql"], sel.time_from, sel.time_to, sel.interval, state)
+        max_rows = self.spec["embedded"]["dashboards"]["max_rows"]
         try:
-            columns, rows = self.query(sql, forced)
+            columns, rows = self.query(sql, forced, limit=max_rows + 1)
         except Exception as exc:  # one failing panel must not take the page down
             out["error"] = str(exc).splitlines()[0][:300]
             return out
+        if len(rows) > max_rows:
+            if p["type"] != "table":  # a chart of the first rows would be a wrong chart
+                out["error"] = (f"more than {max_rows:,} rows (embedded.dashboards.max_rows): "
+                                "choose a shorter range or narrower filters")
+                return out
+            rows = rows[:max_rows]
+            out["truncated"] = max_rows
         out["columns"], out["rows"] = columns, rows
         if not rows and p["type"] != "stat":  # an empty result has no columns to draw
             out["empty"] = True

@@ -3,11 +3,13 @@
 Grafana never sends `$__timeFilter(...)` or `${users}` to ClickHouse: the plugin's
 frontend first applies `$__conditionalAll`, Grafana replaces the variables, and the
 plugin's backend expands the time macros (grafana/clickhouse-datasource
-CHDatasource.ts and pkg/macros/macros.go, v4.20). `expand` does the same three steps
-in the same order, so the tests and the embedded dashboards run the SQL Grafana runs.
-
-Variable values are inserted as text, exactly as Grafana does: callers must only
-pass values they validated (the embedded service does, see dashboards.py).
+CHDatasource.ts and pkg/macros/macros.go, v4.20). `expand` does the same three steps,
+so the tests and the embedded dashboards run the SQL Grafana runs, with one
+difference on purpose: variable values are put in LAST, after the macros, and never
+scanned again. (Grafana puts them in before its backend expands macros, so a stored
+value holding `$__timeFilter(` would be expanded, and a nested one doubles the SQL
+per level.) Values go in as text in Grafana's format: callers must only pass values
+they validated and escaped (the embedded service does, see dashboards.py).
 """
 from __future__ import annotations
 
@@ -35,8 +37,16 @@ def expand(sql: str, time_from: datetime, time_to: datetime, interval_s: int = 6
     """`sql` as the plugin sends it to ClickHouse for this time range, panel interval and variables."""
     variables = variables or {}
     sql = _conditional_all(sql, variables)
-    sql = _interpolate(sql, variables, time_from, time_to, interval_s)
-    return _backend_macros(sql, time_from, time_to, interval_s)
+    values: list[str] = []
+    sql = _interpolate(sql, variables, time_from, time_to, interval_s, values)
+    sql = _backend_macros(sql, time_from, time_to, interval_s)
+    # One pass: a value's text is never read as a placeholder, a variable or a macro.
+    return _PLACEHOLDER.sub(lambda m: values[int(m.group(1))], sql)
+
+
+# A value's place until the macros are done: NUL cannot occur in a definition's SQL
+# (the loader refuses control characters), so no SQL text can look like one.
+_PLACEHOLDER = re.compile("\x00" r"(\d+)" "\x00")
 
 
 # --- step 1: $__conditionalAll(condition, $var) (frontend, CHDatasource.applyConditionalAll)
@@ -74,7 +84,9 @@ def _format(value: str | list[str]) -> str:
 
 
 def _interpolate(sql: str, variables: dict[str, Variable], time_from: datetime, time_to: datetime,
-                 interval_s: int) -> str:
+                 interval_s: int, values: list[str]) -> str:
+    """Builtins go in as text; each variable's value is kept in `values` and a placeholder
+    goes in its place (see expand)."""
     builtins = {
         "__from": str(_ms(time_from)), "__to": str(_ms(time_to)),
         "__interval": _grafana_interval(interval_s), "__interval_ms": str(max(interval_s, 1) * 1000),
@@ -85,8 +97,11 @@ def _interpolate(sql: str, variables: dict[str, Variable], time_from: datetime, 
         if name in variables:
             var = variables[name]
             if var.is_all():
-                return var.all_value if var.all_value is not None else _format(list(var.options))
-            return _format(var.value)
+                text = var.all_value if var.all_value is not None else _format(list(var.options))
+            else:
+                text = _format(var.value)
+            values.append(text)
+            return f"\x00{len(values) - 1}\x00"
         if name in builtins:
             return builtins[name]
         return match.group(0)  # not a variable: the backend macros ($__timeFilter, ...) stay
