@@ -25,7 +25,7 @@ from cvat_analytics_generator import grafana
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
 from . import charts
-from .grafana_macros import ALL, Variable, expand
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 
 TEMPLATES = Path(__file__).with_name("dashboard_templates")
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),

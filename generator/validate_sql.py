@@ -6,13 +6,18 @@ Runs in its own process on a fresh temporary chdb path, because a process can op
 chdb path for its whole life (DESIGN.md §7): the caller (`cvat-analytics check`, the test
 session) may already hold one. Migrations run first, in order, then every other .sql file
 in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
-type. Prints one line per failing statement, "relpath: statement N: error"; exit 1 if any.
+type. Then every dashboard query (grafana/dashboards/*.json: panels and variables), its
+macros expanded as the Grafana plugin does with "All" selected, over the last 7 days, so a
+broken panel (a custom one too) fails `check`, not the page. Prints one line per failing
+statement, "relpath: statement N: error" or "relpath: panel N (title): error"; exit 1 if any.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .sql import SqlTemplateError, parse
@@ -66,8 +71,28 @@ def run(root: Path) -> list[str]:
                     except Exception as exc:  # chdb raises ChdbError with ClickHouse's message
                         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                         problems.append(f"{rel}: statement {n} does not execute on ClickHouse: {first[:400]}")
+            problems += _dashboard_problems(root, session)
         finally:
             session.close()
+    return problems
+
+
+def _dashboard_problems(root: Path, session) -> list[str]:
+    from .contracts import DASHBOARDS, dashboard_queries
+    from .grafana_macros import ALL, Variable, expand
+
+    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in (root / DASHBOARDS).glob("*.json")}
+    names = {rel: [v.get("name") for v in (json.loads(text).get("templating") or {}).get("list") or []]
+             for rel, text in files.items()}
+    time_to = datetime.now(timezone.utc).replace(microsecond=0)
+    problems = []
+    for rel, what, sql in dashboard_queries(files):
+        variables = {name: Variable(ALL) for name in names[rel] if name}
+        try:
+            session.query(expand(sql, time_to - timedelta(days=7), time_to, 3600, variables), "Null")
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problems.append(f"{rel}: {what} does not execute on ClickHouse: {first[:400]}")
     return problems
 
 

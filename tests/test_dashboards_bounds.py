@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from cvat_analytics.dashboards import BadRequest, Dashboards, handle, parse_selection
-from cvat_analytics.grafana_macros import expand
+from cvat_analytics_generator.grafana_macros import expand
 from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cvat_analytics.grafana_macros import ALL, Variable, expand
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 
 FROM = datetime(2024, 1, 1, 0, 0, 0, 250000, tzinfo=timezone.utc)   # 1704067200.25
 TO = datetime(2024, 1, 8, 12, 30, 0, tzinfo=timezone.utc)           # 1704717000
