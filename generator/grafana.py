@@ -89,6 +89,11 @@ class DefinitionError(ValueError):
 
 
 KINDS = ("id", "text", "scope", "source")
+# Columns whose cells filter the dashboard to their value, when it has that variable (CVAT's names).
+COLUMN_VARIABLES = {"user_id": "users", "user_name": "usernames", "project_id": "projects", "task_id": "tasks",
+                    "job_id": "jobs", "org_id": "organizations", "scope": "scopes", "source": "sources",
+                    "error": "errors", "category": "category"}
+REFRESH_CHOICES = ("30s", "1m", "5m")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _UID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
@@ -168,11 +173,12 @@ def definition_json(d: dict, spec: dict) -> str:
         "version": 1,
         "time": {"from": "now-7d", "to": "now"},
         "timezone": "browser",
-        "refresh": "",
+        "refresh": "",  # off; the choices below, as the embedded pages offer them
+        "timepicker": {"refresh_intervals": list(REFRESH_CHOICES)},
         "links": [{"title": "CVAT dashboards", "type": "dashboards", "tags": ["cvat"], "asDropdown": True}],
-        "templating": {"list": [_variable(v, ds) for v in d["variables"]]},
+        "templating": {"list": [_variable(v, ds) for v in d["variables"]] + _adhoc(d, ds)},
         "annotations": {"list": []},
-        "panels": [_panel(p, ds) for p in d["panels"]],
+        "panels": [_panel(p, ds, _filter_links(d)) for p in d["panels"]],
     }
     return json.dumps(model, indent=2, ensure_ascii=False) + "\n"
 
@@ -196,7 +202,32 @@ def _variable(v: dict, ds: dict) -> dict:
     }
 
 
-def _panel(p: dict, ds: dict) -> dict:
+def _adhoc(d: dict, ds: dict) -> list[dict]:
+    """Grafana's ad hoc filters (any column = value, from the filter bar). The plugin sends them
+    as additional_table_filters for the tables a query reads (plugin 2.0 and later); the keys
+    offered are the columns of clickhouse_adhoc_query's query."""
+    events = re.search(r"(`[^`]+`|\w+)\.events\b", json.dumps([p["sql"] for p in d["panels"]]))
+    if not events:
+        return []
+    return [{"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2,
+             "query": f"SELECT * FROM {events.group(0)}"},
+            {"name": "adhoc", "label": "Ad hoc filters", "type": "adhoc", "datasource": ds, "filters": [], "hide": 0}]
+
+
+def _filter_links(d: dict) -> dict[str, dict]:
+    """Per column, the data link that opens this dashboard filtered to the cell's value, the
+    other filters and the time range kept (as the embedded pages link their cells)."""
+    names = [v["name"] for v in d["variables"]]
+    links = {}
+    for column, variable in COLUMN_VARIABLES.items():
+        if variable in names:
+            others = "".join(f"&${{{n}:queryparam}}" for n in names if n != variable)
+            links[column] = {"title": f"Filter by this {column}", "targetBlank": False,
+                             "url": f"/d/{d['uid']}?${{__url_time_range}}{others}&var-{variable}=${{__value.raw}}"}
+    return links
+
+
+def _panel(p: dict, ds: dict, links: dict[str, dict] | None = None) -> dict:
     kind = p["type"]
     timeseries = kind == "timeseries"
     target = {
@@ -229,7 +260,7 @@ def _panel(p: dict, ds: dict) -> dict:
         totals = p.get("totals") or []
         options = {"showHeader": True, "cellHeight": "sm",
                    "footer": {"show": bool(totals), "reducer": ["sum"], "fields": totals, "countRows": False}}
-        custom = {"filterable": True, "inspect": True}
+        custom = {"filterable": True, "inspect": True}  # headers sort on a click; cells inspect whole
     return {
         "id": p["id"],
         "type": kind,
@@ -242,6 +273,8 @@ def _panel(p: dict, ds: dict) -> dict:
         "fieldConfig": {"defaults": {"custom": custom},
                         "overrides": [{"matcher": {"id": "byName", "options": column},
                                        "properties": [{"id": "decimals", "value": places}]}
-                                      for column, places in (p.get("decimals") or {}).items()]},
+                                      for column, places in (p.get("decimals") or {}).items()]
+                        + ([{"matcher": {"id": "byName", "options": column}, "properties": [{"id": "links", "value": [link]}]}
+                            for column, link in (links or {}).items()] if kind == "table" else [])},
         "options": options,
     }

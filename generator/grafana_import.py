@@ -44,6 +44,8 @@ def definition_from_json(text: str, source: str = "<json>") -> tuple[dict, list[
         name = str(v.get("name") or "")
         query = v.get("query")
         sql = query.get("rawSql") if isinstance(query, dict) else query
+        if v.get("type") == "adhoc" or name == "clickhouse_adhoc_query":
+            continue  # render adds them to every dashboard that reads events
         if v.get("type") != "query" or not isinstance(sql, str) or not sql.strip():
             lost.append(f"variable {name}: a {v.get('type')} variable is not kept (only query variables are)")
             continue
