@@ -92,7 +92,7 @@ def test_a_135_year_range_answers_in_seconds_with_coarse_charts(events):
 
 @pytest.mark.clickhouse
 def test_a_panel_over_max_rows_says_so(events, tmp_path):
-    spec = dict(events.spec, embedded=dict(events.spec["embedded"], dashboards={"max_points": 1000, "max_rows": 100}))
+    spec = dict(events.spec, embedded=dict(events.spec["embedded"], dashboards={"max_points": 1000, "max_rows": 100, "page_rows": 50}))
     pages = Dashboards(lambda: events.client, spec)
     d = pages.definitions["WvDvWK04k"]
     d["panels"] = [dict(d["panels"][5], sql="SELECT toDateTime(number) AS time, number AS n FROM numbers(1000)")]
