@@ -293,7 +293,8 @@ class Dashboards:
         try:
             if sort:
                 # The whitelist: the panel's own columns, as ClickHouse names them (no execution).
-                known = [r[0] for r in self.query(f"DESCRIBE ({sql})", forced)[1]]
+                described = render_template(self.spec, "clickhouse/runtime/panel_columns.sql.j2", sql=sql)
+                known = [r[0] for r in self.query(described, forced)[1]]
                 if sort.lstrip("-") not in known:
                     raise BadRequest(f"sort-{p['id']}: not a column of {p['title']}: {sort[:40]!r}")
                 sql = render_template(self.spec, "clickhouse/runtime/sorted_panel.sql.j2", sql=sql,
