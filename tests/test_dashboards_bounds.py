@@ -113,3 +113,17 @@ def test_a_stored_message_holding_macros_is_a_literal_filter(events):
     table = table[:table.index("</section>")]
     assert table.count("<tr><td") == 20  # the 20 events holding it, not the 20 "plain" ones
     assert re.search(r'id="panel-4".*?<div class="stat-value">20</div>', html, re.S)
+
+
+def test_page_links_change_one_parameter_and_keep_the_rest():
+    from cvat_analytics.dashboards import PageLinks
+
+    d = grafana.load("monitoring", SPEC)
+    links = PageLinks("WvDvWK04k", {"var-users": ["7"], "from": ["now-30d"], "to": ["now"], "refresh": ["1m"],
+                                    "sort-7": ["-user_id"], "page-7": ["3"], "find-errors": ["x"], "junk": ["1"]}, d)
+    # A new filter keeps range, refresh, sort and search, and starts tables on their first page.
+    assert links.url({"jobs": "12"}) == ("/dashboards/WvDvWK04k?from=now-30d&to=now&refresh=1m&users=7"
+                                         "&find-errors=x&sort-7=-user_id&jobs=12")
+    # Paging and sorting keep the filters; a value is URL-encoded, never pasted.
+    assert links.url({"page-7": "4"}).endswith("&sort-7=-user_id&page-7=4")
+    assert links.url({"users": "1&range=1h"}).count("&range=") == 0
