@@ -3,7 +3,7 @@
     python -m cvat_analytics_generator.validate_sql DIR
 
 Runs in its own process on a fresh temporary chdb path, because a process can open one
-chdb path for its whole life (DESIGN.md §7): the caller (`cvat-analytics check`, the test
+chdb path for its whole life (see docs/architecture.md): the caller (`cvat-analytics check`, the test
 session) may already hold one. Migrations run first, in order, then every other .sql file
 in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
 type. Then every dashboard query (grafana/dashboards/*.json: panels and variables), its
