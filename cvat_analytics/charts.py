@@ -7,12 +7,17 @@ Input is a query result (column names, rows) shaped as Grafana expects it:
 - bar chart: a text category column first, then one numeric column per series.
 Every drawn value is an SVG element with a <title> (the browser's tooltip), and
 the <svg> carries data-points="N" so a test can tell an empty chart from a drawn one.
+A legend is [(label, colour, link or None)]; with `link`, series labels are links.
 """
 from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
 from html import escape
+from typing import Callable, Optional
+
+# label -> the URL a series' label links to (the page filtered to it), or None
+Link = Optional[Callable[[str], Optional[str]]]
 
 PALETTE = ["#3274d9", "#ff9830", "#56a64b", "#e02f44", "#a352cc", "#f2b90c", "#1fb5ad", "#ff7383",
            "#8f6c4a", "#6e7d9c"]
@@ -85,7 +90,7 @@ def series_of(columns: list[str], rows: list[tuple]) -> list[tuple[str, list[tup
 
 
 def timeseries_svg(columns, rows, time_from: datetime, time_to: datetime, bars: bool = False,
-                   width: int = 900, height: int = 240) -> tuple[str, list[tuple[str, str]]]:
+                   width: int = 900, height: int = 240, link: Link = None) -> tuple[str, list[tuple]]:
     """The chart and its legend [(label, colour)]."""
     series = series_of(columns, rows)
     left, right, top, bottom = 48, 12, 10, 24
@@ -154,13 +159,15 @@ def timeseries_svg(columns, rows, time_from: datetime, time_to: datetime, bars: 
     parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#9aa0ab"/>')
     svg = (f'<svg class="chart" data-points="{drawn}" viewBox="0 0 {width} {height}" '
            f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg" {FONT}>' + "".join(parts) + "</svg>")
-    return svg, [(label, color(i)) for i, (label, _) in enumerate(series)]
+    return svg, [(label, color(i), link(label) if link else None) for i, (label, _) in enumerate(series)]
 
 
 def _time_ticks(time_from: datetime, time_to: datetime) -> list[datetime]:
     t0, t1 = _utc(time_from), _utc(time_to)
     span = (t1 - t0).total_seconds()
-    for step in (300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400):
+    day = 86400
+    for step in (300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, day, 2 * day, 7 * day, 14 * day,
+                 30 * day, 91 * day, 182 * day, 365 * day, 5 * 365 * day, 10 * 365 * day, 25 * 365 * day):
         if span / step <= 8:
             break
     first = datetime.fromtimestamp(math.ceil(t0.timestamp() / step) * step, timezone.utc)
@@ -174,10 +181,12 @@ def _time_ticks(time_from: datetime, time_to: datetime) -> list[datetime]:
 def _tick_label(t: datetime, span: float) -> str:
     if span <= 2 * 86400:
         return t.strftime("%H:%M") if (t.hour or t.minute) else t.strftime("%b %d")
+    if span > 365 * 86400:
+        return t.strftime("%Y-%m-%d")
     return t.strftime("%b %d") if not t.hour else t.strftime("%d %H:%M")
 
 
-def barchart_svg(columns, rows, width: int = 600, height: int = 200) -> tuple[str, list[tuple[str, str]]]:
+def barchart_svg(columns, rows, width: int = 600, height: int = 200, link: Link = None) -> tuple[str, list[tuple]]:
     """Horizontal bars: one group per category (first column), one bar per numeric column.
     Few categories get thicker bars, up to filling `height`; many scroll."""
     value_cols = [i for i in range(1, len(columns))]
@@ -196,8 +205,8 @@ def barchart_svg(columns, rows, width: int = 600, height: int = 200) -> tuple[st
         label = "—" if row[0] is None or str(row[0]).strip() == "" else str(row[0])
         fits = int((label_w - 12) / (font * 0.56))  # characters the label column holds at this size
         short = label if len(label) <= fits else label[:fits - 1] + "…"
-        parts.append(f'<text x="{label_w - 8}" y="{g_y + group_h / 2 + 2:.1f}" text-anchor="end" class="lb" style="font-size:{font}px">'
-                     f'<title>{escape(label)}</title>{escape(short)}</text>')
+        parts.append(_linked(f'<text x="{label_w - 8}" y="{g_y + group_h / 2 + 2:.1f}" text-anchor="end" class="lb" '
+                             f'style="font-size:{font}px"><title>{escape(label)}</title>{escape(short)}</text>', label, link))
         for si, i in enumerate(value_cols):
             v = _num(row[i]) or 0
             w = v / vmax * pw
@@ -208,12 +217,12 @@ def barchart_svg(columns, rows, width: int = 600, height: int = 200) -> tuple[st
             drawn += 1
     svg = (f'<svg class="chart" data-points="{drawn}" viewBox="0 0 {width} {height}" width="100%" '
            f'xmlns="http://www.w3.org/2000/svg" {FONT}>' + "".join(parts) + "</svg>")
-    legend = [(columns[i], color(si)) for si, i in enumerate(value_cols)] if n_series > 1 else []
+    legend = [(columns[i], color(si), None) for si, i in enumerate(value_cols)] if n_series > 1 else []
     return svg, legend
 
 
 def heatmap_svg(columns, rows, time_from: datetime, time_to: datetime, interval_s: int,
-                width: int = 900, height: int = 240) -> tuple[str, list[tuple[str, str]]]:
+                width: int = 900, height: int = 240, link: Link = None) -> tuple[str, list[tuple]]:
     """Many series (activity per user): one row per series, one cell per interval, darker = more.
     Fourteen overlapping lines say nothing; a grid shows who worked when at a glance."""
     series = series_of(columns, rows)
@@ -229,7 +238,8 @@ def heatmap_svg(columns, rows, time_from: datetime, time_to: datetime, interval_
     for si, (label, pts) in enumerate(series):
         y0 = top + si * row_h
         short = label if len(label) <= 20 else label[:19] + "…"
-        parts.append(f'<text x="{left - 8}" y="{y0 + row_h / 2 + 4:.1f}" text-anchor="end" class="lb" style="font-size:11px">{escape(short)}</text>')
+        parts.append(_linked(f'<text x="{left - 8}" y="{y0 + row_h / 2 + 4:.1f}" text-anchor="end" class="lb" '
+                             f'style="font-size:11px"><title>{escape(label)}</title>{escape(short)}</text>', label, link))
         parts.append(f'<rect x="{left}" y="{y0 + 1:.1f}" width="{pw}" height="{row_h - 2:.1f}" fill="#f3f5f9"/>')
         for t, v in pts:
             if v <= 0:
@@ -245,5 +255,10 @@ def heatmap_svg(columns, rows, time_from: datetime, time_to: datetime, interval_
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" class="ax">{_tick_label(t, span)}</text>')
     svg = (f'<svg class="chart" data-points="{drawn}" viewBox="0 0 {width} {height}" width="100%" '
            f'xmlns="http://www.w3.org/2000/svg" {FONT}>' + "".join(parts) + "</svg>")
-    legend = [(f"darker = more {columns[-1]} (up to {fmt_number(vmax)} per cell)", PALETTE[0])]
+    legend = [(f"darker = more {columns[-1]} (up to {fmt_number(vmax)} per cell)", PALETTE[0], None)]
     return svg, legend
+
+
+def _linked(element: str, label: str, link: Link) -> str:
+    href = link(label) if link else None
+    return f'<a href="{escape(href)}" class="series-link">{element}</a>' if href else element

@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("deploy"), help="directory to check (default: deploy)")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("dashboards", help="dashboards of your own: dashboards import FILE.json turns a dashboard saved in Grafana into one")
+    dashboards_sub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    q = dashboards_sub.add_parser("import", help="turn a Grafana dashboard's JSON into a definition in custom_dashboards_dir")
+    _spec_arg(q)
+    q.add_argument("file", type=Path, help="the dashboard's JSON, as Grafana's Export / Save JSON gives it")
+    q.add_argument("--name", default=None,
+                   help="the definition's file name, without .yaml (default: from the title; a built-in's name replaces it)")
+    q.set_defaults(func=cmd_dashboards_import)
+
     p = sub.add_parser("migrate", help="apply the schema to ClickHouse; a second run changes nothing")
     _spec_arg(p)
     _dsn_arg(p)
@@ -201,6 +210,35 @@ def cmd_check(args) -> int:
               " if the spec changed", file=sys.stderr)
         return 1
     print(f"{args.out} matches {args.spec} and every rendered file is valid ({len(files)} files)")
+    return 0
+
+
+def cmd_dashboards_import(args) -> int:
+    from cvat_analytics_generator import grafana
+    from cvat_analytics_generator.grafana_import import (DashboardImportError, definition_from_json, name_for,
+                                                         write_definition)
+
+    spec = load_spec(args.spec)
+    folder = spec.get("custom_dashboards_dir")
+    if not folder:
+        raise CommandError(f"{args.spec}: custom_dashboards_dir is empty: name a folder for your dashboards first")
+    try:
+        definition, lost = definition_from_json(args.file.read_text(encoding="utf-8"), str(args.file))
+    except (OSError, UnicodeDecodeError, DashboardImportError) as exc:
+        raise CommandError(str(exc)) from None
+    builtin = next((n for n, uid in spec["dashboards"].items() if uid == definition["uid"]), None)
+    name = args.name or builtin or name_for(definition["title"])
+    path = write_definition(definition, Path(folder), name)
+    try:
+        grafana.load_all(spec)  # the next render and serve read it: fail now, not there
+    except grafana.DefinitionError as exc:
+        path.unlink()
+        raise CommandError(f"not imported: {exc}") from None
+    for line in lost:
+        print(line)
+    print(f"wrote {path} ({len(definition['panels'])} panels, {len(definition['variables'])} variables)"
+          + (f"; it replaces the built-in {builtin}" if builtin else "")
+          + "; run `cvat-analytics render` to put it into Grafana's provisioning")
     return 0
 
 

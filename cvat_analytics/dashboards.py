@@ -4,11 +4,14 @@ Same definitions (generator/dashboards/*.yaml) and same SQL as the Grafana
 dashboards, expanded by grafana_macros.expand as the plugin would. What comes from
 the query string is validated before it reaches SQL: ids must be integers, scopes
 and sources must be known ones, free-text values (error messages) must be among the
-variable's own options and are escaped; the time range is one of RANGES or ISO times.
-Queries run read-only (readonly=2) with the dashboards user's time limit.
+variable's own options and are escaped; the time range is one of RANGES or ISO times
+inside ClickHouse's DateTime range. Queries run read-only (readonly=2) with the dashboards
+user's time and memory limits; a page's work is bounded by the spec's
+embedded.dashboards (points per series, rows per panel).
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -16,30 +19,44 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from urllib.parse import urlencode
+
 import jinja2
 
 from cvat_analytics_generator import grafana
+from cvat_analytics_generator.grafana import COLUMN_VARIABLES
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
 from . import charts
-from .grafana_macros import ALL, Variable, expand
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 
 TEMPLATES = Path(__file__).with_name("dashboard_templates")
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
           "7d": timedelta(days=7), "30d": timedelta(days=30), "90d": timedelta(days=90)}
 DEFAULT_RANGE = "7d"  # as the Grafana dashboards
-# Panel intervals, like Grafana's rounding: the smallest that keeps a chart under ~150 points.
+# Panel intervals, like Grafana's rounding: the smallest that keeps a chart under ~150 points;
+# past a week per point, whole days.
 INTERVALS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400)
+POINTS = 150
 MAX_OPTIONS = 500
+SEARCH_AT = 15  # a filter with more options than this gets a search field
+REFRESH = {"": 0, "30s": 30, "1m": 60, "5m": 300}  # off, and Grafana's choices (grafana.REFRESH_CHOICES)
+_PANEL_PARAM = re.compile(r"(sort|page|find)-(\w+)")
+_SERIES_ID = re.compile(r"#(\d+)$")  # "ann #7": the id at the end of a per-user series' label
+# ClickHouse's DateTime (what $__timeFilter compares with) holds 1970-01-01 to 2106-02-07.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
 
 
 class BadRequest(Exception):
     pass
 
 
-def interval_for(time_from: datetime, time_to: datetime) -> int:
+def interval_for(time_from: datetime, time_to: datetime, max_points: int = POINTS) -> int:
+    """Seconds per point ($__interval_s): at most min(POINTS, max_points) points in the range."""
     span = (time_to - time_from).total_seconds()
-    return next((s for s in INTERVALS if span / s <= 150), INTERVALS[-1])
+    points = min(POINTS, max_points)
+    return next((s for s in INTERVALS if span / s <= points), math.ceil(span / points / 86400) * 86400)
 
 
 def all_selected(definition: dict) -> dict[str, Variable]:
@@ -49,7 +66,7 @@ def all_selected(definition: dict) -> dict[str, Variable]:
 def panel_queries(spec: dict, time_from: datetime, time_to: datetime) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, SQL as sent to ClickHouse) for every panel, "All" selected:
     what the benchmark times."""
-    interval = interval_for(time_from, time_to)
+    interval = interval_for(time_from, time_to, spec["embedded"]["dashboards"]["max_points"])
     out = []
     for d in grafana.load_all(spec):
         variables = all_selected(d)
@@ -76,10 +93,11 @@ class Selection:
     time_from: datetime
     time_to: datetime
     values: dict[str, list[str]]  # variable -> selected values ([] = All)
+    max_points: int = POINTS
 
     @property
     def interval(self) -> int:
-        return interval_for(self.time_from, self.time_to)
+        return interval_for(self.time_from, self.time_to, self.max_points)
 
 
 _RELATIVE = re.compile(r"now(?:-(\d{1,6})([mhdw]))?")
@@ -87,19 +105,28 @@ _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(text: str, name: str, now: datetime | None = None) -> datetime:
-    """An ISO time, or as Grafana's URLs give it: epoch milliseconds or now / now-7d."""
+    """An ISO time, or as Grafana's URLs give it: epoch milliseconds or now / now-7d; between
+    EARLIEST and LATEST."""
     text = text.strip()
-    if text.isascii() and text.isdigit() and len(text) <= 15:
-        return datetime.fromtimestamp(int(text) / 1000, timezone.utc)
-    relative = _RELATIVE.fullmatch(text)
-    if relative:
-        now = now or datetime.now(timezone.utc)
-        return now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
+    out_of_range = BadRequest(f"{name}: must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} "
+                              f"(ClickHouse's DateTime range), got {text[:40]!r}")
     try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+        if text.isascii() and text.isdigit() and len(text) <= 15:
+            t = datetime.fromtimestamp(int(text) / 1000, timezone.utc)
+        elif relative := _RELATIVE.fullmatch(text):
+            now = now or datetime.now(timezone.utc)
+            t = now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
+        else:
+            try:
+                t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
+            t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except (OverflowError, OSError, ValueError):  # beyond what datetime holds (year 1 to 9999)
+        raise out_of_range from None
+    if not EARLIEST <= t <= LATEST:
+        raise out_of_range
+    return t
 
 
 def chosen_values(query: dict[str, list[str]], name: str) -> list[str]:
@@ -136,7 +163,7 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
             if v["kind"] == "source" and x not in ("client", "server"):
                 raise BadRequest(f"{v['name']}: expected client or server, got {x[:40]!r}")
         values[v["name"]] = [str(int(x)) if v["kind"] == "id" else x for x in chosen]
-    return Selection(range_key, time_from, time_to, values)
+    return Selection(range_key, time_from, time_to, values, spec["embedded"]["dashboards"]["max_points"])
 
 
 def variables_for(selection: Selection, options: dict[str, list[str]], kinds: dict[str, str]) -> dict[str, Variable]:
@@ -152,6 +179,32 @@ def variables_for(selection: Selection, options: dict[str, list[str]], kinds: di
             # Grafana's format puts the single quotes around each value.
             out[name] = Variable([escape_string(c) for c in chosen])
     return out
+
+
+class PageLinks:
+    """URLs of this page with some parameters changed: what a cell, a column header, a legend
+    entry or a pager links to (the pages have no script: every interaction is a GET)."""
+
+    def __init__(self, uid: str, query: dict[str, list[str]], definition: dict):
+        self.uid = uid
+        pairs = [(key, query[key][0]) for key in ("range", "from", "to", "refresh") if (query.get(key) or [""])[0]]
+        for v in definition["variables"]:
+            pairs += [(v["name"], value) for value in chosen_values(query, v["name"])]
+        pairs += [(key, values[0]) for key, values in sorted(query.items())
+                  if _PANEL_PARAM.fullmatch(key) and values and values[0]]
+        self.pairs = pairs
+
+    def url(self, changes: dict[str, str | None]) -> str:
+        """`changes`: parameter -> new value, or None to drop it. A new filter starts every
+        table on its first page."""
+        filtering = any(not _PANEL_PARAM.fullmatch(k) for k in changes)
+        pairs = [(k, v) for k, v in self.pairs
+                 if k not in changes and not (filtering and k.startswith("page-"))]
+        pairs += [(k, v) for k, v in changes.items() if v is not None]
+        return f"/dashboards/{self.uid}" + (f"?{urlencode(pairs)}" if pairs else "")
+
+    def param(self, key: str) -> str:
+        return next((v for k, v in self.pairs if k == key), "")
 
 
 # --- running and drawing
@@ -170,7 +223,9 @@ class Dashboards:
         self.env.filters["cell"] = _cell
 
     def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:
-        settings = {"readonly": 2, "max_execution_time": self.spec["clickhouse"]["dashboards_max_execution_time_s"]}
+        ch = self.spec["clickhouse"]
+        settings = {"readonly": 2, "max_execution_time": ch["dashboards_max_execution_time_s"],
+                    "max_memory_usage": ch["dashboards_max_memory_usage_bytes"]}
         if limit:
             settings["limit"] = limit  # caps the outer query's rows, as a LIMIT clause would
         if forced:
@@ -196,6 +251,10 @@ class Dashboards:
         if d is None:
             raise KeyError(uid)
         sel = parse_selection(query, d, self.spec, now)
+        refresh = (query.get("refresh") or [""])[0]
+        if refresh not in REFRESH:
+            raise BadRequest(f"refresh: expected one of off, {', '.join(k for k in REFRESH if k)}")
+        links = PageLinks(uid, query, d)
         kinds = {v["name"]: v["kind"] for v in d["variables"]}
         # Variables first, in order (a later one may cascade on an earlier one: tasks on projects).
         options: dict[str, list[str]] = {}
@@ -206,44 +265,79 @@ class Dashboards:
             _, rows = self.query(sql, forced, limit=MAX_OPTIONS)
             options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
-                                                 {v["name"]: sel.values[v["name"]]}), options, kinds))
-            controls.append({"name": v["name"], "label": v["label"], "options": options[v["name"]],
-                             "selected": sel.values[v["name"]]})
-        panels = [self._panel(p, sel, state, forced) for p in d["panels"]]
+                                                 {v["name"]: sel.values[v["name"]]}, sel.max_points),
+                                       options, kinds))
+            shown, find = options[v["name"]], links.param(f"find-{v['name']}")[:100]
+            if find:  # the search field: the options holding the text, and what is selected
+                shown = [o for o in shown if find.casefold() in o.casefold() or o in sel.values[v["name"]]]
+            controls.append({"name": v["name"], "label": v["label"], "options": shown,
+                             "selected": sel.values[v["name"]], "find": find,
+                             "search": len(options[v["name"]]) > SEARCH_AT or bool(find)})
+        filterable = {column: variable for column, variable in COLUMN_VARIABLES.items() if variable in kinds}
+        panels = [self._panel(p, sel, state, forced, links, filterable) for p in d["panels"]]
         return self.env.get_template("dashboard.html.j2").render(
             title=d["title"], dashboard=d, dashboards=list(self.definitions.values()), panels=panels,
-            controls=controls, selection=sel, ranges=list(RANGES),
+            controls=controls, selection=sel, ranges=list(RANGES), links=links, filterable=filterable,
+            refresh=refresh, refresh_s=REFRESH[refresh], refresh_choices=list(REFRESH),
             range_text=f"{sel.time_from:%Y-%m-%d %H:%M} – {sel.time_to:%Y-%m-%d %H:%M} UTC",
             interval_text=_duration_text(sel.interval))
 
-    def _panel(self, p: dict, sel: Selection, state: dict[str, Variable], forced: dict | None = None) -> dict:
+    def _panel(self, p: dict, sel: Selection, state: dict[str, Variable], forced: dict | None = None,
+               links: PageLinks | None = None, filterable: dict[str, str] | None = None) -> dict:
         out = {"id": p["id"], "title": p["title"], "type": p["type"], "description": p.get("description", ""),
                "grid": p["gridPos"], "error": None, "empty": False}
         sql = expand(p["sql"], sel.time_from, sel.time_to, sel.interval, state)
+        bounds = self.spec["embedded"]["dashboards"]
+        max_rows = bounds["max_rows"]
+        sort = links.param(f"sort-{p['id']}") if links and p["type"] == "table" else ""
         try:
-            columns, rows = self.query(sql, forced)
+            if sort:
+                # The whitelist: the panel's own columns, as ClickHouse names them (no execution).
+                described = render_template(self.spec, "clickhouse/runtime/panel_columns.sql.j2", sql=sql)
+                known = [r[0] for r in self.query(described, forced)[1]]
+                if sort.lstrip("-") not in known:
+                    raise BadRequest(f"sort-{p['id']}: not a column of {p['title']}: {sort[:40]!r}")
+                sql = render_template(self.spec, "clickhouse/runtime/sorted_panel.sql.j2", sql=sql,
+                                      column=sort.lstrip("-"), descending=sort.startswith("-"))
+            columns, rows = self.query(sql, forced, limit=max_rows + 1)
+        except BadRequest:
+            raise
         except Exception as exc:  # one failing panel must not take the page down
             out["error"] = str(exc).splitlines()[0][:300]
             return out
+        if len(rows) > max_rows:
+            if p["type"] != "table":  # a chart of the first rows would be a wrong chart
+                out["error"] = (f"more than {max_rows:,} rows (embedded.dashboards.max_rows): "
+                                "choose a shorter range or narrower filters")
+                return out
+            rows = rows[:max_rows]
+            out["truncated"] = max_rows
         out["columns"], out["rows"] = columns, rows
         if not rows and p["type"] != "stat":  # an empty result has no columns to draw
             out["empty"] = True
             if p["type"] != "table":
                 out["svg"], out["legend"] = "", []
             return out
+        series_variable = p.get("series_filter")
+
+        def link(label: str) -> str | None:  # "ann #7" -> this page filtered to user 7
+            found = _SERIES_ID.search(label)
+            return links.url({series_variable: found.group(1)}) if found and links and series_variable in state else None
+
         width = p["gridPos"]["w"] * 50
         height = max(p["gridPos"]["h"] * 34 - 80, 80)
         if p["type"] == "timeseries" and len(charts.series_of(columns, rows)) > 6:
             out["svg"], out["legend"] = charts.heatmap_svg(columns, rows, sel.time_from, sel.time_to, sel.interval,
-                                                           width=width, height=height)
+                                                           width=width, height=height, link=link)
             out["empty"] = not rows
             out["heatmap"] = True
         elif p["type"] == "timeseries":
             out["svg"], out["legend"] = charts.timeseries_svg(columns, rows, sel.time_from, sel.time_to,
-                                                              bars=p.get("style") == "bars", width=width, height=height)
+                                                              bars=p.get("style") == "bars", width=width, height=height,
+                                                              link=link)
             out["empty"] = not any(charts._num(v) for r in rows for v in r[1:])
         elif p["type"] in ("barchart", "bargauge", "piechart"):
-            out["svg"], out["legend"] = charts.barchart_svg(columns, rows, width=width, height=height + 30)
+            out["svg"], out["legend"] = charts.barchart_svg(columns, rows, width=width, height=height + 30, link=link)
             out["empty"] = not rows
         elif p["type"] == "stat":
             row = rows[0] if rows else (None,) * len(columns)
@@ -255,6 +349,16 @@ class Dashboards:
             out["totals"] = [_total([r[i] for r in rows]) if c in totals else None
                              for i, c in enumerate(columns)] if totals else None
             out["empty"] = not rows
+            # One page of rows is drawn; the totals are of them all.
+            size = bounds["page_rows"]
+            pages = max(math.ceil(len(rows) / size), 1)
+            page_text = links.param(f"page-{p['id']}") if links else ""
+            page = min(int(page_text), pages) if page_text.isascii() and page_text.isdigit() and int(page_text) > 0 else 1
+            out["rows"] = rows[(page - 1) * size:page * size]
+            out["paging"] = {"page": page, "pages": pages, "first": (page - 1) * size + 1,
+                             "last": (page - 1) * size + len(out["rows"]), "count": len(rows)}
+            out["sort"] = sort
+            out["links"] = {i: filterable[c] for i, c in enumerate(columns) if c in (filterable or {})}
         return out
 
 

@@ -9,6 +9,7 @@ ${variables}; only {{ db }} and {{ filters }} are filled in from the spec.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -22,35 +23,144 @@ PLUGIN = "grafana-clickhouse-datasource"
 OTHER_CATEGORY = "Other / uncategorized"  # an exception no category of the spec matches (CVAT's draft's name)
 
 
-def load(name: str, spec: dict) -> dict:
-    """The definition of dashboard `name` with its SQL completed for this spec: its uid is
-    the spec's; `filters` and every `*_filters` list become one ANDed condition each;
-    `fragments` are rendered in order, each able to use the ones before it."""
-    data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
+def load(name: str, spec: dict, path: Path | None = None) -> dict:
+    """The definition of dashboard `name` with its SQL completed for this spec: a built-in's
+    uid is the spec's, a custom one's (`path`, from custom_dashboards_dir) its own;
+    `filters` and every `*_filters` list become one ANDed condition each; `fragments` are
+    rendered in order, each able to use the ones before it."""
+    if path is None:
+        data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
+    else:
+        data = read_custom(path)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
     ctx = {"db": ident(spec["clickhouse"]["database"]), "exceptions": spec["exceptions"],
-           "other": OTHER_CATEGORY}
+           "other": OTHER_CATEGORY,
+           "bucket_s": lambda floor: bucket_s(floor, spec["embedded"]["dashboards"]["max_points"])}
     for key, value in data.items():
         if key == "filters" or key.endswith("_filters"):
             ctx[key] = env.from_string(" AND ".join(value or ["1=1"])).render(ctx)
     for key, text in (data.get("fragments") or {}).items():
         ctx[key] = env.from_string(text).render(ctx).strip()
     data["name"] = name
-    data["uid"] = spec["dashboards"][name]
+    data["uid"] = spec["dashboards"][name] if path is None else data["uid"]
+    data.setdefault("variables", [])
     for item in data["variables"] + data["panels"]:
-        item["sql"] = env.from_string(item["sql"]).render(ctx).strip()
+        try:
+            item["sql"] = env.from_string(item["sql"]).render(ctx).strip()
+        except jinja2.TemplateError as exc:
+            raise DefinitionError(f"{path or name}: {item.get('name') or item.get('title')}: sql: {exc}") from None
+        if "\x00" in item["sql"]:  # NUL marks a variable's value while macros expand (grafana_macros)
+            raise ValueError(f"{name}: {item.get('name') or item.get('title')}: the SQL holds a NUL character")
     return data
 
 
+def bucket_s(floor: int, max_points: int) -> str:
+    """SQL for a time bucket of `floor` seconds, or a whole multiple of it when the range
+    would otherwise have more than `max_points` buckets (a panel that counts per 15 minutes
+    draws 1000 points over 30 years, not a million). Grafana and the service give
+    $__from/$__to, so both draw the same buckets."""
+    per_bucket_ms = floor * max_points * 1000
+    return f"{floor} * greatest(1, intDiv($__to - $__from + {per_bucket_ms - 1}, {per_bucket_ms}))"
+
+
 def load_all(spec: dict) -> list[dict]:
-    """The definitions of the dashboards the spec lists, in its order."""
-    return [load(name, spec) for name in spec["dashboards"]]
+    """The built-in dashboards the spec lists, in its order, then the user's own from
+    custom_dashboards_dir by file name. A custom one with a built-in's name or uid takes its
+    place (a dashboard edited in Grafana and imported replaces the one it was made from)."""
+    customs = [load(path.stem, spec, path) for path in custom_files(spec)]
+    out = []
+    for name in spec["dashboards"]:
+        same = [c for c in customs if c["name"] == name or c["uid"] == spec["dashboards"][name]]
+        out.append(same[0] if same else load(name, spec))
+    out += [c for c in customs if c not in out]
+    seen: dict[str, str] = {}
+    for d in out:
+        if d["uid"] in seen:
+            raise DefinitionError(f"{d.get('path') or d['name']}: uid {d['uid']!r} is also {seen[d['uid']]}'s")
+        seen[d["uid"]] = d["name"]
+    return out
+
+
+# --- the user's own definitions ---------------------------------------------------------------
+
+class DefinitionError(ValueError):
+    """A custom dashboard definition that cannot be drawn; says file and key."""
+
+
+KINDS = ("id", "text", "scope", "source")
+# Columns whose cells filter the dashboard to their value, when it has that variable (CVAT's names).
+COLUMN_VARIABLES = {"user_id": "users", "user_name": "usernames", "project_id": "projects", "task_id": "tasks",
+                    "job_id": "jobs", "org_id": "organizations", "scope": "scopes", "source": "sources",
+                    "error": "errors", "category": "category"}
+REFRESH_CHOICES = ("30s", "1m", "5m")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_UID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def custom_files(spec: dict) -> list[Path]:
+    folder = spec.get("custom_dashboards_dir") or ""
+    if not folder:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DefinitionError(f"custom_dashboards_dir: {folder} is not a directory")
+    return sorted(folder.glob("*.yaml"))
+
+
+def read_custom(path: Path) -> dict:
+    """A custom definition, checked: the same format as generator/dashboards/*.yaml, plus `uid`."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DefinitionError(f"{path}: cannot read it: {str(exc).splitlines()[0]}") from None
+
+    def need(ok: bool, where: str, expected: str) -> None:
+        if not ok:
+            raise DefinitionError(f"{path}: {where}: expected {expected}")
+
+    need(isinstance(data, dict), "the file", "a mapping with uid, title, variables, panels")
+    need(isinstance(data.get("uid"), str) and bool(_UID.fullmatch(data["uid"])), "uid",
+         "1-40 letters, digits, - or _")
+    need(isinstance(data.get("title"), str) and bool(data["title"].strip()), "title", "a text")
+    data.setdefault("description", "")
+    need(isinstance(data["description"], str), "description", "a text")
+    need(isinstance(data.get("variables", []), list), "variables", "a list")
+    for i, v in enumerate(data.get("variables") or []):
+        where = f"variables.{i}"
+        need(isinstance(v, dict), where, "a mapping with name, label, kind, sql")
+        need(isinstance(v.get("name"), str) and bool(_NAME.fullmatch(v["name"])), f"{where}.name", "a name of letters, digits and _")
+        v.setdefault("label", v["name"])
+        need(v.get("kind") in KINDS, f"{where}.kind", "one of " + ", ".join(KINDS))
+        need(isinstance(v.get("sql"), str), f"{where}.sql", "SQL text")
+    need(isinstance(data.get("panels"), list) and bool(data["panels"]), "panels", "a list of panels")
+    ids = set()
+    for i, p in enumerate(data["panels"]):
+        where = f"panels.{i}"
+        need(isinstance(p, dict), where, "a mapping with id, title, type, gridPos, sql")
+        need(isinstance(p.get("id"), int) and p["id"] not in ids, f"{where}.id", "a whole number unique in the dashboard")
+        ids.add(p["id"])
+        need(isinstance(p.get("title"), str), f"{where}.title", "a text")
+        need(p.get("type") in PANEL_TYPES, f"{where}.type", "one of " + ", ".join(PANEL_TYPES))
+        grid = p.get("gridPos")
+        need(isinstance(grid, dict) and all(isinstance(grid.get(k), int) and grid[k] >= 0 for k in "xywh")
+             and grid["x"] + grid["w"] <= 24, f"{where}.gridPos", "{x, y, w, h}: whole numbers, x + w at most 24")
+        need(isinstance(p.get("sql"), str) and bool(p["sql"].strip()), f"{where}.sql", "SQL text")
+    for key in data:
+        if key == "filters" or key.endswith("_filters"):
+            need(isinstance(data[key], list) and all(isinstance(f, str) for f in data[key]), key, "a list of SQL conditions")
+    need(isinstance(data.get("fragments") or {}, dict), "fragments", "a mapping of names to SQL")
+    data["path"] = str(path)
+    return data
 
 
 def dashboard_json(name: str, spec: dict) -> str:
     """Grafana's JSON model of dashboard `name` (schemaVersion 39), deterministic text."""
-    d = load(name, spec)
+    return definition_json(next(d for d in load_all(spec) if d["name"] == name), spec)
+
+
+def definition_json(d: dict, spec: dict) -> str:
+    """Grafana's JSON model of a loaded definition."""
     ds = {"type": PLUGIN, "uid": spec["grafana"]["datasource_uid"]}
     model = {
         "uid": d["uid"],
@@ -63,11 +173,12 @@ def dashboard_json(name: str, spec: dict) -> str:
         "version": 1,
         "time": {"from": "now-7d", "to": "now"},
         "timezone": "browser",
-        "refresh": "",
+        "refresh": "",  # off; the choices below, as the embedded pages offer them
+        "timepicker": {"refresh_intervals": list(REFRESH_CHOICES)},
         "links": [{"title": "CVAT dashboards", "type": "dashboards", "tags": ["cvat"], "asDropdown": True}],
-        "templating": {"list": [_variable(v, ds) for v in d["variables"]]},
+        "templating": {"list": [_variable(v, ds) for v in d["variables"]] + _adhoc(d, ds)},
         "annotations": {"list": []},
-        "panels": [_panel(p, ds) for p in d["panels"]],
+        "panels": [_panel(p, ds, _filter_links(d)) for p in d["panels"]],
     }
     return json.dumps(model, indent=2, ensure_ascii=False) + "\n"
 
@@ -91,7 +202,32 @@ def _variable(v: dict, ds: dict) -> dict:
     }
 
 
-def _panel(p: dict, ds: dict) -> dict:
+def _adhoc(d: dict, ds: dict) -> list[dict]:
+    """Grafana's ad hoc filters (any column = value, from the filter bar). The plugin sends them
+    as additional_table_filters for the tables a query reads (plugin 2.0 and later); the keys
+    offered are the columns of clickhouse_adhoc_query's query."""
+    events = re.search(r"(`[^`]+`|\w+)\.events\b", json.dumps([p["sql"] for p in d["panels"]]))
+    if not events:
+        return []
+    return [{"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2,
+             "query": f"SELECT * FROM {events.group(0)}"},
+            {"name": "adhoc", "label": "Ad hoc filters", "type": "adhoc", "datasource": ds, "filters": [], "hide": 0}]
+
+
+def _filter_links(d: dict) -> dict[str, dict]:
+    """Per column, the data link that opens this dashboard filtered to the cell's value, the
+    other filters and the time range kept (as the embedded pages link their cells)."""
+    names = [v["name"] for v in d["variables"]]
+    links = {}
+    for column, variable in COLUMN_VARIABLES.items():
+        if variable in names:
+            others = "".join(f"&${{{n}:queryparam}}" for n in names if n != variable)
+            links[column] = {"title": f"Filter by this {column}", "targetBlank": False,
+                             "url": f"/d/{d['uid']}?${{__url_time_range}}{others}&var-{variable}=${{__value.raw}}"}
+    return links
+
+
+def _panel(p: dict, ds: dict, links: dict[str, dict] | None = None) -> dict:
     kind = p["type"]
     timeseries = kind == "timeseries"
     target = {
@@ -124,7 +260,7 @@ def _panel(p: dict, ds: dict) -> dict:
         totals = p.get("totals") or []
         options = {"showHeader": True, "cellHeight": "sm",
                    "footer": {"show": bool(totals), "reducer": ["sum"], "fields": totals, "countRows": False}}
-        custom = {"filterable": True, "inspect": True}
+        custom = {"filterable": True, "inspect": True}  # headers sort on a click; cells inspect whole
     return {
         "id": p["id"],
         "type": kind,
@@ -137,6 +273,8 @@ def _panel(p: dict, ds: dict) -> dict:
         "fieldConfig": {"defaults": {"custom": custom},
                         "overrides": [{"matcher": {"id": "byName", "options": column},
                                        "properties": [{"id": "decimals", "value": places}]}
-                                      for column, places in (p.get("decimals") or {}).items()]},
+                                      for column, places in (p.get("decimals") or {}).items()]
+                        + ([{"matcher": {"id": "byName", "options": column}, "properties": [{"id": "links", "value": [link]}]}
+                            for column, link in (links or {}).items()] if kind == "table" else [])},
         "options": options,
     }

@@ -77,8 +77,6 @@ def context(spec: dict) -> dict:
         "db": ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],
-        # grafana/dashboards/<name>.json.j2: the JSON built from generator/dashboards/<name>.yaml
-        "grafana_dashboard": lambda name: grafana.dashboard_json(name, spec),
     }
 
 
@@ -98,6 +96,10 @@ def render_all(spec: dict) -> dict[str, str]:
             continue
         text = env.get_template(name).render(ctx)
         out[name[: -len(".j2")].removeprefix(CLUSTER)] = text
+    # Grafana's JSON of each dashboard, built from its definition: the built-in ones the
+    # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
+    for d in grafana.load_all(spec):
+        out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
     return out
 
 
@@ -107,17 +109,14 @@ def render_template(spec: dict, name: str, **extra) -> str:
 
 
 def _wanted(name: str, spec: dict) -> bool:
-    """Runtime statements, dashboards not listed in the spec, and the files of the other
-    topology (single server or cluster) are not rendered."""
+    """Runtime statements and the files of the other topology (single server or cluster)
+    are not rendered."""
     if name.startswith(RUNTIME):
         return False
     if name.startswith(CLUSTER):
         return is_cluster(spec)
     if name.startswith(SINGLE_SERVER_ONLY) and is_cluster(spec):
         return False
-    parts = name.split("/")
-    if parts[:2] == ["grafana", "dashboards"] and len(parts) == 3:
-        return Path(parts[2]).name.split(".")[0] in spec["dashboards"]
     return True
 
 

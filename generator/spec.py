@@ -58,6 +58,8 @@ def load_spec(path: str | Path | None = None) -> dict:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     validate(data, path, node)
+    if data.get("custom_dashboards_dir"):  # relative to the spec, wherever the command runs
+        data["custom_dashboards_dir"] = str(path.parent / data["custom_dashboards_dir"])
     return data
 
 

@@ -234,7 +234,8 @@ def compose_problems(files: dict[str, str]) -> list[str]:
 
 
 def sql_problems(files: dict[str, str]) -> list[str]:
-    sql = {rel: text for rel, text in files.items() if rel.endswith(".sql")}
+    # The .sql files, and the dashboards whose queries run on the schema they make.
+    sql = {rel: text for rel, text in files.items() if rel.endswith(".sql") or rel.startswith("grafana/dashboards/")}
     if not sql:
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:

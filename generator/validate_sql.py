@@ -6,7 +6,10 @@ Runs in its own process on a fresh temporary chdb path, because a process can op
 chdb path for its whole life (docs/architecture.md, Data flow): the caller (`cvat-analytics check`, the test
 session) may already hold one. Migrations run first, in order, then every other .sql file
 in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
-type. Prints one line per failing statement, "relpath: statement N: error"; exit 1 if any.
+type. Then every dashboard query (grafana/dashboards/*.json: panels and variables), its
+macros expanded as the Grafana plugin does with "All" selected, over the last 7 days, so a
+broken panel (a custom one too) fails `check`, not the page. Prints one line per failing
+statement, "relpath: statement N: error" or "relpath: panel N (title): error"; exit 1 if any.
 
 The cluster render's statements need a cluster (Keeper, the {shard} and {replica} macros,
 a `remote_servers` entry) that chdb does not have. Such a statement must parse on the
@@ -16,9 +19,11 @@ over its local table, with its sharding key evaluated over that local table.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tempfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .sql import SqlTemplateError, parse
@@ -99,6 +104,7 @@ def run(root: Path) -> list[str]:
                         what = " (its single-node equivalent)" if equivalent != statement else ""
                         problems.append(f"{rel}: statement {n} does not execute on ClickHouse{what}: "
                                         f"{_first_line(exc)}")
+            problems += _dashboard_problems(root, session)
         finally:
             session.close()
     return problems
@@ -111,6 +117,24 @@ def _escaped(text: str) -> str:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+
+
+def _dashboard_problems(root: Path, session) -> list[str]:
+    from .contracts import DASHBOARDS, dashboard_queries
+    from .grafana_macros import ALL, Variable, expand
+
+    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in (root / DASHBOARDS).glob("*.json")}
+    names = {rel: [v.get("name") for v in (json.loads(text).get("templating") or {}).get("list") or []]
+             for rel, text in files.items()}
+    time_to = datetime.now(timezone.utc).replace(microsecond=0)
+    problems = []
+    for rel, what, sql in dashboard_queries(files):
+        variables = {name: Variable(ALL) for name in names[rel] if name}
+        try:
+            session.query(expand(sql, time_to - timedelta(days=7), time_to, 3600, variables), "Null")
+        except Exception as exc:
+            problems.append(f"{rel}: {what} does not execute on ClickHouse: {_first_line(exc)}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,8 @@ def test_datasource_is_the_provisioned_one_everywhere(name):
     assert provisioned["uid"] == SPEC["grafana"]["datasource_uid"]
     d = DASHBOARDS[name]
     for v in d["templating"]["list"]:
-        assert v["datasource"] == expected
+        if v["type"] != "constant":  # the ad hoc filters' key query is a constant, not a query
+            assert v["datasource"] == expected
     for p in d["panels"]:
         assert p["datasource"] == expected
         assert [t["datasource"] for t in p["targets"]] == [expected]
@@ -87,9 +88,10 @@ def test_datasource_is_the_provisioned_one_everywhere(name):
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_every_variable_used_is_defined_and_every_defined_one_used(name):
     d = DASHBOARDS[name]
-    defined = {v["name"] for v in d["templating"]["list"]}
+    queries = [v for v in d["templating"]["list"] if v["type"] == "query"]
+    defined = {v["name"] for v in queries}
     used = set()
-    texts = [p["targets"][0]["rawSql"] for p in d["panels"]] + [v["query"] for v in d["templating"]["list"]]
+    texts = [p["targets"][0]["rawSql"] for p in d["panels"]] + [v["query"] for v in queries]
     for sql in texts:
         for m in re.finditer(r"\$\{(\w+)\}|\$(\w+)|\[\[(\w+)\]\]", sql):
             var = m.group(1) or m.group(2) or m.group(3)
@@ -97,8 +99,9 @@ def test_every_variable_used_is_defined_and_every_defined_one_used(name):
                 used.add(var)
     assert used <= defined | BUILTIN, used - defined
     assert defined <= used, f"defined but never used: {defined - used}"
-    for v in d["templating"]["list"]:
-        assert v["type"] == "query" and v["multi"] and v["includeAll"] and v["refresh"] == 2
+    for v in queries:
+        assert v["multi"] and v["includeAll"] and v["refresh"] == 2
+    assert [v["type"] for v in d["templating"]["list"] if v["type"] != "query"] == ["constant", "adhoc"]
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
@@ -120,8 +123,34 @@ def test_working_time_reads_the_totals_and_rounds_only_for_display():
     sql = table["targets"][0]["rawSql"]
     assert "working_time_totals" in sql and "round(" not in sql  # the footer sums unrounded hours
     assert table["options"]["footer"]["show"]
-    assert {o["matcher"]["options"]: o["properties"] for o in table["fieldConfig"]["overrides"]} == {
+    assert {o["matcher"]["options"]: o["properties"] for o in table["fieldConfig"]["overrides"]
+            if o["properties"][0]["id"] == "decimals"} == {
         "working_time_h": [{"id": "decimals", "value": 2}], "cvat_reported_h": [{"id": "decimals", "value": 2}]}
+
+
+def test_cells_link_to_the_same_dashboard_filtered_to_their_value():
+    """Data links, as the embedded pages' cell links: the clicked value set, the other filters
+    and the time range kept."""
+    table = next(p for p in DASHBOARDS["management"]["panels"] if p["title"] == "Working time")
+    links = {o["matcher"]["options"]: o["properties"][0]["value"][0]["url"] for o in table["fieldConfig"]["overrides"]
+             if o["properties"][0]["id"] == "links"}
+    assert set(links) == {"user_id", "user_name", "project_id", "task_id", "job_id"}
+    assert links["user_id"] == ("/d/w0if6WAVz?${__url_time_range}&${usernames:queryparam}&${projects:queryparam}"
+                                "&${tasks:queryparam}&${jobs:queryparam}&var-users=${__value.raw}")
+    exceptions = next(p for p in DASHBOARDS["monitoring"]["panels"] if p["title"] == "Exceptions")
+    linked = {o["matcher"]["options"] for o in exceptions["fieldConfig"]["overrides"]}
+    assert {"user_id", "user_name", "source", "project_id", "task_id", "job_id", "error"} <= linked
+    assert "stack" not in linked and "payload" not in linked
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_refresh_choices_and_ad_hoc_filters(name):
+    d = DASHBOARDS[name]
+    assert d["refresh"] == "" and d["timepicker"]["refresh_intervals"] == ["30s", "1m", "5m"]
+    constant, adhoc = d["templating"]["list"][-2:]
+    assert constant == {"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2,
+                        "query": f"SELECT * FROM `{SPEC['clickhouse']['database']}`.events"}
+    assert adhoc["type"] == "adhoc" and adhoc["datasource"]["uid"] == SPEC["grafana"]["datasource_uid"]
 
 
 def test_grafana_home_dashboard_and_sub_path_match_the_files():

@@ -4,6 +4,7 @@ selenium, one browser session for every page. No console errors, every chart dra
 with data points, every table filled. Screenshots go to tests/artifacts/."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +22,34 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CLI = REPO / ".venv" / "bin" / "cvat-analytics"
 ARTIFACTS = REPO / "tests" / "artifacts"
 UIDS = ["EIGSTDAVz", "w0if6WAVz", "WvDvWK04k", "user-exceptions"]  # CVAT's, and its exceptions draft's
+CUSTOM = ["errors-by-user", "monitoring-edited"]  # the user's own: written, and imported from Grafana's JSON
+ERRORS_BY_USER = """\
+uid: errors-by-user
+title: Errors by user
+description: Exceptions per user.
+variables:
+  - {name: users, label: User, kind: id, sql: "SELECT DISTINCT user_id FROM {{ db }}.events WHERE $__timeFilter(timestamp) AND user_id IS NOT NULL ORDER BY user_id"}
+filters:
+  - $__conditionalAll(user_id IN (${users}), $users)
+panels:
+  - id: 1
+    title: Exceptions per user
+    type: table
+    gridPos: {x: 0, y: 0, w: 12, h: 8}
+    sql: |
+      SELECT user_id, count() AS exceptions FROM {{ db }}.events
+      WHERE scope = 'send:exception' AND $__timeFilter(timestamp) AND {{ filters }}
+      GROUP BY user_id ORDER BY exceptions DESC, user_id
+  - id: 2
+    title: Exceptions per day
+    type: timeseries
+    style: bars
+    gridPos: {x: 12, y: 0, w: 12, h: 8}
+    sql: |
+      SELECT toStartOfDay(timestamp) AS time, count() AS exceptions FROM {{ db }}.events
+      WHERE scope = 'send:exception' AND $__timeFilter(timestamp) AND {{ filters }}
+      GROUP BY time ORDER BY time
+"""
 
 pytestmark = pytest.mark.clickhouse  # the service's process runs the engine
 
@@ -29,12 +58,23 @@ pytestmark = pytest.mark.clickhouse  # the service's process runs the engine
 def service(tmp_path_factory):
     """`serve` on a chdb path holding 7 days of demo traffic, working time refreshed."""
     work = tmp_path_factory.mktemp("pages")
-    _, spec_path = write_spec(work)
+    _, spec_path = write_spec(work, custom_dashboards_dir="mine")
+    (work / "mine").mkdir()
+    (work / "mine" / "errors_by_user.yaml").write_text(ERRORS_BY_USER)
+    # A dashboard edited in Grafana and saved as JSON, imported as the README says.
+    edited = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "monitoring.json").read_text())
+    edited.update(uid="monitoring-edited", title="Monitoring (edited)")
+    edited["panels"][2]["targets"][0]["rawSql"] = edited["panels"][2]["targets"][0]["rawSql"].replace(
+        "count() AS events", "count() * 2 AS twice_the_events")
+    (work / "edited.json").write_text(json.dumps(edited))
+    subprocess.run([str(CLI), "dashboards", "import", str(work / "edited.json"), "--spec", str(spec_path)],
+                   check=True, capture_output=True, timeout=120)
     dsn = f"chdb://{work / 'data'}"
     for args in (["migrate"], ["demo", "--events", "20000", "--days", "7", "--seed", "5"]):
         subprocess.run([str(CLI), *args, "--dsn", dsn, "--spec", str(spec_path)], check=True,
                        capture_output=True, timeout=300)
     srv = ServeProcess(dsn, spec_path)
+    srv.spec_path = spec_path
     # The first working-time refresh runs as serve starts; wait until the table shows it.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -81,6 +121,18 @@ def shoot(driver, name: str) -> None:
     driver.set_window_size(1440, 1000)
 
 
+def click_and_wait(driver, element) -> None:
+    """Click a link or a submit button and wait for the next page (a click does not wait)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)  # inside a scrolled table too
+    element.click()
+    WebDriverWait(driver, 90).until(expected_conditions.staleness_of(old))
+
+
 def severe_logs(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
@@ -90,11 +142,11 @@ def test_every_dashboard_page_draws_its_panels(service, browser):
 
     browser.get(service.url + "/dashboards")
     cards = browser.find_elements(By.CSS_SELECTOR, "a.card")
-    assert [c.get_attribute("href").rsplit("/", 1)[-1] for c in cards] == UIDS
+    assert [c.get_attribute("href").rsplit("/", 1)[-1] for c in cards] == UIDS + CUSTOM
     shoot(browser, "dashboards")
     assert severe_logs(browser) == []
 
-    for uid in UIDS:
+    for uid in UIDS + CUSTOM:
         browser.get(f"{service.url}/dashboards/{uid}")
         panels = browser.find_elements(By.CSS_SELECTOR, "section.panel")
         assert panels, uid
@@ -124,7 +176,7 @@ def test_filters_from_the_form_narrow_the_page(service, browser):
     chosen = users.options[1].get_attribute("value")
     users.select_by_value(chosen)
     Select(browser.find_element(By.NAME, "range")).select_by_value("30d")
-    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
     assert f"users={chosen}" in browser.current_url and "range=30d" in browser.current_url
     table = browser.find_element(By.ID, "panel-4")
     user_ids = {row.find_elements(By.TAG_NAME, "td")[0].text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")}
@@ -142,7 +194,7 @@ def test_grafana_links_into_cvats_dashboards_work_here(service):
     assert status == 200 and "Query failed" not in html
     table = html[html.index('id="panel-4"'):]
     table = table[:table.index("</section>")]
-    shown = set(re.findall(r"<tr><td class=\"num\">(\d+)</td>", table))
+    shown = set(re.findall(r'<tr><td class="num">(?:<a [^>]*>)?(\d+)<', table))
     assert shown == {user}
     assert get(f"{service.url}/dashboards/EIGSTDAVz?var-organizations=1")[0] == 200
     assert get(f"{service.url}/dashboards/EIGSTDAVz?var-organizations=x")[0] == 400
@@ -165,3 +217,134 @@ def test_pages_load_nothing_from_elsewhere(service):
     # Nothing is fetched from elsewhere: every src/href is local (data in tables may hold URLs).
     assert re.findall(r'(?:src|href)="(?:https?:)?//', html) == []
     assert "<script" not in html and "@import" not in html and "url(" not in html
+
+
+# --- working in the pages: every interaction is a link or a GET form (no script)
+
+def table_column(browser, panel: str, index: int) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, f"#{panel} tbody tr")
+    return [r.find_elements(By.TAG_NAME, "td")[index].text for r in rows]
+
+
+def test_a_click_on_a_user_cell_filters_the_dashboard_to_that_user(service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{service.url}/dashboards/w0if6WAVz?range=30d")
+    users = set(table_column(browser, "panel-4", 0))
+    assert len(users) > 1
+    cell = browser.find_elements(By.CSS_SELECTOR, "#panel-4 tbody tr td:first-child a.filter")[-1]
+    user = cell.text
+    click_and_wait(browser, cell)
+    assert f"users={user}" in browser.current_url and "range=30d" in browser.current_url
+    assert set(table_column(browser, "panel-4", 0)) == {user}
+    assert Select(browser.find_element(By.NAME, "users")).first_selected_option.get_attribute("value") == user
+    # The activity lines link to the same dashboard filtered to their user, too.
+    series = browser.find_elements(By.CSS_SELECTOR, "#panel-1 a.series-link")
+    assert series and all(f"users={user}" in a.get_attribute("href") for a in series)
+    assert severe_logs(browser) == []
+
+
+def test_a_series_label_of_management_links_to_its_user(service, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{service.url}/dashboards/w0if6WAVz?range=30d")
+    label = browser.find_elements(By.CSS_SELECTOR, "#panel-3 a.series-link")[0]
+    href = label.get_dom_attribute("href")  # an SVG <a>: its attribute, not a resolved URL
+    user = re.search(r"users=(\d+)", href).group(1)
+    assert label.text.endswith(f"#{user}")
+    click_and_wait(browser, label)
+    assert set(table_column(browser, "panel-4", 0)) == {user}
+
+
+def test_a_click_on_a_column_header_sorts_the_table_on_the_server(service, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{service.url}/dashboards/WvDvWK04k?range=30d")
+    default = table_column(browser, "panel-9", 0)  # by events, most first
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#panel-9 thead th:nth-child(1) a"))  # scope: descending
+    assert "sort-9=-scope" in browser.current_url
+    descending = table_column(browser, "panel-9", 0)
+    assert descending == sorted(descending, reverse=True) and descending != default
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#panel-9 thead th:nth-child(1) a"))  # again: ascending
+    ascending = table_column(browser, "panel-9", 0)
+    assert ascending == sorted(ascending) and "▲" in browser.find_element(By.CSS_SELECTOR, "#panel-9 th a.on").text
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#panel-9 thead th:nth-child(3) a"))  # events
+    counts = [int(c.replace(",", "")) for c in table_column(browser, "panel-9", 2)]
+    assert counts == sorted(counts, reverse=True)
+    assert get(f"{service.url}/dashboards/WvDvWK04k?sort-9=nope")[0] == 400
+    assert get(f"{service.url}/dashboards/WvDvWK04k?sort-9=scope%60%20DESC%2C%20sleep(3)")[0] == 400
+
+
+def test_tables_page_and_say_how_many_rows_they_have(service, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{service.url}/dashboards/EIGSTDAVz?range=30d")
+    assert browser.find_element(By.CSS_SELECTOR, "#panel-4 .pager .count").text == "rows 1–50 of 1,000"
+    first = table_column(browser, "panel-4", 0)
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "#panel-4 .pager a[rel=next]"))
+    assert browser.find_element(By.CSS_SELECTOR, "#panel-4 .pager .count").text == "rows 51–100 of 1,000"
+    assert len(table_column(browser, "panel-4", 0)) == 50 and table_column(browser, "panel-4", 0) != first
+
+
+def test_the_search_field_narrows_a_long_filter_list(service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{service.url}/dashboards/EIGSTDAVz?range=30d")
+    every = [o.get_attribute("value") for o in Select(browser.find_element(By.NAME, "scopes")).options[1:]]
+    assert len(every) > 15
+    search = browser.find_element(By.NAME, "find-scopes")
+    search.send_keys("frame")
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
+    narrowed = [o.get_attribute("value") for o in Select(browser.find_element(By.NAME, "scopes")).options[1:]]
+    assert narrowed and len(narrowed) < len(every) and all("frame" in o for o in narrowed)
+    assert browser.find_element(By.NAME, "find-scopes").get_attribute("value") == "frame"
+
+
+def test_a_long_value_opens_whole_in_a_detail_view(service, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{service.url}/dashboards/WvDvWK04k?range=30d")
+    link = browser.find_element(By.CSS_SELECTOR, "#panel-7 td.long a")
+    detail = browser.find_element(By.ID, link.get_attribute("href").split("#", 1)[1])
+    assert not detail.is_displayed()
+    link.click()
+    assert detail.is_displayed() and len(detail.find_element(By.TAG_NAME, "pre").text) > len(link.text)
+    shoot(browser, "monitoring-detail")
+    detail.find_element(By.CSS_SELECTOR, "a.close").click()
+    assert not detail.is_displayed()
+
+
+def test_the_refresh_choice_sets_the_pages_refresh(service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{service.url}/dashboards/WvDvWK04k")
+    assert browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]") == []
+    Select(browser.find_element(By.NAME, "refresh")).select_by_value("30s")
+    click_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "form.filters button"))
+    assert "refresh=30s" in browser.current_url
+    meta = browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]")
+    assert meta.get_attribute("content") == "30"
+    # Links on the page keep the choice.
+    assert "refresh=30s" in browser.find_element(By.CSS_SELECTOR, "#panel-9 thead th a").get_attribute("href")
+    assert get(f"{service.url}/dashboards/WvDvWK04k?refresh=1s")[0] == 400
+
+
+def test_custom_dashboards_draw_in_both_modes(service):
+    """The user's own, and the one imported from Grafana's JSON: served here, and in the
+    Grafana provisioning `render` writes from the same spec."""
+    from cvat_analytics_generator.render import render_all
+    from cvat_analytics_generator.spec import load_spec
+
+    status, html = get(f"{service.url}/dashboards/monitoring-edited?range=30d")
+    assert status == 200 and "Monitoring (edited)" in html and "Query failed" not in html
+    twice = re.search(r'id="panel-3".*?<div class="stat-value">([\d,]+)</div>', html, re.S).group(1)
+    assert int(twice.replace(",", "")) % 2 == 0 and int(twice.replace(",", "")) > 0
+    files = render_all(load_spec(service.spec_path))
+    edited = json.loads(files["grafana/dashboards/monitoring_edited.json"])
+    assert "count() * 2 AS twice_the_events" in edited["panels"][2]["targets"][0]["rawSql"]
+    assert json.loads(files["grafana/dashboards/errors_by_user.json"])["uid"] == "errors-by-user"

@@ -13,7 +13,7 @@ import pytest
 from cvat_analytics import demo, store as store_module, working_time
 from cvat_analytics.dashboards import (BadRequest, Dashboards, all_selected, interval_for, panel_queries,
                                        parse_selection, variable_queries, variables_for)
-from cvat_analytics.grafana_macros import ALL, Variable, expand
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec

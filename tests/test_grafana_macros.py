@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cvat_analytics.grafana_macros import ALL, Variable, expand
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 
 FROM = datetime(2024, 1, 1, 0, 0, 0, 250000, tzinfo=timezone.utc)   # 1704067200.25
 TO = datetime(2024, 1, 8, 12, 30, 0, tzinfo=timezone.utc)           # 1704717000
@@ -78,3 +78,29 @@ def test_variable_interpolation_single_multi_and_all():
 
 def test_unknown_variables_and_macros_stay():
     assert x("$nope ${nope}") == "$nope ${nope}"
+
+
+# --- values go in last, as literals (a stored value is data, never SQL or a macro)
+
+def test_a_value_holding_a_macro_is_not_expanded():
+    sql = "WHERE m IN (${errors}) AND $__timeFilter(t)"
+    value = "boom $__timeFilter( $__fromTime ${errors} $errors"
+    out = x(sql, errors=Variable([value]))
+    assert out == f"WHERE m IN ('{value}') AND t >= toDateTime(1704067200) AND t <= toDateTime(1704717000)"
+
+
+def test_nested_macro_values_do_not_grow_the_sql():
+    value = "$__timeInterval(" * 40 + "x" + ")" * 40
+    out = x("SELECT ${errors}, $__interval_s", errors=Variable([value]))
+    assert out == f"SELECT '{value}', 60"
+
+
+def test_a_value_that_looks_like_a_placeholder_stays_itself():
+    out = x("${a} ${b}", a=Variable(["\x001\x00"]), b=Variable(["B"]))
+    assert out == "'\x001\x00' 'B'"
+
+
+def test_a_value_inside_a_macro_argument_is_put_in_after_the_macro():
+    # The macro's argument parsing never sees the value's quotes or parentheses.
+    out = x("$__timeInterval(${col})", col=Variable("a) , ('"))
+    assert out == "toStartOfInterval(toDateTime(a) , ('), INTERVAL 60 second)"
