@@ -79,6 +79,11 @@ class FastRows:
         self._day_cache: dict[int, str] = {}
 
     def rows(self, body: bytes) -> list[list]:
+        if not body.isascii():
+            try:  # msgspec skips unknown keys without checking them; the reference refuses bad UTF-8 anywhere
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UseReference from None
         try:
             events = self.decoder.decode(body)
         except (msgspec.DecodeError, RecursionError):

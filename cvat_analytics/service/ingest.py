@@ -229,19 +229,38 @@ class GroupCommit:
 
     Requests are grouped by arrival only: while a group's insert runs, the next group
     gathers. A request already stored (its key in <db>.ingest_requests, or earlier in the
-    same group) is left out and answered as a duplicate once the group is stored."""
+    same group) is left out and answered as a duplicate once the group is stored.
+
+    Per group: the redo record (<db>.ingest_groups: token and rows), then the INSERT
+    into <db>.events with the group's token, whose view lists the requests in
+    <db>.ingest_requests. A kill -9 between the two is repaired at the next start
+    (`replay_unfinished`), so a retry of any request of that group counts once."""
 
     def __init__(self, client, spec: dict, columns: list[str]):
         from cvat_analytics_generator.render import render_template
+        from cvat_analytics_generator.sql import parse
 
         self.client = client
         self.database = spec["clickhouse"]["database"]
         self.columns = columns
-        self.known_sql = render_template(spec, "clickhouse/runtime/ingest_requests_known.sql.j2")
+        self.sql = parse(render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2"))
         self.queue: deque[Waiting] = deque()
         self.waiting_events = 0
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.replay_unfinished()
+
+    def replay_unfinished(self) -> int:
+        """Store again, with its own token, every group a crash may have cut short: ClickHouse
+        drops it if it was stored, stores it if not; its requests get listed either way."""
+        groups = self.client.query(self.sql.named("unfinished")).result_rows
+        for token, body in groups:
+            body = body.encode() if isinstance(body, str) else body
+            insert_compact_rows(self.client, self.database, self.columns, body, token=token)
+        if groups:
+            print(f"cvat-analytics: replayed {len(groups)} group(s) of events a stop may have cut short",
+                  file=sys.stderr, flush=True)
+        return len(groups)
 
     def full(self) -> bool:
         return self.waiting_events >= MAX_WAITING_EVENTS
@@ -288,7 +307,7 @@ class GroupCommit:
 
     def _store(self, group: list[Waiting]) -> None:
         keys = sorted({waiting.key for waiting in group})
-        known = {row[0] for row in self.client.query(self.known_sql, parameters={"requests": keys}).result_rows}
+        known = {row[0] for row in self.client.query(self.sql.named("known"), parameters={"requests": keys}).result_rows}
         storing, keys = [], []
         for waiting in group:
             if waiting.key in known:
@@ -297,7 +316,18 @@ class GroupCommit:
                 known.add(waiting.key)
                 storing.append(waiting)
                 keys.append(waiting.key)
-        if storing:
-            # The token names the group's requests: migration 0008's view records them.
-            insert_compact_rows(self.client, self.database, self.columns, b"".join(w.lines for w in storing),
-                                token="ingest " + " ".join(keys))
+        if not storing:
+            return
+        token = "ingest " + " ".join(keys)  # migration 0008's view lists the keys from it
+        body = b"".join(w.lines for w in storing)
+        self.client.insert(f"{self.database}.ingest_groups", [[token, body]], column_names=["group_token", "body"],
+                           column_type_names=["String", "String"])
+        try:
+            insert_compact_rows(self.client, self.database, self.columns, body, token=token)
+        except Exception:
+            try:  # its callers get a 500 and may send it again: it must not be replayed as well
+                self.client.command(self.sql.named("forget"), parameters={"group_token": token})
+            except Exception as exc:
+                print(f"cvat-analytics: a failed group stays in ingest_groups: {first_line(exc)}",
+                      file=sys.stderr, flush=True)
+            raise
