@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import msgspec
@@ -25,6 +26,8 @@ from .events import (EARLIEST, EPOCH, INT_RANGES, MAX_AHEAD, EventContract, _bas
 # Epoch seconds as CVAT's server writes them ("1700000000.123456"); anything else
 # (ISO text, numbers) goes through the reference converter.
 EPOCH_TEXT = re.compile(r"(\d{9,11})(?:\.(\d{1,30}))?", re.ASCII)
+# UTC ISO-8601 as CVAT's browser client writes it ("2024-01-01T12:00:00.123Z").
+ISO_UTC = re.compile(r"(\d{4}-\d{2}-\d{2})T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)(?:\.(\d{1,30}))?Z", re.ASCII)
 # A payload string deeper than this is left to the reference (its parser's recursion limit decides).
 MAX_FAST_BRACKETS = 200
 UINT64_MAX = INT_RANGES["UInt64"]
@@ -105,15 +108,24 @@ class FastRows:
                     if row[at] is None:
                         row[at] = default
                 value = row[ts_at]
-                match = EPOCH_TEXT.fullmatch(value) if value.__class__ is str else None
-                if match is None:
+                if value.__class__ is not str:
                     row[ts_at] = _timestamp(value, retention_days)
-                else:
+                elif match := EPOCH_TEXT.fullmatch(value):
                     whole, fraction = match.groups()
                     ms = int(whole) * 1000 + (int(fraction[:3].ljust(3, "0")) if fraction else 0)
                     if ms < earliest or ms > latest or ms < oldest:
                         raise UseReference  # the reference words the refusal
                     row[ts_at] = self._format(ms)
+                elif match := ISO_UTC.fullmatch(value):
+                    date, hour, minute, second, fraction = match.groups()
+                    millis = fraction[:3].ljust(3, "0") if fraction else "000"
+                    ms = (self._day_ms(date) + int(hour) * 3_600_000 + int(minute) * 60_000
+                          + int(second) * 1000 + int(millis))
+                    if ms < earliest or ms > latest or ms < oldest:
+                        raise UseReference
+                    row[ts_at] = f"{date} {hour}:{minute}:{second}.{millis}"
+                else:
+                    row[ts_at] = _timestamp(value, retention_days)
                 value = row[payload_at]
                 if value.__class__ is str:
                     if value.count("[") + value.count("{") > MAX_FAST_BRACKETS:
@@ -137,6 +149,17 @@ class FastRows:
         allowed = self.scopes.get(row[self._source_at])
         if allowed is not None and scope not in allowed:
             raise UseReference
+
+    def _day_ms(self, date: str) -> int:
+        """Epoch ms of a "YYYY-MM-DD" day (UseReference when it is no real date), cached."""
+        ms = self._day_cache.get(date)
+        if ms is None:
+            try:
+                day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise UseReference from None
+            ms = self._day_cache[date] = (day - EPOCH) // timedelta(milliseconds=1)
+        return ms
 
     def _format(self, ms: int) -> str:
         """format_ms, with the date and time to the second cached (events come in bursts)."""

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import threading
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -28,7 +30,7 @@ import msgspec
 from ..errors import first_line
 from ..events import EventContract, EventError
 from ..events_fast import FastRows, UseReference
-from ..store import insert_compact_rows
+from ..store import chdb_path, insert_compact_rows
 from .http import BodyError, Response, json_response
 
 if TYPE_CHECKING:
@@ -168,10 +170,10 @@ class BodyDecoder:
 class Ingest:
     """The POST / handler: validate every event, then store them with the group they arrived in."""
 
-    def __init__(self, client, spec: dict):
+    def __init__(self, client, spec: dict, dsn: str = ""):
         self.database = spec["clickhouse"]["database"]
         self.decoder = BodyDecoder(EventContract(spec))
-        self.commits = GroupCommit(client, spec, self.decoder.columns)
+        self.commits = GroupCommit(client, spec, self.decoder.columns, redo_path(spec, dsn))
 
     def __call__(self, request: "RequestHandler") -> Response:
         if self.commits.full():  # before reading: a refused body is drained or the connection closed
@@ -207,6 +209,15 @@ class Ingest:
         return json_response(200, {"stored": len(rows)}, events=len(rows))
 
 
+def redo_path(spec: dict, dsn: str) -> Path:
+    """Where group commit keeps the group in flight: beside the chdb data (one file per
+    database), or under embedded.data_dir for a ClickHouse server."""
+    data = chdb_path(dsn)
+    folder = data.resolve().parent / f"{data.name}-ingest" if data else Path(spec["embedded"]["data_dir"]) / "ingest"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{spec['clickhouse']['database']}.redo"
+
+
 def busy() -> Response:
     return json_response(503, {"error": "ingest is busy: more events are waiting to be stored than "
                                         f"{MAX_WAITING_EVENTS}; retry shortly"}, **{"Retry-After": RETRY_AFTER_S})
@@ -231,36 +242,40 @@ class GroupCommit:
     gathers. A request already stored (its key in <db>.ingest_requests, or earlier in the
     same group) is left out and answered as a duplicate once the group is stored.
 
-    Per group: the redo record (<db>.ingest_groups: token and rows), then the INSERT
-    into <db>.events with the group's token, whose view lists the requests in
-    <db>.ingest_requests. A kill -9 between the two is repaired at the next start
-    (`replay_unfinished`), so a retry of any request of that group counts once."""
+    A kill -9 can fall after the group's rows are stored but before the view has listed
+    its requests: their retries would be stored again. So the group (token and rows)
+    is first written to a redo file, removed once the insert returned; at start a redo
+    file left behind is inserted again with the same token, and ClickHouse's own
+    deduplication stores the rows if the crash came before they were stored and drops
+    them if after; the view lists the requests either way. One group is in flight at a
+    time, so the file holds at most one."""
 
-    def __init__(self, client, spec: dict, columns: list[str]):
+    def __init__(self, client, spec: dict, columns: list[str], redo: Path):
         from cvat_analytics_generator.render import render_template
-        from cvat_analytics_generator.sql import parse
 
         self.client = client
         self.database = spec["clickhouse"]["database"]
         self.columns = columns
-        self.sql = parse(render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2"))
+        self.known_sql = render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2")
+        self.redo = redo
         self.queue: deque[Waiting] = deque()
         self.waiting_events = 0
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
-        self.replay_unfinished()
+        self.replay()
 
-    def replay_unfinished(self) -> int:
-        """Store again, with its own token, every group a crash may have cut short: ClickHouse
-        drops it if it was stored, stores it if not; its requests get listed either way."""
-        groups = self.client.query(self.sql.named("unfinished")).result_rows
-        for token, body in groups:
-            body = body.encode() if isinstance(body, str) else body
-            insert_compact_rows(self.client, self.database, self.columns, body, token=token)
-        if groups:
-            print(f"cvat-analytics: replayed {len(groups)} group(s) of events a stop may have cut short",
-                  file=sys.stderr, flush=True)
-        return len(groups)
+    def replay(self) -> bool:
+        """Insert again the group a stop cut short, if any (see above)."""
+        try:
+            token, body = self.redo.read_bytes().split(b"\n", 1)
+        except FileNotFoundError:
+            return False
+        insert_compact_rows(self.client, self.database, self.columns, body, token=token.decode())
+        self.redo.unlink()
+        events = body.count(b"\n")
+        print(f"cvat-analytics: replayed a group of {events} events a stop may have cut short "
+              f"({self.redo})", file=sys.stderr, flush=True)
+        return True
 
     def full(self) -> bool:
         return self.waiting_events >= MAX_WAITING_EVENTS
@@ -307,7 +322,7 @@ class GroupCommit:
 
     def _store(self, group: list[Waiting]) -> None:
         keys = sorted({waiting.key for waiting in group})
-        known = {row[0] for row in self.client.query(self.sql.named("known"), parameters={"requests": keys}).result_rows}
+        known = {row[0] for row in self.client.query(self.known_sql, parameters={"requests": keys}).result_rows}
         storing, keys = [], []
         for waiting in group:
             if waiting.key in known:
@@ -320,14 +335,10 @@ class GroupCommit:
             return
         token = "ingest " + " ".join(keys)  # migration 0008's view lists the keys from it
         body = b"".join(w.lines for w in storing)
-        self.client.insert(f"{self.database}.ingest_groups", [[token, body]], column_names=["group_token", "body"],
-                           column_type_names=["String", "String"])
+        pending = self.redo.with_suffix(".tmp")
+        pending.write_bytes(token.encode() + b"\n" + body)
+        os.replace(pending, self.redo)  # whole or absent, never half-written
         try:
             insert_compact_rows(self.client, self.database, self.columns, body, token=token)
-        except Exception:
-            try:  # its callers get a 500 and may send it again: it must not be replayed as well
-                self.client.command(self.sql.named("forget"), parameters={"group_token": token})
-            except Exception as exc:
-                print(f"cvat-analytics: a failed group stays in ingest_groups: {first_line(exc)}",
-                      file=sys.stderr, flush=True)
-            raise
+        finally:  # stored, or failed with a 500 to its callers (who may send it again): not to be replayed
+            self.redo.unlink(missing_ok=True)

@@ -98,7 +98,7 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
     from .ingest import Ingest
 
     routes = [
-        Route("POST", "/", Ingest(client, spec), INGEST),
+        Route("POST", "/", Ingest(client, spec, dsn), INGEST),
         Route("GET", "/health", Health(client, spec, dsn), None),
     ]
     if jobs is not None:
