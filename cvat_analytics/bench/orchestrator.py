@@ -106,10 +106,11 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
             say(f"ingest: {ingest[size]:,} events into `serve` over HTTP, {size}-event bodies, {senders} senders")
             svc = ServeProcess(f"chdb://{work / f'ingest_{size}'}", spec_path, work / f"serve-ingest-{size}.log")
             try:
+                stats: dict = {}  # acknowledgement times (p50, p99) and 503s
                 with Progress("ingest", total=ingest[size], stream=err) as progress:
-                    stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress)
+                    stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress, stats)
                 r["ingest"][size] = {"events": stored, "seconds": secs, "rate": stored / secs,
-                                     "server_peak_mb": svc.rss("VmHWM")}
+                                     "server_peak_mb": svc.rss("VmHWM"), **stats}
             finally:
                 svc.stop()
     finally:
