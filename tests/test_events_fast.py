@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cvat_analytics.events import EventContract
 from cvat_analytics.events_fast import FastRows, UseReference
-from cvat_analytics.service.ingest import BadBody, BodyDecoder
+from cvat_analytics.service.ingest import BadBody, BodyDecoder, WrongOwner
 from cvat_analytics_generator.spec import load_spec
 from tests.test_events import NOW, field_names, json_junk, valid_events
 from tests.test_fuzz_ingest import not_events, not_json, one_bad_event
@@ -25,16 +25,18 @@ def outcome(decode, body: bytes):
         rows, lines = decode(body)
     except BadBody as exc:
         return ("refused", str(exc), exc.index, exc.field)
+    except WrongOwner as exc:
+        return ("forbidden", str(exc), exc.index, exc.field)
     return ("stored", rows, lines)
 
 
-def reference(body: bytes):
-    rows = DECODER.reference_rows(body)
-    return rows, DECODER.encode(rows, None, "")
+def same(body: bytes, forced: dict | None = None) -> tuple:
+    """Both paths, also under an ingest token's forced filter (applied the same way to either)."""
+    def reference(body: bytes):
+        rows = DECODER.reference_rows(body)
+        return rows, DECODER.encode(rows, forced, "t")
 
-
-def same(body: bytes) -> tuple:
-    fast, slow = outcome(DECODER.decode, body), outcome(reference, body)
+    fast, slow = outcome(lambda b: DECODER.decode(b, forced, "t"), body), outcome(reference, body)
     assert fast == slow, (body[:300], fast, slow)
     return fast
 
@@ -85,6 +87,7 @@ def bodies(draw):
 @example(b'[{"scope":"create:task","source":"server","timestamp":"%d.5","user_name":"\\ud800"}]' % NOW)
 def test_the_fast_path_and_the_reference_agree(body):
     same(body)
+    same(body, {"org_id": 1})
 
 
 def test_cvat_bodies_take_the_fast_path():

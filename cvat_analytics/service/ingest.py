@@ -154,6 +154,7 @@ class BodyDecoder:
     def encode(self, rows: list[list], forced: dict | None, who: str) -> bytes:
         """A token forced to org 8 writes org 8's events only: a missing id is set to the
         forced one, another id is refused (nothing of the request is stored)."""
+        refused = None
         for key, value in (forced or {}).items():
             if key not in self.columns:
                 continue
@@ -161,10 +162,13 @@ class BodyDecoder:
             for index, row in enumerate(rows):
                 if row[at] is None:
                     row[at] = value
-                elif row[at] != value:
-                    raise WrongOwner(f"index {index}: {key}: token {who!r} may only write events with "
-                                     f"{key}={value}, got {row[at]}", index, key)
-        return b"".join(msgspec.json.encode(row) + b"\n" for row in rows)
+                elif row[at] != value and (refused is None or index < refused.index):
+                    refused = WrongOwner(f"index {index}: {key}: token {who!r} may only write events with "
+                                         f"{key}={value}, got {row[at]}", index, key)
+        lines = b"".join(msgspec.json.encode(row) + b"\n" for row in rows)
+        if refused is not None:  # after encoding: a 400 the reference finds comes first on both paths
+            raise refused
+        return lines
 
 
 class Ingest:
