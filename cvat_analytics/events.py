@@ -24,7 +24,7 @@ Decisions (see also the README):
 - `source` missing or null -> "" (stored, but CVAT's export only reads
   server/client rows).
 - `payload`: a JSON string (must parse), an object/array (serialised compactly),
-  or null. `obj_val` may be a number or boolean: its JSON text is stored.
+  or null. NaN and Infinity (which Python's json reads) are refused: they are not JSON. `obj_val` may be a number or boolean: its JSON text is stored.
 - Unknown fields are ignored.
 """
 from __future__ import annotations
@@ -183,10 +183,16 @@ def _string_or_scalar(value: Any) -> str:
     raise _FieldError(f"expected a string or a number, got {_got(value)}")
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _payload(value: Any) -> str:
+    # NaN and Infinity: Python's json reads and writes them, JSON (and ClickHouse's JSON
+    # functions) has no such text, so a payload holding one would be stored unreadable.
     if isinstance(value, str):
         try:
-            json.loads(value)
+            json.loads(value, parse_constant=_refuse_constant)
         except RecursionError:
             raise _FieldError("expected a JSON string, got JSON nested too deeply") from None
         except ValueError as exc:
@@ -194,9 +200,11 @@ def _payload(value: Any) -> str:
         return _text(value)
     if isinstance(value, (dict, list)):
         try:
-            return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+            return _text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False))
         except RecursionError:
             raise _FieldError("expected a JSON object, got one nested too deeply") from None
+        except ValueError:  # allow_nan=False
+            raise _FieldError("expected a JSON object, got one holding NaN or Infinity (not JSON)") from None
     raise _FieldError(f"expected a JSON string or an object, got {_got(value)}")
 
 

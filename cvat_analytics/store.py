@@ -152,3 +152,10 @@ def insert_json_rows(client: Client, database: str, body: bytes, token: str | No
         settings["insert_deduplication_token"] = token
     with INSERT_SECONDS.time():
         client.raw_insert(f"`{database}`.events", None, body, settings=settings, fmt="JSONEachRow")
+
+
+def insert_compact_rows(client: Client, database: str, columns: list[str], body: bytes, token: str) -> None:
+    """INSERT JSONCompactEachRow lines (one JSON array of `columns` values per line) into <database>.events."""
+    settings = dict(INSERT_SETTINGS, insert_deduplication_token=token)
+    with INSERT_SECONDS.time():
+        client.raw_insert(f"`{database}`.events", columns, body, settings=settings, fmt="JSONCompactEachRow")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cvat_analytics_generator.spec import DEFAULT_SPEC
+from tests import conftest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,16 +27,7 @@ def cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProces
 
 
 def write_spec(directory: Path, **changes) -> Path:
-    data = yaml.safe_load(DEFAULT_SPEC.read_text())
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    path = directory / "analytics.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return conftest.write_spec(directory, **changes)[1]
 
 
 def free_port() -> int:

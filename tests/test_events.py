@@ -118,6 +118,16 @@ def test_strings_obj_val_and_payload():
         CONTRACT.normalize(event(obj_name="\ud800"), 0)
 
 
+@pytest.mark.parametrize("payload, words", [
+    ("NaN", r"not JSON \(NaN is not JSON\)"), ('{"a": [1, -Infinity]}', r"not JSON \(-Infinity is not JSON\)"),
+    ({"a": float("nan")}, "holding NaN or Infinity"), ([float("inf")], "holding NaN or Infinity"),
+])
+def test_nan_and_infinity_in_a_payload_are_refused_they_are_not_json(payload, words):
+    # Python's json reads and writes them; stored, the payload would be text no JSON reader takes.
+    with pytest.raises(EventError, match="payload: expected a JSON " + ".*" + words):
+        CONTRACT.normalize(event(payload=payload), 0)
+
+
 def test_scope_is_required_and_checked_against_the_spec_for_server_and_client():
     with pytest.raises(EventError, match="index 3: scope: required"):
         CONTRACT.normalize({"timestamp": f"{YESTERDAY}"}, 3)

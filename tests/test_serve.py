@@ -19,6 +19,7 @@ from cvat_analytics.service.routes import Route
 pytestmark = pytest.mark.clickhouse
 
 CLI = Path(sys.executable).with_name("cvat-analytics")
+Serve = ServeProcess  # the name tests/test_durability.py imports
 BASE = int(time.time()) - 86400
 
 
@@ -99,8 +100,108 @@ def test_one_bad_event_gets_400_naming_index_and_field_and_nothing_is_stored(ser
 def test_an_identical_retried_body_is_stored_once(server, store):
     body = json.dumps(cvat_batch("retry", 4)).encode()
     assert post(server, body) == (200, {"stored": 4})
-    assert post(server, body) == (200, {"stored": 4})  # CVAT cannot tell; ClickHouse drops the copy
+    assert post(server, body) == (200, {"stored": 0, "duplicate": True})  # recognised, not stored again
     assert count(store, "retry") == 4
+
+
+def parallel(calls) -> list:
+    """Run the calls at once (one thread each); their results in order."""
+    results = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i, call):
+        barrier.wait()
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_requests_arriving_together_are_stored_together_each_all_or_nothing_and_once(server, store):
+    """Group commit: fewer inserts than requests, a bad request refused alone, and a retry
+    sent while its first try is in flight (by body or by Idempotency-Key) stored exactly once."""
+    rounds = 4
+    for r in range(rounds):
+        same_body = json.dumps(cvat_batch(f"same-{r}", 4)).encode()
+        bad = cvat_batch(f"bad-{r}", 3)
+        bad[1]["task_id"] = "five"
+        calls = [lambda i=i: post(server, cvat_batch(f"own-{r}-{i}", 5)) for i in range(8)]
+        calls += [lambda: post(server, same_body) for _ in range(4)]
+        calls += [lambda i=i: post(server, cvat_batch(f"keyed-{r}-{i}", 2), headers={"Idempotency-Key": f"k{r}"})
+                  for i in range(3)]
+        calls += [lambda: post(server, bad)]
+        results = parallel(calls)
+        assert results[:8] == [(200, {"stored": 5})] * 8
+        same = sorted(results[8:12], key=repr)
+        assert same == sorted([(200, {"stored": 4})] + [(200, {"stored": 0, "duplicate": True})] * 3, key=repr)
+        keyed = sorted(results[12:15], key=repr)
+        assert keyed == sorted([(200, {"stored": 2})] + [(200, {"stored": 0, "duplicate": True})] * 2, key=repr)
+        assert results[15][0] == 400 and results[15][1]["index"] == 1
+        assert count(store, f"same-{r}") == 4 and count(store, f"bad-{r}") == 0
+        assert sum(count(store, f"keyed-{r}-{i}") for i in range(3)) == 2
+    assert count(store) == rounds * (8 * 5 + 4 + 2)
+    # Each group's INSERT records its requests with one timestamp: fewer groups than requests.
+    groups, requests = store.client.query(
+        "SELECT uniqExact(inserted_at), count() FROM {db:Identifier}.ingest_requests",
+        parameters={"db": store.database}).result_rows[0]
+    assert requests == rounds * 10 and groups < requests, (groups, requests)
+
+
+def test_when_too_many_events_wait_for_the_engine_ingest_answers_503_with_retry_after(server, store, monkeypatch):
+    from cvat_analytics.service import ingest
+
+    monkeypatch.setattr(ingest, "MAX_WAITING_EVENTS", 5)
+    gate = threading.Event()
+    store_group = ingest.GroupCommit._store
+    monkeypatch.setattr(ingest.GroupCommit, "_store", lambda self, group: (gate.wait(30), store_group(self, group)))
+    first = []
+    sender = threading.Thread(target=lambda: first.append(post(server, cvat_batch("first", 5))))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not any(r.handler.commits.waiting_events for r in server.routes.routes if r.path == "/"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    conn.request("POST", "/", json.dumps(cvat_batch("second", 2)), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 503 and response.getheader("Retry-After") == "1", answer
+    assert "retry shortly" in answer["error"]
+    conn.close()
+    gate.set()
+    sender.join()
+    assert first == [(200, {"stored": 5})] and count(store, "second") == 0 and count(store, "first") == 5
+
+
+def test_nan_or_infinity_in_a_payload_is_a_400_naming_the_event(server, store):
+    good = json.dumps(cvat_batch("nan", 2))[1:-1]
+    for payload in ('{"a": NaN}', '[Infinity]', '"{\\"a\\": -Infinity}"', '"NaN"'):
+        body = f'[{good}, {{"scope": "create:task", "source": "server", "timestamp": "{BASE}", "payload": {payload}}}]'
+        status, answer = post(server, body.encode())
+        assert status == 400 and (answer["index"], answer["field"]) == (2, "payload"), (payload, answer)
+    assert count(store, "nan") == 0
+
+
+def test_an_ingest_token_forced_to_an_org_writes_that_org_only(store, make_served):
+    from cvat_analytics.service.access import Principal, Token
+
+    secret = "s" * 24
+    srv = make_served(tokens=[Token(secret.encode(), Principal("org-8-ingest", frozenset({"ingest"}), {"org_id": 8}))])
+    auth = {"Authorization": f"Bearer {secret}"}
+    events = cvat_batch("forced", 3)
+    events[2]["org_id"] = 7
+    status, answer = post(srv, events, headers=auth)
+    assert status == 403 and (answer["index"], answer["field"]) == (2, "org_id"), answer
+    assert answer["error"] == "index 2: org_id: token 'org-8-ingest' may only write events with org_id=8, got 7"
+    events[2]["org_id"] = 8  # the others carry none: they are stored as org 8's
+    assert post(srv, events, headers=auth) == (200, {"stored": 3})
+    assert int(store.client.command(
+        "SELECT countIf(org_id = 8) FROM {db:Identifier}.events WHERE request_id = 'forced'",
+        parameters={"db": store.database})) == 3
 
 
 def test_an_oversize_body_is_refused_before_it_is_read(store, make_served):
@@ -222,3 +323,31 @@ def test_concurrent_posts_are_all_stored(server, store):
     for t in threads:
         t.join()
     assert errors == [] and count(store) == 8 * 10 * 5
+
+
+def test_a_group_cut_short_by_a_crash_is_replayed_at_start_and_its_retries_count_once(store, make_served):
+    """The two places a kill -9 can fall in a group's commit, set up by hand: after the redo
+    file is written (rows not stored), and after the rows but before their requests were listed."""
+    import hashlib
+
+    from cvat_analytics.events import EventContract
+    from cvat_analytics.service.ingest import BodyDecoder, redo_path
+    from cvat_analytics.store import insert_compact_rows
+
+    decoder = BodyDecoder(EventContract(store.spec))
+    redo = redo_path(store.spec, store.dsn)
+    for name in ("cut-before", "cut-after"):
+        body = json.dumps(cvat_batch(name, 3)).encode()
+        key = hashlib.sha256(f"body:{hashlib.sha256(body).hexdigest()}".encode()).hexdigest()[:32]
+        token, lines = f"ingest {key}", decoder.decode(body)[1]
+        redo.write_bytes(token.encode() + b"\n" + lines)
+        if name == "cut-after":
+            insert_compact_rows(store.client, store.database, decoder.columns, lines, token=token)
+            store.client.command("DELETE FROM {db:Identifier}.ingest_requests WHERE request = {k:String}",
+                                 parameters={"db": store.database, "k": key})
+        assert count(store, name) == (3 if name == "cut-after" else 0)
+        srv = make_served()  # its start replays the group
+        assert count(store, name) == 3 and not redo.exists()
+        assert post(srv, body) == (200, {"stored": 0, "duplicate": True})  # the client's retry
+        assert count(store, name) == 3
+        srv.stop()

@@ -12,25 +12,39 @@ from ..migrate import migrate
 from ..store import INSERT_SETTINGS, connect, insert_json_rows, open_handle
 from . import statements
 from .generate import read_bodies
-from .runtime import parse_events
 
 SENDERS = 4  # concurrent senders (HTTP connections, engine handles)
+BULK_ROWS = 100_000
 
 
 def _validate_rate(cfg: dict) -> float:
-    """Events/s through serve's per-event work on one core: parse the body, EventContract
-    normalize + to_line (what each request does under the GIL before it inserts)."""
+    """Events/s through serve's per-event work on one core: decode, check and encode the body
+    (service.ingest.BodyDecoder: what each request does under the GIL before it is grouped)."""
     from cvat_analytics_generator.spec import load_spec
 
     from ..events import EventContract
+    from ..service.ingest import BodyDecoder
 
-    contract = EventContract(load_spec(Path(cfg["spec"])))
+    decoder = BodyDecoder(EventContract(load_spec(Path(cfg["spec"]))))
     bodies = read_bodies(Path(cfg["workdir"]) / "bodies_1000.bin")[:100]
     t, n = time.monotonic(), 0
     for body in bodies:
-        lines = [contract.to_line(contract.normalize(e, i)) for i, e in enumerate(parse_events(body))]
-        n += len(lines)
+        n += len(decoder.decode(body)[0])
     return n / max(time.monotonic() - t, 1e-9)
+
+
+def _bulk_rate(client, base: dict, lines: list[bytes]) -> dict:
+    """The engine's bulk ceiling: the same rows in 100,000-row INSERTs, our schema, fsync on."""
+    spec = json.loads(json.dumps(base))
+    spec["clickhouse"]["database"] = "ceiling_bulk"
+    migrate(client, spec, log=lambda *_: None)
+    batches = [b"".join(lines[i:i + BULK_ROWS]) for i in range(0, len(lines), BULK_ROWS)]
+    t = time.monotonic()
+    for body in batches:
+        insert_json_rows(client, "ceiling_bulk", body)
+    elapsed = time.monotonic() - t
+    stored = int(statements.run(client, "count_events", db="ceiling_bulk"))
+    return {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
 
 
 def phase_ceiling(cfg: dict) -> dict:
@@ -41,7 +55,7 @@ def phase_ceiling(cfg: dict) -> dict:
     base = load_spec(Path(cfg["spec"]))
     client = connect(cfg["dsn"])
     lines = (Path(cfg["workdir"]) / "rows.jsonl").read_bytes().splitlines(keepends=True)
-    out = {"validate_rate": _validate_rate(cfg)}
+    out = {"validate_rate": _validate_rate(cfg), "bulk": _bulk_rate(client, base, lines)}
     for size, count in cfg["ingest"].items():
         size = int(size)
         spec = json.loads(json.dumps(base))

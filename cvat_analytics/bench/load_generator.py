@@ -11,12 +11,16 @@ from ..progress import Progress
 from .generate import read_bodies
 
 
-def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = None) -> tuple[int, float]:
-    """POST every body in `path` from `senders` keep-alive connections; (events stored, seconds)."""
+def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = None,
+                stats: dict | None = None) -> tuple[int, float]:
+    """POST every body in `path` from `senders` keep-alive connections; (events stored, seconds).
+    A 503 (ingest busy) is retried after its Retry-After. `stats`, when given, receives the
+    acknowledgement time of each body (p50/p99, ms, from send to 200) and the 503s counted."""
     bodies = read_bodies(path)
     host, port = url.split("//", 1)[1].split(":")
     lock = threading.Lock()
-    state = {"next": 0, "stored": 0, "error": None}
+    state = {"next": 0, "stored": 0, "error": None, "busy": 0}
+    acknowledged_ms: list[float] = []
 
     def worker():
         conn = http.client.HTTPConnection(host, int(port), timeout=300)
@@ -26,9 +30,18 @@ def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = 
                 state["next"] += 1
             if i >= len(bodies) or state["error"]:
                 break
+            sent = time.monotonic()
             conn.request("POST", "/", bodies[i], {"Content-Type": "application/json"})
             resp = conn.getresponse()
             answer = resp.read()
+            while resp.status == 503:
+                with lock:
+                    state["busy"] += 1
+                time.sleep(float(resp.getheader("Retry-After", "1")))
+                conn.request("POST", "/", bodies[i], {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answer = resp.read()
+            acknowledged_ms.append((time.monotonic() - sent) * 1000)
             if resp.status != 200:
                 state["error"] = f"HTTP {resp.status}: {answer[:200]!r}"
                 break
@@ -48,6 +61,10 @@ def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = 
     elapsed = time.monotonic() - t
     if state["error"]:
         raise RuntimeError(f"ingest failed: {state['error']}")
+    if stats is not None:
+        ranked = sorted(acknowledged_ms) or [0.0]
+        stats.update(ack_p50_ms=ranked[len(ranked) // 2], ack_p99_ms=ranked[min(len(ranked) - 1, len(ranked) * 99 // 100)],
+                     busy_503=state["busy"])
     return state["stored"], elapsed
 
 

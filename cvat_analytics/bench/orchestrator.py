@@ -107,10 +107,11 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
             svc = ServeProcess(f"chdb://{work / f'ingest_{size}'}", spec_path, work / f"serve-ingest-{size}.log")
             try:
                 idle = {"kept_alive": health_round_trips(svc.url), "new_connection": health_round_trips(svc.url, keep_alive=False)}
+                stats: dict = {}  # acknowledgement times (p50, p99) and 503s
                 with Progress("ingest", total=ingest[size], stream=err) as progress:
-                    stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress)
+                    stored, secs = send_bodies(svc.url, work / f"bodies_{size}.bin", senders, progress, stats)
                 r["ingest"][size] = {"events": stored, "seconds": secs, "rate": stored / secs,
-                                     "server_peak_mb": svc.rss("VmHWM"), "idle_health": idle}
+                                     "server_peak_mb": svc.rss("VmHWM"), "idle_health": idle, **stats}
             finally:
                 svc.stop()
     finally:

@@ -1,20 +1,36 @@
 """POST /: the events CVAT's server sends to Vector's http_server, taken here directly.
 
 The body is a JSON array of events; also one object, or NDJSON. A request is all or
-nothing: every event is validated first (events.EventContract), then all rows go in
-one insert, and 200 is sent only after the insert returned (a returned chdb insert is
-durable). The insert carries a deduplication token, so a retried body is stored once.
+nothing: every event is validated first (events_fast, with events.EventContract as
+the reference), in the request's own thread. Valid requests that arrive together are
+then stored together (group commit): one thread takes whatever is waiting and writes
+it as one INSERT, so one part and one fsync for the group, where each request used to
+cost one of each. A request is answered only after that insert returned (a returned
+chdb insert is durable); a bad request never joins a group.
+
+A retried request counts once: its deduplication key (the body's sha256, or the
+caller's Idempotency-Key) is recorded in <db>.ingest_requests by the group's INSERT
+itself (migration 0011), and a group leaves out the requests found there. The answer
+says which: {"stored": n}, or {"stored": 0, "duplicate": true}.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import sys
+import threading
+from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from ..errors import first_line
 from ..events import EventContract, EventError
-from ..store import insert_json_rows
+from ..events_fast import FastRows, UseReference
+from ..store import chdb_path, insert_compact_rows
 from .http import BodyError, Response, json_response
 
 if TYPE_CHECKING:
@@ -24,6 +40,13 @@ if TYPE_CHECKING:
 JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
               "application/jsonlines", "application/x-jsonlines", "text/plain")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII, no spaces
+# Group commit bounds. A group is at most this many events (one INSERT block, well
+# under ClickHouse's max_insert_block_size, so one part per partition) ...
+MAX_GROUP_EVENTS = 100_000
+# ... and validated events waiting for the engine beyond this get 503 + Retry-After:
+# when the engine cannot keep up, callers retry later instead of piling up in memory.
+MAX_WAITING_EVENTS = 200_000
+RETRY_AFTER_S = "1"
 
 
 class BadBody(Exception):
@@ -89,15 +112,76 @@ def dedup_token(request: "RequestHandler", body: bytes) -> str:
     return f"key:{request.principal.name}:{key}"
 
 
-class Ingest:
-    """The POST / handler: validate every event, then store all of them in one insert."""
+class WrongOwner(Exception):
+    """An event names another org or user than the token's forced filter allows (403)."""
 
-    def __init__(self, client, spec: dict):
-        self.client = client
+    def __init__(self, message: str, index: int, field: str):
+        super().__init__(message)
+        self.index, self.field = index, field
+
+
+class BodyDecoder:
+    """A body -> its rows (lists in column order) and the JSONCompactEachRow lines to insert.
+
+    The fast path (events_fast) first; any body it does not take goes through the
+    reference (parse_events + EventContract.normalize), which also words every refusal."""
+
+    def __init__(self, contract: EventContract):
+        self.contract = contract
+        self.fast = FastRows(contract)
+        self.columns = self.fast.names
+
+    def decode(self, body: bytes, forced: dict | None = None, who: str = "") -> tuple[list[list], bytes]:
+        """BadBody (400) at the first fault; WrongOwner (403) when `forced` filters refuse an event."""
+        try:
+            rows = self.fast.rows(body)
+            return rows, self.encode(rows, forced, who)
+        except (UseReference, UnicodeEncodeError):  # encode: a lone surrogate, which the reference refuses
+            rows = self.reference_rows(body)
+            return rows, self.encode(rows, forced, who)
+
+    def reference_rows(self, body: bytes) -> list[list]:
+        rows = []
+        for index, event in enumerate(parse_events(body)):
+            try:
+                rows.append(list(self.contract.normalize(event, index).values()))
+            except EventError as exc:
+                raise BadBody(str(exc), index=exc.index, field=exc.field) from None
+            except RecursionError:  # a value nested just below the parser's limit
+                raise BadBody(f"index {index}: it is nested too deeply (events are flat objects)", index=index) from None
+        return rows
+
+    def encode(self, rows: list[list], forced: dict | None, who: str) -> bytes:
+        """A token forced to org 8 writes org 8's events only: a missing id is set to the
+        forced one, another id is refused (nothing of the request is stored)."""
+        refused = None
+        for key, value in (forced or {}).items():
+            if key not in self.columns:
+                continue
+            at = self.columns.index(key)
+            for index, row in enumerate(rows):
+                if row[at] is None:
+                    row[at] = value
+                elif row[at] != value and (refused is None or index < refused.index):
+                    refused = WrongOwner(f"index {index}: {key}: token {who!r} may only write events with "
+                                         f"{key}={value}, got {row[at]}", index, key)
+        lines = b"".join(msgspec.json.encode(row) + b"\n" for row in rows)
+        if refused is not None:  # after encoding: a 400 the reference finds comes first on both paths
+            raise refused
+        return lines
+
+
+class Ingest:
+    """The POST / handler: validate every event, then store them with the group they arrived in."""
+
+    def __init__(self, client, spec: dict, dsn: str = ""):
         self.database = spec["clickhouse"]["database"]
-        self.contract = EventContract(spec)
+        self.decoder = BodyDecoder(EventContract(spec))
+        self.commits = GroupCommit(client, spec, self.decoder.columns, redo_path(spec, dsn))
 
     def __call__(self, request: "RequestHandler") -> Response:
+        if self.commits.full():  # before reading: a refused body is drained or the connection closed
+            return busy()
         try:
             body = request.read_body()
         except BodyError as exc:
@@ -109,25 +193,156 @@ class Ingest:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
             return json_response(415, {"error": f"Content-Type {content_type} is not JSON; send application/json"})
+        principal = request.principal
         try:
-            rows = self.rows(parse_events(body))
+            rows, lines = self.decoder.decode(body, principal.forced_filters, principal.name)
         except BadBody as exc:
             data = {"error": str(exc), "index": exc.index}
             if exc.field:
                 data["field"] = exc.field
             return json_response(400, data)
-        if rows:
-            insert_json_rows(self.client, self.database, b"".join(rows), token=token)
+        except WrongOwner as exc:
+            return json_response(403, {"error": str(exc), "index": exc.index, "field": exc.field})
+        if not rows:
+            return json_response(200, {"stored": 0})
+        waiting = self.commits.submit(hashlib.sha256(token.encode()).hexdigest()[:32], lines, len(rows))
+        if waiting is None:
+            return busy()
+        if waiting.duplicate:
+            return json_response(200, {"stored": 0, "duplicate": True})
         return json_response(200, {"stored": len(rows)}, events=len(rows))
 
-    def rows(self, incoming: list) -> list[bytes]:
-        """Each event validated and turned into a JSONEachRow line; BadBody at the first fault."""
-        rows = []
-        for index, event in enumerate(incoming):
+
+def redo_path(spec: dict, dsn: str) -> Path:
+    """Where group commit keeps the group in flight: beside the chdb data (one file per
+    database), or under embedded.data_dir for a ClickHouse server."""
+    data = chdb_path(dsn)
+    folder = data.resolve().parent / f"{data.name}-ingest" if data else Path(spec["embedded"]["data_dir"]) / "ingest"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{spec['clickhouse']['database']}.redo"
+
+
+def busy() -> Response:
+    return json_response(503, {"error": "ingest is busy: more events are waiting to be stored than "
+                                        f"{MAX_WAITING_EVENTS}; retry shortly"}, **{"Retry-After": RETRY_AFTER_S})
+
+
+class Waiting:
+    """One validated request waiting for its group's insert."""
+
+    __slots__ = ("key", "lines", "events", "done", "duplicate", "error")
+
+    def __init__(self, key: str, lines: bytes, events: int):
+        self.key, self.lines, self.events = key, lines, events
+        self.done = threading.Event()
+        self.duplicate = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """One thread that stores what is waiting, as one INSERT per group, and answers each request.
+
+    Requests are grouped by arrival only: while a group's insert runs, the next group
+    gathers. A request already stored (its key in <db>.ingest_requests, or earlier in the
+    same group) is left out and answered as a duplicate once the group is stored.
+
+    A kill -9 can fall after the group's rows are stored but before the view has listed
+    its requests: their retries would be stored again. So the group (token and rows)
+    is first written to a redo file, removed once the insert returned; at start a redo
+    file left behind is inserted again with the same token, and ClickHouse's own
+    deduplication stores the rows if the crash came before they were stored and drops
+    them if after; the view lists the requests either way. One group is in flight at a
+    time, so the file holds at most one."""
+
+    def __init__(self, client, spec: dict, columns: list[str], redo: Path):
+        from cvat_analytics_generator.render import render_template
+
+        self.client = client
+        self.database = spec["clickhouse"]["database"]
+        self.columns = columns
+        self.known_sql = render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2")
+        self.redo = redo
+        self.queue: deque[Waiting] = deque()
+        self.waiting_events = 0
+        self.lock = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.replay()
+
+    def replay(self) -> bool:
+        """Insert again the group a stop cut short, if any (see above)."""
+        try:
+            token, body = self.redo.read_bytes().split(b"\n", 1)
+        except FileNotFoundError:
+            return False
+        insert_compact_rows(self.client, self.database, self.columns, body, token=token.decode())
+        self.redo.unlink()
+        events = body.count(b"\n")
+        print(f"cvat-analytics: replayed a group of {events} events a stop may have cut short "
+              f"({self.redo})", file=sys.stderr, flush=True)
+        return True
+
+    def full(self) -> bool:
+        return self.waiting_events >= MAX_WAITING_EVENTS
+
+    def submit(self, key: str, lines: bytes, events: int) -> Waiting | None:
+        """Wait until the request is stored (or found stored before); None when the queue is full."""
+        waiting = Waiting(key, lines, events)
+        with self.lock:
+            if self.waiting_events and self.waiting_events + events > MAX_WAITING_EVENTS:
+                return None
+            self.queue.append(waiting)
+            self.waiting_events += events
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self.thread.start()
+            self.lock.notify()
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue:
+                    self.lock.wait()
+                group, events = [], 0
+                while self.queue and (not group or events + self.queue[0].events <= MAX_GROUP_EVENTS):
+                    waiting = self.queue.popleft()
+                    group.append(waiting)
+                    events += waiting.events
             try:
-                rows.append(self.contract.to_line(self.contract.normalize(event, index)))
-            except EventError as exc:
-                raise BadBody(str(exc), index=exc.index, field=exc.field) from None
-            except RecursionError:  # a value nested just below the parser's limit
-                raise BadBody(f"index {index}: it is nested too deeply (events are flat objects)", index=index) from None
-        return rows
+                self._store(group)
+            except Exception as exc:  # every request of the group gets the 500; none is stored
+                print(f"cvat-analytics: storing {len(group)} requests failed: {type(exc).__name__}: "
+                      f"{first_line(exc)}", file=sys.stderr, flush=True)
+                for waiting in group:
+                    waiting.error = exc
+            finally:
+                with self.lock:
+                    self.waiting_events -= events
+                for waiting in group:
+                    waiting.done.set()
+
+    def _store(self, group: list[Waiting]) -> None:
+        keys = sorted({waiting.key for waiting in group})
+        known = {row[0] for row in self.client.query(self.known_sql, parameters={"requests": keys}).result_rows}
+        storing, keys = [], []
+        for waiting in group:
+            if waiting.key in known:
+                waiting.duplicate = True
+            else:
+                known.add(waiting.key)
+                storing.append(waiting)
+                keys.append(waiting.key)
+        if not storing:
+            return
+        token = "ingest " + " ".join(keys)  # migration 0011's view lists the keys from it
+        body = b"".join(w.lines for w in storing)
+        pending = self.redo.with_suffix(".tmp")
+        pending.write_bytes(token.encode() + b"\n" + body)
+        os.replace(pending, self.redo)  # whole or absent, never half-written
+        try:
+            insert_compact_rows(self.client, self.database, self.columns, body, token=token)
+        finally:  # stored, or failed with a 500 to its callers (who may send it again): not to be replayed
+            self.redo.unlink(missing_ok=True)

@@ -103,7 +103,7 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
 
     metrics = Metrics(client, spec, jobs)
     routes = [
-        Route("POST", "/", Ingest(client, spec), INGEST),
+        Route("POST", "/", Ingest(client, spec, dsn), INGEST),
         Route("GET", "/health", Health(client, spec, dsn), None),
         Route("GET", "/metrics", metrics, METRICS),
     ]
