@@ -11,6 +11,10 @@ The spec's `access.tokens` lists callers:
           secret_env: CVAT_ANALYTICS_TOKEN_ORG7
           permissions: [export, dashboards]
           forced_filters: {org_id: 7}            # and/or user_id, like CVAT's own rules
+        - name: analyst
+          secret_env: CVAT_ANALYTICS_TOKEN_ANALYST
+          permissions: [sql]                     # /clickhouse: read-only SQL; refused (403)
+                                                 # to a token with forced filters
 
 A request names its token as `Authorization: Bearer <secret>` (or `Token <secret>`,
 as CVAT's clients write it). No or an unknown token -> 401; a known token without
@@ -33,7 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-PERMISSIONS = ("ingest", "export", "dashboards")
+PERMISSIONS = ("ingest", "export", "dashboards", "sql")
 FILTER_KEYS = ("org_id", "user_id")
 MIN_SECRET_LENGTH = 16
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..store import chdb_path
 from .access import ANONYMOUS, LOCAL, Token, authenticate
 from .http import Response, json_response
 
 if TYPE_CHECKING:
     from .http import RequestHandler
 
-INGEST, EXPORT, DASHBOARDS = "ingest", "export", "dashboards"  # access.PERMISSIONS
+INGEST, EXPORT, DASHBOARDS, SQL = "ingest", "export", "dashboards", "sql"  # access.PERMISSIONS
 
 Handler = Callable[["RequestHandler"], Response]
 
@@ -117,4 +118,11 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
             Route("GET", "/dashboards", page, DASHBOARDS),
             Route("GET", "/dashboards/", page, DASHBOARDS, prefix=True),
         ]
+    data_path = chdb_path(dsn) if dsn else None
+    if data_path is not None:  # on a ClickHouse server, SQL clients connect to the server itself
+        from .clickhouse_http import PREFIX, ClickHouseHTTP
+
+        sql = ClickHouseHTTP(data_path.resolve(), spec)
+        routes += [Route(method, path, sql, SQL, prefix=path.endswith("/"))
+                   for method in ("GET", "POST") for path in (PREFIX, PREFIX + "/")]
     return Routes(routes, tokens)
