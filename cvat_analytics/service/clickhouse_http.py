@@ -15,13 +15,13 @@ embedded.sql bounds), each the lower of the caller's and the spec's; then
 change (SET or a SETTINGS clause: so the limits cannot be raised) and the table
 functions that read files or the network.
 
-Four things readonly=1 does not stop on chdb, which runs as clickhouse-local does
-(measured on chdb 4.4 / ClickHouse 26.9): several statements in one request, KILL
-QUERY (it could kill ingest's inserts), SELECT ... INTO OUTFILE (writes a file), and the
-`file()` function and `python()` table function (read files, Python objects). The
-engine itself parses the query first: formatQuery refuses anything but one statement,
-and EXPLAIN AST names the statement kind, its functions and its INTO OUTFILE, which are
-refused with 403.
+What readonly=1 does not stop on chdb, which runs as clickhouse-local does (measured on
+chdb 4.4 / ClickHouse 26.9): several statements in one request, KILL QUERY (it could
+kill ingest's inserts), SYSTEM STOP/START MERGES, SELECT ... INTO OUTFILE (writes a
+file), the `file()` function and the `python()` table function (read files, Python
+objects). The engine itself parses the query first: formatQuery refuses anything but
+one statement, and EXPLAIN AST names the statement kind, its functions and its INTO
+OUTFILE; those are refused with 403.
 
 The answer is produced whole before it is sent (as ClickHouse does with
 wait_end_of_query=1), so an error is always a clean status with ClickHouse's text,
@@ -185,9 +185,11 @@ class ClickHouseHTTP:
         finally:
             conn.close()
         body = result.bytes() or b""
-        summary = {"read_rows": str(result.rows_read()), "read_bytes": str(result.bytes_read()),
-                   "written_rows": "0", "written_bytes": "0", "total_rows_to_read": str(result.rows_read()),
-                   "result_bytes": str(len(body)),
+        # chdb's rows_read/bytes_read are the result's; storage_* what the query read.
+        summary = {"read_rows": str(result.storage_rows_read()), "read_bytes": str(result.storage_bytes_read()),
+                   "written_rows": "0", "written_bytes": "0",
+                   "total_rows_to_read": str(result.storage_rows_read()),
+                   "result_rows": str(result.rows_read()), "result_bytes": str(result.bytes_read()),
                    "elapsed_ns": str(int(result.elapsed() * 1e9))}
         return Response(200, body, _CONTENT_TYPES.get(output_format, "text/plain; charset=UTF-8"),
                         self._headers(query_id, info, {"X-ClickHouse-Format": output_format,
@@ -202,8 +204,9 @@ class ClickHouseHTTP:
         if not lines or not re.fullmatch(r"\w+.*", lines[0]):
             raise Refused(READONLY, "the query's structure could not be checked", "READONLY")
         top = lines[0].split()[0]
-        if top == "KillQueryQuery":
-            raise Refused(READONLY, "KILL is refused on the read-only SQL interface", "READONLY")
+        if top in ("KillQueryQuery", "SYSTEM"):  # KILL QUERY, SYSTEM STOP/START MERGES pass readonly=1
+            raise Refused(READONLY, f"{'KILL' if top != 'SYSTEM' else 'SYSTEM'} is refused on the read-only "
+                          "SQL interface", "READONLY")
         output_format = None
         for line in lines[1:]:
             depth = len(line) - len(line.lstrip(" "))
