@@ -5,6 +5,7 @@ curl sends it. Results are compared byte for byte with the engine answering the 
 query directly (what `cvat-analytics query` reads once serve is stopped)."""
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import subprocess
@@ -205,6 +206,9 @@ def test_a_token_needs_the_sql_permission_and_forced_filters_are_refused(make_se
     assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "497"
     assert b"forced filters (org_id=7)" in body
     assert sql(srv, query, headers={"Authorization": f"Bearer {SECRET_ANALYST}"})[:3:2] == (200, b"0\n")
+    # As Grafana's plugin (clickhouse-go) sends it: a user and a password, the password the secret.
+    basic = base64.b64encode(f"grafana:{SECRET_ANALYST}".encode()).decode()
+    assert sql(srv, query, headers={"Authorization": f"Basic {basic}"})[0] == 200
 
 
 CLIENT = r"""
