@@ -92,6 +92,8 @@ def test_post_body_database_default_format_and_parameters(served, store):
     # A FORMAT clause wins over default_format, and the header says which was used.
     status, headers, body = sql(served, "SELECT 1 AS x FORMAT CSVWithNames", default_format="JSONEachRow")
     assert (status, body, headers["X-ClickHouse-Format"]) == (200, b'"x"\n1\n', "CSVWithNames")
+    status, headers, body = sql(served, f"EXISTS TABLE {store.database}.events", default_format="CSV")
+    assert (status, body, headers["X-ClickHouse-Format"]) == (200, b"1\n", "CSV")
 
 
 @pytest.mark.parametrize("fmt", ["TabSeparatedWithNames", "JSONEachRow", "CSVWithNames"])
@@ -183,9 +185,11 @@ def test_several_statements_in_one_request_are_refused(served, store):
 
 def test_limits_cannot_be_raised_and_a_query_past_them_is_a_clean_error(served, store):
     spec_time = store.spec["clickhouse"]["dashboards_max_execution_time_s"]
-    status, _, body = sql(served, "SELECT getSetting('max_execution_time'), getSetting('readonly')",
-                          max_execution_time="100000", readonly="0")
-    assert (status, body) == (200, f"{spec_time}\t1\n".encode())
+    status, _, body = sql(served, "SELECT getSetting('max_execution_time'), getSetting('readonly'), "
+                                  "getSetting('os_thread_priority')",
+                          max_execution_time="100000", readonly="0", os_thread_priority="-20")
+    assert (status, body) == (200, f"{spec_time}\t1\t19\n".encode())
+    assert sql(served, "SELECT getSetting('readonly')", readonly="1")[2] == b"1\n"
     status, _, body = sql(served, "SELECT getSetting('max_execution_time')", max_execution_time="5")
     assert body == b"5\n"  # lowering is allowed
     status, headers, body = sql(served, "SELECT groupArray(number) FROM numbers(100000000)",

@@ -116,6 +116,7 @@ class ClickHouseHTTP:
             "max_threads": embedded["sql"]["max_threads"],
         }
         self._server_info: tuple[str, str, str] | None = None
+        self._formats: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     # -- the request -------------------------------------------------------------
@@ -165,17 +166,23 @@ class ClickHouseHTTP:
             try:
                 info = self.server_info(conn)
                 for name, value in settings.items():
+                    if name == "readonly":  # always 1, set last: a caller's 1 now would lock out the limits
+                        continue
                     if not _SETTING.fullmatch(name):
                         raise Refused(115, f"Unknown setting '{name[:100]}'", "UNKNOWN_SETTING")
                     self._set(conn, name, value)
                 for name, limit in self.limits.items():
                     wanted = _int(settings.get(name))
                     self._set(conn, name, str(limit if wanted in (None, 0) else min(wanted, limit)))
+                # The analyst's threads yield to ingest's (a Linux nice value; ClickHouse applies it
+                # only with CAP_SYS_NICE, else it is a no-op). Never lowered by a URL setting.
+                self._set(conn, "os_thread_priority", str(max(_int(settings.get("os_thread_priority")) or 0, 19)))
                 self._set(conn, "readonly", "1")
                 if database:
                     self._use(conn, database)
                 output_format = self.check(conn, sql, bind) or default_format
                 result = conn.query(sql, default_format, params=bind)
+                body = result.bytes() or b""
             except Refused:
                 raise
             except Exception as exc:  # chdb raises RuntimeError with ClickHouse's text
@@ -184,7 +191,6 @@ class ClickHouseHTTP:
             return self._error(exc, query_id)
         finally:
             conn.close()
-        body = result.bytes() or b""
         # chdb's rows_read/bytes_read are the result's; storage_* what the query read.
         summary = {"read_rows": str(result.storage_rows_read()), "read_bytes": str(result.storage_bytes_read()),
                    "written_rows": "0", "written_bytes": "0",
@@ -217,8 +223,8 @@ class ClickHouseHTTP:
             if depth == 1 and words[0] == "Literal":
                 raise Refused(READONLY, "INTO OUTFILE writes a file on the server and is refused on the read-only "
                               "SQL interface", "READONLY")
-            if depth == 1 and words[0] == "Identifier" and len(words) > 1:
-                output_format = words[1]
+            if depth == 1 and words[0] == "Identifier" and len(words) > 1 and words[1] in self.formats(conn):
+                output_format = words[1]  # FORMAT x (EXISTS TABLE db.t has its names here too)
         return output_format
 
     # -- helpers -----------------------------------------------------------------
@@ -228,6 +234,13 @@ class ClickHouseHTTP:
                 row = conn.query(self.sql["server_info"], "TabSeparatedRaw").bytes().decode().rstrip("\n")
                 self._server_info = tuple(row.split("\t"))
             return self._server_info
+
+    def formats(self, conn) -> frozenset[str]:
+        with self._lock:
+            if self._formats is None:
+                names = conn.query(self.sql["output_formats"], "TabSeparatedRaw").bytes().decode().split()
+                self._formats = frozenset(names)
+            return self._formats
 
     def _set(self, conn, name: str, value: str) -> None:
         conn.query(self.sql["set_setting"].replace("`setting`", f"`{name}`"), "TSV", params={"value": _escaped(value)})
