@@ -63,7 +63,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
          "--workdir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[1/10]" in proc.stderr  # the progress display
+    assert "[1/11]" in proc.stderr  # the progress display
     assert not (tmp_path / "work").exists()  # scratch removed without --keep
 
     report = json.loads(out.read_text())
@@ -95,6 +95,8 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
         ingest = named(f"ingest: serve over HTTP, {size}-event bodies")[0]
         assert ingest["detail"]["events"] == 20000  # every event acknowledged
         assert "ceiling" in ingest["baseline"]
+    beside = named("ingest beside a full-scan SQL query on /clickhouse")[0]
+    assert beside["detail"]["events"] == 20000 and beside["detail"]["scans"] >= 1
     assert len(named("dashboard: ")) == len(statements.panels())
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0

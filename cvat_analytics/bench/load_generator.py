@@ -11,9 +11,11 @@ from ..progress import Progress
 from .generate import read_bodies
 
 
-def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = None) -> tuple[int, float]:
-    """POST every body in `path` from `senders` keep-alive connections; (events stored, seconds)."""
-    bodies = read_bodies(path)
+def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = None,
+                bodies: list[bytes] | None = None) -> tuple[int, float]:
+    """POST every body in `path` (or `bodies`, read from it already) from `senders` keep-alive
+    connections; (events stored, seconds)."""
+    bodies = read_bodies(path) if bodies is None else bodies
     host, port = url.split("//", 1)[1].split(":")
     lock = threading.Lock()
     state = {"next": 0, "stored": 0, "error": None}

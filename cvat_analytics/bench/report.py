@@ -59,6 +59,12 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                               serve_validation_one_core=round(ceiling["validate_rate"]),
                               engine_cvat_schema=round(c["cvat_schema_rate"]),
                               engine_coalesced_async_insert=round(c["coalesced_rate"])))
+    sql = results.get("sql_beside_ingest")
+    if sql:
+        figures.append(figure(f"ingest beside a full-scan SQL query on /clickhouse, 100-event bodies, {senders} senders",
+                              round(sql["beside_rate"]), "events/s", "the same ingest alone", round(sql["alone_rate"]),
+                              "higher", events=sql["events"], scans=sql["scans"],
+                              scan_median_s=round(sql["scan_median_s"] or 0, 3)))
     for prefix, panels in (("dashboard panel", dash.get("product", [])), ("dashboard", dash["panels"])):
         for p in panels:
             per = p["kind"] in ("user", "job")
