@@ -76,8 +76,9 @@ def test_curl_gets_the_count_with_clickhouse_headers(served, store):
     status, headers, _ = sql(served, "SELECT 1", query_id="mine-1")
     assert headers["X-ClickHouse-Query-Id"] == "mine-1"
     conn = http.client.HTTPConnection(*served.server_address[:2], timeout=10)
-    conn.request("GET", "/clickhouse/ping")
-    assert conn.getresponse().read() == b"Ok.\n"
+    for path in ("/clickhouse/ping", "/clickhouse/"):
+        conn.request("GET", path)
+        assert conn.getresponse().read() == b"Ok.\n"
 
 
 def test_post_body_database_default_format_and_parameters(served, store):

@@ -122,8 +122,9 @@ class ClickHouseHTTP:
     # -- the request -------------------------------------------------------------
     def __call__(self, request: "RequestHandler") -> Response:
         path = urlsplit(request.path).path
-        if path in (f"{PREFIX}/ping", f"{PREFIX}/ping/"):
-            return Response(200, b"Ok.\n", "text/plain; charset=UTF-8")
+        if path in (f"{PREFIX}/ping", f"{PREFIX}/ping/") or (
+                request.command in ("GET", "HEAD") and path in (PREFIX, PREFIX + "/") and not urlsplit(request.path).query):
+            return Response(200, b"Ok.\n", "text/plain; charset=UTF-8")  # as ClickHouse: a health check
         if path not in (PREFIX, PREFIX + "/"):
             return self._error(Refused(73, f"no handler for {path[:100]}: queries go to {PREFIX}/",
                                        "UNKNOWN_TYPE_OF_QUERY"), "", status=404)
