@@ -277,3 +277,20 @@ def test_the_cli_query_reaches_serve_through_its_dsn(served, store):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "57" in run.stdout
+
+
+def test_queries_past_the_concurrency_bound_get_503_and_the_bound_frees_again(served, store):
+    bound = store.spec["embedded"]["sql"]["max_concurrent_queries"]
+    slow = "SELECT count() FROM numbers(100000000000) FORMAT Null"
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(sql(served, slow, max_execution_time="2")))
+               for _ in range(bound)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.7)  # the slow ones hold every slot now
+    status, headers, body = sql(served, "SELECT 1")
+    for thread in threads:
+        thread.join()
+    assert status == 503 and headers["X-ClickHouse-Exception-Code"] == "202", body
+    assert sorted(a[0] for a in answers) == [408] * bound
+    assert sql(served, "SELECT 1")[:3:2] == (200, b"1\n")

@@ -66,6 +66,7 @@ _STATUS = {
     **dict.fromkeys((497, 164), 403),
     **dict.fromkeys((60, 46, 47, 50, 56, 81, 115, 63, 73), 404),
     159: 408, 48: 501,
+    202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES (500 on ClickHouse): 503 says "retry", and clients do
 }
 READONLY, ACCESS_DENIED = 164, 497
 
@@ -115,6 +116,9 @@ class ClickHouseHTTP:
             "max_result_rows": embedded["sql"]["max_result_rows"],
             "max_threads": embedded["sql"]["max_threads"],
         }
+        # Queries at once: each may hold max_memory_usage, and ingest needs a core.
+        self._running = threading.BoundedSemaphore(embedded["sql"]["max_concurrent_queries"])
+        self._max_running = embedded["sql"]["max_concurrent_queries"]
         self._server_info: tuple[str, str, str] | None = None
         self._formats: frozenset[str] | None = None
         self._lock = threading.Lock()
@@ -152,7 +156,13 @@ class ClickHouseHTTP:
                               or "TabSeparated")
             bind = {k[6:]: v for k, v in params if k.startswith("param_")}
             settings = {k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")}
-            return self.run(sql, database, default_format, bind, settings, query_id)
+            if not self._running.acquire(blocking=False):
+                raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
+                              "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
+            try:
+                return self.run(sql, database, default_format, bind, settings, query_id)
+            finally:
+                self._running.release()
         except BodyError as exc:
             return Response(exc.status, f"{exc}\n".encode(), "text/plain; charset=UTF-8")
         except Refused as exc:
