@@ -294,3 +294,19 @@ def test_queries_past_the_concurrency_bound_get_503_and_the_bound_frees_again(se
     assert status == 503 and headers["X-ClickHouse-Exception-Code"] == "202", body
     assert sorted(a[0] for a in answers) == [408] * bound
     assert sql(served, "SELECT 1")[:3:2] == (200, b"1\n")
+
+
+def test_native_for_a_client_protocol_version_carries_block_info_as_clickhouse_go_reads_it(served, store):
+    # clickhouse-connect's probe: BlockInfo (8 bytes), then one column, one row, named "check".
+    status, _, body = sql(served, "SELECT 1 AS check", default_format="Native", client_protocol_version="54405")
+    assert status == 200 and body[8:16] == b"\x01\x01\x05check"
+    # Grafana's clickhouse-go asks its hello with its own revision: a custom-serialization byte per column.
+    status, headers, body = sql(served, "SELECT 1 AS check FORMAT Native", client_protocol_version="54479")
+    assert (status, headers["X-ClickHouse-Format"]) == (200, "Native")
+    assert body == b"\x01\x00\x02\xff\xff\xff\xff\x00" + b"\x01\x01\x05check\x05UInt8\x00\x01"
+    status, _, body = sql(served, "SELECT displayName(), version(), revision(), timezone()",
+                          default_format="Native", client_protocol_version="54479")
+    assert status == 200 and body.startswith(b"\x01\x00\x02\xff\xff\xff\xff\x00\x04\x01")
+    # Without the parameter, Native is the engine's own bytes.
+    query = f"SELECT scope, user_name, timestamp, payload FROM {store.database}.events ORDER BY timestamp, obj_name"
+    assert sql(served, f"{query} FORMAT Native")[2] == engine(store, query, "Native")

@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse as parse_sql
 
+from . import native_revision
 from .http import BodyError, Response
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class ClickHouseHTTP:
         # Queries at once: each may hold max_memory_usage, and ingest needs a core.
         self._running = threading.BoundedSemaphore(embedded["sql"]["max_concurrent_queries"])
         self._max_running = embedded["sql"]["max_concurrent_queries"]
-        self._server_info: tuple[str, str, str] | None = None
+        self._server_info: tuple[str, str, str, str] | None = None  # version, timezone, host, revision
         self._formats: frozenset[str] | None = None
         self._lock = threading.Lock()
 
@@ -160,7 +161,8 @@ class ClickHouseHTTP:
                 raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
                               "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
             try:
-                return self.run(sql, database, default_format, bind, settings, query_id)
+                return self.run(sql, database, default_format, bind, settings, query_id,
+                            _int(args.get("client_protocol_version")) or 0)
             finally:
                 self._running.release()
         except BodyError as exc:
@@ -169,7 +171,7 @@ class ClickHouseHTTP:
             return self._error(exc, query_id)
 
     def run(self, sql: str, database: str, default_format: str, bind: dict, settings: dict,
-            query_id: str) -> Response:
+            query_id: str, protocol: int = 0) -> Response:
         import chdb  # here: importing chdb opens an engine, and serve opens its own first
 
         conn = chdb.connect(self.path)
@@ -194,6 +196,10 @@ class ClickHouseHTTP:
                 output_format = self.check(conn, sql, bind) or default_format
                 result = conn.query(sql, default_format, params=bind)
                 body = result.bytes() or b""
+                if protocol and output_format == "Native":
+                    body = native_revision.rewrite(body, min(protocol, int(info[3])))
+            except native_revision.UnsupportedType as exc:
+                raise Refused(48, str(exc), "NOT_IMPLEMENTED") from None
             except Refused:
                 raise
             except Exception as exc:  # chdb raises RuntimeError with ClickHouse's text
@@ -239,7 +245,7 @@ class ClickHouseHTTP:
         return output_format
 
     # -- helpers -----------------------------------------------------------------
-    def server_info(self, conn) -> tuple[str, str, str]:
+    def server_info(self, conn) -> tuple[str, str, str, str]:
         with self._lock:
             if self._server_info is None:
                 row = conn.query(self.sql["server_info"], "TabSeparatedRaw").bytes().decode().rstrip("\n")
@@ -261,7 +267,7 @@ class ClickHouseHTTP:
             raise Refused(81, f"Database {database[:100]} does not exist", "UNKNOWN_DATABASE")
         conn.query(self.sql["use_database"].replace("`database`", f"`{database}`"), "TSV")
 
-    def _headers(self, query_id: str, info: tuple[str, str, str] | None, extra: dict | None = None) -> dict:
+    def _headers(self, query_id: str, info: tuple | None, extra: dict | None = None) -> dict:
         headers = {"X-ClickHouse-Query-Id": query_id}
         if info:
             headers.update({"X-ClickHouse-Server-Display-Name": info[2], "X-ClickHouse-Timezone": info[1]})
