@@ -171,9 +171,11 @@ def test_every_write_is_refused_by_the_engine_with_its_error_as_a_4xx(served, st
     "SELECT * FROM Python(spec)",
     "SELECT * FROM (SELECT 1) WHERE file('/etc/hostname') != ''",
     "EXPLAIN PLAN SELECT FILE('/etc/hostname')",
+    "SELECT * FROM arrowstream(spec)",
+    "SELECT * FROM eval('SELECT file(''/etc/hostname'')')",
 ])
 def test_every_file_and_network_reader_is_refused(served, reader):
-    status, headers, body = sql(served, reader)
+    status, headers, body = sql(served, reader, allow_experimental_eval_table_function="1")
     assert status == 403, (status, body)
     assert headers["X-ClickHouse-Exception-Code"] == "164"
 

@@ -21,7 +21,9 @@ kill ingest's inserts), SYSTEM STOP/START MERGES, SELECT ... INTO OUTFILE (write
 file), the `file()` function and the `python()` table function (read files, Python
 objects). The engine itself parses the query first: formatQuery refuses anything but
 one statement, and EXPLAIN AST names the statement kind, its functions and its INTO
-OUTFILE; those are refused with 403.
+OUTFILE; those are refused with 403, and so are arrowstream() (Python objects again) and
+eval() (SQL in a string, out of EXPLAIN's sight; experimental, but a URL setting could
+allow it).
 
 The answer is produced whole before it is sent (as ClickHouse does with
 wait_end_of_query=1), so an error is always a clean status with ClickHouse's text,
@@ -85,9 +87,11 @@ _CONTENT_TYPES = {
     "Parquet": "application/octet-stream", "Arrow": "application/octet-stream",
     "ArrowStream": "application/octet-stream",
 }
-# Functions and table functions readonly=1 lets through on chdb that read the host:
-# file() reads any file (clickhouse-local does not confine it), python() Python objects.
-_HOST_READERS = {"file", "python"}
+# Functions and table functions readonly=1 lets through on chdb that reach past the data:
+# file() reads any file (clickhouse-local does not confine it), python() and arrowstream()
+# the process's Python objects, eval() runs SQL from a string (which EXPLAIN AST cannot see
+# into; it is experimental, but a URL setting could allow it).
+_REFUSED_FUNCTIONS = {"file", "python", "arrowstream", "eval"}
 
 
 class Refused(Exception):
@@ -234,9 +238,9 @@ class ClickHouseHTTP:
         for line in lines[1:]:
             depth = len(line) - len(line.lstrip(" "))
             words = line.split()
-            if words[0] == "Function" and len(words) > 1 and words[1].lower() in _HOST_READERS:
-                raise Refused(READONLY, f"{words[1]}() reads the server's files or memory and is refused on the "
-                              "read-only SQL interface", "READONLY")
+            if words[0] == "Function" and len(words) > 1 and words[1].lower() in _REFUSED_FUNCTIONS:
+                raise Refused(READONLY, f"{words[1]}() reaches the server's files, memory or SQL outside the "
+                              "query and is refused on the read-only SQL interface", "READONLY")
             if depth == 1 and words[0] == "Literal":
                 raise Refused(READONLY, "INTO OUTFILE writes a file on the server and is refused on the read-only "
                               "SQL interface", "READONLY")
