@@ -105,7 +105,8 @@ def serve(dsn: str, spec: dict, host: str, port: int) -> int:
               "in clear over HTTP: put TLS (a reverse proxy) in front on untrusted networks",
               file=sys.stderr)
     print(f"cvat-analytics: serving {server.url} (database {spec['clickhouse']['database']}, {redact(dsn)}); "
-          "POST events to /, GET /health, CSV export at /api/events, dashboards at /dashboards",
+          "POST events to /, GET /health, CSV export at /api/events, dashboards at /dashboards"
+          + (", read-only SQL (ClickHouse's HTTP interface) at /clickhouse" if data_dir else ""),
           file=sys.stderr, flush=True)
 
     stoppers: list[threading.Thread] = []
