@@ -113,15 +113,26 @@ def connect(dsn: str, create: bool = True) -> Client:
                 "chdb://<embedded.data_dir>/clickhouse from the spec)"
             )
         path.mkdir(parents=True, exist_ok=True)
-        dsn_to_open = f"chdb://{path}"
+        dsn_to_open, extra = f"chdb://{path}", {}
     else:
-        dsn_to_open = dsn
+        dsn_to_open, extra = server_dsn(dsn)
     try:
-        client = clickhouse_connect.get_client(dsn=dsn_to_open)
+        client = clickhouse_connect.get_client(dsn=dsn_to_open, **extra)
     except Exception as exc:  # clickhouse-connect raises several kinds; all mean "cannot open"
         raise StoreError(f"cannot open {redact(dsn)}: {exc}") from None
     _clients[dsn] = client
     return client
+
+
+def server_dsn(dsn: str) -> tuple[str, dict]:
+    """A server DSN and the get_client arguments it carries. A path is where the server's
+    HTTP interface is mounted (http://127.0.0.1:8282/clickhouse: `serve`'s read-only SQL
+    interface), not a database as clickhouse-connect would read it: the database always
+    comes from the spec here."""
+    parsed = urlparse(dsn)
+    if parsed.path.strip("/"):
+        return parsed._replace(path="").geturl(), {"proxy_path": parsed.path.rstrip("/")}
+    return dsn, {}
 
 
 def open_handle(dsn: str) -> Client:

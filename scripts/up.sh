@@ -108,7 +108,7 @@ embedded_up() {
       echo "  events in:  http://$host:$port/   (POST JSON arrays, as CVAT's server sends them)"
       echo "  health:     http://$host:$port/health"
       echo "  data:       $data/clickhouse (chdb); log: $data/serve.log; pid $(cat "$pidfile")"
-      echo "  SQL:        stop the service (make down), then .venv/bin/cvat-analytics query \"SELECT ...\""
+      echo "  SQL:        .venv/bin/cvat-analytics query --dsn http://$host:$port/clickhouse \"SELECT ...\"  (read-only; or curl, clickhouse-connect, Grafana: README, SQL)"
       echo "stop with: make down"
       return 0
     fi

@@ -63,7 +63,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
          "--workdir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[1/10]" in proc.stderr  # the progress display
+    assert "[1/11]" in proc.stderr  # the progress display
     assert not (tmp_path / "work").exists()  # scratch removed without --keep
 
     report = json.loads(out.read_text())
@@ -98,6 +98,8 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     health = named("serve: GET /health round trip while idle, kept-alive")[0]
     # without TCP_NODELAY a kept-alive answer waits ~40 ms for the client's delayed ACK
     assert health["value"] < 0.02 and health["detail"]["p99_ms"] >= health["value"] * 1000
+    beside = named("ingest beside a full-scan SQL query on /clickhouse")[0]
+    assert beside["detail"]["events"] == 20000 and beside["detail"]["scans"] >= 1
     assert len(named("dashboard: ")) == len(statements.panels())
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0

@@ -12,11 +12,12 @@ from .generate import read_bodies
 
 
 def send_bodies(url: str, path: Path, senders: int, progress: Progress | None = None,
-                stats: dict | None = None) -> tuple[int, float]:
-    """POST every body in `path` from `senders` keep-alive connections; (events stored, seconds).
-    A 503 (ingest busy) is retried after its Retry-After. `stats`, when given, receives the
-    acknowledgement time of each body (p50/p99, ms, from send to 200) and the 503s counted."""
-    bodies = read_bodies(path)
+                stats: dict | None = None, bodies: list[bytes] | None = None) -> tuple[int, float]:
+    """POST every body in `path` (or `bodies`, read from it already) from `senders` keep-alive
+    connections; (events stored, seconds). A 503 (ingest busy) is retried after its Retry-After.
+    `stats`, when given, receives the acknowledgement time of each body (p50/p99, ms, from send
+    to 200) and the 503s counted."""
+    bodies = read_bodies(path) if bodies is None else bodies
     host, port = url.split("//", 1)[1].split(":")
     lock = threading.Lock()
     state = {"next": 0, "stored": 0, "error": None, "busy": 0}

@@ -18,6 +18,7 @@ from .export_download import export_via_service
 from .load_generator import health_round_trips, send_bodies
 from .report import build_report, format_table
 from .service import ServeProcess
+from .sql_beside_ingest import ingest_beside_sql
 
 DEFAULT_EVENTS = 10_000_000
 DAYS = 30  # the data spans 30 days; dashboards read the last 7
@@ -68,7 +69,7 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
     main = {**base, "dsn": f"chdb://{work / 'store'}"}
     started = time.monotonic()
     step = [0]
-    steps = 10
+    steps = 11
     r: dict = {}
 
     def say(text: str) -> None:  # a log line per step, on a terminal or not
@@ -98,8 +99,15 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
             r["exp"] = export_via_service(svc, load["export_from"], load["export_to"], work / "export.csv")
         finally:
             svc.stop()
-        say("ingest ceiling: the engine's own insert rate through clickhouse-connect")
         runner.wait("bodies", bodies)
+        say("ingest beside an analyst's full scan on /clickhouse (100-event bodies, half alone, half beside)")
+        svc = ServeProcess(main["dsn"], spec_path, work / "serve-sql.log")
+        try:
+            r["sql_beside_ingest"] = ingest_beside_sql(svc.url, load_spec(Path(spec_path))["clickhouse"]["database"],
+                                                       work / "bodies_100.bin", senders)
+        finally:
+            svc.stop()
+        say("ingest ceiling: the engine's own insert rate through clickhouse-connect")
         r["ceiling"] = runner.run("ceiling", {**base, "dsn": f"chdb://{work / 'ceiling'}"})
         r["ingest"] = {}
         for size in sorted(ingest, key=int, reverse=True):

@@ -73,6 +73,12 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                           round(kept["median_ms"] / 1000, 6), "s", "a new connection per request",
                           round(new["median_ms"] / 1000, 6), "lower",
                           p99_ms=round(kept["p99_ms"], 2), baseline_p99_ms=round(new["p99_ms"], 2)))
+    sql = results.get("sql_beside_ingest")
+    if sql:
+        figures.append(figure(f"ingest beside a full-scan SQL query on /clickhouse, 100-event bodies, {senders} senders",
+                              round(sql["beside_rate"]), "events/s", "the same ingest alone", round(sql["alone_rate"]),
+                              "higher", events=sql["events"], scans=sql["scans"],
+                              scan_median_s=round(sql["scan_median_s"] or 0, 3)))
     for prefix, panels in (("dashboard panel", dash.get("product", [])), ("dashboard", dash["panels"])):
         for p in panels:
             per = p["kind"] in ("user", "job")

@@ -11,9 +11,15 @@ The spec's `access.tokens` lists callers:
           secret_env: CVAT_ANALYTICS_TOKEN_ORG7
           permissions: [export, dashboards]
           forced_filters: {org_id: 7}            # and/or user_id, like CVAT's own rules
+        - name: analyst
+          secret_env: CVAT_ANALYTICS_TOKEN_ANALYST
+          permissions: [sql]                     # /clickhouse: read-only SQL; refused (403)
+                                                 # to a token with forced filters
 
 A request names its token as `Authorization: Bearer <secret>` (or `Token <secret>`,
-as CVAT's clients write it). No or an unknown token -> 401; a known token without
+as CVAT's clients write it, or `Basic` with the secret as the password and any user
+name, as ClickHouse clients such as Grafana's plugin send a user and password). No or
+an unknown token -> 401; a known token without
 the permission its route names (routes.py) -> 403. Secrets are compared with hmac.compare_digest,
 against every configured token, so the time taken does not say which one matched.
 
@@ -27,13 +33,14 @@ With no token configured every caller is `LOCAL` (all permissions, no filter), a
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-PERMISSIONS = ("ingest", "export", "dashboards", "metrics")
+PERMISSIONS = ("ingest", "export", "dashboards", "metrics", "sql")
 FILTER_KEYS = ("org_id", "user_id")
 MIN_SECRET_LENGTH = 16
 
@@ -81,7 +88,7 @@ def load_tokens(spec: dict, environ: Mapping[str, str] | None = None) -> list[To
     return tokens
 
 
-_SCHEME = re.compile(r"^\s*(Bearer|Token)\s+(\S+)\s*$", re.IGNORECASE)
+_SCHEME = re.compile(r"^\s*(Bearer|Token|Basic)\s+(\S+)\s*$", re.IGNORECASE)
 
 
 def authenticate(tokens: list[Token], authorization: str | None) -> Principal | None:
@@ -90,6 +97,11 @@ def authenticate(tokens: list[Token], authorization: str | None) -> Principal | 
     if not match:
         return None
     offered = match.group(2).encode()
+    if match.group(1).lower() == "basic":
+        try:
+            offered = base64.b64decode(offered, validate=True).partition(b":")[2]
+        except ValueError:
+            return None
     found = None
     for token in tokens:  # every token is compared: no early exit
         if hmac.compare_digest(offered, token.secret):

@@ -76,8 +76,9 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
         SERVICE.warning("listening on %s with %d access token(s); tokens travel in clear over HTTP: "
                         "put TLS (a reverse proxy) in front on untrusted networks", host, len(tokens))
     SERVICE.info("serving %s (database %s, %s); POST events to /, GET /health, CSV export at /api/events, "
-                 "dashboards at /dashboards, /metrics, /openapi.json",
-                 server.url, spec["clickhouse"]["database"], redact(dsn))
+                 "dashboards at /dashboards, /metrics, /openapi.json%s",
+                 server.url, spec["clickhouse"]["database"], redact(dsn),
+                 ", read-only SQL (ClickHouse's HTTP interface) at /clickhouse" if data_dir else "")
 
     stoppers: list[threading.Thread] = []
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..store import chdb_path
 from .access import ANONYMOUS, LOCAL, Token, authenticate
 from .http import Response, json_response
 
 if TYPE_CHECKING:
     from .http import RequestHandler
 
-INGEST, EXPORT, DASHBOARDS, METRICS = "ingest", "export", "dashboards", "metrics"  # access.PERMISSIONS
+INGEST, EXPORT, DASHBOARDS, METRICS, SQL = "ingest", "export", "dashboards", "metrics", "sql"  # access.PERMISSIONS
 
 Handler = Callable[["RequestHandler"], Response]
 
@@ -125,6 +126,13 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
             Route("GET", "/dashboards", page, DASHBOARDS),
             Route("GET", "/dashboards/", page, DASHBOARDS, prefix=True),
         ]
+    data_path = chdb_path(dsn) if dsn else None
+    if data_path is not None:  # on a ClickHouse server, SQL clients connect to the server itself
+        from .clickhouse_http import PREFIX, ClickHouseHTTP
+
+        sql = ClickHouseHTTP(data_path.resolve(), spec)
+        routes += [Route(method, path, sql, SQL, prefix=path.endswith("/"))
+                   for method in ("GET", "POST") for path in (PREFIX, PREFIX + "/")]
     every = Routes(routes, tokens, metrics)
     every.add(Route("GET", "/openapi.json", OpenApi(every), None))
     return every

@@ -1,0 +1,307 @@
+"""/clickhouse: ClickHouse's own HTTP interface, read-only, on the engine `serve` holds.
+
+chdb lets one process open the data, and `serve` is that process; this route lets SQL
+clients (curl, clickhouse-connect, Grafana's ClickHouse plugin) query it while events
+flow. It speaks the interface those clients use: the query in `query` or the POST body,
+`database`, `default_format`, a FORMAT clause, `param_<name>`, settings as URL
+parameters, ClickHouse's error text with X-ClickHouse-Exception-Code, and the
+X-ClickHouse-* response headers (see README, SQL).
+
+Every request gets an engine handle of its own (chdb.connect on the open engine is
+cheap: 0.3 ms), set up in this order: the caller's URL settings; the spec's limits
+(clickhouse.dashboards_max_execution_time_s and _max_memory_usage_bytes, and the
+embedded.sql bounds), each the lower of the caller's and the spec's; then
+`readonly=1`. From then on the engine refuses every write, DDL, SYSTEM, any settings
+change (SET or a SETTINGS clause: so the limits cannot be raised) and the table
+functions that read files or the network.
+
+What readonly=1 does not stop on chdb, which runs as clickhouse-local does (measured on
+chdb 4.4 / ClickHouse 26.9): several statements in one request, KILL QUERY (it could
+kill ingest's inserts), SYSTEM STOP/START MERGES, SELECT ... INTO OUTFILE (writes a
+file), the `file()` function and the `python()` table function (read files, Python
+objects). The engine itself parses the query first: formatQuery refuses anything but
+one statement, and EXPLAIN AST names the statement kind, its functions and its INTO
+OUTFILE; those are refused with 403, and so are arrowstream() (Python objects again) and
+eval() (SQL in a string, out of EXPLAIN's sight; experimental, but a URL setting could
+allow it).
+
+The answer is produced whole before it is sent (as ClickHouse does with
+wait_end_of_query=1), so an error is always a clean status with ClickHouse's text,
+never a 200 cut short; its size is bounded by the engine (max_result_bytes,
+max_result_rows, overflow mode throw).
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+from cvat_analytics_generator.render import render_template
+from cvat_analytics_generator.sql import parse as parse_sql
+
+from . import native_revision
+from .http import BodyError, Response
+
+if TYPE_CHECKING:
+    from .http import RequestHandler
+
+PREFIX = "/clickhouse"
+TEMPLATE = "clickhouse/runtime/sql_http.sql.j2"
+
+# URL parameters that are part of the interface, not settings (ClickHouse's HTTPHandler).
+# The session ones are accepted and have no effect: under readonly=1 nothing a query
+# does outlives it (no SET, no temporary table), so a session would hold nothing.
+TRANSPORT = {"query", "database", "default_format", "query_id", "session_id", "session_timeout",
+             "session_check", "quota_key", "buffer_size", "wait_end_of_query", "user", "password",
+             "role", "stacktrace", "client_protocol_version", "compress", "decompress", "with_stacktrace",
+             "close_session", "http_native_compression_disable_checksumming_on_decompress"}
+_SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CODE = re.compile(r"Code: (\d+)\. ")
+
+# ClickHouse's exceptionCodeToHTTPStatus, plus READONLY (164) as 403: the issue's
+# contract is that a refused write is a 4xx (ClickHouse itself answers 500 there).
+_STATUS = {
+    **dict.fromkeys((36, 6, 25, 26, 27, 38, 41, 72, 62, 117, 53, 15, 44, 8, 167, 168, 427), 400),
+    **dict.fromkeys((497, 164), 403),
+    **dict.fromkeys((60, 46, 47, 50, 56, 81, 115, 63, 73), 404),
+    159: 408, 48: 501,
+    202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES (500 on ClickHouse): 503 says "retry", and clients do
+}
+READONLY, ACCESS_DENIED = 164, 497
+
+# Content types ClickHouse gives its common output formats.
+_CONTENT_TYPES = {
+    "TabSeparated": "text/tab-separated-values; charset=UTF-8",
+    "TabSeparatedWithNames": "text/tab-separated-values; charset=UTF-8",
+    "TabSeparatedWithNamesAndTypes": "text/tab-separated-values; charset=UTF-8",
+    "TSV": "text/tab-separated-values; charset=UTF-8",
+    "CSV": "text/csv; charset=UTF-8; header=absent",
+    "CSVWithNames": "text/csv; charset=UTF-8; header=present",
+    "JSON": "application/json; charset=UTF-8", "JSONCompact": "application/json; charset=UTF-8",
+    "JSONEachRow": "application/x-ndjson; charset=UTF-8",
+    "Native": "application/octet-stream", "RowBinary": "application/octet-stream",
+    "Parquet": "application/octet-stream", "Arrow": "application/octet-stream",
+    "ArrowStream": "application/octet-stream",
+}
+# Functions and table functions readonly=1 lets through on chdb that reach past the data:
+# file() reads any file (clickhouse-local does not confine it), python() and arrowstream()
+# the process's Python objects, eval() runs SQL from a string (which EXPLAIN AST cannot see
+# into; it is experimental, but a URL setting could allow it).
+_REFUSED_FUNCTIONS = {"file", "python", "arrowstream", "eval"}
+
+
+class Refused(Exception):
+    """A ClickHouse-style exception of our own: `code`, and text in ClickHouse's shape."""
+
+    def __init__(self, code: int, message: str, name: str):
+        super().__init__(f"Code: {code}. DB::Exception: {message}. ({name})")
+        self.code = code
+
+
+class ClickHouseHTTP:
+    """The handler of every path under /clickhouse."""
+
+    def __init__(self, dsn_path: Path, spec: dict):
+        self.path = str(dsn_path)
+        self.spec = spec
+        # `setting` and `database` stand in for the names each request fills in (see _set, _use).
+        text = render_template(spec, TEMPLATE, setting="setting", database="database")
+        statements = parse_sql(text, TEMPLATE).statements
+        self.sql = {s.name: s.sql for s in statements}
+        ch, embedded = spec["clickhouse"], spec["embedded"]
+        # The bounds a caller may lower and never raise (0 means "no limit" in ClickHouse).
+        self.limits = {
+            "max_execution_time": ch["dashboards_max_execution_time_s"],
+            "max_memory_usage": ch["dashboards_max_memory_usage_bytes"],
+            "max_result_bytes": embedded["sql"]["max_result_bytes"],
+            "max_result_rows": embedded["sql"]["max_result_rows"],
+            "max_threads": embedded["sql"]["max_threads"],
+        }
+        # Queries at once: each may hold max_memory_usage, and ingest needs a core.
+        self._running = threading.BoundedSemaphore(embedded["sql"]["max_concurrent_queries"])
+        self._max_running = embedded["sql"]["max_concurrent_queries"]
+        self._server_info: tuple[str, str, str, str] | None = None  # version, timezone, host, revision
+        self._formats: frozenset[str] | None = None
+        self._lock = threading.Lock()
+
+    # -- the request -------------------------------------------------------------
+    def __call__(self, request: "RequestHandler") -> Response:
+        path = urlsplit(request.path).path
+        if path in (f"{PREFIX}/ping", f"{PREFIX}/ping/") or (
+                request.command in ("GET", "HEAD") and path in (PREFIX, PREFIX + "/") and not urlsplit(request.path).query):
+            return Response(200, b"Ok.\n", "text/plain; charset=UTF-8")  # as ClickHouse: a health check
+        if path not in (PREFIX, PREFIX + "/"):
+            return self._error(Refused(73, f"no handler for {path[:100]}: queries go to {PREFIX}/",
+                                       "UNKNOWN_TYPE_OF_QUERY"), "", status=404)
+        query_id = ""
+        try:
+            if request.principal.forced_filters:
+                filters = ", ".join(f"{k}={v}" for k, v in sorted(request.principal.forced_filters.items()))
+                raise Refused(ACCESS_DENIED, f"token {request.principal.name!r} has forced filters ({filters}) and "
+                              "the SQL interface cannot enforce them on every table a query reads; use a token "
+                              "without forced filters", "ACCESS_DENIED")
+            params = parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
+            args = dict(params)
+            query_id = args.get("query_id") or str(uuid.uuid4())
+            if args.get("compress", "0") not in ("0", "") or args.get("decompress", "0") not in ("0", ""):
+                raise Refused(48, "compress=1 and decompress=1 (ClickHouse's block compression) are not "
+                              "supported here; leave them off", "NOT_IMPLEMENTED")
+            sql = args.get("query", "")
+            if request.command == "POST":
+                body = request.read_body() if request.has_body() else b""
+                sql = f"{sql}\n{body.decode('utf-8', 'replace')}" if sql and body else sql or body.decode("utf-8", "replace")
+            if not sql.strip():
+                raise Refused(62, "Empty query", "SYNTAX_ERROR")
+            database = args.get("database") or request.headers.get("X-ClickHouse-Database") or ""
+            default_format = (args.get("default_format") or request.headers.get("X-ClickHouse-Format")
+                              or "TabSeparated")
+            bind = {k[6:]: v for k, v in params if k.startswith("param_")}
+            settings = {k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")}
+            if not self._running.acquire(blocking=False):
+                raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
+                              "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
+            try:
+                return self.run(sql, database, default_format, bind, settings, query_id,
+                            _int(args.get("client_protocol_version")) or 0)
+            finally:
+                self._running.release()
+        except BodyError as exc:
+            return Response(exc.status, f"{exc}\n".encode(), "text/plain; charset=UTF-8")
+        except Refused as exc:
+            return self._error(exc, query_id)
+
+    def run(self, sql: str, database: str, default_format: str, bind: dict, settings: dict,
+            query_id: str, protocol: int = 0) -> Response:
+        import chdb  # here: importing chdb opens an engine, and serve opens its own first
+
+        conn = chdb.connect(self.path)
+        try:
+            try:
+                info = self.server_info(conn)
+                for name, value in settings.items():
+                    if name == "readonly":  # always 1, set last: a caller's 1 now would lock out the limits
+                        continue
+                    if not _SETTING.fullmatch(name):
+                        raise Refused(115, f"Unknown setting '{name[:100]}'", "UNKNOWN_SETTING")
+                    self._set(conn, name, value)
+                for name, limit in self.limits.items():
+                    wanted = _int(settings.get(name))
+                    self._set(conn, name, str(limit if wanted in (None, 0) else min(wanted, limit)))
+                # The analyst's threads yield to ingest's (a Linux nice value; ClickHouse applies it
+                # only with CAP_SYS_NICE, else it is a no-op). Never lowered by a URL setting.
+                self._set(conn, "os_thread_priority", str(max(_int(settings.get("os_thread_priority")) or 0, 19)))
+                self._set(conn, "readonly", "1")
+                if database:
+                    self._use(conn, database)
+                output_format = self.check(conn, sql, bind) or default_format
+                result = conn.query(sql, default_format, params=bind)
+                body = result.bytes() or b""
+                if protocol and output_format == "Native":
+                    body = native_revision.rewrite(body, min(protocol, int(info[3])))
+            except native_revision.UnsupportedType as exc:
+                raise Refused(48, str(exc), "NOT_IMPLEMENTED") from None
+            except Refused:
+                raise
+            except Exception as exc:  # chdb raises RuntimeError with ClickHouse's text
+                raise _engine_error(exc) from None
+        except Refused as exc:
+            return self._error(exc, query_id)
+        finally:
+            conn.close()
+        # chdb's rows_read/bytes_read are the result's; storage_* what the query read.
+        summary = {"read_rows": str(result.storage_rows_read()), "read_bytes": str(result.storage_bytes_read()),
+                   "written_rows": "0", "written_bytes": "0",
+                   "total_rows_to_read": str(result.storage_rows_read()),
+                   "result_rows": str(result.rows_read()), "result_bytes": str(result.bytes_read()),
+                   "elapsed_ns": str(int(result.elapsed() * 1e9))}
+        return Response(200, body, _CONTENT_TYPES.get(output_format, "text/plain; charset=UTF-8"),
+                        self._headers(query_id, info, {"X-ClickHouse-Format": output_format,
+                                                       "X-ClickHouse-Summary": json.dumps(summary)}))
+
+    def check(self, conn, sql: str, bind: dict) -> str | None:
+        """Refuse what readonly=1 lets through on chdb (see the module's text), asking the
+        engine's parser; the query's FORMAT clause, if any."""
+        conn.query(self.sql["single_statement"], "TSV", params={"query": _escaped(sql)})  # one statement, or an error
+        ast = conn.query(f"{self.sql['explain_ast']} {sql}", "TabSeparatedRaw", params=bind).bytes().decode()
+        lines = ast.splitlines()
+        if not lines or not re.fullmatch(r"\w+.*", lines[0]):
+            raise Refused(READONLY, "the query's structure could not be checked", "READONLY")
+        top = lines[0].split()[0]
+        if top in ("KillQueryQuery", "SYSTEM"):  # KILL QUERY, SYSTEM STOP/START MERGES pass readonly=1
+            raise Refused(READONLY, f"{'KILL' if top != 'SYSTEM' else 'SYSTEM'} is refused on the read-only "
+                          "SQL interface", "READONLY")
+        output_format = None
+        for line in lines[1:]:
+            depth = len(line) - len(line.lstrip(" "))
+            words = line.split()
+            if words[0] == "Function" and len(words) > 1 and words[1].lower() in _REFUSED_FUNCTIONS:
+                raise Refused(READONLY, f"{words[1]}() reaches the server's files, memory or SQL outside the "
+                              "query and is refused on the read-only SQL interface", "READONLY")
+            if depth == 1 and words[0] == "Literal":
+                raise Refused(READONLY, "INTO OUTFILE writes a file on the server and is refused on the read-only "
+                              "SQL interface", "READONLY")
+            if depth == 1 and words[0] == "Identifier" and len(words) > 1 and words[1] in self.formats(conn):
+                output_format = words[1]  # FORMAT x (EXISTS TABLE db.t has its names here too)
+        return output_format
+
+    # -- helpers -----------------------------------------------------------------
+    def server_info(self, conn) -> tuple[str, str, str, str]:
+        with self._lock:
+            if self._server_info is None:
+                row = conn.query(self.sql["server_info"], "TabSeparatedRaw").bytes().decode().rstrip("\n")
+                self._server_info = tuple(row.split("\t"))
+            return self._server_info
+
+    def formats(self, conn) -> frozenset[str]:
+        with self._lock:
+            if self._formats is None:
+                names = conn.query(self.sql["output_formats"], "TabSeparatedRaw").bytes().decode().split()
+                self._formats = frozenset(names)
+            return self._formats
+
+    def _set(self, conn, name: str, value: str) -> None:
+        conn.query(self.sql["set_setting"].replace("`setting`", f"`{name}`"), "TSV", params={"value": _escaped(value)})
+
+    def _use(self, conn, database: str) -> None:
+        if not _SETTING.fullmatch(database):
+            raise Refused(81, f"Database {database[:100]} does not exist", "UNKNOWN_DATABASE")
+        conn.query(self.sql["use_database"].replace("`database`", f"`{database}`"), "TSV")
+
+    def _headers(self, query_id: str, info: tuple | None, extra: dict | None = None) -> dict:
+        headers = {"X-ClickHouse-Query-Id": query_id}
+        if info:
+            headers.update({"X-ClickHouse-Server-Display-Name": info[2], "X-ClickHouse-Timezone": info[1]})
+        headers.update(extra or {})
+        return headers
+
+    def _error(self, exc: Refused, query_id: str, status: int | None = None) -> Response:
+        text = str(exc)
+        return Response(status or _STATUS.get(exc.code, 500), f"{text}\n".encode(), "text/plain; charset=UTF-8",
+                        self._headers(query_id, self._server_info, {"X-ClickHouse-Exception-Code": str(exc.code)}))
+
+
+def _escaped(value: str) -> str:
+    """A query parameter's value as ClickHouse reads it: in TabSeparated's escaped form."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _engine_error(exc: Exception) -> Refused:
+    """chdb's exception as ClickHouse's text and code."""
+    text = str(exc).strip()
+    start = text.find("Code: ")
+    text = text[start:] if start > 0 else text
+    match = _CODE.match(text)
+    error = Refused(int(match.group(1)) if match else 1001, "", "")
+    error.args = (text,)
+    return error
