@@ -16,10 +16,10 @@ line number.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Iterator, TextIO
 
-UTC = timezone.utc
+from .times import parse_utc, sql_text
+
 
 _FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
 _DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
@@ -105,10 +105,9 @@ def to_timestamp(text: str) -> str:
     if zone in (None, "Z", "+00:00", "+0000", "-00:00"):
         return f"{day} {clock}.{ms}"
     try:
-        value = datetime.fromisoformat(f"{day}T{clock}.{ms}{zone}")
+        return sql_text(parse_utc(f"{day}T{clock}.{ms}{zone}"))
     except ValueError:
         return text
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _is_int_type(col_type: str) -> bool:

@@ -25,10 +25,11 @@ import jinja2
 
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.grafana import COLUMN_VARIABLES
+from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
-from . import charts
-from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
+
+from . import charts, times
 
 TEMPLATES = Path(__file__).with_name("dashboard_templates")
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
@@ -118,10 +119,9 @@ def parse_time(text: str, name: str, now: datetime | None = None) -> datetime:
             t = now - timedelta(seconds=int(relative.group(1) or 0) * _UNITS.get(relative.group(2), 0))
         else:
             try:
-                t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                t = times.parse_utc(text)
             except ValueError:
                 raise BadRequest(f"{name}: expected an ISO time like 2024-01-31T12:00, got {text[:40]!r}") from None
-            t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
     except (OverflowError, OSError, ValueError):  # beyond what datetime holds (year 1 to 9999)
         raise out_of_range from None
     if not EARLIEST <= t <= LATEST:

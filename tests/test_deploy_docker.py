@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -169,7 +168,7 @@ def _grafana(stack) -> tuple[str, tuple[str, str]]:
 def _panel_sql(stack, dashboard: str, title: str) -> str:
     """A panel's SQL as Grafana's frontend hands it to the plugin with every variable on
     "All": $__conditionalAll applied, the backend macros left for the plugin."""
-    from cvat_analytics.grafana_macros import ALL, Variable, _conditional_all
+    from cvat_analytics_generator.grafana_macros import ALL, Variable, _conditional_all
 
     model = json.loads((stack["deploy"] / "grafana" / "dashboards" / f"{dashboard}.json").read_text())
     panel = next(p for p in model["panels"] if p["title"] == title)

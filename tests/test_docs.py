@@ -1,5 +1,4 @@
 """Every spec key and every CLI command and option is documented in the README (datasette's rule)."""
-import re
 
 import pytest
 

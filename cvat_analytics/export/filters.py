@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..times import parse_utc
+
 UTC = timezone.utc
 ID_FILTERS = ("org_id", "project_id", "task_id", "job_id", "user_id")
 MAX_ID = 2**64 - 1
@@ -86,12 +88,10 @@ def parse_time(name: str, text: str) -> datetime:
     if m and ("T" in raw or raw.count(" ") == 2):
         candidate = f"{m.group(1)}+{m.group(2)}"
     try:
-        value = datetime.fromisoformat(candidate)
+        value = parse_utc(candidate)
     except ValueError:
         raise FilterError(name, f"not an ISO 8601 date or time: {raw[:60]!r}") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return min(max(value.astimezone(UTC), MIN_TIME), MAX_TIME)
+    return min(max(value, MIN_TIME), MAX_TIME)
 
 
 def parse_filters(query: dict, now: datetime | None = None) -> ExportFilters:
