@@ -351,3 +351,14 @@ def test_a_group_cut_short_by_a_crash_is_replayed_at_start_and_its_retries_count
         assert post(srv, body) == (200, {"stored": 0, "duplicate": True})  # the client's retry
         assert count(store, name) == 3
         srv.stop()
+
+
+def test_curl_data_is_taken_as_curl_sends_it_and_a_415_names_what_is_accepted(server, store):
+    """`curl --data '[...]'` sends application/x-www-form-urlencoded with the JSON as is."""
+    body = json.dumps(cvat_batch("curl", 2)).encode()
+    status, answer = request(server, "POST", "/", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and answer["stored"] == 2
+    status, answer = request(server, "POST", "/", b"[]", {"Content-Type": "text/csv"})
+    assert status == 415
+    error = answer["error"]
+    assert "text/csv is not JSON" in error and "application/json" in error and "application/x-ndjson" in error
