@@ -124,6 +124,9 @@ def test_metrics_count_requests_events_refusals_inserts_and_export_jobs(make_ser
     assert now[("cvat_analytics_ingest_refused_total", (("reason", "unsupported_media_type"),))] == 1
     inserts = ("cvat_analytics_insert_seconds_count", ())
     assert now[inserts] == before.get(inserts, 0) + 1  # the one accepted batch
+    groups = ("cvat_analytics_ingest_group_requests_count", ())
+    assert now[groups] == before.get(groups, 0) + 1  # stored as one group of one request
+    assert now[("cvat_analytics_ingest_waiting_events", ())] == 0  # nothing left waiting
     assert now[("cvat_analytics_engine_up", ())] == 1
     assert now[("cvat_analytics_export_jobs", (("state", "finished"),))] == 1
     assert now[("cvat_analytics_export_bytes", ())] > 0  # the finished CSV waits for its download

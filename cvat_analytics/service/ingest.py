@@ -19,19 +19,20 @@ import hashlib
 import json
 import os
 import re
-import sys
 import threading
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+from prometheus_client import Gauge, Histogram
 
 from ..errors import first_line
 from ..events import EventContract, EventError
 from ..events_fast import FastRows, UseReference
-from ..store import chdb_path, insert_compact_rows
+from ..store import INSERT_REGISTRY, chdb_path, insert_compact_rows
 from .http import BodyError, Response, json_response
+from .logs import SERVICE
 
 if TYPE_CHECKING:
     from .http import RequestHandler
@@ -50,6 +51,13 @@ MAX_GROUP_EVENTS = 100_000
 # when the engine cannot keep up, callers retry later instead of piling up in memory.
 MAX_WAITING_EVENTS = 200_000
 RETRY_AFTER_S = "1"
+
+
+# Process-wide, beside the insert latency (GET /metrics shows them).
+GROUP_REQUESTS = Histogram("cvat_analytics_ingest_group_requests", "Requests stored together by one INSERT (group commit)",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=INSERT_REGISTRY)
+WAITING_EVENTS = Gauge("cvat_analytics_ingest_waiting_events", "Validated events waiting for their group's INSERT",
+                       registry=INSERT_REGISTRY)
 
 
 class BadBody(Exception):
@@ -281,8 +289,7 @@ class GroupCommit:
         insert_compact_rows(self.client, self.database, self.columns, body, token=token.decode())
         self.redo.unlink()
         events = body.count(b"\n")
-        print(f"cvat-analytics: replayed a group of {events} events a stop may have cut short "
-              f"({self.redo})", file=sys.stderr, flush=True)
+        SERVICE.info("replayed a group of %d events a stop may have cut short (%s)", events, self.redo)
         return True
 
     def full(self) -> bool:
@@ -296,6 +303,7 @@ class GroupCommit:
                 return None
             self.queue.append(waiting)
             self.waiting_events += events
+            WAITING_EVENTS.inc(events)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self.thread.start()
@@ -315,16 +323,18 @@ class GroupCommit:
                     waiting = self.queue.popleft()
                     group.append(waiting)
                     events += waiting.events
+            GROUP_REQUESTS.observe(len(group))
             try:
                 self._store(group)
             except Exception as exc:  # every request of the group gets the 500; none is stored
-                print(f"cvat-analytics: storing {len(group)} requests failed: {type(exc).__name__}: "
-                      f"{first_line(exc)}", file=sys.stderr, flush=True)
+                SERVICE.error("storing %d requests failed: %s: %s", len(group), type(exc).__name__,
+                              first_line(exc))
                 for waiting in group:
                     waiting.error = exc
             finally:
                 with self.lock:
                     self.waiting_events -= events
+                WAITING_EVENTS.dec(events)
                 for waiting in group:
                     waiting.done.set()
 
