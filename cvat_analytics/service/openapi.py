@@ -277,6 +277,13 @@ def table_path(route_path: str, prefix: bool, method: str = "get") -> str:
                 and method.lower() in PATHS[p])
 
 
+def head_of(get: dict) -> dict:
+    """The HEAD operation of a GET: the same answers, headers only."""
+    return {**get, "summary": "Headers only: " + get["summary"],
+            "responses": {status: {k: v for k, v in answer.items() if k != "content"}
+                          for status, answer in get["responses"].items()}}
+
+
 def document(routes: "Routes") -> dict:
     """The document for the routes this server has."""
     paths: dict[str, dict] = {}
@@ -284,6 +291,8 @@ def document(routes: "Routes") -> dict:
         path = table_path(route.path, route.prefix, route.method)
         operation = PATHS[path][route.method.lower()]
         paths.setdefault(path, {})[route.method.lower()] = operation
+        if route.method == "GET" and route.head:  # answered like GET, without the body
+            paths[path]["head"] = head_of(operation)
     try:
         release = version("cvat-analytics")
     except PackageNotFoundError:
