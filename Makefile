@@ -46,7 +46,7 @@ demo: $(VENV)/.installed
 	@test -f "$${UP_STATE:-.up}" || { echo "nothing is up: run make up first"; exit 1; }
 	$(CLI) demo --url "$$(sed -n 's/^ingest=//p' "$${UP_STATE:-.up}")"
 
-## bench: every headline figure against its baseline (10M events, about 10 min; BENCH_EVENTS=N for fewer)
+## bench: every headline figure against its baseline (10M events, about 7 min; BENCH_EVENTS=N for fewer)
 BENCH_EVENTS ?= 10000000
 bench: $(VENV)/.installed
 	$(CLI) bench --events $(BENCH_EVENTS) --json bench.json
