@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cvat_analytics.bench.service import ServeProcess
-from cvat_analytics.service.http import Response
+from cvat_analytics.service.responses import Response
 from cvat_analytics.service.routes import Route
 
 pytestmark = pytest.mark.clickhouse

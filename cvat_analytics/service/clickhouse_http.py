@@ -44,7 +44,8 @@ from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse as parse_sql
 
 from . import native_revision
-from .http import BodyError, Response
+from .http import BodyError
+from .responses import Response
 
 if TYPE_CHECKING:
     from .http import RequestHandler

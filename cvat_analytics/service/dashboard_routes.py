@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from .. import dashboards
-from .http import Response
+from .responses import Response
 
 if TYPE_CHECKING:
     from .http import RequestHandler

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..export import ExportJobs, ExportRefused, FilterError, Job, parse_filters, sanitize_filename
 from ..export.filters import UTC, one
 from .access import Forbidden, apply_forced_filters
-from .http import Response, json_response
+from .responses import Response, json_response
 
 if TYPE_CHECKING:
     from .http import RequestHandler

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from cvat_analytics_generator.render import context, environment
 
 from ..store import redact
-from .http import Response, json_response
+from .responses import Response, json_response
 from .logs import SERVICE
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """The HTTP layer of `cvat-analytics serve`: the stdlib's ThreadingHTTPServer with
-keep-alive, a graceful stop, request framing, and one Response type.
+keep-alive, a graceful stop and request framing (the answers: responses.py).
 
 What a request means is not decided here: every request goes to the server's route
 table (routes.py), which answers with a Response. One process owns the chdb path
@@ -16,7 +16,6 @@ looks like a request line may be someone's body.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import zlib
@@ -25,30 +24,18 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .access import ANONYMOUS, LOCAL, Principal
 from .logs import ACCESS, SERVICE, loggable_path
+from .overflow import Overflow
+from .responses import Response, encode_head, json_response
+
 
 if TYPE_CHECKING:
     from .routes import Routes
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes | BinaryIO = b""  # a file is streamed (its size from fstat), then closed
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    events: int = 0  # for the access log
-
-
-def json_response(status: int, data: dict, events: int = 0, **headers: str) -> Response:
-    return Response(status, json.dumps(data).encode() + b"\n", headers=headers, events=events)
 
 
 class BodyError(Exception):
@@ -57,30 +44,6 @@ class BodyError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-SERVER = "cvat-analytics"  # no versions: they only help someone looking for a known hole
-
-
-def encode_head(response: Response, length: int, close: bool, date: str) -> bytes:
-    """The status line and headers of `response`, as bytes."""
-    headers = {"Server": SERVER, "Date": date, "Content-Type": response.content_type,
-               **response.headers, "Content-Length": str(length)}
-    if close:
-        headers["Connection"] = "close"
-    lines = [f"HTTP/1.1 {response.status} {_phrase(response.status)}"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name} holds a line break")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -325,7 +288,6 @@ class EventServer(ThreadingHTTPServer):
         self.request_queue_size = embedded["listen_backlog"]  # listen()'s backlog
         self.max_connections = embedded["max_connections"]
         self._serving = 0  # connections with a thread of their own
-        from .overflow import Overflow  # here: overflow.py builds on this module
 
         self.overflow = Overflow(self)
         self.stopping = threading.Event()

@@ -31,7 +31,8 @@ from ..errors import first_line
 from ..events import EventContract, EventError
 from ..events_fast import FastRows, UseReference
 from ..store import INSERT_REGISTRY, chdb_path, insert_compact_rows
-from .http import BodyError, Response, json_response
+from .http import BodyError
+from .responses import Response, json_response
 from .logs import SERVICE
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse
 
 from ..store import INSERT_REGISTRY
-from .http import Response
+from .responses import Response
 from .logs import SERVICE
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import json
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from .http import Response
+from .responses import Response
 
 if TYPE_CHECKING:
     from .http import RequestHandler

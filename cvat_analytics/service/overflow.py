@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .http import encode_head, json_response
+from .responses import encode_head, json_response
 from .logs import ACCESS
 
 if TYPE_CHECKING:

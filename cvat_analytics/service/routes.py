@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..store import chdb_path
 from .access import ANONYMOUS, LOCAL, Token, authenticate
-from .http import Response, json_response
+from .responses import Response, json_response
 
 if TYPE_CHECKING:
     from .http import RequestHandler
