@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md §4) as code: one incoming event -> the row we insert.
+"""The event contract (docs/architecture.md, The event contract) as code: one incoming event -> the row we insert.
 
 Everything that reaches <database>.events goes through `EventContract.normalize`, so
 `import`, `serve` and any later ingest accept exactly the same events and store them

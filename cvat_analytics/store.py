@@ -14,7 +14,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, Histogram
 
-# Put in every INSERT: a server's defaults differ from chdb's (DESIGN.md §8), and
+# Put in every INSERT: a server's defaults differ from chdb's (docs/architecture.md, Version pitfalls), and
 # a retried insert must be recognised by its deduplication token.
 INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",
