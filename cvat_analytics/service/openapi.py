@@ -59,6 +59,27 @@ _CSV = {"description": "the CSV file (once; the export is forgotten after)",
         "content": {"text/csv": {"schema": {"type": "string"}}}}
 _HTML = {"text/html": {"schema": {"type": "string"}}}
 
+def _text(description: str) -> dict:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+# /clickhouse and everything under it: ClickHouse's own interface, GET or POST alike.
+_CLICKHOUSE = {
+    "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
+    "x-permission": "sql",
+    "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
+                   _query("default_format", "the answer's format when the query names none")],
+    "responses": {
+        "200": {"description": "the result, in the format asked for", "content": {"*/*": {"schema": {}}}},
+        "400": _text("ClickHouse's error (X-ClickHouse-Exception-Code)"),
+        "403": {"description": "refused: not read-only, or a token with forced filters", "content": {"*/*": {"schema": {}}}},
+        "404": _text("an unknown table or database"),
+        "408": _text("past the time limit"),
+        "500": _text("past the memory limit, or another engine error"),
+        "501": _text("compression asked for"),
+        "503": _text("too many SQL queries at once"),
+        "401": _REFUSED["401"]}}
+
 PATHS: dict[str, dict] = {
     "/": {"post": {
         "summary": "Store events (CVAT's server sends them here, as to Vector's http_server)",
@@ -175,64 +196,8 @@ PATHS: dict[str, dict] = {
             "404": _detail("unknown request"),
             "403": _json("forbidden", {"type": "object"}),
             "401": _REFUSED["401"]}}},
-    "/clickhouse": {"get": {
-        "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
-        "x-permission": "sql",
-        "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
-                       _query("default_format", "the answer's format when the query names none")],
-        "responses": {
-            "200": {"description": "the result, in the format asked for", "content": {"*/*": {"schema": {}}}},
-            "400": {"description": "ClickHouse's error (X-ClickHouse-Exception-Code)", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "403": {"description": "refused: not read-only, or a token with forced filters", "content": {"*/*": {"schema": {}}}},
-            "404": {"description": "an unknown table or database", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "408": {"description": "past the time limit", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "500": {"description": "past the memory limit, or another engine error", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "501": {"description": "compression asked for", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "503": {"description": "too many SQL queries at once", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "401": _REFUSED["401"]}}, "post": {
-        "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
-        "x-permission": "sql",
-        "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
-                       _query("default_format", "the answer's format when the query names none")],
-        "responses": {
-            "200": {"description": "the result, in the format asked for", "content": {"*/*": {"schema": {}}}},
-            "400": {"description": "ClickHouse's error (X-ClickHouse-Exception-Code)", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "403": {"description": "refused: not read-only, or a token with forced filters", "content": {"*/*": {"schema": {}}}},
-            "404": {"description": "an unknown table or database", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "408": {"description": "past the time limit", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "500": {"description": "past the memory limit, or another engine error", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "501": {"description": "compression asked for", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "503": {"description": "too many SQL queries at once", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "401": _REFUSED["401"]}}},
-    "/clickhouse/{rest}": {"get": {
-        "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
-        "x-permission": "sql",
-        "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
-                       _query("default_format", "the answer's format when the query names none")],
-        "responses": {
-            "200": {"description": "the result, in the format asked for", "content": {"*/*": {"schema": {}}}},
-            "400": {"description": "ClickHouse's error (X-ClickHouse-Exception-Code)", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "403": {"description": "refused: not read-only, or a token with forced filters", "content": {"*/*": {"schema": {}}}},
-            "404": {"description": "an unknown table or database", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "408": {"description": "past the time limit", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "500": {"description": "past the memory limit, or another engine error", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "501": {"description": "compression asked for", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "503": {"description": "too many SQL queries at once", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "401": _REFUSED["401"]}}, "post": {
-        "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
-        "x-permission": "sql",
-        "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
-                       _query("default_format", "the answer's format when the query names none")],
-        "responses": {
-            "200": {"description": "the result, in the format asked for", "content": {"*/*": {"schema": {}}}},
-            "400": {"description": "ClickHouse's error (X-ClickHouse-Exception-Code)", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "403": {"description": "refused: not read-only, or a token with forced filters", "content": {"*/*": {"schema": {}}}},
-            "404": {"description": "an unknown table or database", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "408": {"description": "past the time limit", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "500": {"description": "past the memory limit, or another engine error", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "501": {"description": "compression asked for", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "503": {"description": "too many SQL queries at once", "content": {"text/plain": {"schema": {"type": "string"}}}},
-            "401": _REFUSED["401"]}}},
+    "/clickhouse": {"get": _CLICKHOUSE, "post": _CLICKHOUSE},
+    "/clickhouse/{rest}": {"get": _CLICKHOUSE, "post": _CLICKHOUSE},
     "/dashboards": {"get": {
         "summary": "The list of dashboards, as an HTML page",
         "x-permission": "dashboards",
