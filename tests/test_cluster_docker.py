@@ -15,7 +15,6 @@ import secrets
 import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -24,6 +23,7 @@ from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import compose_binary
 from tests.conftest import write_spec
+from tests.test_deploy_docker_faults import post_to_vector
 
 pytestmark = [pytest.mark.docker, pytest.mark.clickhouse]
 
@@ -103,13 +103,7 @@ def _post(cluster, marker: str, user_ids: range, start_ms: int) -> bool:
                "timestamp": f"{(start_ms + i * 5000) / 1000:.3f}", "duration": 1000 if i % 3 else 0,
                "user_id": user_ids[i % len(user_ids)], "job_id": 1 + i % 4, "task_id": 1, "project_id": 1,
                "payload": json.dumps({"request": {"id": marker}})} for i in range(BATCH)]
-    request = urllib.request.Request(f"http://127.0.0.1:{cluster['spec']['vector']['port']}/", method="POST",
-                                     data=json.dumps(events).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    return post_to_vector(cluster["spec"]["vector"]["port"], events)
 
 
 def _wait(check, timeout: float, what: str):

@@ -24,16 +24,21 @@ def compose(file: str, project: str, *args: str) -> None:
     subprocess.run(["docker", "compose", "-f", file, "-p", project, *args], check=True, timeout=300)
 
 
-def send(spec: dict, marker: str, n: int) -> bool:
-    events = [{"scope": "create:task", "source": "server", "timestamp": f"{time.time():.6f}", "obj_id": i,
-               "payload": json.dumps({"request": {"id": marker}})} for i in range(n)]
-    request = urllib.request.Request(f"http://127.0.0.1:{spec['vector']['port']}/", method="POST",
+def post_to_vector(port: int, events: list[dict]) -> bool:
+    """POST a batch as CVAT's server does; True once Vector answers 200 (acknowledged)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", method="POST",
                                      data=json.dumps(events).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def send(spec: dict, marker: str, n: int) -> bool:
+    events = [{"scope": "create:task", "source": "server", "timestamp": f"{time.time():.6f}", "obj_id": i,
+               "payload": json.dumps({"request": {"id": marker}})} for i in range(n)]
+    return post_to_vector(spec["vector"]["port"], events)
 
 
 def stored(stack, marker: str) -> int:
