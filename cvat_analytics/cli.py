@@ -270,21 +270,21 @@ def cmd_serve(args) -> int:
     from .service import serve
 
     spec = load_spec(args.spec)
-    host, port = service_address(args, spec)
+    host, port = service_address(spec, args.host, args.port)
     return serve(args.dsn, spec, host, port, log_format=args.log_format)
 
 
-def service_address(args, spec: dict) -> tuple[str, int]:
-    """--host/--port, else the environment, else the spec."""
-    host = args.host or os.environ.get(HOST_ENV) or spec["embedded"]["host"]
-    if args.port is not None:
-        return host, args.port
-    port = os.environ.get(PORT_ENV)
-    if port is None:
+def service_address(spec: dict, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """The flags' host and port, else the environment's, else the spec's."""
+    host = host or os.environ.get(HOST_ENV) or spec["embedded"]["host"]
+    if port is not None:
+        return host, port
+    text = os.environ.get(PORT_ENV)
+    if text is None:
         return host, spec["embedded"]["port"]
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise CommandError(f"${PORT_ENV}: expected a port number, got {port!r}")
-    return host, int(port)
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise CommandError(f"${PORT_ENV}: expected a port number, got {text!r}")
+    return host, int(text)
 
 
 def _by_arg(text: str) -> list[str]:
@@ -334,11 +334,12 @@ def cmd_demo(args) -> int:
     if args.dsn:
         demo.run(args.events, args.days, args.seed, client=connect(args.dsn),
                  database=spec["clickhouse"]["database"])
+    elif args.url:
+        demo.run(args.events, args.days, args.seed, url=args.url)
     else:
-        args.host = args.port = None
-        host, port = service_address(args, spec)
+        host, port = service_address(spec)
         host = f"[{host}]" if ":" in host else host
-        demo.run(args.events, args.days, args.seed, url=args.url or f"http://{host}:{port}/")
+        demo.run(args.events, args.days, args.seed, url=f"http://{host}:{port}/")
     return 0
 
 

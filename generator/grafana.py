@@ -154,11 +154,6 @@ def read_custom(path: Path) -> dict:
     return data
 
 
-def dashboard_json(name: str, spec: dict) -> str:
-    """Grafana's JSON model of dashboard `name` (schemaVersion 39), deterministic text."""
-    return definition_json(next(d for d in load_all(spec) if d["name"] == name), spec)
-
-
 def definition_json(d: dict, spec: dict) -> str:
     """Grafana's JSON model of a loaded definition."""
     ds = {"type": PLUGIN, "uid": spec["grafana"]["datasource_uid"]}

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 PERMISSIONS = ("ingest", "export", "dashboards", "metrics", "sql")
-FILTER_KEYS = ("org_id", "user_id")
 MIN_SECRET_LENGTH = 16
 
 

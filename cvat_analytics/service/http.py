@@ -144,11 +144,6 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._unread = int(lengths[0])
         return None
 
-    @property
-    def body_length(self) -> int | None:
-        """The Content-Length; None when the body is chunked (its length is known once read)."""
-        return None if self._chunked else self._unread
-
     def has_body(self) -> bool:
         return self._chunked or "Content-Length" in self.headers
 
