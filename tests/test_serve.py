@@ -151,6 +151,44 @@ def test_requests_arriving_together_are_stored_together_each_all_or_nothing_and_
     assert requests == rounds * 10 and groups < requests, (groups, requests)
 
 
+def test_busy_senders_are_waited_for_so_their_requests_share_one_insert_and_a_lone_one_is_not(server, store,
+                                                                                             monkeypatch):
+    """Closed-loop senders on kept-alive connections (Vector, CVAT's server): each is answered by
+    one group and sends again at once; a group waits for them (GroupCommit._linger) instead of
+    alternating half groups. A sender on its own never waits."""
+    from cvat_analytics.service import ingest
+
+    monkeypatch.setattr(ingest, "LINGER_S", 0.5)  # far above a resend, far below the test's patience
+    senders, bodies = 4, 12
+
+    def send(name: str, n: int) -> None:
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        for i in range(n):
+            conn.request("POST", "/", json.dumps(cvat_batch(f"{name}-{i}", 3)).encode(),
+                         {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert (response.status, json.loads(response.read())) == (200, {"stored": 3})
+        conn.close()
+
+    threads = [threading.Thread(target=send, args=(f"busy-{s}", bodies)) for s in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    groups, requests = store.client.query(
+        "SELECT uniqExact(inserted_at), count() FROM {db:Identifier}.ingest_requests",
+        parameters={"db": store.database}).result_rows[0]
+    assert requests == senders * bodies
+    # Alternating halves would take 2 inserts per round (24); waiting for the busy senders takes
+    # one per round, plus a few while the senders first become known.
+    assert groups <= bodies + senders, (groups, requests)
+
+    time.sleep(2 * ingest.SENDER_WINDOW_S)  # the busy senders are no longer recent
+    started = time.monotonic()
+    send("alone", 4)
+    assert time.monotonic() - started < 4 * ingest.LINGER_S  # no linger for a sender with nobody else busy
+
+
 def test_when_too_many_events_wait_for_the_engine_ingest_answers_503_with_retry_after(server, store, monkeypatch):
     from cvat_analytics.service import ingest
 
