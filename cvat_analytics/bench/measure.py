@@ -19,7 +19,7 @@ def peak_mb() -> float:
 
 
 def process_mb(pid: int, key: str = "VmRSS") -> float:
-    """VmRSS (now) or VmHWM (peak) of another process, MB."""
+    """VmRSS (now), VmHWM (peak) or RssAnon (now, anonymous pages only) of another process, MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024

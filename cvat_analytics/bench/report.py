@@ -102,7 +102,9 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
     figures.append(figure(f"export: CSV of {exp['rows']:,} rows, service peak memory", round(exp["peak_mb"]), "MB",
                           "CVAT's export code on CVAT's schema", round(cvat_exp["peak_mb"]), "lower",
                           target="< 500 MB", met=exp["peak_mb"] < 500, service_idle_mb=round(exp["idle_mb"]),
-                          sampled_peak_during_export_mb=round(exp["export_peak_mb"])))
+                          sampled_peak_during_export_mb=round(exp["export_peak_mb"]),
+                          anonymous_idle_mb=round(exp.get("idle_anon_mb", 0)),
+                          anonymous_peak_during_export_mb=round(exp.get("export_peak_anon_mb", 0))))
     figures.append(figure("storage: bytes on disk per event", round(load["ours_bytes"] / n_loaded, 1), "B/event",
                           "CVAT's schema", round(load["cvat_bytes"] / max(load["cvat_events"], 1), 1), "lower",
                           target="≤ CVAT's", met=load["ours_bytes"] / n_loaded <= load["cvat_bytes"] / max(load["cvat_events"], 1),
