@@ -391,6 +391,35 @@ def test_a_group_cut_short_by_a_crash_is_replayed_at_start_and_its_retries_count
         srv.stop()
 
 
+def test_request_keys_move_to_the_key_value_table_and_survive_a_rerun_of_its_migration(server, store):
+    """Migration 0014 turns ingest_requests into an EmbeddedRocksDB table: keys recorded in the
+    MergeTree table before it (and after it) still make their retries duplicates, also when
+    the migration runs again (every statement is idempotent)."""
+    from cvat_analytics.migrate import migrations
+
+    db = {"db": store.database}
+    engine = "SELECT engine FROM system.tables WHERE database = {db:String} AND name = 'ingest_requests'"
+    assert store.client.command(engine, parameters=db) == "EmbeddedRocksDB"
+    body = json.dumps(cvat_batch("before-0014", 2)).encode()
+    assert post(server, body) == (200, {"stored": 2})
+    key_value = next(m for m in migrations(store.spec) if m.name.startswith("0014_"))
+    # Back to the MergeTree table of 0011, holding the key, as a store upgraded from it is:
+    keys = store.client.query("SELECT request, inserted_at FROM {db:Identifier}.ingest_requests",
+                              parameters=db).result_rows
+    store.client.command("DROP VIEW {db:Identifier}.ingest_requests_mv", parameters=db)
+    store.client.command("DROP TABLE {db:Identifier}.ingest_requests", parameters=db)
+    for statement in key_value.statements:
+        if "MergeTree" in statement:
+            store.client.command(statement)
+    store.client.insert(f"{store.database}.ingest_requests", keys, column_names=["request", "inserted_at"])
+    for _ in range(2):  # the upgrade, then a re-run of the whole migration
+        for statement in key_value.statements:
+            store.client.command(statement)
+        assert store.client.command(engine, parameters=db) == "EmbeddedRocksDB"
+        assert post(server, body) == (200, {"stored": 0, "duplicate": True})
+    assert count(store, "before-0014") == 2
+
+
 def test_curl_data_is_taken_as_curl_sends_it_and_a_415_names_what_is_accepted(server, store):
     """`curl --data '[...]'` sends application/x-www-form-urlencoded with the JSON as is."""
     body = json.dumps(cvat_batch("curl", 2)).encode()
