@@ -68,6 +68,17 @@ def phase_ceiling(cfg: dict) -> dict:
         elapsed = time.monotonic() - t
         stored = int(statements.run(client, "count_events", db=ours))
         out[str(size)] = {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
+        # ... and in INSERTs of SENDERS bodies: the largest group SENDERS closed-loop senders can
+        # form (each waits for its answer before it sends again), so the engine's rate for
+        # exactly what group commit can give it.
+        spec["clickhouse"]["database"] = f"group_{size}"
+        migrate(client, spec, log=lambda *_: None)
+        group = [b"".join(lines[i:i + SENDERS * size]) for i in range(0, min(count, len(lines)), SENDERS * size)]
+        t = time.monotonic()
+        for body in group:
+            insert_json_rows(client, f"group_{size}", body)
+        elapsed = time.monotonic() - t
+        out[str(size)]["group_rate"] = int(statements.run(client, "count_events", db=f"group_{size}")) / elapsed
         # For the report: the same inserts into CVAT's schema (no MV, no indexes, no fsync) ...
         cvat = f"cvat_{size}"
         statements.run(client, "create_database", db=cvat)

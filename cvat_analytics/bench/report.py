@@ -67,6 +67,12 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                               serve_validation_one_core=round(ceiling["validate_rate"]),
                               engine_cvat_schema=round(c["cvat_schema_rate"]),
                               engine_coalesced_async_insert=round(c["coalesced_rate"])))
+        if "group_rate" in c:
+            figures.append(figure(f"ingest: serve, {size}-event bodies, against the engine's own INSERTs of "
+                                  f"{senders} bodies ({senders * int(size):,} rows, the largest group {senders} "
+                                  "closed-loop senders allow)", rate, "events/s",
+                                  f"engine insert, {senders * int(size):,}-row INSERTs", round(c["group_rate"]),
+                                  "higher"))
     idle = ingest_results[max(ingest_results, key=int)]["idle_health"]  # before that ingest run
     kept, new = idle["kept_alive"], idle["new_connection"]
     figures.append(figure("serve: GET /health round trip while idle, kept-alive, median",
