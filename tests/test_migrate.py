@@ -129,5 +129,13 @@ def test_an_existing_cvat_events_table_is_adopted(chdb_dsn, tmp_path):
         found = client.command(f"SELECT count() FROM `{db}`.events WHERE request_id = 'r-7'")
         assert int(found) == 1
         assert migrate(client, spec, log=lambda *_: None) == []
+        # request_id and inserted_at are MATERIALIZED: CVAT's `SELECT *` and an INSERT without a
+        # column list see CVAT's columns only; the row stored before 0012 holds the epoch.
+        names = client.query(f"SELECT * FROM `{db}`.events LIMIT 0").column_names
+        assert list(names) == [c["name"] for c in spec["events"]["columns"]]
+        client.command(f"INSERT INTO `{db}`.events SELECT * REPLACE ('create:job' AS scope) FROM `{db}`.events")
+        stamps = client.query(f"SELECT scope, inserted_at > toDateTime64(0, 6, 'Etc/UTC') FROM `{db}`.events "
+                              "ORDER BY scope").result_rows
+        assert stamps == [("create:job", True), ("create:task", False)]
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
