@@ -65,8 +65,8 @@ def phase_load(cfg: dict) -> dict:
                                       t_from=ts_text(cfg["now_ms"] - 7 * 86_400_000))[0]
     export_from = statements.rows(client, "export_window_start", db=db, rows=EXPORT_ROWS)[0][0]
     return {"events": ours_rows, "cvat_events": cvat_rows, "load_s": load_s, "copy_s": copy_s,
-            "margin_wait_s": margin_wait_s, "refresh_s": refresh_s, "refresh": refresh, "incremental_refresh": incremental,
-            "optimize_s": optimize_s,
+            "margin_wait_s": margin_wait_s, "refresh_s": refresh_s, "refresh": refresh,
+            "incremental_refresh": incremental, "optimize_s": optimize_s,
             "ours_bytes": ours_bytes, "cvat_bytes": cvat_bytes, "working_time_bytes": wt_bytes,
             "user_id": user_id, "job_id": job_id, "export_from": export_from,
             "export_to": ts_text(cfg["now_ms"] + 86_400_000)}
