@@ -1,7 +1,7 @@
 """Working time (docs/architecture.md, Working time): query-time totals, waiting for the refresh that
 keeps <db>.working_time_totals exact, and the executable-UDF setup for chdb.
 
-The engine keeps the totals current itself (a refreshable view, migration 0009).
+The engine keeps the totals current itself (a refreshable view, migration 0013).
 The SQL lives in generator/templates/clickhouse/; this module renders it from the
 spec and runs it with bound parameters only.
 """
@@ -96,7 +96,7 @@ def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
     """Return once working_time_totals counts every event committed before the call.
 
     Starts a refresh of the view that keeps them current (it runs inside the engine,
-    see migration 0009) and waits for one that started after this call to finish."""
+    see migration 0013) and waits for one that started after this call to finish."""
     statements = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
     now, refresh, wait, done = statements
     since = client.query(now).result_rows[0][0]
@@ -109,6 +109,15 @@ def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
         if time.monotonic() > deadline:
             raise WorkingTimeError(f"working_time_totals not refreshed within {timeout_s} s")
         time.sleep(0.2)
+
+
+def wait_past_commit_margin(client, spec: dict) -> float:
+    """Sleep until every event stored before the call is older than the refresh's commit
+    margin, and return the seconds slept. A refresh started after that is the last one to
+    take those events: the runs after it take only what is inserted later."""
+    seconds = float(client.command(render(spec, "clickhouse/runtime/working_time_margin.sql.j2")))
+    time.sleep(seconds)
+    return seconds
 
 
 def write_udf_dir(spec: dict, directory: Path, udf_type: str = "executable_pool") -> Path:

@@ -15,7 +15,8 @@ def test_migrations_are_ordered_and_split_into_statements():
     assert names == sorted(names) and names[0].startswith("0001_")
     assert [m.name for m in found if m.reapply_on_change] == ["0003_events_retention_and_dedup",
                                                               "0005_working_time_views",
-                                                              "0009_working_time_refresh"]
+                                                              "0009_working_time_refresh",
+                                                              "0013_working_time_refresh"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.
@@ -69,13 +70,13 @@ def test_second_run_applies_nothing_and_a_changed_spec_value_is_reapplied(store)
 
 
 @pytest.mark.clickhouse
-def test_events_table_has_cvats_columns_in_order_plus_request_id(store):
+def test_events_table_has_cvats_columns_in_order_plus_request_id_and_inserted_at(store):
     rows = store.client.query(
         "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'events' ORDER BY position",
         parameters={"db": store.database}).result_rows
     names = [r[0] for r in rows]
     assert names[:18] == [c["name"] for c in store.spec["events"]["columns"]]
-    assert names[18:] == ["request_id"]
+    assert names[18:] == ["request_id", "inserted_at"]
     assert dict(rows)["timestamp"] == "DateTime64(3, 'Etc/UTC')"
 
 
@@ -128,5 +129,13 @@ def test_an_existing_cvat_events_table_is_adopted(chdb_dsn, tmp_path):
         found = client.command(f"SELECT count() FROM `{db}`.events WHERE request_id = 'r-7'")
         assert int(found) == 1
         assert migrate(client, spec, log=lambda *_: None) == []
+        # request_id and inserted_at are MATERIALIZED: CVAT's `SELECT *` and an INSERT without a
+        # column list see CVAT's columns only; the row stored before 0012 holds the epoch.
+        names = client.query(f"SELECT * FROM `{db}`.events LIMIT 0").column_names
+        assert list(names) == [c["name"] for c in spec["events"]["columns"]]
+        client.command(f"INSERT INTO `{db}`.events SELECT * REPLACE ('create:job' AS scope) FROM `{db}`.events")
+        stamps = client.query(f"SELECT scope, inserted_at > toDateTime64(0, 6, 'Etc/UTC') FROM `{db}`.events "
+                              "ORDER BY scope").result_rows
+        assert stamps == [("create:job", True), ("create:task", False)]
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")

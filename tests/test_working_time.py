@@ -342,3 +342,101 @@ def test_reported_beside_computed(store):
         f"SELECT user_id, job_id, reported_ms, computed_ms, difference_ms FROM `{store.database}`.working_time_comparison"
     ).result_rows
     assert rows == [(1, 7, 4000, 6000, 2000)]
+
+
+# ---- new events found by events.inserted_at (migration 0012), no insert trigger ----
+
+def active_parts(client, db) -> set[tuple[str, str]]:
+    return set(client.query("SELECT table, name FROM system.parts WHERE database = {db:String} AND active",
+                            parameters={"db": db}).result_rows)
+
+
+@pytest.mark.clickhouse
+def test_an_insert_writes_a_part_of_events_and_nothing_else_but_ingests_own_record(store):
+    """The refresh finds new events by their inserted_at: an INSERT writes no change-log part.
+    The only other part an insert can make is ingest_requests', for serve's group token."""
+    db = store.database
+    store.client.command(f"SYSTEM STOP VIEW `{db}`.working_time_refresh")  # its runs write parts too
+    body = _as_rows(random_stream(3, n=40))
+    before = active_parts(store.client, db)
+    store_module.insert_json_rows(store.client, db, body)
+    assert {table for table, _ in active_parts(store.client, db) - before} == {"events"}
+    before = active_parts(store.client, db)
+    store_module.insert_json_rows(store.client, db, body.replace(b'"user_id": 1', b'"user_id": 9'),
+                                  token="ingest k1 k2")
+    assert {table for table, _ in active_parts(store.client, db) - before} == {"events", "ingest_requests"}
+    assert not store.client.command(f"EXISTS TABLE `{db}`.working_time_changes")
+    rows = store.client.query(f"SELECT count(), countIf(inserted_at > now64(6) - INTERVAL 1 HOUR), "
+                              f"countIf(inserted_at <= now64(6)) FROM `{db}`.events").result_rows
+    assert rows[0][0] == rows[0][1] == rows[0][2] > 0  # stamped when written, not when read
+
+
+def migrate_through_0011(client, spec):
+    """A store as `migrate` left it before 0012: 0001-0011, with 0009's view reading the
+    insert trigger's changes (tests/fixtures/before_0012), recorded in the ledger."""
+    from cvat_analytics.migrate import Migration, ledger, migrations
+    from cvat_analytics_generator.render import context, environment
+
+    old_view = environment().from_string(
+        (Path(__file__).parent / "fixtures" / "before_0012" / "0009_working_time_refresh.sql.j2").read_text()
+    ).render(context(spec))
+    record = ledger(spec).named("record")
+    for m in migrations(spec):
+        if m.name >= "0012":
+            break
+        if m.name == "0009_working_time_refresh":
+            m = Migration(m.name, old_view)
+        for statement in m.statements:
+            client.command(statement)
+        client.command(record, parameters={"name": m.name, "checksum": m.checksum})
+
+
+@pytest.mark.clickhouse
+def test_a_store_migrated_to_0012_keeps_its_old_rows_and_counts_what_the_trigger_recorded(chdb_dsn, tmp_path):
+    """Events refreshed before 0012, events the trigger recorded but no refresh took yet,
+    then 0012: the old rows hold the epoch (through a merge too), the next refresh counts
+    every event, and the one after takes only what is new."""
+    from cvat_analytics.migrate import migrate
+
+    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
+                                           "working_time.refresh_interval_s": 3600})
+    spec = load_spec(spec_path)
+    db = spec["clickhouse"]["database"]
+    client = store_module.connect(chdb_dsn)
+    try:
+        migrate_through_0011(client, spec)
+        events = random_stream(21)
+        refreshed, pending, later = events[0::3], events[1::3], events[2::3]  # interleaved: late events
+        store_module.insert_json_rows(client, db, _as_rows(refreshed))
+        wt.wait_current(client, spec)  # the old view, from the trigger's changes
+        client.command(f"SYSTEM STOP VIEW `{db}`.working_time_refresh")
+        store_module.insert_json_rows(client, db, _as_rows(pending))  # recorded by the trigger only
+        assert int(client.command(f"SELECT count() FROM `{db}`.working_time_changes")) > 0
+
+        assert migrate(client, spec, log=lambda *_: None) == [
+            "0009_working_time_refresh", "0012_events_inserted_at", "0013_working_time_refresh"]
+        assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes")
+        assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes_mv")
+        epoch = dt.datetime(1970, 1, 1)
+        stamps = f"SELECT DISTINCT inserted_at FROM `{db}`.events"
+        assert client.query(stamps).result_rows == [(epoch,)]
+        client.command(f"OPTIMIZE TABLE `{db}`.events FINAL")  # a merge keeps the stored value
+        assert client.query(stamps).result_rows == [(epoch,)]
+
+        wt.wait_current(client, spec)
+        assert stored_totals(client, db) == query_time_hourly(client, spec)
+        settled = defaultdict(int)
+        for (user, project, task, job, _hour), ms in stored_totals(client, db).items():
+            settled[(user, project, task, job)] += ms
+        assert {k: v for k, v in settled.items() if v} == oracle.totals(refreshed + pending)
+
+        store_module.insert_json_rows(client, db, _as_rows([e for e in later if e["user_id"] == 2]))
+        wt.wait_current(client, spec)
+        assert stored_totals(client, db) == query_time_hourly(client, spec)
+        runs = client.query(f"SELECT rule, full, users FROM `{db}`.working_time_refresh_log "
+                            "ORDER BY watermark").result_rows
+        marker = [i for i, (rule, _, _) in enumerate(runs) if "migration 0012" in rule]
+        assert len(marker) == 1 and runs[marker[0] + 1][1] == 1  # the run after it was a full one
+        assert runs[-1][1:] == (0, 1)  # the last took only user 2's new events
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")

@@ -3,8 +3,8 @@
 What it does (README "Benchmarks"):
 
 1. generates N realistic events with the demo generator and bulk-loads them into a fresh
-   embedded store (our schema, a bulk insert from the chunk files with `file()`, working-time triggers
-   included), and the same rows into a table with CVAT's original schema;
+   embedded store (our schema, a bulk insert from the chunk files with `file()`, then the first
+   working-time refresh), and the same rows into a table with CVAT's original schema;
 2. measures, each engine phase in a process of its own (chdb: one data path per process;
    each phase's peak RSS is its own `ru_maxrss`):
    - working time over all users: the window SQL and the executable UDF against CVAT's

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .. import working_time
 from ..migrate import migrate
 from ..progress import Progress
 from . import statements
@@ -40,6 +41,7 @@ def phase_load(cfg: dict) -> dict:
             index += 1
             progress.update(int(statements.run(client, "count_events", db=db)))
     load_s = time.monotonic() - started
+    margin_wait_s = working_time.wait_past_commit_margin(client, spec)  # see refresh_working_time
     t = time.monotonic()
     refresh = refresh_working_time(client, spec)
     refresh_s = time.monotonic() - t
@@ -63,8 +65,8 @@ def phase_load(cfg: dict) -> dict:
                                       t_from=ts_text(cfg["now_ms"] - 7 * 86_400_000))[0]
     export_from = statements.rows(client, "export_window_start", db=db, rows=EXPORT_ROWS)[0][0]
     return {"events": ours_rows, "cvat_events": cvat_rows, "load_s": load_s, "copy_s": copy_s,
-            "refresh_s": refresh_s, "refresh": refresh, "incremental_refresh": incremental,
-            "optimize_s": optimize_s,
+            "margin_wait_s": margin_wait_s, "refresh_s": refresh_s, "refresh": refresh,
+            "incremental_refresh": incremental, "optimize_s": optimize_s,
             "ours_bytes": ours_bytes, "cvat_bytes": cvat_bytes, "working_time_bytes": wt_bytes,
             "user_id": user_id, "job_id": job_id, "export_from": export_from,
             "export_to": ts_text(cfg["now_ms"] + 86_400_000)}

@@ -119,6 +119,7 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
               "setup": {"generate_s": round(gen["seconds"], 1), "load_s": round(load["load_s"], 1),
                         "load_rate": round(n_loaded / max(load["load_s"], 1e-9)),
                         "copy_to_cvat_schema_s": round(load["copy_s"], 1),
+                        "working_time_margin_wait_s": round(load["margin_wait_s"], 1),
                         "working_time_full_refresh_s": round(load["refresh_s"], 2),
                         "optimize_s": round(load["optimize_s"], 1), "users": gen["users"]},
               "figures": figures}
