@@ -352,9 +352,10 @@ def active_parts(client, db) -> set[tuple[str, str]]:
 
 
 @pytest.mark.clickhouse
-def test_an_insert_writes_a_part_of_events_and_nothing_else_but_ingests_own_record(store):
+def test_an_insert_writes_a_part_of_events_and_nothing_else(store):
     """The refresh finds new events by their inserted_at: an INSERT writes no change-log part.
-    The only other part an insert can make is ingest_requests', for serve's group token."""
+    serve's group token records its request keys in ingest_requests, a key-value table
+    (migration 0014): no part either."""
     db = store.database
     store.client.command(f"SYSTEM STOP VIEW `{db}`.working_time_refresh")  # its runs write parts too
     body = _as_rows(random_stream(3, n=40))
@@ -364,7 +365,8 @@ def test_an_insert_writes_a_part_of_events_and_nothing_else_but_ingests_own_reco
     before = active_parts(store.client, db)
     store_module.insert_json_rows(store.client, db, body.replace(b'"user_id": 1', b'"user_id": 9'),
                                   token="ingest k1 k2")
-    assert {table for table, _ in active_parts(store.client, db) - before} == {"events", "ingest_requests"}
+    assert {table for table, _ in active_parts(store.client, db) - before} == {"events"}
+    assert store.client.command(f"SELECT count() FROM `{db}`.ingest_requests WHERE request IN ('k1', 'k2')") == 2
     assert not store.client.command(f"EXISTS TABLE `{db}`.working_time_changes")
     rows = store.client.query(f"SELECT count(), countIf(inserted_at > now64(6) - INTERVAL 1 HOUR), "
                               f"countIf(inserted_at <= now64(6)) FROM `{db}`.events").result_rows
@@ -414,7 +416,8 @@ def test_a_store_migrated_to_0012_keeps_its_old_rows_and_counts_what_the_trigger
         assert int(client.command(f"SELECT count() FROM `{db}`.working_time_changes")) > 0
 
         assert migrate(client, spec, log=lambda *_: None) == [
-            "0009_working_time_refresh", "0012_events_inserted_at", "0013_working_time_refresh"]
+            "0009_working_time_refresh", "0012_events_inserted_at", "0013_working_time_refresh",
+            "0014_ingest_requests_key_value"]
         assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes")
         assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes_mv")
         epoch = dt.datetime(1970, 1, 1)
