@@ -25,6 +25,9 @@ CONFIG_D = "clickhouse/config.d/"
 DATASOURCES = "grafana/provisioning/datasources/"
 DASHBOARDS = "grafana/dashboards/"
 VECTOR = "vector/vector.yaml"
+REFRESH_VIEW = "clickhouse/migrations/0013_working_time_refresh.sql"
+# The refresh takes events inserted since its last run minus this margin (queries/working_time.jinja).
+COMMIT_MARGIN = re.compile(r"toIntervalSecond\((\d+)\) AS run_since")
 PLUGIN = "grafana-clickhouse-datasource"
 
 # clickhouse-go v2.47.0 (the driver of grafana/clickhouse-datasource v4.20.0, its go.mod),
@@ -221,6 +224,13 @@ def vector_problems(files: dict[str, str], users: ClickHouseUsers) -> list[str]:
             problems.append(f"{where}: request timeout {timeout} s, but {user}'s max_execution_time is "
                             f"{shown}: ClickHouse may still be writing a batch Vector has given up on "
                             f"and sends again; keep the server's limit below the request timeout")
+        margin = COMMIT_MARGIN.search(files.get(REFRESH_VIEW, ""))
+        if margin and (limit == 0 or limit >= int(margin.group(1))):
+            shown = "unlimited" if limit == 0 else f"{limit} s"
+            problems.append(f"{where}: {user}'s max_execution_time is {shown}, but the working-time refresh "
+                            f"({REFRESH_VIEW}) takes events inserted up to {margin.group(1)} s before its last "
+                            "run: an INSERT running longer can commit rows stamped (inserted_at = the INSERT's "
+                            "start) before that and no incremental run counts them")
     return problems
 
 

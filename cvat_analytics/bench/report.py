@@ -64,6 +64,7 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                               ack_p50_ms=round(r.get("ack_p50_ms", 0)), ack_p99_ms=round(r.get("ack_p99_ms", 0)),
                               busy_503=r.get("busy_503", 0),
                               share_of_bulk_ceiling=round(rate / ceiling["bulk"]["rate"], 2) if "bulk" in ceiling else None,
+                              engine_bulk=round(ceiling["bulk"]["rate"]) if "bulk" in ceiling else None,
                               serve_validation_one_core=round(ceiling["validate_rate"]),
                               engine_cvat_schema=round(c["cvat_schema_rate"]),
                               engine_coalesced_async_insert=round(c["coalesced_rate"])))

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -55,11 +56,12 @@ MAX_GROUP_EVENTS = 100_000
 # when the engine cannot keep up, callers retry later instead of piling up in memory.
 MAX_WAITING_EVENTS = 200_000
 RETRY_AFTER_S = "1"
-# A group waits at most LINGER_S for the next request of each sender (connection) that
-# submitted within SENDER_WINDOW_S: under load, senders answered by the previous group send
-# again within a millisecond or two, and one insert for all of them costs about what one
-# for half of them does (an INSERT's cost is mostly per part, not per row). A sender
-# quieter than the window is not waited for, so light traffic pays nothing.
+# A group waits at most LINGER_S for the next request of each sender (open connection)
+# that submitted within SENDER_WINDOW_S: under load, senders answered by the previous group
+# send again within a millisecond or two, and one insert for all of them costs about what
+# one for half of them does (an INSERT's cost is mostly per part, not per row). A sender
+# quieter than the window, or whose connection closed (a new connection per request), is
+# not waited for, so light traffic pays nothing.
 LINGER_S = 0.010
 SENDER_WINDOW_S = 0.2
 
@@ -229,7 +231,7 @@ class Ingest:
         if not rows:
             return json_response(200, {"stored": 0})
         waiting = self.commits.submit(hashlib.sha256(token.encode()).hexdigest()[:32], lines, len(rows),
-                                      sender=id(request.connection))
+                                      sender=request.connection)
         if waiting is None:
             return busy()
         if waiting.duplicate:
@@ -287,7 +289,7 @@ class GroupCommit:
         self.known_sql = render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2")
         self.redo = redo
         self.queue: deque[Waiting] = deque()
-        self.senders: dict[int, float] = {}  # connection -> when it last submitted
+        self.senders: dict[socket.socket, float] = {}  # connection -> when it last submitted
         self.waiting_events = 0
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -308,13 +310,14 @@ class GroupCommit:
     def full(self) -> bool:
         return self.waiting_events >= MAX_WAITING_EVENTS
 
-    def submit(self, key: str, lines: bytes, events: int, sender: int = 0) -> Waiting | None:
+    def submit(self, key: str, lines: bytes, events: int, sender: socket.socket | None = None) -> Waiting | None:
         """Wait until the request is stored (or found stored before); None when the queue is full."""
         waiting = Waiting(key, lines, events)
         with self.lock:
-            self.senders[sender] = time.monotonic()
             if self.waiting_events and self.waiting_events + events > MAX_WAITING_EVENTS:
                 return None
+            if sender is not None:
+                self.senders[sender] = time.monotonic()
             self.queue.append(waiting)
             self.waiting_events += events
             WAITING_EVENTS.inc(events)
@@ -356,11 +359,18 @@ class GroupCommit:
     def _linger(self) -> None:
         """Wait (LINGER_S at most) until every recently active sender has a request queued:
         one insert for all of them instead of alternating half groups."""
+        deadline = time.monotonic() + LINGER_S
+        while self.waiting_events < MAX_GROUP_EVENTS and len(self.queue) < self._busy_senders():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            # Woken by each new request; also every 2 ms, to drop a connection that closed meanwhile.
+            self.lock.wait(min(left, 0.002))
+
+    def _busy_senders(self) -> int:
         now = time.monotonic()
-        self.senders = {s: t for s, t in self.senders.items() if now - t < SENDER_WINDOW_S}
-        deadline = now + LINGER_S
-        while len(self.queue) < len(self.senders) and (left := deadline - time.monotonic()) > 0:
-            self.lock.wait(left)
+        self.senders = {s: t for s, t in self.senders.items() if now - t < SENDER_WINDOW_S and s.fileno() != -1}
+        return len(self.senders)
 
     def _store(self, group: list[Waiting]) -> None:
         keys = sorted({waiting.key for waiting in group})

@@ -1,11 +1,15 @@
--- ingest_requests becomes a key-value table (EmbeddedRocksDB, keyed by request): the
--- group's INSERT adds its keys to RocksDB's log instead of writing a MergeTree part
--- (about a dozen files, then merges) per group, and serve's look-up of a group's keys
--- is a key read instead of a scan of many small parts. Measured with `serve` (100-event
--- bodies, 4 senders): about +10% events/s. A key is kept 7 days (the table's TTL, in
--- seconds; RocksDB drops expired keys when it compacts, so a key may outlive it).
--- Survives kill -9 like the MergeTree table did (RocksDB's log is written before the
--- INSERT returns; neither is fsynced: see README, "Ingest").
+-- ingest_requests becomes a key-value table (EmbeddedRocksDB, keyed by request): a
+-- group's INSERT appends its keys to RocksDB's write-ahead log instead of writing a
+-- MergeTree part (about a dozen files, then merges) per group, and serve's look-up of a
+-- group's keys is a key read (GetKeys) instead of a scan of many small parts.
+-- optimize_for_bulk_insert = 0: by default every INSERT into the engine builds a sorted
+-- file (.sst) of its own and ingests it, a file per group again; off, a group's keys are
+-- one write to the log (checked on chdb 4.4: 5 INSERTs, 6 .sst files with the default,
+-- none without). The log is written before the INSERT returns, not fsynced: the keys
+-- survive kill -9 (checked), as the MergeTree table's did (its parts were not fsynced
+-- either; README "Reliability and security").
+-- A key is kept 7 days (the TTL, in seconds; RocksDB drops expired keys when it
+-- compacts, so a key may outlive it).
 -- Every statement is idempotent (re-running the whole migration keeps the keys): the
 -- keys are copied into a new table, which then takes the old one's name.
 DROP VIEW IF EXISTS `cvat`.ingest_requests_mv;
@@ -16,7 +20,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.ingest_requests_kv
     inserted_at DateTime64(6, 'Etc/UTC')
 )
 ENGINE = EmbeddedRocksDB(604800)
-PRIMARY KEY request;
+PRIMARY KEY request
+SETTINGS optimize_for_bulk_insert = 0;
 
 CREATE TABLE IF NOT EXISTS `cvat`.ingest_requests
 (
