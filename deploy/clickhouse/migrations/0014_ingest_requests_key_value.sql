@@ -1,7 +1,9 @@
 -- ingest_requests becomes a key-value table (EmbeddedRocksDB, keyed by request): a
 -- group's INSERT appends its keys to RocksDB's write-ahead log instead of writing a
 -- MergeTree part (about a dozen files, then merges) per group, and serve's look-up of a
--- group's keys is a key read (GetKeys) instead of a scan of many small parts.
+-- group's keys is a key read (GetKeys) instead of a scan of many small parts. Measured
+-- with `serve`, 100-event bodies, 4 senders, 4 alternating pairs of runs: 8.9-15.3k events/s
+-- with the MergeTree table, 10.9-19.8k with this one (+25% in each pair).
 -- optimize_for_bulk_insert = 0: by default every INSERT into the engine builds a sorted
 -- file (.sst) of its own and ingests it, a file per group again; off, a group's keys are
 -- one write to the log (checked on chdb 4.4: 5 INSERTs, 6 .sst files with the default,
