@@ -1,6 +1,7 @@
 """`cvat-analytics serve`: the embedded ingest over real sockets on 127.0.0.1."""
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import subprocess
@@ -425,6 +426,40 @@ def test_request_keys_move_to_the_key_value_table_and_survive_a_rerun_of_its_mig
         assert store.client.command(engine, parameters=db) == "EmbeddedRocksDB"
         assert post(server, body) == (200, {"stored": 0, "duplicate": True})
     assert count(store, "before-0014") == 2
+
+
+def test_the_filter_of_stored_keys_is_never_wrong_about_a_stored_key_and_spares_new_groups_the_look_up(
+        server, store, monkeypatch):
+    """StoredKeys: built from ingest_requests (streamed), fed by each group, rebuilt larger
+    when full; a key stored is always "maybe", a new one mostly "no"; a group of new keys
+    runs no look-up (counted on the real client), a retry still finds its first try."""
+    import hashlib
+    import random
+
+    from cvat_analytics.service import ingest
+
+    commits = next(r.handler.commits for r in server.routes.routes if r.path == "/")
+    stored = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(3000)]
+    store.client.insert(f"{store.database}.ingest_requests", [(k, dt.datetime(2026, 1, 1)) for k in stored],
+                        column_names=["request", "inserted_at"])
+    monkeypatch.setattr(ingest.StoredKeys, "MIN_CAPACITY", 1000)
+    keys = ingest.StoredKeys(store.client, commits.sql)
+    assert keys.capacity == 6000 and all(k in keys for k in stored)
+    rng = random.Random(7)
+    others = [f"{rng.getrandbits(128):032x}" for _ in range(20_000)]
+    assert sum(k in keys for k in others) < 0.03 * len(others)  # ~1% by design
+    keys.add_stored(others[:4000])  # past its capacity: rebuilt from the table, twice the size
+    assert keys.capacity == 12000 and all(k in keys for k in stored)
+
+    looked_up = []
+    query = store.client.query
+    monkeypatch.setattr(store.client, "query", lambda sql, *a, **k: (looked_up.append(sql), query(sql, *a, **k))[1])
+    body = json.dumps(cvat_batch("filter-new", 2)).encode()
+    assert post(server, body) == (200, {"stored": 2})
+    assert not [sql for sql in looked_up if "ingest_requests" in sql]  # new key: no look-up
+    assert post(server, body) == (200, {"stored": 0, "duplicate": True})
+    assert [sql for sql in looked_up if "ingest_requests" in sql]  # its retry: "maybe", so asked
+    assert count(store, "filter-new") == 2
 
 
 def test_curl_data_is_taken_as_curl_sends_it_and_a_415_names_what_is_accepted(server, store):

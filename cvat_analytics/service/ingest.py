@@ -12,8 +12,10 @@ chdb insert is durable); a bad request never joins a group.
 
 A retried request counts once: its deduplication key (the body's sha256, or the
 caller's Idempotency-Key) is recorded in <db>.ingest_requests by the group's INSERT
-itself (migration 0011), and a group leaves out the requests found there. The answer
-says which: {"stored": n}, or {"stored": 0, "duplicate": true}.
+itself (migrations 0011, 0014), and a group leaves out the requests found there. The
+answer says which: {"stored": n}, or {"stored": 0, "duplicate": true}. On chdb, where
+serve is the only writer of its store, a filter of the stored keys (StoredKeys) spares
+a group the look-up when none of its keys can be there: the usual case.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import Gauge, Histogram
+
+from cvat_analytics_generator.sql import parse
 
 from ..errors import first_line
 from ..events import EventContract, EventError
@@ -56,6 +60,7 @@ MAX_GROUP_EVENTS = 100_000
 # when the engine cannot keep up, callers retry later instead of piling up in memory.
 MAX_WAITING_EVENTS = 200_000
 RETRY_AFTER_S = "1"
+REQUESTS_SQL = "clickhouse/runtime/ingest_requests.sql.j2"
 # A group waits at most LINGER_S for the next request of each sender (open connection)
 # that submitted within SENDER_WINDOW_S: under load, senders answered by the previous group
 # send again within a millisecond or two, and one insert for all of them costs about what
@@ -201,7 +206,7 @@ class Ingest:
     def __init__(self, client, spec: dict, dsn: str = ""):
         self.database = spec["clickhouse"]["database"]
         self.decoder = BodyDecoder(EventContract(spec))
-        self.commits = GroupCommit(client, spec, self.decoder.columns, redo_path(spec, dsn))
+        self.commits = GroupCommit(client, spec, self.decoder.columns, redo_path(spec, dsn), dsn)
 
     def __call__(self, request: "RequestHandler") -> Response:
         if self.commits.full():  # before reading: a refused body is drained or the connection closed
@@ -237,6 +242,57 @@ class Ingest:
         if waiting.duplicate:
             return json_response(200, {"stored": 0, "duplicate": True})
         return json_response(200, {"stored": len(rows)}, events=len(rows))
+
+
+class StoredKeys:
+    """A Bloom filter of the keys in <db>.ingest_requests: "not there" is certain, "maybe"
+    is wrong about 1% of the time (then the table is asked). It is filled from the table
+    at start and by each group after its INSERT, which is right only while this process
+    is the table's one writer (a chdb store). About 1.2 MB per million keys; past its
+    capacity it is rebuilt from the table at twice the size. Keys deleted from the table
+    (expired) stay "maybe": that costs a look-up, never a lost request."""
+
+    HASHES = 7  # with BITS_PER_KEY = 10: ~1% false "maybe"
+    BITS_PER_KEY = 10
+    MIN_CAPACITY = 1_000_000
+
+    def __init__(self, client, sql, capacity: int = 0):
+        self.client, self.sql = client, sql
+        self.capacity = max(capacity, 2 * int(client.command(sql.named("count"))), self.MIN_CAPACITY)
+        self.bits = self.capacity * self.BITS_PER_KEY
+        self.array = bytearray(self.bits // 8 + 1)
+        self.count = 0
+        stream = client.raw_stream(sql.named("all"), fmt="TabSeparated")
+        try:  # streamed: a week of keys need not fit in memory as strings
+            rest = b""
+            while chunk := stream.read(1 << 20):
+                *lines, rest = (rest + chunk).split(b"\n")
+                for key in lines:
+                    self.add(key.decode())
+            if rest:
+                self.add(rest.decode())
+        finally:
+            stream.close()
+
+    def _positions(self, key: str):
+        value = int(key, 16)  # keys are hex digests: their bits are the hashes
+        low, high = value & 0xFFFFFFFFFFFFFFFF, (value >> 64) | 1
+        return ((low + i * high) % self.bits for i in range(self.HASHES))
+
+    def __contains__(self, key: str) -> bool:
+        return all(self.array[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+
+    def add(self, key: str) -> None:
+        for p in self._positions(key):
+            self.array[p >> 3] |= 1 << (p & 7)
+        self.count += 1
+
+    def add_stored(self, keys: list[str]) -> None:
+        """A group's keys, once its INSERT returned."""
+        for key in keys:
+            self.add(key)
+        if self.count > self.capacity:  # too full to stay ~1%: rebuilt, larger
+            self.__dict__.update(StoredKeys(self.client, self.sql, 2 * self.capacity).__dict__)
 
 
 def redo_path(spec: dict, dsn: str) -> Path:
@@ -280,13 +336,13 @@ class GroupCommit:
     them if after; the view lists the requests either way. One group is in flight at a
     time, so the file holds at most one."""
 
-    def __init__(self, client, spec: dict, columns: list[str], redo: Path):
+    def __init__(self, client, spec: dict, columns: list[str], redo: Path, dsn: str = ""):
         from cvat_analytics_generator.render import render_template
 
         self.client = client
         self.database = spec["clickhouse"]["database"]
         self.columns = columns
-        self.known_sql = render_template(spec, "clickhouse/runtime/ingest_requests.sql.j2")
+        self.sql = parse(render_template(spec, REQUESTS_SQL), REQUESTS_SQL)
         self.redo = redo
         self.queue: deque[Waiting] = deque()
         self.senders: dict[socket.socket, float] = {}  # connection -> when it last submitted
@@ -294,6 +350,7 @@ class GroupCommit:
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
         self.replay()
+        self.stored = StoredKeys(client, self.sql) if chdb_path(dsn) else None
 
     def replay(self) -> bool:
         """Insert again the group a stop cut short, if any (see above)."""
@@ -374,7 +431,10 @@ class GroupCommit:
 
     def _store(self, group: list[Waiting]) -> None:
         keys = sorted({waiting.key for waiting in group})
-        known = {row[0] for row in self.client.query(self.known_sql, parameters={"requests": keys}).result_rows}
+        known: set[str] = set()
+        if self.stored is None or any(key in self.stored for key in keys):  # a "no" is certain
+            known = {row[0] for row in self.client.query(self.sql.named("known"),
+                                                         parameters={"requests": keys}).result_rows}
         storing, keys = [], []
         for waiting in group:
             if waiting.key in known:
@@ -394,3 +454,5 @@ class GroupCommit:
             insert_compact_rows(self.client, self.database, self.columns, body, token=token)
         finally:  # stored, or failed with a 500 to its callers (who may send it again): not to be replayed
             self.redo.unlink(missing_ok=True)
+            if self.stored is not None:  # even after a failure: "maybe" only costs a look-up
+                self.stored.add_stored(keys)
