@@ -33,17 +33,20 @@ def _validate_rate(cfg: dict) -> float:
     return n / max(time.monotonic() - t, 1e-9)
 
 
-def _bulk_rate(client, base: dict, lines: list[bytes]) -> dict:
-    """The engine's bulk ceiling: the same rows in 100,000-row INSERTs, our schema, fsync on."""
+def _batches(lines: list[bytes], rows: int) -> list[bytes]:
+    return [b"".join(lines[i:i + rows]) for i in range(0, len(lines), rows)]
+
+
+def _insert_rate(client, base: dict, database: str, batches: list[bytes]) -> dict:
+    """The engine's own rate for these INSERTs into a freshly migrated database of our schema (fsync on)."""
     spec = json.loads(json.dumps(base))
-    spec["clickhouse"]["database"] = "ceiling_bulk"
+    spec["clickhouse"]["database"] = database
     migrate(client, spec, log=lambda *_: None)
-    batches = [b"".join(lines[i:i + BULK_ROWS]) for i in range(0, len(lines), BULK_ROWS)]
     t = time.monotonic()
     for body in batches:
-        insert_json_rows(client, "ceiling_bulk", body)
+        insert_json_rows(client, database, body)
     elapsed = time.monotonic() - t
-    stored = int(statements.run(client, "count_events", db="ceiling_bulk"))
+    stored = int(statements.run(client, "count_events", db=database))
     return {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
 
 
@@ -55,30 +58,18 @@ def phase_ceiling(cfg: dict) -> dict:
     base = load_spec(Path(cfg["spec"]))
     client = connect(cfg["dsn"])
     lines = (Path(cfg["workdir"]) / "rows.jsonl").read_bytes().splitlines(keepends=True)
-    out = {"validate_rate": _validate_rate(cfg), "bulk": _bulk_rate(client, base, lines)}
+    out = {"validate_rate": _validate_rate(cfg),  # and the bulk ceiling: 100,000-row INSERTs
+           "bulk": _insert_rate(client, base, "ceiling_bulk", _batches(lines, BULK_ROWS))}
     for size, count in cfg["ingest"].items():
         size = int(size)
-        spec = json.loads(json.dumps(base))
-        ours = spec["clickhouse"]["database"] = f"ceiling_{size}"
-        migrate(client, spec, log=lambda *_: None)
-        batches = [b"".join(lines[i:i + size]) for i in range(0, min(count, len(lines)), size)]
-        t = time.monotonic()
-        for body in batches:
-            insert_json_rows(client, ours, body)
-        elapsed = time.monotonic() - t
-        stored = int(statements.run(client, "count_events", db=ours))
-        out[str(size)] = {"events": stored, "seconds": elapsed, "rate": stored / elapsed}
+        batches = _batches(lines[:count], size)
+        out[str(size)] = _insert_rate(client, base, f"ceiling_{size}", batches)
+        stored = out[str(size)]["events"]
         # ... and in INSERTs of SENDERS bodies: the largest group SENDERS closed-loop senders can
         # form (each waits for its answer before it sends again), so the engine's rate for
         # exactly what group commit can give it.
-        spec["clickhouse"]["database"] = f"group_{size}"
-        migrate(client, spec, log=lambda *_: None)
-        group = [b"".join(lines[i:i + SENDERS * size]) for i in range(0, min(count, len(lines)), SENDERS * size)]
-        t = time.monotonic()
-        for body in group:
-            insert_json_rows(client, f"group_{size}", body)
-        elapsed = time.monotonic() - t
-        out[str(size)]["group_rate"] = int(statements.run(client, "count_events", db=f"group_{size}")) / elapsed
+        out[str(size)]["group_rate"] = _insert_rate(client, base, f"group_{size}",
+                                                    _batches(lines[:count], SENDERS * size))["rate"]
         # For the report: the same inserts into CVAT's schema (no MV, no indexes, no fsync) ...
         cvat = f"cvat_{size}"
         statements.run(client, "create_database", db=cvat)
@@ -89,6 +80,7 @@ def phase_ceiling(cfg: dict) -> dict:
         out[str(size)]["cvat_schema_rate"] = stored / (time.monotonic() - t)
         # ... and into our schema from SENDERS concurrent handles with async_insert (the engine
         # coalesces concurrent inserts into one part; each keeps its own deduplication token).
+        spec = json.loads(json.dumps(base))
         spec["clickhouse"]["database"] = f"coalesced_{size}"
         migrate(client, spec, log=lambda *_: None)
         out[str(size)]["coalesced_rate"] = _coalesced_rate(cfg["dsn"], f"coalesced_{size}", batches)
