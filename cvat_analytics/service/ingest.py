@@ -256,13 +256,17 @@ class StoredKeys:
     BITS_PER_KEY = 10
     MIN_CAPACITY = 1_000_000
 
-    def __init__(self, client, sql, capacity: int = 0):
+    def __init__(self, client, sql):
         self.client, self.sql = client, sql
-        self.capacity = max(capacity, 2 * int(client.command(sql.named("count"))), self.MIN_CAPACITY)
+        self._load(0)
+
+    def _load(self, capacity: int) -> None:
+        """(Re)build from the table, for at least `capacity` keys and twice those stored."""
+        self.capacity = max(capacity, 2 * int(self.client.command(self.sql.named("count"))), self.MIN_CAPACITY)
         self.bits = self.capacity * self.BITS_PER_KEY
         self.array = bytearray(self.bits // 8 + 1)
         self.count = 0
-        stream = client.raw_stream(sql.named("all"), fmt="TabSeparated")
+        stream = self.client.raw_stream(self.sql.named("all"), fmt="TabSeparated")
         try:  # streamed: a week of keys need not fit in memory as strings
             rest = b""
             while chunk := stream.read(1 << 20):
@@ -292,7 +296,7 @@ class StoredKeys:
         for key in keys:
             self.add(key)
         if self.count > self.capacity:  # too full to stay ~1%: rebuilt, larger
-            self.__dict__.update(StoredKeys(self.client, self.sql, 2 * self.capacity).__dict__)
+            self._load(2 * self.capacity)
 
 
 def redo_path(spec: dict, dsn: str) -> Path:
