@@ -12,17 +12,24 @@ itself (migrations 0011, 0014), and a group leaves out the requests found there.
 chdb, where serve is the only writer of its store, a filter of the stored keys
 (stored_keys.StoredKeys) spares a group the look-up when none of its keys can be
 there: the usual case.
+
+One request must not fail the others. A group never holds more calendar months than the
+engine writes in one INSERT (max_partitions_per_insert_block; the events table has one
+partition per month), and when a group's INSERT fails all the same, its requests are
+stored again one by one: the good ones are stored and acknowledged, and only the one the
+engine refuses gets its error (EngineRefused, a 400, when the error is about its rows).
 """
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from cvat_analytics_generator.sql import parse
 
@@ -53,6 +60,17 @@ GROUP_REQUESTS = Histogram("cvat_analytics_ingest_group_requests", "Requests sto
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=INSERT_REGISTRY)
 WAITING_EVENTS = Gauge("cvat_analytics_ingest_waiting_events", "Validated events waiting for their group's INSERT",
                        registry=INSERT_REGISTRY)
+GROUPS_FAILED = Counter("cvat_analytics_ingest_groups_failed", "Groups whose INSERT failed, then stored request by request",
+                        registry=INSERT_REGISTRY)
+
+# Engine errors about the rows of a request rather than the engine: a resend would fail
+# the same way, so the sender gets a 400 and stops. Any other error is a 500 (retried).
+DATA_ERROR = re.compile(r"\((CANNOT_PARSE_[A-Z_]+|INCORRECT_DATA|TYPE_MISMATCH|VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE)\)"
+                        r"|Too many partitions for single INSERT block")
+
+
+class EngineRefused(Exception):
+    """The engine refused a request's rows for what they hold (400, not 500)."""
 
 
 def redo_path(spec: dict, dsn: str) -> Path:
@@ -67,10 +85,10 @@ def redo_path(spec: dict, dsn: str) -> Path:
 class Waiting:
     """One validated request waiting for its group's insert."""
 
-    __slots__ = ("key", "lines", "events", "done", "duplicate", "error")
+    __slots__ = ("key", "lines", "events", "months", "done", "duplicate", "error")
 
-    def __init__(self, key: str, lines: bytes, events: int):
-        self.key, self.lines, self.events = key, lines, events
+    def __init__(self, key: str, lines: bytes, events: int, months: frozenset[str]):
+        self.key, self.lines, self.events, self.months = key, lines, events, months
         self.done = threading.Event()
         self.duplicate = False
         self.error: BaseException | None = None
@@ -79,9 +97,10 @@ class Waiting:
 class GroupCommit:
     """One thread that stores what is waiting, as one INSERT per group, and answers each request.
 
-    Requests are grouped by arrival only: while a group's insert runs, the next group
-    gathers. A request already stored (its key in <db>.ingest_requests, or earlier in the
-    same group) is left out and answered as a duplicate once the group is stored.
+    Requests are grouped by arrival: while a group's insert runs, the next group gathers,
+    up to MAX_GROUP_EVENTS events and `max_months` calendar months. A request already
+    stored (its key in <db>.ingest_requests, or earlier in the same group) is left out and
+    answered as a duplicate once the group is stored.
 
     A kill -9 can fall after the group's rows are stored but before the view has listed
     its requests: their retries would be stored again. So the group (token and rows)
@@ -104,6 +123,9 @@ class GroupCommit:
         self.waiting_events = 0
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
+        # The engine's partitions per INSERT: a request may span this many months (Ingest
+        # refuses more), a group as many (0: no limit).
+        self.max_months = int(client.command(self.sql.named("max_partitions")))
         self.replay()
         self.stored = StoredKeys(client, self.sql) if chdb_path(dsn) else None
 
@@ -122,9 +144,11 @@ class GroupCommit:
     def full(self) -> bool:
         return self.waiting_events >= MAX_WAITING_EVENTS
 
-    def submit(self, key: str, lines: bytes, events: int, sender: socket.socket | None = None) -> Waiting | None:
-        """Wait until the request is stored (or found stored before); None when the queue is full."""
-        waiting = Waiting(key, lines, events)
+    def submit(self, key: str, lines: bytes, events: int, months: frozenset[str],
+               sender: socket.socket | None = None) -> Waiting | None:
+        """Wait until the request is stored (or found stored before); None when the queue is full.
+        EngineRefused when the engine refuses its rows."""
+        waiting = Waiting(key, lines, events, months)
         with self.lock:
             if self.waiting_events and self.waiting_events + events > MAX_WAITING_EVENTS:
                 return None
@@ -148,25 +172,47 @@ class GroupCommit:
                 while not self.queue:
                     self.lock.wait()
                 self._linger()
-                group, events = [], 0
-                while self.queue and (not group or events + self.queue[0].events <= MAX_GROUP_EVENTS):
+                group, events, months = [], 0, set()
+                while self.queue and (not group or self._fits(events, months, self.queue[0])):
                     waiting = self.queue.popleft()
                     group.append(waiting)
                     events += waiting.events
+                    months |= waiting.months
             GROUP_REQUESTS.observe(len(group))
             try:
-                self._store(group)
-            except Exception as exc:  # every request of the group gets the 500; none is stored
-                SERVICE.error("storing %d requests failed: %s: %s", len(group), type(exc).__name__,
-                              first_line(exc))
-                for waiting in group:
-                    waiting.error = exc
+                self._store_apart_if_refused(group)
             finally:
                 with self.lock:
                     self.waiting_events -= events
                 WAITING_EVENTS.dec(events)
                 for waiting in group:
                     waiting.done.set()
+
+    def _fits(self, events: int, months: set[str], waiting: Waiting) -> bool:
+        if events + waiting.events > MAX_GROUP_EVENTS:
+            return False
+        return not self.max_months or len(months | waiting.months) <= self.max_months
+
+    def _store_apart_if_refused(self, group: list[Waiting]) -> None:
+        """The group as one INSERT; if that fails, each request alone, so that one request
+        the engine refuses fails nobody else. A request found stored by then (the failed
+        INSERT stored it after all, or a copy earlier in the group) is a duplicate: once."""
+        try:
+            self._store(group)
+            return
+        except Exception as exc:
+            SERVICE.error("storing %d requests failed: %s: %s", len(group), type(exc).__name__, first_line(exc))
+            if len(group) == 1:
+                group[0].error = _answer(exc)
+                return
+        GROUPS_FAILED.inc()
+        for waiting in group:
+            try:
+                self._store([waiting])
+            except Exception as exc:
+                SERVICE.error("storing a request of %d events alone failed: %s: %s", waiting.events,
+                              type(exc).__name__, first_line(exc))
+                waiting.error = _answer(exc)
 
     def _linger(self) -> None:
         """Wait (LINGER_S at most) until every recently active sender has a request queued:
@@ -192,9 +238,8 @@ class GroupCommit:
                                                          parameters={"requests": keys}).result_rows}
         storing, keys = [], []
         for waiting in group:
-            if waiting.key in known:
-                waiting.duplicate = True
-            else:
+            waiting.duplicate = waiting.key in known  # set again when a failed group is stored apart
+            if not waiting.duplicate:
                 known.add(waiting.key)
                 storing.append(waiting)
                 keys.append(waiting.key)
@@ -211,3 +256,12 @@ class GroupCommit:
             self.redo.unlink(missing_ok=True)
             if self.stored is not None:  # even after a failure: "maybe" only costs a look-up
                 self.stored.add_stored(keys)
+
+
+def _answer(exc: Exception) -> Exception:
+    """What the sender gets: EngineRefused (400) when the engine's error is about the rows."""
+    text = first_line(exc)
+    if not DATA_ERROR.search(text):
+        return exc
+    reason = text.rsplit("DB::Exception: ", 1)[-1]
+    return EngineRefused(f"the engine refused these events: {reason[:300]}")

@@ -19,7 +19,7 @@ import msgspec
 from ..errors import first_line
 from ..events import EventContract, EventError
 from ..events_fast import FastRows, UseReference
-from .group_commit import MAX_WAITING_EVENTS, GroupCommit, redo_path
+from .group_commit import MAX_WAITING_EVENTS, EngineRefused, GroupCommit, redo_path
 from .http import BodyError
 from .responses import Response, json_response
 
@@ -165,6 +165,7 @@ class Ingest:
         self.database = spec["clickhouse"]["database"]
         self.decoder = BodyDecoder(EventContract(spec))
         self.commits = GroupCommit(client, spec, self.decoder.columns, redo_path(spec, dsn), dsn)
+        self.timestamp_at = self.decoder.columns.index("timestamp")
 
     def __call__(self, request: "RequestHandler") -> Response:
         if self.commits.full():  # before reading: a refused body is drained or the connection closed
@@ -184,6 +185,7 @@ class Ingest:
         principal = request.principal
         try:
             rows, lines = self.decoder.decode(body, principal.forced_filters, principal.name)
+            months = months_of(rows, self.timestamp_at, self.commits.max_months)
         except BadBody as exc:
             data = {"error": str(exc), "index": exc.index}
             if exc.field:
@@ -193,13 +195,32 @@ class Ingest:
             return json_response(403, {"error": str(exc), "index": exc.index, "field": exc.field})
         if not rows:
             return json_response(200, {"stored": 0})
-        waiting = self.commits.submit(hashlib.sha256(token.encode()).hexdigest()[:32], lines, len(rows),
-                                      sender=request.connection)
+        try:
+            waiting = self.commits.submit(hashlib.sha256(token.encode()).hexdigest()[:32], lines, len(rows),
+                                          months, sender=request.connection)
+        except EngineRefused as exc:  # nothing of it stored; the requests grouped with it were
+            return json_response(400, {"error": str(exc), "index": None})
         if waiting is None:
             return busy()
         if waiting.duplicate:
             return json_response(200, {"stored": 0, "duplicate": True})
         return json_response(200, {"stored": len(rows)}, events=len(rows))
+
+
+def months_of(rows: list[list], at: int, limit: int) -> frozenset[str]:
+    """The calendar months of the rows' timestamps (column `at`, "YYYY-MM-DD ..." text).
+
+    The engine writes at most `limit` partitions, here months, in one INSERT and refuses
+    the whole INSERT past it: a request spanning more is refused alone (0: no limit)."""
+    months = frozenset([row[at][:7] for row in rows])
+    if limit and len(months) > limit:
+        seen: set[str] = set()  # the event that brings its month past the limit
+        index = next(i for i, row in enumerate(rows) if seen.add(row[at][:7]) or len(seen) > limit)
+        raise BadBody(f"index {index}: timestamp: one request's events may fall in at most {limit} calendar "
+                      f"months (the engine's max_partitions_per_insert_block: the events table has a partition "
+                      f"per month), and this event's month, {rows[index][at][:7]}, is month {limit + 1}; send "
+                      f"the events in several requests, e.g. one per month", index=index, field="timestamp")
+    return months
 
 
 def busy() -> Response:
