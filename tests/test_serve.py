@@ -157,10 +157,10 @@ def test_busy_senders_are_waited_for_so_their_requests_share_one_insert_and_a_lo
     """Closed-loop senders on kept-alive connections (Vector, CVAT's server): each is answered by
     one group and sends again at once; a group waits for them (GroupCommit._linger) instead of
     alternating half groups. A sender on its own never waits."""
-    from cvat_analytics.service import ingest
+    from cvat_analytics.service import group_commit
 
-    monkeypatch.setattr(ingest, "LINGER_S", 1.0)  # far above a resend; one wait shows in the timings below
-    monkeypatch.setattr(ingest, "SENDER_WINDOW_S", 30.0)  # a closed connection must not count, however recent
+    monkeypatch.setattr(group_commit, "LINGER_S", 1.0)  # far above a resend; one wait shows in the timings below
+    monkeypatch.setattr(group_commit, "SENDER_WINDOW_S", 30.0)  # a closed connection must not count, however recent
     senders, bodies = 4, 12
 
     def send(name: str, n: int) -> None:
@@ -191,19 +191,19 @@ def test_busy_senders_are_waited_for_so_their_requests_share_one_insert_and_a_lo
     started = time.monotonic()
     for i in range(4):
         assert post(server, cvat_batch(f"one-shot-{i}", 3)) == (200, {"stored": 3})
-    assert time.monotonic() - started < ingest.LINGER_S  # not one wait in four requests
+    assert time.monotonic() - started < group_commit.LINGER_S  # not one wait in four requests
     started = time.monotonic()
     send("alone", 4)
-    assert time.monotonic() - started < ingest.LINGER_S  # a kept-alive sender alone does not wait either
+    assert time.monotonic() - started < group_commit.LINGER_S  # a kept-alive sender alone does not wait either
 
 
 def test_when_too_many_events_wait_for_the_engine_ingest_answers_503_with_retry_after(server, store, monkeypatch):
-    from cvat_analytics.service import ingest
+    from cvat_analytics.service import group_commit
 
-    monkeypatch.setattr(ingest, "MAX_WAITING_EVENTS", 5)
+    monkeypatch.setattr(group_commit, "MAX_WAITING_EVENTS", 5)
     gate = threading.Event()
-    store_group = ingest.GroupCommit._store
-    monkeypatch.setattr(ingest.GroupCommit, "_store", lambda self, group: (gate.wait(30), store_group(self, group)))
+    store_group = group_commit.GroupCommit._store
+    monkeypatch.setattr(group_commit.GroupCommit, "_store", lambda self, group: (gate.wait(30), store_group(self, group)))
     first = []
     sender = threading.Thread(target=lambda: first.append(post(server, cvat_batch("first", 5))))
     sender.start()
@@ -377,7 +377,8 @@ def test_a_group_cut_short_by_a_crash_is_replayed_at_start_and_its_retries_count
     import hashlib
 
     from cvat_analytics.events import EventContract
-    from cvat_analytics.service.ingest import BodyDecoder, redo_path
+    from cvat_analytics.service.group_commit import redo_path
+    from cvat_analytics.service.ingest import BodyDecoder
     from cvat_analytics.store import insert_compact_rows
 
     decoder = BodyDecoder(EventContract(store.spec))
@@ -436,14 +437,14 @@ def test_the_filter_of_stored_keys_is_never_wrong_about_a_stored_key_and_spares_
     import hashlib
     import random
 
-    from cvat_analytics.service import ingest
+    from cvat_analytics.service.stored_keys import StoredKeys
 
     commits = next(r.handler.commits for r in server.routes.routes if r.path == "/")
     stored = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(3000)]
     store.client.insert(f"{store.database}.ingest_requests", [(k, dt.datetime(2026, 1, 1)) for k in stored],
                         column_names=["request", "inserted_at"])
-    monkeypatch.setattr(ingest.StoredKeys, "MIN_CAPACITY", 1000)
-    keys = ingest.StoredKeys(store.client, commits.sql)
+    monkeypatch.setattr(StoredKeys, "MIN_CAPACITY", 1000)
+    keys = StoredKeys(store.client, commits.sql)
     assert keys.capacity == 6000 and all(k in keys for k in stored)
     rng = random.Random(7)
     others = [f"{rng.getrandbits(128):032x}" for _ in range(20_000)]
