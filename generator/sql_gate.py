@@ -29,6 +29,7 @@ from .sql import string_literal
 
 TEMPLATE = "clickhouse/runtime/sql_gate.sql.j2"
 READONLY, BAD_ARGUMENTS = 164, 36
+WHERE = "on the read-only SQL interface and in dashboards"
 
 # Statement kinds, as EXPLAIN AST names them: SELECT (with UNION, INTERSECT, WITH), EXPLAIN,
 # SHOW TABLES/DATABASES/SETTINGS (all ShowTables), SHOW COLUMNS, DESCRIBE, EXISTS, SHOW CREATE.
@@ -136,7 +137,7 @@ def check_settings(settings: dict[str, str], limits: dict[str, tuple[float, str]
 def check_format(name: str) -> str:
     """An output format a caller asked for (default_format, X-ClickHouse-Format, FORMAT)."""
     if name not in FORMATS:
-        raise refused(f"output format '{name[:60]}' is not allowed on the read-only SQL interface (formats that "
+        raise refused(f"output format '{name[:60]}' is not allowed {WHERE} (formats that "
                       f"take a schema or template file are refused); use one of {', '.join(sorted(FORMATS))}")
     return name
 
@@ -181,7 +182,7 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
         raise refused("the query's structure could not be checked")
     top = lines[0].split()
     if top[0] not in STATEMENTS:
-        raise refused(f"only SELECT, EXPLAIN, SHOW, DESCRIBE and EXISTS run on the read-only SQL interface, "
+        raise refused(f"only SELECT, EXPLAIN, SHOW, DESCRIBE and EXISTS run {WHERE}, "
                       f"not {top[0].removesuffix('Query')}")
     output_format = None
     # "ExistsTableQuery db t (children 3)": db and t are the first Identifier children.
@@ -194,18 +195,18 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
         parent = parents[-1] if parents else ""
         parents.append(words[0])
         if words[0] == "Set":
-            raise refused("a SETTINGS clause is refused on the read-only SQL interface (it could raise the "
+            raise refused(f"a SETTINGS clause is refused {WHERE} (it could raise the "
                           "limits or name a file); pass output settings as URL parameters")
         if words[0] == "Function" and len(words) > 1:
             name = words[1].lower()
             if parent == "TableExpression" and name not in TABLE_FUNCTIONS:
-                raise refused(f"table function {words[1]}() is refused on the read-only SQL interface (it reaches "
+                raise refused(f"table function {words[1]}() is refused {WHERE} (it reaches "
                               f"files, the network or the process); allowed: {', '.join(sorted(TABLE_FUNCTIONS))}")
             if name in REFUSED_FUNCTIONS:
                 raise refused(f"{words[1]}() reaches the server's files, memory or SQL outside the query and is "
-                              "refused on the read-only SQL interface")
+                              f"refused {WHERE}")
         if parent in STATEMENTS and words[0] == "Literal":
-            raise refused("INTO OUTFILE writes a file on the server and is refused on the read-only SQL interface")
+            raise refused(f"INTO OUTFILE writes a file on the server and is refused {WHERE}")
         if depth == 1 and words[0] == "Identifier" and len(words) > 1:
             if names_left:
                 names_left -= 1

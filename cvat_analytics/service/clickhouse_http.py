@@ -149,11 +149,11 @@ class ClickHouseHTTP:
             if not sql.strip():
                 raise Refused(62, "Empty query", "SYNTAX_ERROR")
             database = args.get("database") or request.headers.get("X-ClickHouse-Database") or ""
+            settings = check_settings({k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")},
+                                      self.limits)
             default_format = check_format(args.get("default_format") or request.headers.get("X-ClickHouse-Format")
                                           or "TabSeparated")
             bind = {k[6:]: v for k, v in params if k.startswith("param_")}
-            settings = check_settings({k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")},
-                                      self.limits)
             if not self._running.acquire(blocking=False):
                 raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
                               "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
