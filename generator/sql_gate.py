@@ -40,9 +40,10 @@ _NAMED = frozenset({"ExistsTableQuery", "ShowCreateTableQuery"})
 # Table functions that make rows from their arguments or read this server's own tables.
 TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
                              "values", "null", "primes", "view", "merge"})
-# Plain functions that reach past the data: file() reads any file the service can read.
-# (python, arrowstream and eval are table functions on chdb; named for the message.)
-REFUSED_FUNCTIONS = frozenset({"file", "python", "arrowstream", "eval"})
+# Plain functions that reach past the data: file() reads any file the service can read,
+# aiEmbed() and aiSimilarity() call a configured network provider. (python, arrowstream and
+# eval are table functions on chdb; named for the message.)
+REFUSED_FUNCTIONS = frozenset({"file", "aiembed", "aisimilarity", "python", "arrowstream", "eval"})
 
 # Output formats that need no file, URL or schema.
 FORMATS = frozenset("""
