@@ -5,9 +5,12 @@ dashboards, expanded by grafana_macros.expand as the plugin would. What comes fr
 the query string is validated before it reaches SQL: ids must be integers, scopes
 and sources must be known ones, free-text values (error messages) must be among the
 variable's own options and are escaped; the time range is one of RANGES or ISO times
-inside ClickHouse's DateTime range. Queries run read-only (readonly=2) with the dashboards
-user's time and memory limits; a page's work is bounded by the spec's
-embedded.dashboards (points per series, rows per panel).
+inside ClickHouse's DateTime range. A panel's or a variable's SQL (a custom or imported
+definition is the user's text) passes the SQL gate (cvat_analytics_generator.sql_gate: one
+statement, no SETTINGS clause, INTO OUTFILE, file() or table function off its list) before
+it runs; queries run read-only (readonly=2) with the dashboards user's time and memory
+limits; a page's work is bounded by the spec's embedded.dashboards (points per series,
+rows per panel).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from cvat_analytics_generator.grafana import COLUMN_VARIABLES
 from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
+from cvat_analytics_generator.sql_gate import Refused, check_statement
 
 from . import charts, times
 
@@ -236,6 +240,21 @@ class Dashboards:
             result = self._client.query(sql, settings=settings)
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
+    def gate(self, sql: str) -> None:
+        """The SQL gate, asked on this service's engine: a definition's SQL is not ours."""
+        def ask(text: str, params: dict) -> str:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._factory()
+                return self._client.raw_query(text, parameters=params or None, fmt="TabSeparatedRaw").decode()
+
+        try:
+            check_statement(ask, sql)
+        except Refused:
+            raise
+        except Exception as exc:  # the engine's own error (a syntax error): as the query would give it
+            raise Refused(62, str(exc).strip().splitlines()[0][:300], "SYNTAX_ERROR") from None
+
     def forced_filters(self, forced: dict) -> str:
         """A caller limited to an org or a user (service/access.py) sees only those rows."""
         return render_template(self.spec, "clickhouse/runtime/forced_filters.sql.j2",
@@ -262,6 +281,7 @@ class Dashboards:
         controls = []
         for v in d["variables"]:
             sql = expand(v["sql"], sel.time_from, sel.time_to, sel.interval, state)
+            self.gate(sql)
             _, rows = self.query(sql, forced, limit=MAX_OPTIONS)
             options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
@@ -291,6 +311,7 @@ class Dashboards:
         max_rows = bounds["max_rows"]
         sort = links.param(f"sort-{p['id']}") if links and p["type"] == "table" else ""
         try:
+            self.gate(sql)  # before the sort and column wrappers (ours) go around it
             if sort:
                 # The whitelist: the panel's own columns, as ClickHouse names them (no execution).
                 described = render_template(self.spec, "clickhouse/runtime/panel_columns.sql.j2", sql=sql)
@@ -403,6 +424,8 @@ def handle(pages: Dashboards, path: str, query: dict[str, list[str]],
         return 200, pages.dashboard_page(uid, query, forced=forced)
     except BadRequest as exc:
         return 400, _message(pages, "Bad filter", str(exc))
+    except Refused as exc:  # a variable's SQL: its definition must change
+        return 500, _message(pages, "Dashboard refused", f"A filter's SQL is refused: {exc}")
 
 
 def _message(pages: Dashboards, title: str, text: str) -> str:

@@ -8,8 +8,11 @@ session) may already hold one. Migrations run first, in order, then every other 
 in path order. Query parameters (`{name:Type}`) are bound to a neutral value of their
 type. Then every dashboard query (grafana/dashboards/*.json: panels and variables), its
 macros expanded as the Grafana plugin does with "All" selected, over the last 7 days, so a
-broken panel (a custom one too) fails `check`, not the page. Prints one line per failing
-statement, "relpath: statement N: error" or "relpath: panel N (title): error"; exit 1 if any.
+broken panel (a custom one too) fails `check`, not the page. A dashboard's SQL may be the
+user's (a custom or imported definition): it passes the SQL gate (sql_gate.py: what
+`serve` refuses, `check` refuses, expanded with "All" and with one value per variable),
+and runs only then, in a read-only session. Prints one line per failing statement,
+"relpath: statement N: error" or "relpath: panel N (title): error"; exit 1 if any.
 
 The cluster render's statements need a cluster (Keeper, the {shard} and {replica} macros,
 a `remote_servers` entry) that chdb does not have. Such a statement must parse on the
@@ -27,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .sql import SqlTemplateError, parse
+from .sql_gate import Refused, check_statement
 
 MIGRATIONS = "clickhouse/migrations/"
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
@@ -127,11 +131,28 @@ def _dashboard_problems(root: Path, session) -> list[str]:
     names = {rel: [v.get("name") for v in (json.loads(text).get("templating") or {}).get("list") or []]
              for rel, text in files.items()}
     time_to = datetime.now(timezone.utc).replace(microsecond=0)
-    problems = []
+    time_from = time_to - timedelta(days=7)
+
+    def ask(text: str, params: dict) -> str:
+        return session.query(text, "TabSeparatedRaw", params=params).bytes().decode()
+
+    problems, passed = [], []
     for rel, what, sql in dashboard_queries(files):
-        variables = {name: Variable(ALL) for name in names[rel] if name}
+        every = {name: Variable(ALL) for name in names[rel] if name}
+        one = {name: Variable(["0"]) for name in names[rel] if name}  # $__conditionalAll's other branch
+        try:  # the gate asks only the parser (formatQuery, EXPLAIN AST): nothing of the query runs
+            for variables in (one, every):
+                check_statement(ask, expand(sql, time_from, time_to, 3600, variables))
+        except Refused as exc:
+            problems.append(f"{rel}: {what} is refused: {_first_line(exc)}")
+            continue
+        except Exception:
+            pass  # a syntax error: the run below names it
+        passed.append((rel, what, expand(sql, time_from, time_to, 3600, every)))
+    session.query("SET readonly = 1", "Null")  # the last statements of this session: none of them writes
+    for rel, what, sql in passed:
         try:
-            session.query(expand(sql, time_to - timedelta(days=7), time_to, 3600, variables), "Null")
+            session.query(sql, "Null")
         except Exception as exc:
             problems.append(f"{rel}: {what} does not execute on ClickHouse: {_first_line(exc)}")
     return problems

@@ -7,23 +7,20 @@ flow. It speaks the interface those clients use: the query in `query` or the POS
 parameters, ClickHouse's error text with X-ClickHouse-Exception-Code, and the
 X-ClickHouse-* response headers (see README, SQL).
 
-Every request gets an engine handle of its own (chdb.connect on the open engine is
-cheap: 0.3 ms), set up in this order: the caller's URL settings; the spec's limits
-(clickhouse.dashboards_max_execution_time_s and _max_memory_usage_bytes, and the
-embedded.sql bounds), each the lower of the caller's and the spec's; then
-`readonly=1`. From then on the engine refuses every write, DDL, SYSTEM, any settings
-change (SET or a SETTINGS clause: so the limits cannot be raised) and the table
-functions that read files or the network.
+Before anything runs, the request passes the SQL gate (cvat_analytics_generator.sql_gate,
+the one the dashboards and `check` use too): URL settings only from its allow-list (output
+formatting; never one naming a path, a URL or a schema: output_format_schema wrote files,
+format_template_* quoted them), the limits only lowered and positive, an output format
+(default_format, X-ClickHouse-Format, FORMAT) only from its list, one statement of an
+allowed kind without SETTINGS, INTO OUTFILE, file() or a table function off its list.
+Refusals are 403 (400 for a malformed limit or query_id), naming the setting or clause.
 
-What readonly=1 does not stop on chdb, which runs as clickhouse-local does (measured on
-chdb 4.4 / ClickHouse 26.9): several statements in one request, KILL QUERY (it could
-kill ingest's inserts), SYSTEM STOP/START MERGES, SELECT ... INTO OUTFILE (writes a
-file), the `file()` function and the `python()` table function (read files, Python
-objects). The engine itself parses the query first: formatQuery refuses anything but
-one statement, and EXPLAIN AST names the statement kind, its functions and its INTO
-OUTFILE; those are refused with 403, and so are arrowstream() (Python objects again) and
-eval() (SQL in a string, out of EXPLAIN's sight; experimental, but a URL setting could
-allow it).
+Every request gets an engine handle of its own (chdb.connect on the open engine is
+cheap: 0.3 ms), set up in this order: the allowed URL settings; the spec's limits
+(clickhouse.dashboards_max_execution_time_s and _max_memory_usage_bytes, and the
+embedded.sql bounds), each the caller's if lower; then `readonly=1`. From then on the
+engine refuses every write, DDL and settings change as well (what readonly=1 alone lets
+through on chdb is in the gate's text).
 
 The answer is produced whole before it is sent (as ClickHouse does with
 wait_end_of_query=1), so an error is always a clean status with ClickHouse's text,
@@ -42,6 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse as parse_sql
+from cvat_analytics_generator.sql_gate import Refused, check_format, check_settings, check_statement
 
 from . import native_revision
 from .http import BodyError
@@ -61,6 +59,9 @@ TRANSPORT = {"query", "database", "default_format", "query_id", "session_id", "s
              "role", "stacktrace", "client_protocol_version", "compress", "decompress", "with_stacktrace",
              "close_session", "http_native_compression_disable_checksumming_on_decompress"}
 _SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A query_id is echoed in a response header: printable ASCII only (a CR/LF there dropped
+# the connection after the query had run, with no answer and no log line).
+_QUERY_ID = re.compile(r"[\x20-\x7e]{1,200}")
 _CODE = re.compile(r"Code: (\d+)\. ")
 
 # ClickHouse's exceptionCodeToHTTPStatus, plus READONLY (164) as 403: the issue's
@@ -88,19 +89,6 @@ _CONTENT_TYPES = {
     "Parquet": "application/octet-stream", "Arrow": "application/octet-stream",
     "ArrowStream": "application/octet-stream",
 }
-# Functions and table functions readonly=1 lets through on chdb that reach past the data:
-# file() reads any file (clickhouse-local does not confine it), python() and arrowstream()
-# the process's Python objects, eval() runs SQL from a string (which EXPLAIN AST cannot see
-# into; it is experimental, but a URL setting could allow it).
-_REFUSED_FUNCTIONS = {"file", "python", "arrowstream", "eval"}
-
-
-class Refused(Exception):
-    """A ClickHouse-style exception of our own: `code`, and text in ClickHouse's shape."""
-
-    def __init__(self, code: int, message: str, name: str):
-        super().__init__(f"Code: {code}. DB::Exception: {message}. ({name})")
-        self.code = code
 
 
 class ClickHouseHTTP:
@@ -114,19 +102,18 @@ class ClickHouseHTTP:
         statements = parse_sql(text, TEMPLATE).statements
         self.sql = {s.name: s.sql for s in statements}
         ch, embedded = spec["clickhouse"], spec["embedded"]
-        # The bounds a caller may lower and never raise (0 means "no limit" in ClickHouse).
+        # The bounds a caller may lower and never raise, with their spec keys.
         self.limits = {
-            "max_execution_time": ch["dashboards_max_execution_time_s"],
-            "max_memory_usage": ch["dashboards_max_memory_usage_bytes"],
-            "max_result_bytes": embedded["sql"]["max_result_bytes"],
-            "max_result_rows": embedded["sql"]["max_result_rows"],
-            "max_threads": embedded["sql"]["max_threads"],
+            "max_execution_time": (ch["dashboards_max_execution_time_s"], "clickhouse.dashboards_max_execution_time_s"),
+            "max_memory_usage": (ch["dashboards_max_memory_usage_bytes"], "clickhouse.dashboards_max_memory_usage_bytes"),
+            "max_result_bytes": (embedded["sql"]["max_result_bytes"], "embedded.sql.max_result_bytes"),
+            "max_result_rows": (embedded["sql"]["max_result_rows"], "embedded.sql.max_result_rows"),
+            "max_threads": (embedded["sql"]["max_threads"], "embedded.sql.max_threads"),
         }
         # Queries at once: each may hold max_memory_usage, and ingest needs a core.
         self._running = threading.BoundedSemaphore(embedded["sql"]["max_concurrent_queries"])
         self._max_running = embedded["sql"]["max_concurrent_queries"]
         self._server_info: tuple[str, str, str, str] | None = None  # version, timezone, host, revision
-        self._formats: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     # -- the request -------------------------------------------------------------
@@ -148,6 +135,10 @@ class ClickHouseHTTP:
             params = parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
             args = dict(params)
             query_id = args.get("query_id") or str(uuid.uuid4())
+            if not _QUERY_ID.fullmatch(query_id):
+                bad, query_id = query_id, str(uuid.uuid4())
+                raise Refused(36, f"query_id must be 1-200 printable ASCII characters, got {bad[:40]!r}",
+                              "BAD_ARGUMENTS")
             if args.get("compress", "0") not in ("0", "") or args.get("decompress", "0") not in ("0", ""):
                 raise Refused(48, "compress=1 and decompress=1 (ClickHouse's block compression) are not "
                               "supported here; leave them off", "NOT_IMPLEMENTED")
@@ -158,10 +149,11 @@ class ClickHouseHTTP:
             if not sql.strip():
                 raise Refused(62, "Empty query", "SYNTAX_ERROR")
             database = args.get("database") or request.headers.get("X-ClickHouse-Database") or ""
-            default_format = (args.get("default_format") or request.headers.get("X-ClickHouse-Format")
-                              or "TabSeparated")
+            settings = check_settings({k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")},
+                                      self.limits)
+            default_format = check_format(args.get("default_format") or request.headers.get("X-ClickHouse-Format")
+                                          or "TabSeparated")
             bind = {k[6:]: v for k, v in params if k.startswith("param_")}
-            settings = {k: v for k, v in params if k not in TRANSPORT and not k.startswith("param_")}
             if not self._running.acquire(blocking=False):
                 raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
                               "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
@@ -183,19 +175,12 @@ class ClickHouseHTTP:
         try:
             try:
                 info = self.server_info(conn)
-                for name, value in settings.items():
-                    if name == "readonly":  # always 1, set last: a caller's 1 now would lock out the limits
-                        continue
-                    if not _SETTING.fullmatch(name):
-                        raise Refused(115, f"Unknown setting '{name[:100]}'", "UNKNOWN_SETTING")
+                for name, value in settings.items():  # allowed ones and the limits (sql_gate)
                     self._set(conn, name, value)
-                for name, limit in self.limits.items():
-                    wanted = _int(settings.get(name))
-                    self._set(conn, name, str(limit if wanted in (None, 0) else min(wanted, limit)))
                 # The analyst's threads yield to ingest's (a Linux nice value; ClickHouse applies it
-                # only with CAP_SYS_NICE, else it is a no-op). Never lowered by a URL setting.
-                self._set(conn, "os_thread_priority", str(max(_int(settings.get("os_thread_priority")) or 0, 19)))
-                self._set(conn, "readonly", "1")
+                # only with CAP_SYS_NICE, else it is a no-op).
+                self._set(conn, "os_thread_priority", "19")
+                self._set(conn, "readonly", "1")  # last: from here on no setting changes
                 if database:
                     self._use(conn, database)
                 output_format = self.check(conn, sql, bind) or default_format
@@ -224,30 +209,9 @@ class ClickHouseHTTP:
                                                        "X-ClickHouse-Summary": json.dumps(summary)}))
 
     def check(self, conn, sql: str, bind: dict) -> str | None:
-        """Refuse what readonly=1 lets through on chdb (see the module's text), asking the
-        engine's parser; the query's FORMAT clause, if any."""
-        conn.query(self.sql["single_statement"], "TSV", params={"query": _escaped(sql)})  # one statement, or an error
-        ast = conn.query(f"{self.sql['explain_ast']} {sql}", "TabSeparatedRaw", params=bind).bytes().decode()
-        lines = ast.splitlines()
-        if not lines or not re.fullmatch(r"\w+.*", lines[0]):
-            raise Refused(READONLY, "the query's structure could not be checked", "READONLY")
-        top = lines[0].split()[0]
-        if top in ("KillQueryQuery", "SYSTEM"):  # KILL QUERY, SYSTEM STOP/START MERGES pass readonly=1
-            raise Refused(READONLY, f"{'KILL' if top != 'SYSTEM' else 'SYSTEM'} is refused on the read-only "
-                          "SQL interface", "READONLY")
-        output_format = None
-        for line in lines[1:]:
-            depth = len(line) - len(line.lstrip(" "))
-            words = line.split()
-            if words[0] == "Function" and len(words) > 1 and words[1].lower() in _REFUSED_FUNCTIONS:
-                raise Refused(READONLY, f"{words[1]}() reaches the server's files, memory or SQL outside the "
-                              "query and is refused on the read-only SQL interface", "READONLY")
-            if depth == 1 and words[0] == "Literal":
-                raise Refused(READONLY, "INTO OUTFILE writes a file on the server and is refused on the read-only "
-                              "SQL interface", "READONLY")
-            if depth == 1 and words[0] == "Identifier" and len(words) > 1 and words[1] in self.formats(conn):
-                output_format = words[1]  # FORMAT x (EXISTS TABLE db.t has its names here too)
-        return output_format
+        """The SQL gate on this request's engine handle; the query's FORMAT, if any."""
+        return check_statement(lambda text, params: conn.query(text, "TabSeparatedRaw", params=params).bytes().decode(),
+                               sql, bind)
 
     # -- helpers -----------------------------------------------------------------
     def server_info(self, conn) -> tuple[str, str, str, str]:
@@ -256,13 +220,6 @@ class ClickHouseHTTP:
                 row = conn.query(self.sql["server_info"], "TabSeparatedRaw").bytes().decode().rstrip("\n")
                 self._server_info = tuple(row.split("\t"))
             return self._server_info
-
-    def formats(self, conn) -> frozenset[str]:
-        with self._lock:
-            if self._formats is None:
-                names = conn.query(self.sql["output_formats"], "TabSeparatedRaw").bytes().decode().split()
-                self._formats = frozenset(names)
-            return self._formats
 
     def _set(self, conn, name: str, value: str) -> None:
         conn.query(self.sql["set_setting"].replace("`setting`", f"`{name}`"), "TSV", params={"value": _escaped(value)})

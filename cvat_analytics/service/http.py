@@ -104,10 +104,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         response.headers["X-Request-Id"] = self.request_id
         if self.server.stopping.is_set() or not self._can_drain(response.status):
             self.close_connection = True
-        self.send(response)
-        if not self.close_connection:
-            self._drain()
-        self._log(response.status, response.events, started)
+        try:
+            self.send(response)
+            if not self.close_connection:
+                self._drain()
+        finally:  # a request whose answer could not be sent still gets its line and its count
+            self._log(response.status, response.events, started)
 
     def _log(self, status: int, events: int, started: float, request_line: bool = True) -> None:
         """The access line and the request counters: nothing of the body, the headers or query values."""

@@ -1,0 +1,216 @@
+"""The one gate for SQL and settings that did not come from the project itself.
+
+Three callers: the read-only SQL interface (`/clickhouse`, an analyst's query and URL
+settings), the dashboards `serve` draws (a panel's or a variable's SQL: a custom or
+imported definition is the user's text) and `check` (every dashboard query, before it
+runs on chdb). It lives in the renderer's package because `check` is here and the
+renderer imports nothing from the runtime.
+
+Everything is an allow-list, because the engine's read-only modes leave doors open on
+chdb (measured on chdb 4.4 / ClickHouse 26.9): readonly=1 lets several statements, KILL
+QUERY, SYSTEM, INTO OUTFILE, file() and python() through, and readonly=2 (the
+dashboards') also url(), remote(), file() as a table and a SETTINGS clause. So:
+
+- a statement: exactly one (the engine's formatQuery says), of a kind in STATEMENTS
+  (EXPLAIN AST names it); no SETTINGS clause anywhere (it could raise a limit or name a
+  file); no INTO OUTFILE (writes a file); table functions only from TABLE_FUNCTIONS;
+  no file() (reads any file); a FORMAT clause only from FORMATS.
+- a URL setting: only from SETTINGS, and never one that names a path, a URL or a schema
+  (PATHS), whatever SETTINGS says; the limits only lowered, to a positive value.
+- an output format: only from FORMATS. Template, CustomSeparated, Protobuf, CapnProto and
+  their kin read or write schema files, so none of them is there.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from .sql import string_literal
+
+TEMPLATE = "clickhouse/runtime/sql_gate.sql.j2"
+READONLY, BAD_ARGUMENTS = 164, 36
+WHERE = "on the read-only SQL interface and in dashboards"
+
+# Statement kinds, as EXPLAIN AST names them: SELECT (with UNION, INTERSECT, WITH), EXPLAIN,
+# SHOW TABLES/DATABASES/SETTINGS (all ShowTables), SHOW COLUMNS, DESCRIBE, EXISTS, SHOW CREATE.
+STATEMENTS = frozenset({"SelectWithUnionQuery", "Explain", "ShowTables", "ShowColumns", "DescribeQuery",
+                        "ExistsTableQuery", "ShowCreateTableQuery"})
+# Kinds whose first Identifier children are names (database, table), not the FORMAT.
+_NAMED = frozenset({"ExistsTableQuery", "ShowCreateTableQuery"})
+# Table functions that make rows from their arguments or read this server's own tables.
+TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
+                             "values", "null", "primes", "view", "merge"})
+# Plain functions that reach past the data: file() reads any file the service can read,
+# aiEmbed() and aiSimilarity() call a configured network provider. (python, arrowstream and
+# eval are table functions on chdb; named for the message.)
+REFUSED_FUNCTIONS = frozenset({"file", "aiembed", "aisimilarity", "python", "arrowstream", "eval"})
+
+# Output formats that need no file, URL or schema.
+FORMATS = frozenset("""
+    TabSeparated TabSeparatedRaw TabSeparatedWithNames TabSeparatedWithNamesAndTypes TabSeparatedRawWithNames
+    TabSeparatedRawWithNamesAndTypes TSV TSVRaw TSVWithNames TSVWithNamesAndTypes TSVRawWithNames
+    TSVRawWithNamesAndTypes CSV CSVWithNames CSVWithNamesAndTypes
+    JSON JSONStrings JSONCompact JSONCompactStrings JSONColumns JSONCompactColumns JSONColumnsWithMetadata
+    JSONEachRow JSONLines NDJSON JSONStringsEachRow JSONCompactEachRow JSONCompactEachRowWithNames
+    JSONCompactEachRowWithNamesAndTypes JSONCompactStringsEachRow JSONCompactStringsEachRowWithNames
+    JSONCompactStringsEachRowWithNamesAndTypes JSONObjectEachRow JSONEachRowWithProgress
+    Native RowBinary RowBinaryWithNames RowBinaryWithNamesAndTypes Parquet Arrow ArrowStream ORC
+    Pretty PrettyCompact PrettyCompactMonoBlock PrettySpace PrettyNoEscapes PrettyCompactNoEscapes
+    PrettySpaceNoEscapes Vertical Markdown XML Values Null TSKV
+""".split())
+
+# URL settings a caller may pass: output formatting and HTTP behaviour (clickhouse-connect
+# sends the last four where the server lets it). The limits are in LIMITS, `readonly`
+# may only be 1 (what it is anyway).
+SETTINGS = frozenset({
+    "output_format_json_quote_64bit_integers", "output_format_json_quote_64bit_floats",
+    "output_format_json_quote_denormals", "output_format_json_quote_decimals",
+    "output_format_json_escape_forward_slashes", "output_format_json_named_tuples_as_objects",
+    "output_format_json_array_of_rows", "output_format_json_validate_utf8", "output_format_write_statistics",
+    "output_format_decimal_trailing_zeros", "output_format_csv_crlf_end_of_line",
+    "output_format_tsv_crlf_end_of_line", "format_csv_delimiter", "output_format_arrow_string_as_string",
+    "output_format_pretty_max_rows", "date_time_output_format", "date_time_input_format",
+    "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+    "cancel_http_readonly_queries_on_client_close", "enable_http_compression",
+})
+# Settings that name a path, a URL or a schema (format_schema, output_format_schema,
+# format_template_*, *_schema_registry_url, input_format_record_errors_file_path, url_base,
+# ...): refused even if SETTINGS ever listed one. Matched on the name, so a new one of the
+# engine's is caught (tests sweep system.settings).
+PATHS = re.compile(r"schema|template|path|file|url|uri|dir|registry|s3|azure|hdfs|outfile", re.IGNORECASE)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Refused(Exception):
+    """A ClickHouse-style exception of our own: `code`, and text in ClickHouse's shape."""
+
+    def __init__(self, code: int, message: str, name: str):
+        super().__init__(f"Code: {code}. DB::Exception: {message}. ({name})")
+        self.code = code
+
+
+def refused(message: str) -> Refused:
+    return Refused(READONLY, message, "READONLY")
+
+
+# -- settings and formats ------------------------------------------------------------
+
+def check_settings(settings: dict[str, str], limits: dict[str, tuple[float, str]]) -> dict[str, str]:
+    """The settings to apply for a caller's URL `settings`: every one allowed, and every
+    limit (`limits`: name -> (the bound, its spec key)) at the caller's value if lower,
+    else at the bound. Refused: a setting off the list (403), a limit raised (403), a
+    limit not a positive number (400), `readonly` other than 1 (403)."""
+    out = {}
+    for name, value in settings.items():
+        shown = name[:100]
+        if not _NAME.fullmatch(name):
+            raise Refused(115, f"Unknown setting '{shown}'", "UNKNOWN_SETTING")
+        if PATHS.search(name):
+            raise refused(f"setting '{shown}' names a file, a URL or a schema and is refused on the "
+                          "read-only SQL interface")
+        if name == "readonly":
+            if value.strip() != "1":
+                raise refused(f"setting 'readonly' may only be 1 here (the SQL interface is read-only), got "
+                              f"{value[:20]!r}")
+            continue
+        if name in limits:
+            continue
+        if name not in SETTINGS:
+            raise refused(f"setting '{shown}' is not one a caller may pass to the read-only SQL interface "
+                          f"(allowed: {', '.join(sorted(SETTINGS | set(limits)))}, and param_<name>)")
+        out[name] = value
+    for name, (bound, key) in limits.items():
+        value = settings.get(name)
+        if value is None:
+            out[name] = _number_text(bound)
+            continue
+        number = _positive(value)
+        if number is None:
+            raise Refused(BAD_ARGUMENTS, f"setting '{name}' must be a positive number no larger than "
+                          f"{_number_text(bound)} ({key}), got {value[:20]!r}", "BAD_ARGUMENTS")
+        if number > bound:
+            raise refused(f"setting '{name}'={value[:20]} is above this service's limit of {_number_text(bound)} "
+                          f"({key}); a caller may lower a limit, never raise it")
+        out[name] = value.strip()
+    return out
+
+
+def check_format(name: str) -> str:
+    """An output format a caller asked for (default_format, X-ClickHouse-Format, FORMAT)."""
+    if name not in FORMATS:
+        raise refused(f"output format '{name[:60]}' is not allowed {WHERE} (formats that "
+                      f"take a schema or template file are refused); use one of {', '.join(sorted(FORMATS))}")
+    return name
+
+
+def _positive(text: str) -> float | None:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return None
+    return number if number > 0 and number == number and number != float("inf") else None
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+# -- statements -----------------------------------------------------------------------
+
+def statements() -> dict[str, str]:
+    from .render import environment
+    from .sql import parse
+
+    text = environment().get_template(TEMPLATE).render()
+    return {s.name: s.sql for s in parse(text, TEMPLATE).statements}
+
+
+_STATEMENTS: dict[str, str] = {}
+
+
+def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None = None) -> str | None:
+    """Refuse what the module's text says, asking the engine's parser; the statement's
+    FORMAT, if it has one. `ask(sql, params)` runs one statement on the engine and gives
+    its answer as TabSeparatedRaw text, raising the engine's error; `bind`, the query's
+    parameters, reach it as the caller gave them."""
+    if not _STATEMENTS:
+        _STATEMENTS.update(statements())
+    # One statement, or the engine's syntax error. The text goes in as a string literal, so
+    # the gate passes no parameters of its own and each engine client escapes nothing twice.
+    ask(_STATEMENTS["single_statement"].replace("{query:String}", string_literal(sql)), {})
+    lines = ask(f"{_STATEMENTS['explain_ast']} {sql}", bind or {}).splitlines()
+    if not lines or not re.fullmatch(r"\w+.*", lines[0]):
+        raise refused("the query's structure could not be checked")
+    top = lines[0].split()
+    if top[0] not in STATEMENTS:
+        raise refused(f"only SELECT, EXPLAIN, SHOW, DESCRIBE and EXISTS run {WHERE}, "
+                      f"not {top[0].removesuffix('Query')}")
+    output_format = None
+    # "ExistsTableQuery db t (children 3)": db and t are the first Identifier children.
+    names_left = len(re.sub(r"\(.*", "", lines[0]).split()) - 1 if top[0] in _NAMED else 0
+    parents: list[str] = []  # the kind of each ancestor of the current line, by depth
+    for line in lines:
+        depth = len(line) - len(line.lstrip(" "))
+        words = line.split()
+        del parents[depth:]
+        parent = parents[-1] if parents else ""
+        parents.append(words[0])
+        if words[0] == "Set":
+            raise refused(f"a SETTINGS clause is refused {WHERE} (it could raise the "
+                          "limits or name a file); pass output settings as URL parameters")
+        if words[0] == "Function" and len(words) > 1:
+            name = words[1].lower()
+            if parent == "TableExpression" and name not in TABLE_FUNCTIONS:
+                raise refused(f"table function {words[1]}() is refused {WHERE} (it reaches "
+                              f"files, the network or the process); allowed: {', '.join(sorted(TABLE_FUNCTIONS))}")
+            if name in REFUSED_FUNCTIONS:
+                raise refused(f"{words[1]}() reaches the server's files, memory or SQL outside the query and is "
+                              f"refused {WHERE}")
+        if parent in STATEMENTS and words[0] == "Literal":
+            raise refused(f"INTO OUTFILE writes a file on the server and is refused {WHERE}")
+        if depth == 1 and words[0] == "Identifier" and len(words) > 1:
+            if names_left:
+                names_left -= 1
+            else:
+                output_format = check_format(words[1])
+    return output_format

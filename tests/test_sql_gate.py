@@ -1,0 +1,247 @@
+"""The SQL gate (generator/sql_gate.py) as an attacker meets it: /clickhouse's URL settings,
+output formats and statements, a custom dashboard's panel SQL at page view and in `check`,
+and a query_id that would break the response head. Real `serve` on 127.0.0.1, real chdb."""
+from __future__ import annotations
+
+import copy
+import http.client
+import logging
+import textwrap
+import urllib.error
+import urllib.request
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from cvat_analytics.service.clickhouse_http import TRANSPORT
+from cvat_analytics_generator.sql_gate import SETTINGS
+from tests.conftest import REPO, write_spec
+
+from .test_clickhouse_http import served, sql  # noqa: F401 - the fixture and the client
+
+pytestmark = pytest.mark.clickhouse
+CLI = REPO / ".venv" / "bin" / "cvat-analytics"
+LIMITS = ("max_execution_time", "max_memory_usage", "max_result_bytes", "max_result_rows", "max_threads")
+
+
+def lines(srv, query: str, **params) -> list[str]:
+    status, _, body = sql(srv, query, **params)
+    assert status == 200, body
+    return body.decode().splitlines()
+
+
+# -- files written and read through settings -----------------------------------------
+
+@pytest.mark.parametrize("how", [{"query": "SELECT 'import os' AS x FORMAT Protobuf"},
+                                 {"query": "SELECT 'import os' AS x", "default_format": "Protobuf"},
+                                 {"query": "SELECT 'import os' AS x FORMAT CapnProto"}])
+def test_output_format_schema_writes_no_file(served, tmp_path, how):
+    target = tmp_path / "site-packages" / "evil.pth"
+    target.parent.mkdir()
+    status, headers, body = sql(served, how.pop("query"), output_format_schema=str(target), **how)
+    assert status == 403 and b"output_format_schema" in body, body
+    assert not list(target.parent.iterdir())
+
+
+@pytest.mark.parametrize("setting", ["format_template_resultset", "format_template_row", "format_schema"])
+def test_template_and_schema_settings_never_quote_a_file(served, tmp_path, setting):
+    secret = tmp_path / "tokens.env"
+    secret.write_text("CVAT_ANALYTICS_TOKEN_ADMIN=s3cr3t-admin-token-value\n")
+    for fmt in ("Template", "CapnProto", "Protobuf", "JSON"):
+        status, _, body = sql(served, f"SELECT 1 AS x FORMAT {fmt}", **{setting: str(secret)})
+        assert status == 403 and setting.encode() in body, body
+        assert b"s3cr3t" not in body
+
+
+@pytest.mark.parametrize("fmt", ["Template", "TemplateIgnoreSpaces", "CustomSeparated", "Protobuf",
+                                 "ProtobufSingle", "ProtobufList", "CapnProto", "Regexp"])
+def test_formats_that_take_schema_files_are_refused_however_asked(served, fmt):
+    for params in ({"query": f"SELECT 1 FORMAT {fmt}"}, {"query": "SELECT 1", "default_format": fmt}):
+        status, _, body = sql(served, **params)
+        assert status == 403 and f"'{fmt}'".encode() in body, body
+    status, _, body = sql(served, "SELECT 1", headers={"X-ClickHouse-Format": fmt})
+    assert status == 403 and f"'{fmt}'".encode() in body, body
+
+
+def test_every_setting_that_takes_a_path_url_or_schema_is_refused(served):
+    # Generated from the engine's own list, so a setting a new release adds is swept too.
+    names = lines(served, r"""
+        SELECT name FROM system.settings
+        WHERE match(name, '(?i)path|file|url|uri|schema|director|template|registry')
+           OR (type IN ('String', 'URI') AND match(description, '(?i)path|file|url|schema|director'))
+        ORDER BY name""")
+    names = [n for n in names if n not in TRANSPORT]  # `database`: the interface's own parameter
+    assert {"output_format_schema", "format_schema", "format_template_row", "format_avro_schema_registry_url",
+            "input_format_record_errors_file_path", "url_base"} <= set(names)
+    assert len(names) > 150
+    conn = http.client.HTTPConnection(*served.server_address[:2], timeout=60)
+    for name in names:
+        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "/tmp/cvat-analytics-sweep"}))
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 403 and f"'{name}'".encode() in body, (name, body)
+
+
+def test_every_other_setting_off_the_allow_list_is_refused_naming_it(served):
+    names = lines(served, "SELECT name FROM system.settings ORDER BY name")
+    off = [n for n in names if n not in SETTINGS and n not in LIMITS and n not in TRANSPORT and n != "readonly"]
+    assert {"output_format", "format", "filter", "select", "allow_experimental_eval_table_function",
+            "os_thread_priority", "max_bytes_to_read"} <= set(off)
+    conn = http.client.HTTPConnection(*served.server_address[:2], timeout=60)
+    for name in off:
+        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "1"}))
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 403 and f"'{name}'".encode() in body, (name, body)
+    # Those on the list are taken, and applied.
+    assert lines(served, "SELECT getSetting('date_time_output_format')", date_time_output_format="iso") == ["iso"]
+    assert lines(served, "SELECT 1", output_format_json_quote_64bit_integers="0", send_progress_in_http_headers="1",
+                 readonly="1") == ["1"]
+
+
+# -- limits ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, key", [
+    ("max_execution_time", "clickhouse.dashboards_max_execution_time_s"),
+    ("max_memory_usage", "clickhouse.dashboards_max_memory_usage_bytes"),
+    ("max_result_bytes", "embedded.sql.max_result_bytes"),
+    ("max_result_rows", "embedded.sql.max_result_rows"),
+    ("max_threads", "embedded.sql.max_threads")])
+def test_a_limit_may_be_lowered_never_raised_nor_lifted(served, store, name, key):
+    section, _, leaf = key.rpartition(".")
+    bound = store.spec
+    for part in key.split("."):
+        bound = bound[part]
+    assert lines(served, f"SELECT getSetting('{name}')") == [str(bound)]
+    lowered = str(bound // 2 or 1)
+    assert lines(served, f"SELECT getSetting('{name}')", **{name: lowered}) == [lowered]
+    status, _, body = sql(served, "SELECT 1", **{name: str(bound + 1)})
+    assert status == 403 and name.encode() in body and key.encode() in body, body
+    for lifted in ("-1", "0", "-0.5", "nan", "inf", "many"):
+        status, _, body = sql(served, "SELECT 1", **{name: lifted})
+        assert status == 400 and name.encode() in body and key.encode() in body, (lifted, body)
+
+
+def test_a_negative_time_limit_no_longer_lifts_the_cap(served):
+    # It was min(-1, 60) = -1, which ClickHouse reads as no limit at all.
+    status, _, body = sql(served, "SELECT getSetting('max_execution_time')", max_execution_time="-1")
+    assert status == 400 and b"max_execution_time" in body, body
+
+
+# -- statements -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM (SELECT 1 SETTINGS max_execution_time = 100000)",  # a SETTINGS clause that only reads
+    "SHOW PROCESSLIST",
+    "USE system",
+    "CHECK TABLE system.one",
+])
+def test_statements_past_the_gate_are_refused(served, statement):
+    status, headers, body = sql(served, statement)
+    assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "164", body
+
+
+def test_table_functions_come_from_the_allow_list(served):
+    for refused in ("SELECT * FROM generateRandom('a String') LIMIT 1", "SELECT * FROM input('a String')"):
+        status, _, body = sql(served, refused)
+        assert status == 403 and b"table function" in body, body
+    for statement, answer in [
+            ("SELECT sum(number) FROM numbers(10)", b"45\n"),
+            ("SELECT count() FROM merge('system', '^one$')", b"1\n"),
+            ("EXISTS TABLE system.one FORMAT CSV", b"1\n"),
+            ("SELECT 1 UNION ALL SELECT 2 ORDER BY 1 FORMAT TSV", b"1\n2\n"),
+            ("SELECT format('{} {}', 'a', 'b')", b"a b\n")]:  # format() the function, not the table function
+        assert sql(served, statement)[::2] == (200, answer)
+
+
+# -- query_id --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("query_id", ["a\r\nSet-Cookie: x=1", "a\nb", "caf\u00e9\u20ac", "x" * 201])
+def test_a_query_id_that_cannot_be_echoed_is_a_400_with_a_log_line(served, caplog, query_id):
+    caplog.set_level(logging.INFO, logger="cvat_analytics.access")
+    conn = http.client.HTTPConnection(*served.server_address[:2], timeout=30)
+    conn.request("GET", "/clickhouse/?query=" + quote("SELECT 1") + "&query_id=" + quote(query_id))
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 400 and b"query_id" in body, body
+    assert "\n" not in response.getheader("X-ClickHouse-Query-Id")
+    logged = [r for r in caplog.records if r.name == "cvat_analytics.access" and r.path.startswith("/clickhouse")]
+    assert [r.status for r in logged] == [400]
+
+
+# -- dashboards -------------------------------------------------------------------------
+
+def custom_panels(tmp_path, db: str) -> str:
+    """A dashboard whose panels try to read a file, write one, and raise their own limit."""
+    return textwrap.dedent(f"""\
+        uid: sneaky
+        title: Sneaky
+        panels:
+          - id: 1
+            title: Reads
+            type: table
+            gridPos: {{x: 0, y: 0, w: 12, h: 8}}
+            sql: "SELECT * FROM file('{tmp_path}/tokens.env', 'LineAsString')"
+          - id: 2
+            title: Reads too
+            type: table
+            gridPos: {{x: 12, y: 0, w: 12, h: 8}}
+            sql: "SELECT file('{tmp_path}/tokens.env') AS t"
+          - id: 3
+            title: Writes
+            type: table
+            gridPos: {{x: 0, y: 8, w: 12, h: 8}}
+            sql: "SELECT 1 AS x INTO OUTFILE '{tmp_path}/written.txt'"
+          - id: 4
+            title: Raises
+            type: table
+            gridPos: {{x: 12, y: 8, w: 12, h: 8}}
+            sql: "SELECT getSetting('max_execution_time') AS t SETTINGS max_execution_time = 100000"
+          - id: 5
+            title: Fine
+            type: stat
+            gridPos: {{x: 0, y: 16, w: 6, h: 4}}
+            sql: "SELECT count() AS n FROM {db}.events"
+        """)
+
+
+def test_a_custom_panel_that_reads_writes_or_raises_is_refused_at_page_view(make_served, store, tmp_path):
+    (tmp_path / "tokens.env").write_text("CVAT_ANALYTICS_TOKEN_ADMIN=s3cr3t-admin-token-value\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "sneaky.yaml").write_text(custom_panels(tmp_path, store.spec["clickhouse"]["database"]))
+    spec = copy.deepcopy(store.spec)
+    spec["custom_dashboards_dir"] = str(folder)
+    srv = make_served(spec=spec, dashboards=True)
+    host, port = srv.server_address[:2]
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/dashboards/sneaky", timeout=60) as r:
+            status, page = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, page = e.code, e.read().decode()
+    assert status == 200
+    assert "s3cr3t" not in page and "100000" not in page
+    assert not (tmp_path / "written.txt").exists()
+    assert page.count("is refused") == 4
+    assert "file() is refused" in page and "INTO OUTFILE" in page and "SETTINGS clause" in page
+
+
+def test_check_refuses_the_same_panels_before_running_them(tmp_path):
+    (tmp_path / "tokens.env").write_text("CVAT_ANALYTICS_TOKEN_ADMIN=s3cr3t-admin-token-value\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "sneaky.yaml").write_text(custom_panels(tmp_path, "{{ db }}"))
+    _, path = write_spec(tmp_path, custom_dashboards_dir="mine")
+    import subprocess
+
+    def cli(*args):
+        return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+    assert cli("render", "--spec", path, "--out", tmp_path / "deploy").returncode == 0
+    run = cli("check", "--spec", path, "--out", tmp_path / "deploy")
+    assert run.returncode == 1
+    for panel in ("panel 1 (Reads)", "panel 2 (Reads too)", "panel 3 (Writes)", "panel 4 (Raises)"):
+        assert f"sneaky.json: {panel} is refused" in run.stderr, run.stderr
+    assert "panel 5" not in run.stderr
+    assert "s3cr3t" not in run.stderr + run.stdout
+    assert not (tmp_path / "written.txt").exists()
