@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import jinja2
-import yaml
 
+from . import user_file
 from .sql import ident, string_literal
 
 DEFINITIONS = Path(__file__).with_name("dashboards")
@@ -29,7 +29,7 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
     `filters` and every `*_filters` list become one ANDed condition each; `fragments` are
     rendered in order, each able to use the ones before it."""
     if path is None:
-        data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
+        data = _read(DEFINITIONS / f"{name}.yaml")
     else:
         data = read_custom(path)
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -108,12 +108,17 @@ def custom_files(spec: dict) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
 
 
-def read_custom(path: Path) -> dict:
-    """A custom definition, checked: the same format as generator/dashboards/*.yaml, plus `uid`."""
+def _read(path: Path, folder: Path | None = None) -> object:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError(f"{path}: cannot read it: {str(exc).splitlines()[0]}") from None
+        return user_file.read_yaml(path, folder)[0]
+    except user_file.UserFileError as exc:
+        raise DefinitionError(str(exc)) from None
+
+
+def read_custom(path: Path) -> dict:
+    """A custom definition, checked: the same format as generator/dashboards/*.yaml, plus `uid`;
+    the file must lie in its folder (a link leading elsewhere is refused)."""
+    data = _read(path, path.parent)
 
     def need(ok: bool, where: str, expected: str) -> None:
         if not ok:
