@@ -178,7 +178,7 @@ def test_imported_sql_that_breaks_out_of_raw_runs_nothing_and_is_kept_as_written
     the Jinja after it ran at the import and at every render."""
     marker = tmp_path / "ran"
     panel_sql = "SELECT '{% endraw %}" + payload(marker) + "{% raw %}' AS t, 1 AS n"
-    variable_sql = "SELECT '{% endraw %}{{ x }}" + payload(marker) + "' AS users"
+    variable_sql = "SELECT '{% endraw %}" + payload(marker) + "{% raw %}' AS users"
     model = json.loads((DEPLOY / "monitoring.json").read_text())
     model["uid"], model["title"] = "payload", "Payload"
     model["panels"] = [dict(model["panels"][2], targets=[{"refId": "A", "rawSql": panel_sql}])]
