@@ -36,7 +36,10 @@ def read_text(path: Path | str, folder: Path | str | None = None) -> str:
     """The UTF-8 text of a regular file of at most MAX_BYTES (not a device, FIFO, socket or
     folder, which could block or never end), inside `folder` when one is given."""
     path = Path(path)
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links
+        raise UserFileError(f"{path}: cannot read it: {exc}") from None
     if folder is not None and not real.is_relative_to(Path(folder).resolve()):
         raise UserFileError(f"{path}: refused: it leads outside {folder} (to {real})")
     try:

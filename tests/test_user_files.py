@@ -95,7 +95,7 @@ def test_the_shipped_spec_and_definitions_use_no_alias_and_no_key_twice():
         assert user_file.read_yaml(path)[0], path
 
 
-@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "outside", "folder"])
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "outside", "folder", "loop"])
 def test_a_definition_that_is_not_a_regular_file_in_the_folder_is_refused(tmp_path, kind):
     """On main /dev/zero is read until memory runs out, a FIFO waits for a writer for ever,
     and a link to a file outside the folder is read as a definition."""
@@ -108,12 +108,15 @@ def test_a_definition_that_is_not_a_regular_file_in_the_folder_is_refused(tmp_pa
     elif kind == "outside":
         (tmp_path / "elsewhere.yaml").write_text(ERRORS_BY_USER)
         entry.symlink_to(tmp_path / "elsewhere.yaml")
+    elif kind == "loop":  # main refused it too; kept so the reader's own link check stays a line, not a traceback
+        entry.symlink_to("y.yaml")
+        entry.with_name("y.yaml").symlink_to("x.yaml")
     else:
         entry.mkdir()
     run, seconds = bounded_cli("render", "--spec", path, "--out", tmp_path / "out", cwd=tmp_path)
     assert run.returncode == 1, run.stderr[-2000:]
     expected = {"/dev/zero": f"refused: it leads outside {tmp_path / 'mine'} (to /dev/zero)", "fifo": "refused: not a regular file",
-                "outside": f"refused: it leads outside {tmp_path / 'mine'}", "folder": "refused: not a regular file"}
+                "outside": f"refused: it leads outside {tmp_path / 'mine'}", "folder": "refused: not a regular file", "loop": "cannot read it"}
     assert f"{entry}: {expected[kind]}" in run.stderr
     assert seconds < 10 and not (tmp_path / "out").exists()
     if kind == "outside":  # a link to a file inside the folder is read
