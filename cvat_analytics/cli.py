@@ -214,7 +214,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_dashboards_import(args) -> int:
-    from cvat_analytics_generator import grafana
+    from cvat_analytics_generator import grafana, user_file
     from cvat_analytics_generator.grafana_import import (DashboardImportError, definition_from_json, name_for,
                                                          write_definition)
 
@@ -223,8 +223,8 @@ def cmd_dashboards_import(args) -> int:
     if not folder:
         raise CommandError(f"{args.spec}: custom_dashboards_dir is empty: name a folder for your dashboards first")
     try:
-        definition, lost = definition_from_json(args.file.read_text(encoding="utf-8"), str(args.file))
-    except (OSError, UnicodeDecodeError, DashboardImportError) as exc:
+        definition, lost = definition_from_json(user_file.read_text(args.file), str(args.file))
+    except (user_file.UserFileError, DashboardImportError) as exc:
         raise CommandError(str(exc)) from None
     builtin = next((n for n, uid in spec["dashboards"].items() if uid == definition["uid"]), None)
     name = args.name or builtin or name_for(definition["title"])

@@ -4,7 +4,8 @@ One definition per dashboard: uid, title, template variables with their SQL, the
 filters every panel applies, and the panels (id, title, type, gridPos, SQL). The
 Grafana JSON is built from it here; the embedded service draws the same panels from
 the same SQL (cvat_analytics/dashboards.py). SQL keeps the plugin's macros and
-${variables}; only {{ db }} and {{ filters }} are filled in from the spec.
+${variables}; only {{ db }} and {{ filters }} are filled in from the spec. The built-in
+definitions are the project's Jinja templates; a user's own are never a template (fill).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import re
 from pathlib import Path
 
 import jinja2
-import yaml
+from jinja2.sandbox import SandboxedEnvironment
 
+from . import user_file
 from .sql import ident, string_literal
 
 DEFINITIONS = Path(__file__).with_name("dashboards")
@@ -27,32 +29,80 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
     """The definition of dashboard `name` with its SQL completed for this spec: a built-in's
     uid is the spec's, a custom one's (`path`, from custom_dashboards_dir) its own;
     `filters` and every `*_filters` list become one ANDed condition each; `fragments` are
-    rendered in order, each able to use the ones before it."""
+    filled in order, each able to use the ones before it. A built-in's SQL is a Jinja template
+    (rendered in a sandbox); a custom one's only has its {{ names }} replaced (fill), and SQL
+    marked `verbatim` (what `dashboards import` writes) is taken as written."""
+    max_points = spec["embedded"]["dashboards"]["max_points"]
+    ctx = {"db": ident(spec["clickhouse"]["database"]), "other": OTHER_CATEGORY}
     if path is None:
-        data = yaml.safe_load((DEFINITIONS / f"{name}.yaml").read_text(encoding="utf-8"))
+        data = _read(DEFINITIONS / f"{name}.yaml")
+        env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
+        builtin = {"exceptions": spec["exceptions"], "bucket_s": lambda floor: bucket_s(floor, max_points)}
+
+        def complete(text: str) -> str:
+            return env.from_string(text).render({**builtin, **ctx})
     else:
         data = read_custom(path)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
-    ctx = {"db": ident(spec["clickhouse"]["database"]), "exceptions": spec["exceptions"],
-           "other": OTHER_CATEGORY,
-           "bucket_s": lambda floor: bucket_s(floor, spec["embedded"]["dashboards"]["max_points"])}
+
+        def complete(text: str) -> str:
+            return fill(text, ctx, max_points)
+
+    def completed(text: str, where: str) -> str:
+        try:
+            return complete(text).strip()
+        except (jinja2.TemplateError, FillError) as exc:
+            raise DefinitionError(f"{path or name}: {where}: {exc}") from None
+
     for key, value in data.items():
         if key == "filters" or key.endswith("_filters"):
-            ctx[key] = env.from_string(" AND ".join(value or ["1=1"])).render(ctx)
+            ctx[key] = completed(" AND ".join(value or ["1=1"]), key)
     for key, text in (data.get("fragments") or {}).items():
-        ctx[key] = env.from_string(text).render(ctx).strip()
+        ctx[key] = completed(text, f"fragments.{key}")
     data["name"] = name
     data["uid"] = spec["dashboards"][name] if path is None else data["uid"]
     data.setdefault("variables", [])
     for item in data["variables"] + data["panels"]:
-        try:
-            item["sql"] = env.from_string(item["sql"]).render(ctx).strip()
-        except jinja2.TemplateError as exc:
-            raise DefinitionError(f"{path or name}: {item.get('name') or item.get('title')}: sql: {exc}") from None
+        where = f"{item.get('name') or item.get('title')}: sql"
+        item["sql"] = item["sql"].strip() if item.get("verbatim") else completed(item["sql"], where)
         if "\x00" in item["sql"]:  # NUL marks a variable's value while macros expand (grafana_macros)
-            raise ValueError(f"{name}: {item.get('name') or item.get('title')}: the SQL holds a NUL character")
+            raise DefinitionError(f"{path or name}: {where}: the SQL holds a NUL character")
     return data
+
+
+class FillError(ValueError):
+    """A custom definition's SQL that cannot be filled in; says what."""
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*(?:\(\s*(\d{1,9})\s*\))?\s*\}\}")
+
+
+def fill(text: str, names: dict[str, str], max_points: int) -> str:
+    """A custom definition's SQL with each {{ name }} of `names` and {{ bucket_s(seconds) }}
+    replaced: text substitution, never a template, so nothing in the file runs. Any other
+    {{, {% or {# is refused, and so is a result past user_file.MAX_BYTES (fragments that
+    use each other twice over would otherwise double at each step)."""
+    if leftover := re.search(r"\{[{%#].{0,40}", _PLACEHOLDER.sub("", text)):
+        raise FillError(f"{leftover.group(0)!r}: only {{{{ name }}}} is filled in (db, other, filters, "
+                        f"*_filters, the fragments, bucket_s(seconds)); SQL meant as written takes `verbatim: true`")
+    size = len(text)
+
+    def one(match: re.Match) -> str:
+        nonlocal size
+        name, seconds = match.groups()
+        if seconds is not None and name == "bucket_s":
+            value = bucket_s(int(seconds), max_points)
+        elif seconds is None and name in names:
+            value = names[name]
+        else:
+            raise FillError(f"{match.group(0)}: not a name this definition has (db, other, filters, *_filters, "
+                            f"the fragments before it, bucket_s(seconds))")
+        size += len(value)
+        if size > user_file.MAX_BYTES:
+            raise FillError(f"filled in, the SQL is larger than {user_file.MAX_BYTES} bytes")
+        return value
+
+    return _PLACEHOLDER.sub(one, text)
 
 
 def bucket_s(floor: int, max_points: int) -> str:
@@ -108,12 +158,17 @@ def custom_files(spec: dict) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
 
 
-def read_custom(path: Path) -> dict:
-    """A custom definition, checked: the same format as generator/dashboards/*.yaml, plus `uid`."""
+def _read(path: Path, folder: Path | None = None) -> object:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DefinitionError(f"{path}: cannot read it: {str(exc).splitlines()[0]}") from None
+        return user_file.read_yaml(path, folder)[0]
+    except user_file.UserFileError as exc:
+        raise DefinitionError(str(exc)) from None
+
+
+def read_custom(path: Path) -> dict:
+    """A custom definition, checked: the same format as generator/dashboards/*.yaml, plus `uid`;
+    the file must lie in its folder (a link leading elsewhere is refused)."""
+    data = _read(path, path.parent)
 
     def need(ok: bool, where: str, expected: str) -> None:
         if not ok:
@@ -133,6 +188,7 @@ def read_custom(path: Path) -> dict:
         v.setdefault("label", v["name"])
         need(v.get("kind") in KINDS, f"{where}.kind", "one of " + ", ".join(KINDS))
         need(isinstance(v.get("sql"), str), f"{where}.sql", "SQL text")
+        need(isinstance(v.get("verbatim", False), bool), f"{where}.verbatim", "true or false")
     need(isinstance(data.get("panels"), list) and bool(data["panels"]), "panels", "a list of panels")
     ids = set()
     for i, p in enumerate(data["panels"]):
@@ -146,6 +202,7 @@ def read_custom(path: Path) -> dict:
         need(isinstance(grid, dict) and all(isinstance(grid.get(k), int) and grid[k] >= 0 for k in "xywh")
              and grid["x"] + grid["w"] <= 24, f"{where}.gridPos", "{x, y, w, h}: whole numbers, x + w at most 24")
         need(isinstance(p.get("sql"), str) and bool(p["sql"].strip()), f"{where}.sql", "SQL text")
+        need(isinstance(p.get("verbatim", False), bool), f"{where}.verbatim", "true or false")
     for key in data:
         if key == "filters" or key.endswith("_filters"):
             need(isinstance(data[key], list) and all(isinstance(f, str) for f in data[key]), key, "a list of SQL conditions")

@@ -2,11 +2,14 @@
 (generator/dashboards/*.yaml plus `uid`), for custom_dashboards_dir: `cvat-analytics
 dashboards import FILE.json`. Panels (id, title, description, type, grid position, SQL),
 query variables and their SQL, bars, table totals and decimals are kept; everything else is
-named, one line each, so the user knows what the next `render` will not bring back.
+named, one line each, so the user knows what the next `render` will not bring back. The SQL
+is data: each query is written `verbatim: true`, taken as written, never filled in or run as a
+template.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -26,7 +29,7 @@ def definition_from_json(text: str, source: str = "<json>") -> tuple[dict, list[
     {"dashboard": ...} export wrapper)."""
     try:
         model = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DashboardImportError(f"{source}: not JSON: {exc}") from None
     if isinstance(model, dict) and isinstance(model.get("dashboard"), dict):
         model = model["dashboard"]
@@ -52,7 +55,8 @@ def definition_from_json(text: str, source: str = "<json>") -> tuple[dict, list[
         if not _NAME.fullmatch(name):
             lost.append(f"variable {name!r}: not a name of letters, digits and _, not kept")
             continue
-        variables.append({"name": name, "label": str(v.get("label") or name), "kind": _kind(name), "sql": _raw(sql)})
+        variables.append({"name": name, "label": str(v.get("label") or name), "kind": _kind(name),
+                          "verbatim": True, "sql": sql.strip()})
     out["variables"] = variables
 
     panels = []
@@ -89,7 +93,8 @@ def definition_from_json(text: str, source: str = "<json>") -> tuple[dict, list[
         if decimals:
             panel["decimals"] = decimals
         panel["gridPos"] = {k: int(grid.get(k, 0)) for k in ("x", "y", "w", "h")}
-        panel["sql"] = _raw(targets[0]["rawSql"])
+        panel["verbatim"] = True
+        panel["sql"] = targets[0]["rawSql"].strip()
         panels.append(panel)
     if not panels:
         raise DashboardImportError(f"{source}: no panel with a SQL query of a kind we draw")
@@ -109,13 +114,6 @@ def _kind(name: str) -> str:
     return {"scopes": "scope", "sources": "source"}.get(name, "text")
 
 
-def _raw(sql: str) -> str:
-    """SQL as a definition holds it: definitions are Jinja templates ({{ db }}), so text that
-    Jinja would read is kept verbatim."""
-    sql = sql.strip()
-    return "{% raw %}" + sql + "{% endraw %}" if re.search(r"\{[{%#]", sql) else sql
-
-
 def _flatten(panels: list, lost: list[str]):
     for p in panels:
         if p.get("type") == "row":
@@ -126,11 +124,16 @@ def _flatten(panels: list, lost: list[str]):
 
 
 def write_definition(definition: dict, folder: Path, name: str) -> Path:
+    """Write folder/name.yaml whole: written beside it, then renamed over it, so a link of that
+    name is replaced, never followed to the file it points at."""
     path = Path(folder) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Imported from Grafana by `cvat-analytics dashboards import`; edit freely.\n"
-                    + yaml.dump(definition, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=120),
-                    encoding="utf-8")
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.unlink(missing_ok=True)
+    with open(staging, "x", encoding="utf-8") as f:  # "x": never through a link left there
+        f.write("# Imported from Grafana by `cvat-analytics dashboards import`; edit freely.\n"
+                + yaml.dump(definition, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=120))
+    os.replace(staging, path)
     return path
 
 
@@ -139,7 +142,8 @@ def name_for(title: str) -> str:
 
 
 class _BlockDumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data) -> bool:
+        return True  # a value written twice is written out twice: definitions take no alias
 
 
 def _str(dumper: yaml.SafeDumper, value: str):

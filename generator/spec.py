@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import user_file
+
 SCHEMA_PATH = Path(__file__).with_name("spec_schema.yaml")
 # The default spec ships inside the package (in the repository, a link to the top-level
 # analytics.yaml), so an installed wheel renders and serves with no file of its own.
@@ -40,23 +42,16 @@ def find_spec(explicit: str | Path | None = None) -> Path:
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return user_file.read_yaml(SCHEMA_PATH)[0]
 
 
 def load_spec(path: str | Path | None = None) -> dict:
     """Read, parse and validate a spec file; raise SpecError naming file, line and key."""
     path = find_spec(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        data, node = user_file.read_yaml(path)
+    except user_file.UserFileError as exc:
+        raise SpecError(str(exc)) from None
     validate(data, path, node)
     if data.get("custom_dashboards_dir"):  # relative to the spec, wherever the command runs
         data["custom_dashboards_dir"] = str(path.parent / data["custom_dashboards_dir"])

@@ -52,12 +52,19 @@ def cli(*args, cwd):
 
 
 def test_a_custom_dashboard_is_rendered_beside_the_built_in_ones(tmp_path):
-    spec = load_spec(custom_spec(tmp_path, errors_by_user=ERRORS_BY_USER))
+    with_fragments = ERRORS_BY_USER.replace("panels:", textwrap.dedent("""\
+        fragments:
+          bucket: "{{ bucket_s(900) }}"
+          hours: "intDiv(toUnixTimestamp(timestamp), {{bucket}})"
+        panels:"""), 1).replace("GROUP BY user_id", "GROUP BY user_id, {{ hours }}")
+    spec = load_spec(custom_spec(tmp_path, errors_by_user=with_fragments))
     files = render_all(spec)
     model = json.loads(files["grafana/dashboards/errors_by_user.json"])
     assert model["uid"] == "errors-by-user" and model["title"] == "Errors by user"
     assert "`cvat`.events" in model["panels"][0]["targets"][0]["rawSql"]
     assert "user_id IN (${users})" in model["panels"][0]["targets"][0]["rawSql"]
+    assert "GROUP BY user_id, intDiv(toUnixTimestamp(timestamp), 900 * greatest(1, intDiv($__to - $__from" \
+        in model["panels"][0]["targets"][0]["rawSql"]
     assert [d["uid"] for d in grafana.load_all(spec)][-1] == "errors-by-user"
     assert "grafana/dashboards/monitoring.json" in files  # the built-in ones stay
 
@@ -159,3 +166,63 @@ def test_jinja_looking_sql_is_kept_verbatim(tmp_path):
     assert cli("dashboards", "import", "--spec", path, saved, cwd=tmp_path).returncode == 0
     braces = next(d for d in grafana.load_all(load_spec(path)) if d["uid"] == "braces")
     assert braces["panels"][0]["sql"] == "SELECT '{{ x }}' AS t, 1 AS n"
+
+
+def payload(marker) -> str:
+    """Jinja that runs a shell command, as a non-sandboxed environment lets it."""
+    return "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
+
+
+def test_imported_sql_that_breaks_out_of_raw_runs_nothing_and_is_kept_as_written(tmp_path):
+    """On main, SQL holding {% endraw %} left the {% raw %} block the import wrapped it in, and
+    the Jinja after it ran at the import and at every render."""
+    marker = tmp_path / "ran"
+    panel_sql = "SELECT '{% endraw %}" + payload(marker) + "{% raw %}' AS t, 1 AS n"
+    variable_sql = "SELECT '{% endraw %}" + payload(marker) + "{% raw %}' AS users"
+    model = json.loads((DEPLOY / "monitoring.json").read_text())
+    model["uid"], model["title"] = "payload", "Payload"
+    model["panels"] = [dict(model["panels"][2], targets=[{"refId": "A", "rawSql": panel_sql}])]
+    model["templating"]["list"] = [{"type": "query", "name": "users", "query": variable_sql}]
+    (tmp_path / "p.json").write_text(json.dumps(model))
+    path = custom_spec(tmp_path)
+    run = cli("dashboards", "import", "--spec", path, tmp_path / "p.json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert cli("render", "--spec", path, "--out", tmp_path / "deploy", cwd=tmp_path).returncode == 0
+    d = next(d for d in grafana.load_all(load_spec(path)) if d["uid"] == "payload")
+    assert not marker.exists()
+    assert d["panels"][0]["sql"] == panel_sql and d["variables"][0]["sql"] == variable_sql
+    rendered = json.loads((tmp_path / "deploy" / "grafana" / "dashboards" / "payload.json").read_text())
+    assert rendered["panels"][0]["targets"][0]["rawSql"] == panel_sql
+
+
+@pytest.mark.parametrize("where, change", [
+    ("Exceptions per user: sql", ("GROUP BY user_id", "GROUP BY user_id {PAYLOAD}")),
+    ("users: sql", ("ORDER BY user_id\"}", "ORDER BY user_id {PAYLOAD}\"}")),
+    ("filters", ("$__conditionalAll(user_id IN (${users}), $users)", "\"{PAYLOAD}\"")),
+    ("fragments.f", ("panels:", "fragments:\n  f: \"{PAYLOAD}\"\npanels:")),
+])
+def test_a_custom_definition_is_never_run_as_a_template(tmp_path, where, change):
+    """A user's definition has its {{ names }} replaced, nothing more: on main each of these
+    ran the command (the definitions were rendered by a non-sandboxed Jinja)."""
+    marker = tmp_path / "ran"
+    old, new = change
+    text = ERRORS_BY_USER.replace(old, new.replace("{PAYLOAD}", payload(marker).replace('"', '\\"')))
+    assert text != ERRORS_BY_USER
+    spec = load_spec(custom_spec(tmp_path, errors_by_user=text))
+    with pytest.raises(grafana.DefinitionError) as err:
+        grafana.load_all(spec)
+    assert not marker.exists()
+    assert str(err.value).startswith(f"{tmp_path / 'mine' / 'errors_by_user.yaml'}: {where}: ")
+    assert "only {{ name }} is filled in" in str(err.value) and "verbatim: true" in str(err.value)
+
+
+def test_fragments_that_double_each_other_are_refused_at_once(tmp_path):
+    """Each fragment twice the one before: 2**40 bytes on main (Jinja rendered it)."""
+    from tests.test_user_files import bounded_cli
+
+    fragments = "fragments:\n  f0: \"1\"\n" + "".join(f"  f{i}: \"{{{{ f{i - 1} }}}} + {{{{ f{i - 1} }}}}\"\n" for i in range(1, 41))
+    path = custom_spec(tmp_path, errors_by_user=ERRORS_BY_USER.replace("panels:", fragments + "panels:"))
+    run, seconds = bounded_cli("render", "--spec", path, "--out", tmp_path / "out", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "errors_by_user.yaml: fragments.f" in run.stderr and "the SQL is larger than 1048576 bytes" in run.stderr
+    assert seconds < 10
