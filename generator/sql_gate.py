@@ -16,7 +16,7 @@ dashboards') also url(), remote(), file() as a table and a SETTINGS clause. So:
   file); no INTO OUTFILE (writes a file); table functions only from TABLE_FUNCTIONS;
   no file() (reads any file); a FORMAT clause only from FORMATS.
 - a URL setting: only from SETTINGS, and never one that names a path, a URL or a schema
-  (PATHS), whatever SETTINGS says; the limits only lowered, to a positive value.
+  (PATHS), whatever SETTINGS says; the limits only lowered (a higher value is held at the bound), to a positive value.
 - an output format: only from FORMATS. Template, CustomSeparated, Protobuf, CapnProto and
   their kin read or write schema files, so none of them is there.
 """
@@ -72,6 +72,7 @@ SETTINGS = frozenset({
     "output_format_pretty_max_rows", "date_time_output_format", "date_time_input_format",
     "send_progress_in_http_headers", "http_headers_progress_interval_ms",
     "cancel_http_readonly_queries_on_client_close", "enable_http_compression",
+    "limit", "offset",  # rows of the answer; the Grafana plugin sends `limit`
 })
 # Settings that name a path, a URL or a schema (format_schema, output_format_schema,
 # format_template_*, *_schema_registry_url, input_format_record_errors_file_path, url_base,
@@ -98,8 +99,11 @@ def refused(message: str) -> Refused:
 def check_settings(settings: dict[str, str], limits: dict[str, tuple[float, str]]) -> dict[str, str]:
     """The settings to apply for a caller's URL `settings`: every one allowed, and every
     limit (`limits`: name -> (the bound, its spec key)) at the caller's value if lower,
-    else at the bound. Refused: a setting off the list (403), a limit raised (403), a
-    limit not a positive number (400), `readonly` other than 1 (403)."""
+    else at the bound: a value above it is held at the bound, not refused, because real
+    clients send one (the Grafana plugin's clickhouse-go sends max_execution_time = its
+    deadline + 5 s, context.go queryOptions). Refused: a setting off the list (403), a
+    limit not a positive number (400, since ClickHouse reads 0 or a negative value as
+    "no limit"), `readonly` other than 1 (403)."""
     out = {}
     for name, value in settings.items():
         shown = name[:100]
@@ -128,10 +132,7 @@ def check_settings(settings: dict[str, str], limits: dict[str, tuple[float, str]
         if number is None:
             raise Refused(BAD_ARGUMENTS, f"setting '{name}' must be a positive number no larger than "
                           f"{_number_text(bound)} ({key}), got {value[:20]!r}", "BAD_ARGUMENTS")
-        if number > bound:
-            raise refused(f"setting '{name}'={value[:20]} is above this service's limit of {_number_text(bound)} "
-                          f"({key}); a caller may lower a limit, never raise it")
-        out[name] = value.strip()
+        out[name] = value.strip() if number <= bound else _number_text(bound)
     return out
 
 
