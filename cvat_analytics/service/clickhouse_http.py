@@ -85,6 +85,7 @@ _STATUS = {
     202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES (500 on ClickHouse): 503 says "retry", and clients do
 }
 READONLY, ACCESS_DENIED = 164, 497
+ANSWER_BLOCK_ROWS = 8192
 
 # Content types ClickHouse gives its common output formats.
 _CONTENT_TYPES = {
@@ -133,6 +134,9 @@ class ClickHouseHTTP:
             "max_result_bytes": embedded["sql"]["max_result_bytes"],
             "max_result_rows": embedded["sql"]["max_result_rows"],
             "max_threads": embedded["sql"]["max_threads"],
+            # Rows a block: a streamed answer is held a block at a time (ClickHouse's 65409 rows of
+            # 1 KB each made 66 MB blocks and serve's peak 570 MB above idle; 8192 rows, 160 MB).
+            "max_block_size": ANSWER_BLOCK_ROWS,
         }
         self.max_answer_bytes = embedded["sql"]["max_answer_bytes"]
         # Queries at once: each may hold max_memory_usage, and ingest needs a core.
