@@ -152,3 +152,18 @@ def test_native_of_many_blocks_through_clickhouse_connect_decodes_to_the_engines
     assert run.returncode == 0, run.stderr
     rows = json.loads(run.stdout)
     assert rows == [[str(n), f"u{n % 7}", n, [str(n)], str(n % 3)] for n in range(50000)]
+
+
+def test_native_for_clickhouse_go_is_the_block_walk_of_the_engines_blocks_even_where_values_hold_a_header(
+        make_served, store):
+    from cvat_analytics.service.native_revision import Rewriter
+
+    srv = served_with(make_served, store, 1_000_000_000)
+    # Every 1000th value of `s` holds the bytes of the header of `t` (name and type), which
+    # sends that block's rewrite back to walking the values.
+    query = ("SELECT if(number % 1000 = 0, concat(char(1, 116, 6), 'String'), toString(number)) AS s, "
+             "concat('u', toString(number % 7)) AS t, [toString(number)] AS a, number AS n FROM numbers(40000)")
+    status, headers, body, complete = raw(srv, query, default_format="Native", client_protocol_version="54479")
+    assert (status, headers.get("Transfer-Encoding"), complete) == (200, "chunked", True)
+    blocks = engine(store, f"{query} SETTINGS max_block_size=8192", "Native")
+    assert body == Rewriter(54479, streamed=False)(blocks)  # every value walked, one chunk of all blocks
