@@ -270,7 +270,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                             self.wfile.write(b"%x\r\n" % len(piece))
                             self.wfile.write(piece)
                             self.wfile.write(b"\r\n")
-                except StreamCut:
+                except (StreamCut, OSError):  # cut, or the client left or stopped reading (timeout)
                     self.close_connection = True
                 else:
                     self.wfile.write(b"0\r\n\r\n")
