@@ -25,22 +25,23 @@ OUTFILE; those are refused with 403, and so are arrowstream() (Python objects ag
 eval() (SQL in a string, out of EXPLAIN's sight; experimental, but a URL setting could
 allow it).
 
-The answer is streamed, block by block as the engine makes it, so `serve` holds about
-one block of it (not the whole: a 2.5 GB answer took serve to 8.2 GB when it was built
-whole). Its first BUFFERED_BYTES are held back: an answer that ends within them is sent
-with its length, and an error there is a clean status with ClickHouse's text. A longer
-one goes out with chunked transfer encoding and a 200 that is already sent when a later
-error comes (past max_execution_time, or past embedded.sql.max_answer_bytes, the bytes
-sent, which the engine's max_result_bytes does not bound: it counts the result in memory,
-not the text, so a 1,000-character alias on 10M JSON rows passes it). Then the answer
-ends as ClickHouse (25.11+) ends one with wait_end_of_query=0: its exception text inside
-`__exception__` markers carrying the random X-ClickHouse-Exception-Tag sent in the
-headers (clickhouse-connect raises it as the server's error), and, as its transfer is
-broken, no terminating zero-length chunk and the connection closed, so every HTTP client
-(curl exits 18, Python's http.client raises IncompleteRead, Go's reader an unexpected
-EOF) fails rather than taking a cut answer for a whole one. The bound is checked before
-a block is sent, so an answer never passes it. A Native answer for a
-client_protocol_version is rewritten block by block (native_revision.py).
+The answer is streamed, block by block as the engine makes it (blocks of at most
+ANSWER_BLOCK_ROWS rows), so `serve` holds a block or two of it, not the whole (a 2.5 GB
+answer built whole took serve to 8.2 GB). Its first BUFFERED_BYTES are held back: an
+answer that ends within them is sent with its length, and an error there is a clean
+status with ClickHouse's text (past embedded.sql.max_answer_bytes already: 400). A longer
+one goes out with chunked transfer encoding, its 200 sent before a later error can come:
+past max_execution_time, or past embedded.sql.max_answer_bytes, the bytes sent (the
+engine's max_result_bytes counts the result in memory, not the text: a 1,000-character
+alias on 2.5M JSON rows passed it). Then the answer ends as ClickHouse (25.11+) ends one
+with wait_end_of_query=0: its exception text between `__exception__` markers that carry
+the random X-ClickHouse-Exception-Tag of the headers (clickhouse-connect raises it as the
+server's error), and no terminating zero-length chunk, the connection closed: an HTTP
+client reading the chunked framing fails rather than taking a cut answer for a whole one
+(curl exits 18, Python's http.client raises IncompleteRead, urllib3 ProtocolError). A
+block that would pass the bound is not sent. wait_end_of_query is accepted and changes
+nothing. Native for a client_protocol_version is rewritten block by block
+(native_revision.py).
 """
 from __future__ import annotations
 
