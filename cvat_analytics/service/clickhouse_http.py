@@ -22,10 +22,23 @@ embedded.sql bounds), each the caller's if lower; then `readonly=1`. From then o
 engine refuses every write, DDL and settings change as well (what readonly=1 alone lets
 through on chdb is in the gate's text).
 
-The answer is produced whole before it is sent (as ClickHouse does with
-wait_end_of_query=1), so an error is always a clean status with ClickHouse's text,
-never a 200 cut short; its size is bounded by the engine (max_result_bytes,
-max_result_rows, overflow mode throw).
+The answer is streamed, block by block as the engine makes it (blocks of at most
+ANSWER_BLOCK_ROWS rows), so `serve` holds a block or two of it, not the whole (a 2.5 GB
+answer built whole took serve to 8.2 GB). Its first BUFFERED_BYTES are held back: an
+answer that ends within them is sent with its length, and an error there is a clean
+status with ClickHouse's text (past embedded.sql.max_answer_bytes already: 400). A longer
+one goes out with chunked transfer encoding, its 200 sent before a later error can come:
+past max_execution_time, or past embedded.sql.max_answer_bytes, the bytes sent (the
+engine's max_result_bytes counts the result in memory, not the text: a 1,000-character
+alias on 2.5M JSON rows passed it). Then the answer ends as ClickHouse (25.11+) ends one
+with wait_end_of_query=0: its exception text between `__exception__` markers that carry
+the random X-ClickHouse-Exception-Tag of the headers (clickhouse-connect raises it as the
+server's error), and no terminating zero-length chunk, the connection closed: an HTTP
+client reading the chunked framing fails rather than taking a cut answer for a whole one
+(curl exits 18, Python's http.client raises IncompleteRead, urllib3 ProtocolError). A
+block that would pass the bound is not sent. wait_end_of_query is accepted and changes
+nothing. Native for a client_protocol_version is rewritten block by block
+(native_revision.py).
 """
 from __future__ import annotations
 
@@ -43,7 +56,7 @@ from cvat_analytics_generator.sql_gate import Refused, check_format, check_setti
 
 from . import native_revision
 from .http import BodyError
-from .responses import Response
+from .responses import Response, StreamCut
 
 if TYPE_CHECKING:
     from .http import RequestHandler
@@ -74,6 +87,7 @@ _STATUS = {
     202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES (500 on ClickHouse): 503 says "retry", and clients do
 }
 READONLY, ACCESS_DENIED = 164, 497
+ANSWER_BLOCK_ROWS = 8192
 
 # Content types ClickHouse gives its common output formats.
 _CONTENT_TYPES = {
@@ -109,7 +123,11 @@ class ClickHouseHTTP:
             "max_result_bytes": (embedded["sql"]["max_result_bytes"], "embedded.sql.max_result_bytes"),
             "max_result_rows": (embedded["sql"]["max_result_rows"], "embedded.sql.max_result_rows"),
             "max_threads": (embedded["sql"]["max_threads"], "embedded.sql.max_threads"),
+            # Rows a block: a streamed answer is held a block at a time (ClickHouse's 65409 rows of
+            # 1 KB each made 66 MB blocks and serve's peak 570 MB above idle; 8192 rows, 160 MB).
+            "max_block_size": (ANSWER_BLOCK_ROWS, "the SQL interface's block size"),
         }
+        self.max_answer_bytes = embedded["sql"]["max_answer_bytes"]
         # Queries at once: each may hold max_memory_usage, and ingest needs a core.
         self._running = threading.BoundedSemaphore(embedded["sql"]["max_concurrent_queries"])
         self._max_running = embedded["sql"]["max_concurrent_queries"]
@@ -157,23 +175,23 @@ class ClickHouseHTTP:
             if not self._running.acquire(blocking=False):
                 raise Refused(202, f"Too many simultaneous queries. Maximum: {self._max_running} "
                               "(embedded.sql.max_concurrent_queries)", "TOO_MANY_SIMULTANEOUS_QUERIES")
-            try:
-                return self.run(sql, database, default_format, bind, settings, query_id,
-                            _int(args.get("client_protocol_version")) or 0)
-            finally:
-                self._running.release()
+            # The slot is held until the answer is sent: run() hands its release on.
+            return self.run(sql, database, default_format, bind, settings, query_id,
+                            _int(args.get("client_protocol_version")) or 0, release=self._running.release)
         except BodyError as exc:
             return Response(exc.status, f"{exc}\n".encode(), "text/plain; charset=UTF-8")
         except Refused as exc:
             return self._error(exc, query_id)
 
     def run(self, sql: str, database: str, default_format: str, bind: dict, settings: dict,
-            query_id: str, protocol: int = 0) -> Response:
+            query_id: str, protocol: int = 0, release=lambda: None) -> Response:
+        """The answer to one query; `release` is called once it is sent (or refused)."""
         import chdb  # here: importing chdb opens an engine, and serve opens its own first
 
-        conn = chdb.connect(self.path)
+        answer = Answer(self.max_answer_bytes, release)
         try:
             try:
+                conn = answer.conn = chdb.connect(self.path)
                 info = self.server_info(conn)
                 for name, value in settings.items():  # allowed ones and the limits (sql_gate)
                     self._set(conn, name, value)
@@ -184,29 +202,35 @@ class ClickHouseHTTP:
                 if database:
                     self._use(conn, database)
                 output_format = self.check(conn, sql, bind) or default_format
-                result = conn.query(sql, default_format, params=bind)
-                body = result.bytes() or b""
-                if protocol and output_format == "Native":
-                    body = native_revision.rewrite(body, min(protocol, int(info[3])))
-            except native_revision.UnsupportedType as exc:
-                raise Refused(48, str(exc), "NOT_IMPLEMENTED") from None
+                revision = min(protocol, int(info[3])) if protocol and output_format == "Native" else 0
+                try:
+                    stream = conn.send_query(sql, default_format, params=bind)
+                except Exception as exc:
+                    if "Streaming query is not supported" not in str(exc):
+                        raise
+                    # EXISTS, SHOW, DESCRIBE, EXPLAIN: chdb streams SELECTs only, and these answers are small.
+                    stream = [conn.query(sql, default_format, params=bind)]
+                answer.start(stream, revision)
             except Refused:
                 raise
             except Exception as exc:  # chdb raises RuntimeError with ClickHouse's text
                 raise _engine_error(exc) from None
         except Refused as exc:
-            return self._error(exc, query_id)
-        finally:
-            conn.close()
-        # chdb's rows_read/bytes_read are the result's; storage_* what the query read.
-        summary = {"read_rows": str(result.storage_rows_read()), "read_bytes": str(result.storage_bytes_read()),
-                   "written_rows": "0", "written_bytes": "0",
-                   "total_rows_to_read": str(result.storage_rows_read()),
-                   "result_rows": str(result.rows_read()), "result_bytes": str(result.bytes_read()),
-                   "elapsed_ns": str(int(result.elapsed() * 1e9))}
+            answer.close()
+            # Past the answer's bound before anything was sent: the caller asked too much (4xx).
+            return self._error(exc, query_id, status=400 if isinstance(exc, AnswerTooLarge) else None)
+        except BaseException:
+            answer.close()
+            raise
+        headers = {"X-ClickHouse-Format": output_format, "X-ClickHouse-Summary": json.dumps(answer.summary())}
+        if answer.whole:
+            body = answer.head()
+            answer.close()
+        else:
+            body = answer
+            headers["X-ClickHouse-Exception-Tag"] = answer.tag
         return Response(200, body, _CONTENT_TYPES.get(output_format, "text/plain; charset=UTF-8"),
-                        self._headers(query_id, info, {"X-ClickHouse-Format": output_format,
-                                                       "X-ClickHouse-Summary": json.dumps(summary)}))
+                        self._headers(query_id, info, headers))
 
     def check(self, conn, sql: str, bind: dict) -> str | None:
         """The SQL gate on this request's engine handle; the query's FORMAT, if any."""
@@ -240,6 +264,110 @@ class ClickHouseHTTP:
         text = str(exc)
         return Response(status or _STATUS.get(exc.code, 500), f"{text}\n".encode(), "text/plain; charset=UTF-8",
                         self._headers(query_id, self._server_info, {"X-ClickHouse-Exception-Code": str(exc.code)}))
+
+
+class AnswerTooLarge(Refused):
+    """The answer passed embedded.sql.max_answer_bytes."""
+
+
+# The first bytes of an answer held back before any is sent: an answer that ends within them
+# (most do) goes out whole, with its length and a status that says how it ended.
+BUFFERED_BYTES = 1 << 20
+TOO_MANY_ROWS_OR_BYTES = 396
+
+
+class Answer:
+    """One query's answer as the engine streams it (one block a chunk), at most `limit`
+    bytes as sent. It holds the engine handle and the query slot until close()."""
+
+    def __init__(self, limit: int, release):
+        self.limit, self._release = limit, release
+        self.conn = self._stream = self._chunks = self._rewrite = None
+        self._head: list[bytes] = []
+        self.whole = False
+        self.sent = 0  # bytes taken so far (held back or sent)
+        self.tag = uuid.uuid4().hex  # unguessable: the answer's own bytes cannot fake the error markers
+        self._counts = dict.fromkeys(("read_rows", "read_bytes", "result_rows", "result_bytes"), 0)
+        self._elapsed = 0.0
+
+    def start(self, stream, revision: int) -> None:
+        """Read up to BUFFERED_BYTES (or the end); an error or the limit here raises Refused."""
+        self._stream, self._chunks = stream, iter(stream)
+        streamed = not isinstance(stream, list)
+        self._rewrite = native_revision.Rewriter(revision, streamed) if revision else None
+        while self.sent <= BUFFERED_BYTES:
+            piece = self._next()
+            if piece is None:
+                self.whole = True
+                return
+            self._head.append(piece)
+
+    def head(self) -> bytes:
+        return b"".join(self._head)
+
+    def __iter__(self):
+        """The pieces to send: the held-back ones, then the rest; a cut ends with the
+        exception markers and StreamCut (responses.py), so the transfer is left broken."""
+        head, self._head = self._head, []
+        yield from head
+        while True:
+            try:
+                piece = self._next()
+            except Refused as exc:
+                text = str(exc).encode()
+                yield (b"__exception__\r\n%s\r\n%s\n%d %s\r\n__exception__\r\n"
+                       % (self.tag.encode(), text, len(text), self.tag.encode()))
+                raise StreamCut(str(exc)) from None
+            if piece is None:
+                return
+            yield piece
+
+    def _next(self) -> bytes | None:
+        """The next block of the answer as sent, None at its end; Refused on an error or past the limit."""
+        try:
+            chunk = next(self._chunks, None)
+            while chunk is not None and not chunk.bytes():
+                chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            for name, value in (("read_rows", chunk.storage_rows_read()), ("read_bytes", chunk.storage_bytes_read()),
+                                ("result_rows", chunk.rows_read()), ("result_bytes", chunk.bytes_read())):
+                self._counts[name] += value
+            self._elapsed = max(self._elapsed, chunk.elapsed())
+            piece = chunk.bytes()
+            if self._rewrite:
+                piece = self._rewrite(piece)
+        except native_revision.UnsupportedType as exc:
+            raise Refused(48, str(exc), "NOT_IMPLEMENTED") from None
+        except Exception as exc:  # chdb raises with ClickHouse's text
+            raise _engine_error(exc) from None
+        if self.sent + len(piece) > self.limit:
+            raise AnswerTooLarge(TOO_MANY_ROWS_OR_BYTES, f"The answer is more than {self.limit} bytes "
+                          "(embedded.sql.max_answer_bytes) and was cut there: ask for fewer rows or columns, "
+                          "or use the CSV export", "TOO_MANY_ROWS_OR_BYTES")
+        self.sent += len(piece)
+        return piece
+
+    def summary(self) -> dict:
+        """X-ClickHouse-Summary: the whole answer's, or what was read before the headers went."""
+        counts = {name: str(value) for name, value in self._counts.items()}
+        return {"read_rows": counts["read_rows"], "read_bytes": counts["read_bytes"],
+                "written_rows": "0", "written_bytes": "0", "total_rows_to_read": counts["read_rows"],
+                "result_rows": counts["result_rows"], "result_bytes": counts["result_bytes"],
+                "elapsed_ns": str(int(self._elapsed * 1e9))}
+
+    def close(self) -> None:
+        """Stop the query (if it still runs), close the engine handle, free the slot; once."""
+        release, self._release = self._release, None
+        try:
+            if hasattr(self._stream, "close"):
+                self._stream.close()
+            if self.conn is not None:
+                self.conn.close()
+        finally:
+            self._stream = self.conn = None
+            if release:
+                release()
 
 
 def _escaped(value: str) -> str:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from .access import ANONYMOUS, LOCAL, Principal
 from .logs import ACCESS, SERVICE, loggable_path
 from .overflow import Overflow
-from .responses import Response, encode_head, json_response
+from .responses import Response, StreamCut, encode_head, json_response
 
 
 if TYPE_CHECKING:
@@ -253,15 +253,29 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def send(self, response: Response) -> None:
         """The status line and headers, and a bytes body with them in one write: with
-        TCP_NODELAY set (setup), a response is on the wire at once."""
+        TCP_NODELAY set (setup), a response is on the wire at once. A Stream (responses.py)
+        goes chunked; when it is cut, the terminating chunk is left out and the connection closed."""
         body = response.body
-        length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+        streamed = not isinstance(body, bytes) and not hasattr(body, "fileno")
+        length = None if streamed else len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
         head = encode_head(response, length, self.close_connection, self.date_time_string())
         try:
             if self.command == "HEAD":
                 self.wfile.write(head)
             elif isinstance(body, bytes):
                 self.wfile.write(head + body)
+            elif streamed:
+                self.wfile.write(head)
+                try:
+                    for piece in body:
+                        if piece:
+                            self.wfile.write(b"%x\r\n" % len(piece))
+                            self.wfile.write(piece)
+                            self.wfile.write(b"\r\n")
+                except (StreamCut, OSError):  # cut, or the client left or stopped reading (timeout)
+                    self.close_connection = True
+                else:
+                    self.wfile.write(b"0\r\n\r\n")
             else:
                 self.wfile.write(head)
                 shutil.copyfileobj(body, self.wfile, 1 << 20)

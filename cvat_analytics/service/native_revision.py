@@ -3,9 +3,19 @@
 A server answers `client_protocol_version=R` with Native blocks that carry a BlockInfo
 header (R > 0) and, from revision 54454, a "custom serialization" byte per column; Go's
 clickhouse-go (Grafana's plugin) and clickhouse-connect ask for it. chdb writes Native
-for revision 0 only, so its blocks are rewritten here: the column data is copied as
-it is, which needs its length, so the types are walked (the ones analysts' queries give;
-another is refused with a message saying so).
+for revision 0 only (no setting asks it for another), so its blocks are rewritten here,
+one at a time as chdb streams them (one block a chunk), the column data copied as it is.
+
+Walking values in Python holds the GIL that ingest needs (two answers of many Strings took
+ingest from 4,200 to 500 events/s), so after the first block of an answer no value is
+walked: below revision 54454 a block only gains its BlockInfo and is copied whole; from
+it, a column's end is needed to place the next column's byte: the last column runs to the
+block's end, and another ends where the next column's header (its name and type, the same
+in every block) starts, found by bytes.find when it occurs once in the rest of the block.
+Only when a value holds those bytes too is the column walked (bounded by the answer's
+size, embedded.sql.max_answer_bytes). The first block (8192 rows at most) is walked whole,
+to learn the headers, check every column's type (another is refused with a message saying
+so) and that a chunk is one block.
 """
 from __future__ import annotations
 
@@ -30,23 +40,59 @@ class UnsupportedType(ValueError):
     """A column type this rewrite does not walk."""
 
 
-def rewrite(native: bytes, revision: int) -> bytes:
-    """`native` (revision 0, as chdb writes it) as a client of `revision` reads it."""
-    out, pos = bytearray(), 0
-    while pos < len(native):
-        columns, pos = _leb(native, pos)
-        rows, pos = _leb(native, pos)
+class Rewriter:
+    """The chunks of one answer, in order, rewritten for a client of `revision`. `streamed`:
+    chdb's streamed chunks, one block each; else one chunk of any number of blocks, walked whole."""
+
+    def __init__(self, revision: int, streamed: bool = True):
+        self.revision, self.streamed = revision, streamed
+        self.checked = False  # a first block was walked whole: its types are known to be walkable
+        self.headers: list[bytes] = []  # each column's name and type, as a block holds them
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.checked and self.revision < CUSTOM_SERIALIZATION:
+            return BLOCK_INFO + chunk  # nothing inside a block changes below 54454
+        out = bytearray()
+        pos = self._block(chunk, 0, out)
+        if pos != len(chunk) and self.streamed:
+            raise ValueError(f"a streamed Native chunk holds {len(chunk) - pos} bytes after its block")
+        while pos < len(chunk):
+            pos = self._block(chunk, pos, out)
+        self.checked = self.streamed
+        return bytes(out)
+
+    def _block(self, data: bytes, pos: int, out: bytearray) -> int:
+        """The block at `pos` appended to `out`; where it ends."""
+        columns, pos = _leb(data, pos)
+        rows, pos = _leb(data, pos)
         out += BLOCK_INFO + _uleb(columns) + _uleb(rows)
-        for _ in range(columns):
-            name, pos = _string(native, pos)
-            type_name, pos = _string(native, pos)
+        for i in range(columns):
             start = pos
-            pos = _column(native, pos, type_name.decode(), rows, top=True)
-            out += _uleb(len(name)) + name + _uleb(len(type_name)) + type_name
-            if revision >= CUSTOM_SERIALIZATION:
+            _, pos = _string(data, pos)
+            type_name, pos = _string(data, pos)
+            out += data[start:pos]
+            if self.revision >= CUSTOM_SERIALIZATION:
                 out += b"\x00"  # the default serialization: the data that follows is unchanged
-            out += native[start:pos]
-    return bytes(out)
+            if not self.checked:
+                self.headers.append(data[start:pos])
+                end = _column(data, pos, type_name.decode(), rows, top=True)
+            elif i == columns - 1:
+                end = len(data)  # one block a chunk: the last column runs to the chunk's end
+            else:
+                end = self._next_header(data, pos, i + 1)
+                if end < 0:
+                    end = _column(data, pos, type_name.decode(), rows, top=True)
+            out += data[pos:end]
+            pos = end
+        return pos
+
+    def _next_header(self, data: bytes, pos: int, column: int) -> int:
+        """Where column `column`'s header starts, found by searching (in C) from `pos` for its
+        bytes, or -1: a value that holds them too makes two matches, and then the data is walked."""
+        found = data.find(self.headers[column], pos)
+        if found >= 0 and data.find(self.headers[column], found + 1) < 0:
+            return found  # the header is in the block once: there
+        return -1
 
 
 def _column(data: bytes, pos: int, type_name: str, rows: int, top: bool = False) -> int:
@@ -64,9 +110,7 @@ def _column(data: bytes, pos: int, type_name: str, rows: int, top: bool = False)
     if base == "Nullable":
         return _column(data, pos + rows, args[0], rows)
     if base in ("Array", "Map"):
-        if rows == 0:
-            return pos
-        total = struct.unpack_from("<Q", data, pos + 8 * (rows - 1))[0]
+        total = struct.unpack_from("<Q", data, pos + 8 * (rows - 1))[0] if rows else 0
         pos += 8 * rows
         elements = args if base == "Map" else args[:1]
         for element in elements:
@@ -78,12 +122,14 @@ def _column(data: bytes, pos: int, type_name: str, rows: int, top: bool = False)
         return pos
     if base == "LowCardinality" and top:
         pos += 8  # the serialization version, written even for no rows
+        inner_base, inner_args = _split(args[0])
+        inner = inner_args[0] if inner_base == "Nullable" else args[0]
         if rows == 0:
+            _column(data, pos, inner, 0)  # its type is checked all the same
             return pos
         flags = struct.unpack_from("<Q", data, pos)[0]
         keys = struct.unpack_from("<Q", data, pos + 8)[0]
-        inner_base, inner_args = _split(args[0])
-        pos = _column(data, pos + 16, inner_args[0] if inner_base == "Nullable" else args[0], keys)
+        pos = _column(data, pos + 16, inner, keys)
         count = struct.unpack_from("<Q", data, pos)[0]
         return pos + 8 + count * (1 << (flags & 0xFF))
     raise UnsupportedType(f"{type_name} cannot be sent in Native format to a client that gives "
