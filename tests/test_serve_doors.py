@@ -103,9 +103,12 @@ def test_a_foreign_host_is_refused_everywhere_but_ingest(make_served):
     for path in (QUERY, "/health", "/api/events", "/dashboards/", "/metrics", "/openapi.json", "/nowhere"):
         status, body = call(srv, "GET", path, {**BEARER, **rebound})
         assert status == 421 and b"embedded.allowed_hosts" in body, path
-    for host in ("evil.example", f"127.0.0.1:{port + 1}", "127.0.0.1", f"localhost.evil.example:{port}"):
+    for host in ("evil.example", f"localhost.evil.example:{port}", f"127.0.0.1.evil.example:{port}",
+                 f"127.0.0.1:{port}@evil.example", "evil.example:80, 127.0.0.1"):
         assert call(srv, "GET", "/health", {"Host": host})[0] == 421, host
-    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LocalHost.:{port}"):
+    # Loopback names with any port (a local proxy on :80); a rebinding name is never one of them.
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"LocalHost.:{port}", "127.0.0.1",
+                 "localhost:80"):
         assert call(srv, "GET", QUERY, {**BEARER, "Host": host})[0] == 200, host
     # CVAT's server posts under whatever name its network gives serve (a compose service).
     body = json.dumps(cvat_batch("compose")).encode()

@@ -7,15 +7,18 @@ it does not have, but in open mode (no token needed, access.py) none is asked fo
 So every request but ingest passes two checks before its route runs:
 
 - **Host** (DNS rebinding): the name the client used must be one of this service's:
-  localhost, 127.0.0.1 or [::1] with the port serve listens on, the bound address with
-  it, or a name in `embedded.allowed_hosts` ("name" for any port, "name:port" for one).
+  localhost, 127.0.0.1 or [::1] (any port: a rebinding name is never one of them, and a
+  local proxy may listen on another port), the bound address, or a name in
+  `embedded.allowed_hosts` ("name" for any port, "name:port" for one).
   From a proxy in `embedded.trusted_proxies`, the name judged is its X-Forwarded-Host
   (the name the client used), else Host. Otherwise 421, naming the spec key. A request
   without Host (HTTP/1.0 clients) passes: browsers always send one. Ingest is left out:
   CVAT's server reaches it under whatever name its network gives (a compose service).
 - **Browser** (cross-site requests): `Sec-Fetch-Site` cross-site or same-site (every
   other local web app is same-site with localhost: sites ignore ports) and an `Origin`
-  that is present and not one of the names above are refused with 403. Clients that are
+  that is present and not one of the names above are refused with 403 (here a loopback
+  name or the bound address must come with serve's own port: localhost:3000 is another
+  local web app, another origin). Clients that are
   not browsers (curl, clickhouse-connect, CVAT's server and SDK, Grafana's plugin) send
   neither. One exception: a top-level navigation to a dashboard page (a link followed
   from another site) is let through; the page is read by the user only, and its own
@@ -52,15 +55,17 @@ class Origins:
         self.allowed = [split_authority(name) for name in embedded.get("allowed_hosts", [])]
         self.proxies = [ipaddress.ip_network(p, strict=False) for p in embedded.get("trusted_proxies", [])]
 
-    def ours(self, authority: tuple[str, int | None] | None, bound: tuple) -> bool:
-        """Whether host[:port] names this service, bound to `bound` (the socket's address)."""
+    def ours(self, authority: tuple[str, int | None] | None, bound: tuple, any_port: bool) -> bool:
+        """Whether host[:port] names this service, bound to `bound` (the socket's address);
+        `any_port`: a loopback name or the bound address with any port (Host), else only
+        with the port serve listens on (Origin)."""
         if authority is None:
             return False
         name, given = authority
         address, port = bound[:2]
         address = f"[{address}]" if ":" in address else address
         if name in LOOPBACK_NAMES or (name == address and address not in ("0.0.0.0", "[::]")):
-            return given == port
+            return any_port or given == port
         return any(name == allowed and allowed_port in (None, given) for allowed, allowed_port in self.allowed)
 
     def refuse(self, request: "RequestHandler", path: str, ingest: bool) -> Response | None:
@@ -76,7 +81,7 @@ class Origins:
         origin = request.headers.get("Origin")
         if origin is not None:
             scheme, _, rest = origin.strip().partition("://")
-            if scheme.lower() not in ("http", "https") or not self.ours(split_authority(rest), bound):
+            if scheme.lower() not in ("http", "https") or not self.ours(split_authority(rest), bound, any_port=False):
                 return _refused(403, "the request comes from a page of another origin (Origin header); "
                                      "add this service's public name to embedded.allowed_hosts if it is yours")
         if ingest:
@@ -84,9 +89,9 @@ class Origins:
         host = request.headers.get("Host")
         if self._from_proxy(request) and request.headers.get("X-Forwarded-Host"):
             host = request.headers["X-Forwarded-Host"].split(",")[0]
-        if host is not None and not self.ours(split_authority(host), bound):
+        if host is not None and not self.ours(split_authority(host), bound, any_port=True):
             return _refused(421, "the Host this request names is not one of this service's names (localhost, "
-                                 "127.0.0.1 or [::1] with its port, or embedded.allowed_hosts): add the name "
+                                 "127.0.0.1, [::1], its address, or embedded.allowed_hosts): add the name "
                                  "clients use to embedded.allowed_hosts")
         return None
 
