@@ -5,12 +5,15 @@ dashboards, expanded by grafana_macros.expand as the plugin would. What comes fr
 the query string is validated before it reaches SQL: ids must be integers, scopes
 and sources must be known ones, free-text values (error messages) must be among the
 variable's own options and are escaped; the time range is one of RANGES or ISO times
-inside ClickHouse's DateTime range. A panel's or a variable's SQL (a custom or imported
-definition is the user's text) passes the SQL gate (cvat_analytics_generator.sql_gate: one
-statement, no SETTINGS clause, INTO OUTFILE, file() or table function off its list) before
-it runs; queries run read-only (readonly=2) with the dashboards user's time and memory
-limits; a page's work is bounded by the spec's embedded.dashboards (points per series,
-rows per panel).
+inside ClickHouse's DateTime range; a variable has at most
+embedded.dashboards.max_selected_values values and a table's page number is at most
+max_rows / page_rows (400 past either), and only this dashboard's own panel and variable
+parameters are carried into its links (a page's size does not grow with its URL). A
+panel's or a variable's SQL (a custom or imported definition is the user's text) passes the
+SQL gate (cvat_analytics_generator.sql_gate: one statement, no SETTINGS clause, INTO
+OUTFILE, file() or table function off its list) before it runs; queries run read-only
+(readonly=2) with the dashboards user's time and memory limits; a page's work is bounded by
+the spec's embedded.dashboards (points per series, rows per panel).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ INTERVALS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 
 POINTS = 150
 MAX_OPTIONS = 500
 SEARCH_AT = 15  # a filter with more options than this gets a search field
+MAX_FIND = 100  # characters of a filter's search text that are used
 REFRESH = {"": 0, "30s": 30, "1m": 60, "5m": 300}  # off, and Grafana's choices (grafana.REFRESH_CHOICES)
 _PANEL_PARAM = re.compile(r"(sort|page|find)-(\w+)")
 _SERIES_ID = re.compile(r"#(\d+)$")  # "ann #7": the id at the end of a per-user series' label
@@ -156,17 +160,28 @@ def parse_selection(query: dict[str, list[str]], definition: dict, spec: dict,
     else:
         raise BadRequest(f"range: expected one of {', '.join(RANGES)}")
     scopes = set(spec["events"]["scopes"]["server"]) | set(spec["events"]["scopes"]["client"])
+    bounds = spec["embedded"]["dashboards"]
     values: dict[str, list[str]] = {}
     for v in definition["variables"]:
         chosen = chosen_values(query, v["name"])
+        if len(chosen) > bounds["max_selected_values"]:
+            raise BadRequest(f"{v['name']}: {len(chosen):,} values selected; at most {bounds['max_selected_values']:,} "
+                             "(embedded.dashboards.max_selected_values)")
         for x in chosen:
-            if v["kind"] == "id" and not (x.isascii() and x.isdigit() and int(x) < 2 ** 64):
+            # At most 20 digits: int() of a longer string is slow, and past 4,300 digits an error.
+            if v["kind"] == "id" and not (x.isascii() and x.isdigit() and len(x) <= 20 and int(x) < 2 ** 64):
                 raise BadRequest(f"{v['name']}: expected a whole number id, got {x[:40]!r}")
             if v["kind"] == "scope" and x not in scopes:
                 raise BadRequest(f"{v['name']}: not a known scope: {x[:40]!r}")
             if v["kind"] == "source" and x not in ("client", "server"):
                 raise BadRequest(f"{v['name']}: expected client or server, got {x[:40]!r}")
         values[v["name"]] = [str(int(x)) if v["kind"] == "id" else x for x in chosen]
+    last_page = math.ceil(bounds["max_rows"] / bounds["page_rows"])  # no table has more pages
+    for p in definition["panels"]:
+        page = (query.get(f"page-{p['id']}") or [""])[0]
+        if page and not (page.isascii() and page.isdigit() and len(page) <= 9 and 1 <= int(page) <= last_page):
+            raise BadRequest(f"page-{p['id']}: expected a page number from 1 to {last_page} "
+                             "(embedded.dashboards.max_rows / page_rows)")
     return Selection(range_key, time_from, time_to, values, spec["embedded"]["dashboards"]["max_points"])
 
 
@@ -194,8 +209,12 @@ class PageLinks:
         pairs = [(key, query[key][0]) for key in ("range", "from", "to", "refresh") if (query.get(key) or [""])[0]]
         for v in definition["variables"]:
             pairs += [(v["name"], value) for value in chosen_values(query, v["name"])]
-        pairs += [(key, values[0]) for key, values in sorted(query.items())
-                  if _PANEL_PARAM.fullmatch(key) and values and values[0]]
+        # This dashboard's own sort-/page-<panel> and find-<variable> only; a search text is
+        # cut where the page cuts it: nothing else of the URL is repeated in every link.
+        own = {f"{kind}-{p['id']}" for p in definition["panels"] if p["type"] == "table" for kind in ("sort", "page")}
+        own |= {f"find-{v['name']}" for v in definition["variables"]}
+        pairs += [(key, values[0][:MAX_FIND] if key.startswith("find-") else values[0])
+                  for key, values in sorted(query.items()) if key in own and values and values[0]]
         self.pairs = pairs
 
     def url(self, changes: dict[str, str | None]) -> str:
@@ -287,7 +306,7 @@ class Dashboards:
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
                                                  {v["name"]: sel.values[v["name"]]}, sel.max_points),
                                        options, kinds))
-            shown, find = options[v["name"]], links.param(f"find-{v['name']}")[:100]
+            shown, find = options[v["name"]], links.param(f"find-{v['name']}")
             if find:  # the search field: the options holding the text, and what is selected
                 shown = [o for o in shown if find.casefold() in o.casefold() or o in sel.values[v["name"]]]
             controls.append({"name": v["name"], "label": v["label"], "options": shown,

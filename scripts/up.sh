@@ -16,17 +16,27 @@ spec_value() {  # spec_value clickhouse.http_port; a bad spec: one line, exit 2
   "$PY" -m cvat_analytics_generator.spec "$SPEC" "$1"
 }
 
+sql_token_env() {  # the variable holding the secret of the spec's first token with the sql permission
+  "$PY" - "$SPEC" <<'PY'
+import sys
+from cvat_analytics_generator.spec import load_spec
+print(next((t["secret_env"] for t in load_spec(sys.argv[1])["access"]["tokens"] if "sql" in t["permissions"]), ""))
+PY
+}
+
 ensure_env() {
   # Random secrets, added to .env for any that is missing; never committed (.gitignore),
   # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
   # (deploy/cvat-compose.override.yml), CLICKHOUSE_CLUSTER_PASSWORD for a cluster render
-  # (README, "Past one machine").
+  # (README, "Past one machine"); the spec's sql token (CVAT_ANALYTICS_TOKEN_SQL) is the
+  # one way into serve's SQL interface.
   umask 077
   touch "$ENV_FILE"
-  ENV_FILE="$ENV_FILE" "$PY" - <<'PY'
-import os, re, secrets
+  ENV_FILE="$ENV_FILE" "$PY" - $(sql_token_env) <<'PY'
+import os, re, secrets, sys
 names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
-         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "CLICKHOUSE_CLUSTER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "CLICKHOUSE_CLUSTER_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+         *sys.argv[1:])
 path = os.environ["ENV_FILE"]
 text = open(path).read()
 have = set(re.findall(r"^([A-Z_]+)=", text, re.M))
@@ -97,6 +107,8 @@ embedded_up() {
     return 0
   fi
   "$CLI" migrate --spec "$SPEC" --dsn "chdb://$data/clickhouse"
+  # serve reads its tokens' secrets from the environment: those in .env.
+  set -a; . "$(realpath "$ENV_FILE")"; set +a
   nohup "$CLI" serve --spec "$SPEC" --dsn "chdb://$data/clickhouse" --host "$host" --port "$port" \
     >>"$data/serve.log" 2>&1 &
   echo $! > "$pidfile"
@@ -108,7 +120,7 @@ embedded_up() {
       echo "  events in:  http://$host:$port/   (POST JSON arrays, as CVAT's server sends them)"
       echo "  health:     http://$host:$port/health"
       echo "  data:       $data/clickhouse (chdb); log: $data/serve.log; pid $(cat "$pidfile")"
-      echo "  SQL:        .venv/bin/cvat-analytics query --dsn http://$host:$port/clickhouse \"SELECT ...\"  (read-only; or curl, clickhouse-connect, Grafana: README, SQL)"
+      sql_usage "$host" "$port"
       echo "stop with: make down"
       return 0
     fi
@@ -118,6 +130,20 @@ embedded_up() {
   echo "the embedded service did not start; last lines of $data/serve.log:" >&2
   tail -n 20 "$data/serve.log" >&2
   return 1
+}
+
+sql_usage() {  # sql_usage HOST PORT: where the SQL token is and how to use it, never the secret itself
+  local url="http://$1:$2" var secret
+  var=$(sql_token_env)
+  if [ -z "$var" ]; then
+    echo "  SQL:        $url/clickhouse needs a token with the sql permission: add one to access.tokens (README, SQL)"
+    return 0
+  fi
+  secret="\$(sed -n 's/^$var=//p' $ENV_FILE)"
+  echo "  SQL:        $url/clickhouse (read-only) with the token in $ENV_FILE, variable $var:"
+  echo "                curl -H \"Authorization: Bearer $secret\" '$url/clickhouse?query=SELECT+1'"
+  echo "                .venv/bin/cvat-analytics query --dsn \"http://sql:$secret@$1:$2/clickhouse\" \"SELECT ...\""
+  echo "              (clickhouse-connect, Grafana: the secret as the password; README, SQL)"
 }
 
 main() {

@@ -30,16 +30,19 @@ TOKENS = [
     Token(SECRET_ORG7.encode(), Principal("org-7", frozenset({"sql", "export"}), {"org_id": 7})),
     Token(SECRET_INGEST.encode(), Principal("cvat-server", frozenset({"ingest"}))),
 ]
+ANALYST = {"Authorization": f"Bearer {SECRET_ANALYST}"}
 
 
 def sql(srv, query: str, method: str = "GET", headers: dict | None = None, **params):
-    """(status, headers, body) of one query, sent as curl sends it."""
+    """(status, headers, body) of one query, sent as curl sends it; by default as the
+    analyst (the SQL interface always needs a token)."""
+    headers = ANALYST if headers is None else headers
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
     try:
         if method == "GET":
-            conn.request("GET", "/clickhouse/?" + urlencode({"query": query, **params}), headers=headers or {})
+            conn.request("GET", "/clickhouse/?" + urlencode({"query": query, **params}), headers=headers)
         else:
-            conn.request("POST", "/clickhouse/?" + urlencode(params), body=query.encode(), headers=headers or {})
+            conn.request("POST", "/clickhouse/?" + urlencode(params), body=query.encode(), headers=headers)
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -60,7 +63,7 @@ def engine(store, query: str, fmt: str) -> bytes:
 
 @pytest.fixture
 def served(make_served, store):
-    srv = make_served()
+    srv = make_served(tokens=TOKENS[:1])  # the analyst only: ingest needs no token
     status, _ = post(srv, cvat_batch("req-a", 50) + cvat_batch("req-b", 7))
     assert status == 200
     return srv
@@ -77,7 +80,7 @@ def test_curl_gets_the_count_with_clickhouse_headers(served, store):
     assert headers["X-ClickHouse-Query-Id"] == "mine-1"
     conn = http.client.HTTPConnection(*served.server_address[:2], timeout=10)
     for path in ("/clickhouse/ping", "/clickhouse/"):
-        conn.request("GET", path)
+        conn.request("GET", path, headers=ANALYST)
         assert conn.getresponse().read() == b"Ok.\n"
 
 
@@ -211,7 +214,7 @@ def test_limits_cannot_be_raised_and_a_query_past_them_is_a_clean_error(served, 
 def test_a_token_needs_the_sql_permission_and_forced_filters_are_refused(make_served, store):
     srv = make_served(tokens=TOKENS)
     query = f"SELECT count() FROM {store.database}.events"
-    assert sql(srv, query)[0] == 401
+    assert sql(srv, query, headers={})[0] == 401
     assert sql(srv, query, headers={"Authorization": f"Bearer {SECRET_INGEST}"})[0] == 403
     status, headers, body = sql(srv, query, headers={"Authorization": f"Bearer {SECRET_ORG7}"})
     assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "497"
@@ -278,7 +281,7 @@ def test_the_cli_query_reaches_serve_through_its_dsn(served, store):
     cli = Path(sys.executable).with_name("cvat-analytics")
     host, port = served.server_address[:2]
     run = subprocess.run([str(cli), "query", "--spec", str(store.spec_path), "--dsn",
-                          f"http://{host}:{port}/clickhouse",
+                          f"http://analyst:{SECRET_ANALYST}@{host}:{port}/clickhouse",
                           f"SELECT count() AS n FROM {store.database}.events"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

@@ -92,7 +92,8 @@ def test_a_135_year_range_answers_in_seconds_with_coarse_charts(events):
 
 @pytest.mark.clickhouse
 def test_a_panel_over_max_rows_says_so(events, tmp_path):
-    spec = dict(events.spec, embedded=dict(events.spec["embedded"], dashboards={"max_points": 1000, "max_rows": 100, "page_rows": 50}))
+    spec = dict(events.spec, embedded=dict(events.spec["embedded"], dashboards={
+        **events.spec["embedded"]["dashboards"], "max_points": 1000, "max_rows": 100, "page_rows": 50}))
     pages = Dashboards(lambda: events.client, spec)
     d = pages.definitions["WvDvWK04k"]
     d["panels"] = [dict(d["panels"][5], sql="SELECT toDateTime(number) AS time, number AS n FROM numbers(1000)")]
@@ -127,3 +128,58 @@ def test_page_links_change_one_parameter_and_keep_the_rest():
     # Paging and sorting keep the filters; a value is URL-encoded, never pasted.
     assert links.url({"page-7": "4"}).endswith("&sort-7=-user_id&page-7=4")
     assert links.url({"users": "1&range=1h"}).count("&range=") == 0
+
+
+# -- what the query string may ask for, over a socket to a real serve -----------------
+
+def get_page(srv, query: str) -> tuple[int, bytes, float]:
+    import http.client
+
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=120)
+    started = time.process_time()
+    try:
+        conn.request("GET", "/dashboards/WvDvWK04k?" + query)
+        response = conn.getresponse()
+        return response.status, response.read(), time.process_time() - started
+    finally:
+        conn.close()
+
+
+@pytest.mark.clickhouse
+def test_a_page_number_past_the_last_possible_page_is_400_naming_the_limit(make_served, events):
+    srv = make_served(dashboards=True)
+    bounds = events.spec["embedded"]["dashboards"]
+    last = -(-bounds["max_rows"] // bounds["page_rows"])
+    for page in ("9" * 5000, str(last + 1), "0", "x", "%D9%A1"):  # the last: an Arabic-Indic 1  # 5,000 digits: past int()'s 4,300
+        status, html, _ = get_page(srv, f"page-7={page}")
+        assert status == 400, page
+        assert f"page-7: expected a page number from 1 to {last} (embedded.dashboards.max_rows / page_rows)" in html.decode()
+    assert get_page(srv, f"page-7={last}")[0] == 200  # past the rows there are: the last page
+
+
+@pytest.mark.clickhouse
+def test_selected_values_past_the_bound_are_400_and_cheap(make_served, events):
+    srv = make_served(dashboards=True)
+    limit = events.spec["embedded"]["dashboards"]["max_selected_values"]
+    query = "&".join(f"users={n}" for n in range(5900))  # 64 KB of the URL: a 14.8 MB page on main
+    status, html, cpu = get_page(srv, query)
+    print(f"5,900 user values: {status}, {len(html):,} bytes, {cpu:.2f} s of CPU")
+    assert status == 400 and f"users: 5,900 values selected; at most {limit:,} (embedded.dashboards.max_selected_values)" in html.decode()
+    assert len(html) < 20_000
+    assert get_page(srv, "&".join(f"users={n}" for n in range(limit)))[0] == 200
+    # An id of 5,000 digits (zeros first, so it is "small"): 400, not int()'s error as a 500.
+    status, html, _ = get_page(srv, "users=" + "0" * 5000 + "7")
+    assert status == 400 and "users: expected a whole number id" in html.decode()
+
+
+@pytest.mark.clickhouse
+def test_parameters_of_no_panel_are_not_repeated_in_every_link(make_served, events):
+    """sort-/page-/find- for panels and variables this dashboard does not have, or a long
+    search text, would be carried into every link of the page: the page grew with the URL."""
+    srv = make_served(dashboards=True)
+    status, plain, _ = get_page(srv, "range=24h&find-errors=" + "e" * 100)  # a search text is cut there
+    assert status == 200
+    junk = "&".join(f"sort-{n}=x&page-{n}=1&find-nosuch{n}=y" for n in range(1000, 1800))
+    status, padded, _ = get_page(srv, "range=24h&find-errors=" + "e" * 20000 + "&" + junk)
+    print(f"plain page {len(plain):,} bytes, with 50 KB of others' parameters {len(padded):,} bytes")
+    assert status == 200 and len(padded) == len(plain)

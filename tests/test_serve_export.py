@@ -123,7 +123,9 @@ def test_download_again_until_expiry_then_cancel(server):
 
 
 def test_result_url_names_the_host_the_caller_used(store, make_served):
-    srv = make_served(export=True)
+    spec = json.loads(json.dumps(store.spec))
+    spec["embedded"]["allowed_hosts"] = ["analytics.example:9000", "cvat.example.org"]
+    srv = make_served(spec=spec, export=True)
     rq_id = json.loads(call(srv, "POST", "/api/events/export")[2])["rq_id"]
     wait_finished(srv, rq_id)
     status, _, body = call(srv, "GET", f"/api/requests/{rq_id}",
@@ -131,10 +133,9 @@ def test_result_url_names_the_host_the_caller_used(store, make_served):
                                     "X-Forwarded-Proto": "https"})
     # not from a trusted proxy: the forwarded headers are ignored
     assert json.loads(body)["result_url"] == f"http://analytics.example:9000/api/events/download?rq_id={rq_id}"
-    bad = json.loads(call(srv, "GET", f"/api/requests/{rq_id}", headers={"Host": "a b/c"})[2])
-    assert bad["result_url"].startswith(srv.url + "/")
+    # A Host that is not one of serve's names never gets that far (421, origins.py).
+    assert call(srv, "GET", f"/api/requests/{rq_id}", headers={"Host": "a b/c"})[0] == 421
 
-    spec = json.loads(json.dumps(store.spec))
     spec["embedded"]["trusted_proxies"] = ["127.0.0.0/8"]
     proxied = make_served(spec=spec, export=True)
     rq_id = json.loads(call(proxied, "POST", "/api/events/export")[2])["rq_id"]

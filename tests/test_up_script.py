@@ -1,6 +1,8 @@
 """`make up` (scripts/up.sh) waits for the real ClickHouse server before it migrates: it
 retries `SELECT 1` as the admin until a deadline, and says clearly when the server never
-comes. Tested against a real HTTP server on 127.0.0.1 that starts late."""
+comes. Tested against a real HTTP server on 127.0.0.1 that starts late. The embedded
+`make up` writes the SQL interface's token to .env, starts serve with it and says how to
+use it (tested by running it)."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +11,8 @@ import socket
 import subprocess
 import threading
 import time
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -85,3 +89,48 @@ def test_a_wrong_password_is_not_taken_for_a_server_that_is_up():
         server.shutdown()
         server.server_close()
     assert run.returncode == 1 and "did not answer" in run.stderr
+
+
+def test_make_up_writes_an_sql_token_starts_serve_with_it_and_says_how_to_use_it(tmp_path):
+    """The embedded `make up`, for real: .env gets CVAT_ANALYTICS_TOKEN_SQL, serve reads it,
+    /clickhouse answers with it and 401 without, and the output says where it is and how
+    to use it without printing the secret."""
+    import json
+    import os
+    import re
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import write_spec
+
+    port = _free_port()
+    _, spec = write_spec(tmp_path, **{"embedded.data_dir": str(tmp_path / "data"), "embedded.port": port})
+    env_file = tmp_path / ".env"
+    env = {**{k: v for k, v in os.environ.items() if k != "CVAT_ANALYTICS_TOKEN_SQL"},
+           "SPEC": str(spec), "ENV_FILE": str(env_file), "UP_STATE": str(tmp_path / ".up")}
+    run = subprocess.run(["bash", "-c", "source scripts/up.sh; ensure_env; embedded_up"], capture_output=True,
+                         text=True, cwd=REPO, timeout=300, env=env)
+    pid_file = tmp_path / "data" / "serve.pid"
+    try:
+        assert run.returncode == 0, run.stdout + run.stderr
+        secret = re.search(r"^CVAT_ANALYTICS_TOKEN_SQL=(\S+)$", env_file.read_text(), re.M).group(1)
+        assert len(secret) >= 16 and secret not in run.stdout + run.stderr
+        assert f"with the token in {env_file}, variable CVAT_ANALYTICS_TOKEN_SQL" in run.stdout
+        # The printed curl line, run as printed, answers.
+        [curl] = [line.strip() for line in run.stdout.splitlines() if line.strip().startswith("curl ")]
+        assert "Authorization: Bearer $(sed -n" in curl
+        shown = subprocess.run(["bash", "-c", curl.replace("curl ", "curl -s ", 1)], capture_output=True,
+                               text=True, timeout=30)
+        assert shown.stdout == "1\n", shown
+        url = f"http://127.0.0.1:{port}/clickhouse/?query=SELECT%201"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        assert "CVAT_ANALYTICS_TOKEN_SQL" in json.loads(refused.value.read())["error"]
+        asked = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
+        assert urllib.request.urlopen(asked, timeout=10).read() == b"1\n"
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            time.sleep(1)

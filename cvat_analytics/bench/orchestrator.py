@@ -104,7 +104,7 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
         svc = ServeProcess(main["dsn"], spec_path, work / "serve-sql.log")
         try:
             r["sql_beside_ingest"] = ingest_beside_sql(svc.url, load_spec(Path(spec_path))["clickhouse"]["database"],
-                                                       work / "bodies_100.bin", senders)
+                                                       work / "bodies_100.bin", senders, svc.sql_token)
         finally:
             svc.stop()
         say("ingest ceiling: the engine's own insert rate through clickhouse-connect")

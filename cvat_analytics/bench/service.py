@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,10 +28,13 @@ class ServeProcess:
             os.close(fd)
         self.log_path = Path(log)
         self.log = open(self.log_path, "ab")
+        # The SQL interface always needs a token: the shipped spec's optional one, filled here.
+        self.sql_token = secrets.token_urlsafe(24)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cvat_analytics.cli", "serve", "--spec", str(spec_path), "--dsn", dsn,
              "--host", "127.0.0.1", "--port", "0"],
-            stdout=self.log, stderr=self.log, cwd=str(Path(__file__).resolve().parents[2]))
+            stdout=self.log, stderr=self.log, cwd=str(Path(__file__).resolve().parents[2]),
+            env={**os.environ, "CVAT_ANALYTICS_TOKEN_SQL": self.sql_token})
         deadline = time.monotonic() + timeout
         while (url := self._logged_url()) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:

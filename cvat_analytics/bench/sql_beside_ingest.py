@@ -15,7 +15,8 @@ from .generate import read_bodies
 from .load_generator import send_bodies
 
 
-def ingest_beside_sql(url: str, database: str, bodies_path, senders: int) -> dict:
+def ingest_beside_sql(url: str, database: str, bodies_path, senders: int, token: str) -> dict:
+    """`token`: a secret with the sql permission (the SQL interface always needs one)."""
     bodies = read_bodies(bodies_path)
     half = len(bodies) // 2
     alone, alone_s = send_bodies(url, bodies_path, senders, bodies=bodies[:half])
@@ -27,7 +28,7 @@ def ingest_beside_sql(url: str, database: str, bodies_path, senders: int) -> dic
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
         while not stop.is_set():
             started = time.monotonic()
-            conn.request("GET", "/clickhouse/?" + query)
+            conn.request("GET", "/clickhouse/?" + query, headers={"Authorization": f"Bearer {token}"})
             response = conn.getresponse()
             answer = response.read()
             if response.status != 200:

@@ -12,9 +12,10 @@ The spec's `access.tokens` lists callers:
           permissions: [export, dashboards]
           forced_filters: {org_id: 7}            # and/or user_id, like CVAT's own rules
         - name: analyst
-          secret_env: CVAT_ANALYTICS_TOKEN_ANALYST
+          secret_env: CVAT_ANALYTICS_TOKEN_SQL
           permissions: [sql]                     # /clickhouse: read-only SQL; refused (403)
                                                  # to a token with forced filters
+          optional: true                         # unset variable: the token is left out
 
 A request names its token as `Authorization: Bearer <secret>` (or `Token <secret>`,
 as CVAT's clients write it, or `Basic` with the secret as the password and any user
@@ -28,8 +29,12 @@ caller forced to org 7 only ever sees org 7's rows; asking for another org answe
 403 "You don't have permission to view events with org_id=...". The dashboards read
 `request.principal.forced_filters` and add them to every query.
 
-With no token configured every caller is `LOCAL` (all permissions, no filter), and
-`serve` binds only to a loopback address.
+Open mode: when no token grants anything but `sql`, every caller is `LOCAL` (every
+permission but `sql`, no filter) and `serve` binds only to a loopback address. `sql`
+always needs a token: ClickHouse's HTTP interface reads every organisation's events,
+and anything on the machine could otherwise reach it. The shipped spec declares one
+`optional` sql token, whose secret `make up` writes to .env; only a token with nothing
+but `sql` may be optional, so an unset variable can never open the other routes.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ class Principal:
     forced_filters: Mapping[str, int] = field(default_factory=dict)
 
 
-LOCAL = Principal("local", frozenset(PERMISSIONS))
+LOCAL = Principal("local", frozenset(PERMISSIONS) - {"sql"})
 # A caller without a (known) token on an open route, when tokens are configured.
 ANONYMOUS = Principal("anonymous", frozenset())
 
@@ -77,6 +82,11 @@ def load_tokens(spec: dict, environ: Mapping[str, str] | None = None) -> list[To
     for entry in spec.get("access", {}).get("tokens", []):
         variable = entry["secret_env"]
         secret = environ.get(variable, "")
+        if entry.get("optional") and set(entry["permissions"]) != {"sql"}:
+            raise AccessError(f"access token {entry['name']!r}: only a token whose one permission is sql may be "
+                              "optional (an unset secret must never leave a route open)")
+        if not secret and entry.get("optional"):
+            continue  # its routes answer 401 naming the variable (routes.py)
         if len(secret) < MIN_SECRET_LENGTH:
             state = "is not set" if not secret else f"holds only {len(secret)} characters"
             raise AccessError(f"access token {entry['name']!r}: the environment variable {variable} {state}; "
@@ -88,6 +98,16 @@ def load_tokens(spec: dict, environ: Mapping[str, str] | None = None) -> list[To
 
 
 _SCHEME = re.compile(r"^\s*(Bearer|Token|Basic)\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def is_open(tokens: list[Token]) -> bool:
+    """Open mode: no token grants anything but sql, so callers need none (loopback only)."""
+    return not any(token.principal.permissions - {"sql"} for token in tokens)
+
+
+def may_see_everything(principal: Principal) -> bool:
+    """A caller that can read every organisation's events anyway (no forced filter)."""
+    return not principal.forced_filters and bool(principal.permissions & {"export", "dashboards", "sql"})
 
 
 def authenticate(tokens: list[Token], authorization: str | None) -> Principal | None:

@@ -10,7 +10,7 @@ import threading
 from ..export import ExportJobs
 from ..store import chdb_path, connect, open_handle, redact
 from . import logs
-from .access import AccessError, Token, load_tokens
+from .access import AccessError, Token, is_open, load_tokens
 from .http import EventServer
 from .logs import SERVICE
 from .routes import table
@@ -41,16 +41,16 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     The log (logs.py) goes to stderr as `log_format`, text or json.
 
     Exit 2, before opening anything, when a token's secret is missing or when no token
-    is configured and `host` is not a loopback address (anyone reaching it could read
-    and write every event)."""
+    grants more than sql (open mode, access.py) and `host` is not a loopback address
+    (anyone reaching it could read and write every event)."""
     try:
         tokens = load_tokens(spec)
     except AccessError as exc:
         print(f"cvat-analytics: {exc}", file=sys.stderr)
         return 2
-    if not tokens and not _is_loopback(host):
-        print(f"cvat-analytics: refusing to listen on {host}: no access token is configured, so anyone "
-              "who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
+    if is_open(tokens) and not _is_loopback(host):
+        print(f"cvat-analytics: refusing to listen on {host}: no access token is configured (beyond "
+              "sql), so anyone who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
               "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
         return 2
     logs.configure(log_format)
@@ -78,7 +78,8 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     SERVICE.info("serving %s (database %s, %s); POST events to /, GET /health, CSV export at /api/events, "
                  "dashboards at /dashboards, /metrics, /openapi.json%s",
                  server.url, spec["clickhouse"]["database"], redact(dsn),
-                 ", read-only SQL (ClickHouse's HTTP interface) at /clickhouse" if data_dir else "")
+                 ", read-only SQL (ClickHouse's HTTP interface, with a token "
+                 "holding the sql permission) at /clickhouse" if data_dir else "")
 
     stoppers: list[threading.Thread] = []
 

@@ -1,7 +1,10 @@
 """GET /health: the store answers; the event count is a metadata read for MergeTree.
 
-A caller without a token (when tokens are configured) gets the status only: the
-database, DSN and count are for callers the service knows. Errors go to the log."""
+The database, the DSN (the data's path on chdb) and the count of every organisation's
+events are for callers that may read every organisation's events anyway (access.py,
+may_see_everything: no forced filter, and export, dashboards or sql); anyone else (no
+token, an ingest-only or metrics-only token, a forced filter) gets the status only.
+Errors go to the log."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,6 +12,7 @@ from typing import TYPE_CHECKING
 from cvat_analytics_generator.render import context, environment
 
 from ..store import redact
+from .access import may_see_everything
 from .responses import Response, json_response
 from .logs import SERVICE
 
@@ -25,7 +29,7 @@ class Health:
 
     def __call__(self, request: "RequestHandler | None") -> Response:
         """`request` None: the overflow's answer (overflow.py), status only."""
-        detailed = request is not None and bool(request.principal.permissions)
+        detailed = request is not None and may_see_everything(request.principal)
         try:
             count = self.client.command(self.count_sql)
         except Exception:

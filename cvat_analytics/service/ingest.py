@@ -99,6 +99,10 @@ def dedup_token(request: "RequestHandler", body: bytes) -> str:
     return f"key:{request.principal.name}:{key}"
 
 
+# What a token with forced filters sends but cannot vouch for: stored as NULL (encode).
+UNVOUCHED_LABELS = ("org_slug", "user_name", "user_email")
+
+
 class WrongOwner(Exception):
     """An event names another org or user than the token's forced filter allows (403)."""
 
@@ -140,7 +144,15 @@ class BodyDecoder:
 
     def encode(self, rows: list[list], forced: dict | None, who: str) -> bytes:
         """A token forced to org 8 writes org 8's events only: a missing id is set to the
-        forced one, another id is refused (nothing of the request is stored)."""
+        forced one, another id is refused (nothing of the request is stored). Its rows keep
+        no org_slug, user_name or user_email: the token cannot vouch for them, and the
+        dashboards name users and pick them by name across organisations (anyLast(user_name))."""
+        if forced:
+            for column in UNVOUCHED_LABELS:
+                if column in self.columns:
+                    at = self.columns.index(column)
+                    for row in rows:
+                        row[at] = None
         refused = None
         for key, value in (forced or {}).items():
             if key not in self.columns:

@@ -1,6 +1,7 @@
 """The route table: every route names its method, its path, its handler and the
 permission a caller needs (None: open to all). The access check reads the permission
-from here and nowhere else.
+from here and nowhere else; before it, every request passes origins.py's checks (the
+Host it names, and whether a browser sent it from another site).
 
 `table()` lists every route the service has; ingest, health, export and dashboards
 provide the handlers.
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..store import chdb_path
-from .access import ANONYMOUS, LOCAL, Token, authenticate
+from .access import ANONYMOUS, LOCAL, Token, authenticate, is_open
+from .origins import Origins
 from .responses import Response, json_response
 
 if TYPE_CHECKING:
@@ -42,11 +44,16 @@ class Route:
 class Routes:
     """Finds a request's route, checks the caller may use it, runs its handler."""
 
-    def __init__(self, routes: list[Route], tokens: list[Token], metrics=None):
+    def __init__(self, routes: list[Route], tokens: list[Token], metrics=None,
+                 origins: Origins | None = None, sql_help: str = ""):
         self.routes = list(routes)
-        # Without tokens every caller is LOCAL (serve then binds to loopback only).
         self.tokens = tokens
+        # Open mode (no token grants more than sql): every caller is LOCAL, sql excepted
+        # (serve then binds to loopback only).
+        self.open = is_open(tokens)
         self.metrics = metrics  # metrics.Metrics: counts every answer (http.py)
+        self.origins = origins
+        self.sql_help = sql_help  # how to get a token with the sql permission (table())
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
@@ -61,7 +68,11 @@ class Routes:
     def answer(self, request: "RequestHandler", path: str) -> Response:
         route = self.find(request.command, path)
         request.route = route.path if route else "unmatched"  # the metrics' label: never the raw path
-        refused = self.check_access(request, route.permission if route else "")
+        refused = None
+        if self.origins is not None:
+            refused = self.origins.refuse(request, path, ingest=route is not None and route.permission == INGEST)
+        if refused is None:
+            refused = self.check_access(request, route.permission if route else "")
         if refused is not None:
             return refused
         if route is not None:
@@ -75,22 +86,41 @@ class Routes:
     def check_access(self, request: "RequestHandler", needed: str | None) -> Response | None:
         """Set request.principal; a 401/403 answer when the caller may not go on.
         `needed` "" (no such route): any known token may learn that it is a 404."""
-        if not self.tokens:
+        principal = authenticate(self.tokens, request.headers.get("Authorization"))
+        if self.open and needed != SQL:
             request.principal = LOCAL
             return None
-        principal = authenticate(self.tokens, request.headers.get("Authorization"))
         if needed is None:  # open to all; a token still says who is asking
             request.principal = principal or ANONYMOUS
             return None
         if principal is None:
             request.close_connection = True  # a body we will not read may follow
+            headers = {"WWW-Authenticate": 'Bearer realm="cvat-analytics"'}
+            if needed == SQL:  # ClickHouse's AUTHENTICATION_FAILED, which its clients show
+                headers["X-ClickHouse-Exception-Code"] = "516"
+                return json_response(401, {"error": self.sql_help}, **headers)
             return json_response(401, {"error": "authentication required: send Authorization: Bearer <token>"},
-                                 **{"WWW-Authenticate": 'Bearer realm="cvat-analytics"'})
+                                 **headers)
         request.principal = principal
         if needed and needed not in principal.permissions:
             request.close_connection = True
             return json_response(403, {"error": f"token {principal.name!r} lacks the {needed!r} permission"})
         return None
+
+
+def sql_help(spec: dict, tokens: list[Token]) -> str:
+    """The 401 of /clickhouse: the SQL interface always needs a token, and where to find one."""
+    text = ("the SQL interface needs a token with the sql permission: send Authorization: Bearer <secret> "
+            "(or HTTP Basic with the secret as the password)")
+    loaded = {token.principal.name for token in tokens}
+    declared = [t for t in spec.get("access", {}).get("tokens", []) if SQL in t["permissions"]]
+    if not declared:
+        return text + "; no token has it: add one to access.tokens in the spec (README, SQL)"
+    ready = [t["secret_env"] for t in declared if t["name"] in loaded]
+    if ready:
+        return text + f"; the secret is in the environment variable {ready[0]} (make up writes it to .env)"
+    return text + (f"; its secret, the environment variable {declared[0]['secret_env']}, is not set where serve "
+                   "runs: `make up` writes one to .env and starts serve with it")
 
 
 def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=None) -> Routes:
@@ -133,6 +163,6 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
         sql = ClickHouseHTTP(data_path.resolve(), spec)
         routes += [Route(method, path, sql, SQL, prefix=path.endswith("/"))
                    for method in ("GET", "POST") for path in (PREFIX, PREFIX + "/")]
-    every = Routes(routes, tokens, metrics)
+    every = Routes(routes, tokens, metrics, Origins(spec["embedded"]), sql_help(spec, tokens))
     every.add(Route("GET", "/openapi.json", OpenApi(every), None))
     return every
