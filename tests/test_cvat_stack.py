@@ -1,9 +1,10 @@
 """deploy/cvat-compose.override.yml inside CVAT's own compose project.
 
-CVAT's real compose files (tests/fixtures/cvat/<release>/, vendored unchanged) are merged
-with the override by the Compose v2 binary, and the merged configuration is read the way
-the containers would read it: where CVAT's backends send events and whether our Vector
-listens there; which ClickHouse user CVAT's services log in as and whether the override
+CVAT's real compose files (tests/fixtures/cvat/<release>/, vendored unchanged for every
+release where an analytics fact changes, 2.22 to 2.73) are merged with the override
+rendered for that release by the Compose v2 binary, and the merged configuration is read
+the way the containers would read it: where CVAT's backends send events and whether our
+Vector listens there and writes every field CVAT's Vector of that release writes; which ClickHouse user CVAT's services log in as and whether the override
 creates it with the grants CVAT's start-up DDL and export need; that our migration runs
 before them; how Grafana meets CVAT's forwardAuth; which host ports are published. On
 chdb: adopting CVAT's existing table keeps every event and sets no TTL unless asked.

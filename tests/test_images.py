@@ -182,23 +182,19 @@ def all_builds(tmp_path_factory) -> dict[str, dict]:
     return builds(tmp_path_factory.mktemp("builds"))
 
 
-def test_every_image_the_project_builds_is_found(all_builds):
-    # Grafana with its plugin (standalone, cluster, CVAT's stack) and the migration image.
-    assert set(all_builds) == {"docker-compose.yml:grafana", "cluster/docker-compose.yml:grafana",
-                               "cvat-compose.override.yml:cvat_grafana",
-                               "cvat-compose.override.yml:cvat_analytics_migrate"}
-
-
-def test_every_copy_of_every_image_finds_its_files_in_the_context(all_builds, tmp_path):
-    for name, build in all_builds.items():
-        materialise(build, tmp_path / name.replace("/", "_").replace(":", "_"))
-
-
 def python_images(all_builds: dict) -> dict[str, dict]:
     return {n: b for n, b in all_builds.items() if "pip install" in dockerfile(b)}
 
 
-def test_the_migration_image_context_lets_in_what_it_copies_and_no_secret(all_builds):
+def test_every_image_finds_what_it_copies_in_its_context_as_docker_sends_it_and_no_secret(all_builds, tmp_path):
+    # Grafana with its plugin (standalone, cluster, CVAT's stack) and the migration image.
+    assert set(all_builds) == {"docker-compose.yml:grafana", "cluster/docker-compose.yml:grafana",
+                               "cvat-compose.override.yml:cvat_grafana",
+                               "cvat-compose.override.yml:cvat_analytics_migrate"}
+    for name, build in all_builds.items():
+        materialise(build, tmp_path / name.replace("/", "_").replace(":", "_"))
+    # The checkout is the migration image's context: .dockerignore lets in what it copies
+    # and nothing else (not the passwords in .env, the virtualenv, the data, the tests).
     [build] = python_images(all_builds).values()
     context = Path(build["context"]).resolve()
     assert context == REPO
@@ -207,7 +203,7 @@ def test_the_migration_image_context_lets_in_what_it_copies_and_no_secret(all_bu
     assert copied and not any(ignored(s, patterns) for s in copied)
     for secret_or_bulk in (".env", ".venv/bin/python", ".git/config", "data/clickhouse/x", "tests/test_images.py",
                            "cvat_analytics/__pycache__/cli.cpython-312.pyc", "build/lib/x.py",
-                           "cvat_analytics.egg-info/PKG-INFO", "deploy/.env", "bench.json"):
+                           "cvat_analytics.egg-info/PKG-INFO", "deploy/.env", "bench.json", ".up"):
         assert ignored(secret_or_bulk, patterns), secret_or_bulk
 
 
@@ -250,8 +246,7 @@ def test_each_python_image_builds_its_wheel_from_exactly_what_it_copies_and_runs
         assert probe.returncode == 1 and "ModuleNotFoundError" in probe.stderr, module
 
     # The command the container runs: `cvat-analytics migrate --spec … --dsn …`.
-    entrypoint = " ".join(json.dumps(part) for part in all_builds_services_entrypoint())
-    assert "exec cvat-analytics migrate --spec" in entrypoint
+    assert "exec cvat-analytics migrate --spec" in " ".join(migrate_entrypoint())
     cli = venv / "bin" / "cvat-analytics"
     assert "--yes" in run([cli, "migrate", "--help"], env=env, cwd=cwd).stdout
     # What migrate renders and runs: every migration, from the packaged templates.
@@ -275,7 +270,7 @@ def test_each_python_image_builds_its_wheel_from_exactly_what_it_copies_and_runs
     assert "127.0.0.1" in refused.stderr, refused.stderr
 
 
-def all_builds_services_entrypoint() -> list[str]:
+def migrate_entrypoint() -> list[str]:
     """The migration service's entrypoint, as the committed override renders it."""
     from cvat_analytics_generator.validate import parse_yaml
 
