@@ -25,6 +25,8 @@ Decisions (see also the README):
   server/client rows).
 - `payload`: a JSON string (must parse), an object/array (serialised compactly),
   or null. NaN and Infinity (which Python's json reads) are refused: they are not JSON. `obj_val` may be a number or boolean: its JSON text is stored.
+- `remote_addr` (CVAT 2.66+: the client's address, a string) is kept though no spec
+  column lists it: CVAT's own later column (migration 0015), stored, never exported.
 - Unknown fields are ignored.
 """
 from __future__ import annotations
@@ -52,6 +54,10 @@ ISO_RE = re.compile(
 )
 EPOCH_RE = re.compile(r"\d{1,30}(?:\.\d{1,30})?", re.ASCII)
 DIGITS_RE = re.compile(r"\d{1,20}", re.ASCII)  # 2^64-1 has 20 digits
+
+# Fields CVAT sends beyond the spec's `events.columns`, stored after them: CVAT added the
+# column itself later (its init.py; ours: migration 0015) and leaves it out of its CSV.
+CVAT_EXTRA_COLUMNS = ({"name": "remote_addr", "type": "Nullable(String)"},)
 
 
 class EventError(ValueError):
@@ -226,8 +232,11 @@ class EventContract:
         self.spec = spec
         events = spec["events"]
         self.scopes = {source: frozenset(names) for source, names in events["scopes"].items()}
+        names = {column["name"] for column in events["columns"]}
+        # What is stored: the spec's columns, then CVAT's later ones the spec does not list.
+        self.stored_columns = events["columns"] + [c for c in CVAT_EXTRA_COLUMNS if c["name"] not in names]
         self.columns: list[tuple[str, Any, bool]] = []  # (name, converter, nullable)
-        for column in events["columns"]:
+        for column in self.stored_columns:
             name = column["name"]
             base, nullable = _base_type(column["type"])
             self.columns.append((name, self._converter(name, base), nullable))

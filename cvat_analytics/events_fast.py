@@ -45,7 +45,7 @@ class FastRows:
         self.names = [name for name, _convert, _nullable in contract.columns]
         self.retention_days = contract.spec.get("clickhouse", {}).get("retention_days", 0)
         fields, self.plan = [], []
-        for column in contract.spec["events"]["columns"]:
+        for column in contract.stored_columns:
             name = column["name"]
             base, nullable = _base_type(column["type"])
             if name == "timestamp":

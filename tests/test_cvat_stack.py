@@ -1,9 +1,10 @@
 """deploy/cvat-compose.override.yml inside CVAT's own compose project.
 
-CVAT's real compose files (tests/fixtures/cvat/<release>/, vendored unchanged) are merged
-with the override by the Compose v2 binary, and the merged configuration is read the way
-the containers would read it: where CVAT's backends send events and whether our Vector
-listens there; which ClickHouse user CVAT's services log in as and whether the override
+CVAT's real compose files (tests/fixtures/cvat/<release>/, vendored unchanged for every
+release where an analytics fact changes, 2.22 to 2.73) are merged with the override
+rendered for that release by the Compose v2 binary, and the merged configuration is read
+the way the containers would read it: where CVAT's backends send events and whether our
+Vector listens there and writes every field CVAT's Vector of that release writes; which ClickHouse user CVAT's services log in as and whether the override
 creates it with the grants CVAT's start-up DDL and export need; that our migration runs
 before them; how Grafana meets CVAT's forwardAuth; which host ports are published. On
 chdb: adopting CVAT's existing table keeps every event and sets no TTL unless asked.
@@ -15,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import uuid
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
@@ -28,7 +30,7 @@ from cvat_analytics.migrate import migrate
 from cvat_analytics.retention import RetentionRefused
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import load_spec
-from cvat_analytics_generator.validate import compose_binary
+from cvat_analytics_generator.validate import compose_binary, vector_problems
 
 from .conftest import write_spec
 
@@ -40,9 +42,10 @@ SECRETS = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUS
            "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 
 
-def test_at_least_two_cvat_releases_are_vendored_with_their_commit():
+def test_every_release_where_an_analytics_fact_changes_is_vendored_with_its_commit():
     notes = (FIXTURES / "README.md").read_text()
-    assert len(RELEASES) >= 2
+    assert {"v2.22.0", "v2.43.0", "v2.44.0", "v2.45.0", "v2.48.0", "v2.64.0", "v2.65.0", "v2.66.0",
+            "v2.70.0", "v2.73.0"} <= set(RELEASES)
     for release in RELEASES:
         assert re.search(rf"\| `{re.escape(release)}/` \| [0-9.]+ \| [0-9a-f]{{40}} \|", notes), release
 
@@ -86,9 +89,21 @@ class Stack:
         return Path(volume["source"])
 
 
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    """release -> the default spec's Stack for it, merged once for the module's tests."""
+    made = {}
+
+    def get(release: str) -> Stack:
+        if release not in made:
+            made[release] = Stack(tmp_path_factory.mktemp(release), release)
+        return made[release]
+    return get
+
+
 @pytest.mark.parametrize("release", RELEASES)
-def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(tmp_path, release):
-    stack = Stack(tmp_path, release)
+def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(stacks, release):
+    stack = stacks(release)
     spec = stack.spec
     ch, vec, gf = (stack.services[n] for n in ("cvat_clickhouse", "cvat_vector", "cvat_grafana"))
     assert [stack.by_alias(a) for a in ("clickhouse", "vector", "grafana")] == [ch, vec, gf]
@@ -108,17 +123,43 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(tm
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
 
 
-def vector_ports(stack: Stack) -> set[int]:
-    """The ports the Vector that answers as `vector` listens on, from the config it loads."""
+def vector_config(stack: Stack) -> dict:
+    """The config the Vector that answers as `vector` loads."""
     vector = stack.by_alias("vector")
     command = vector["command"]
-    config = yaml.safe_load(stack.mounted(vector, command[command.index("--config") + 1]).read_text())
-    return {int(s["address"].rsplit(":", 1)[1]) for s in config["sources"].values() if s["type"] == "http_server"}
+    return yaml.safe_load(stack.mounted(vector, command[command.index("--config") + 1]).read_text())
+
+
+def vector_ports(stack: Stack) -> set[int]:
+    """The ports the Vector that answers as `vector` listens on, from the config it loads."""
+    return {int(s["address"].rsplit(":", 1)[1]) for s in vector_config(stack)["sources"].values()
+            if s["type"] == "http_server"}
+
+
+def cvats_vector_fields(release: str) -> list[str]:
+    """What CVAT's own Vector of that release writes of each event (vector.toml, only_fields)."""
+    config = tomllib.loads((FIXTURES / release / "components/analytics/vector/vector.toml").read_text())
+    [sink] = [s for s in config["sinks"].values() if s["type"] == "clickhouse"]
+    return sink["encoding"]["only_fields"]
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_vector_listens_on_the_port_cvats_backends_send_to(tmp_path, release):
-    stack = Stack(tmp_path, release)
+def test_our_vector_writes_every_field_cvats_vector_of_that_release_writes(stacks, release):
+    stack = stacks(release)
+    config = vector_config(stack)
+    assert vector_problems(config) == []  # Vector's own schema, as `check` runs it
+    [sink] = [s for s in config["sinks"].values() if s["type"] == "clickhouse"]
+    ours = sink["encoding"]["only_fields"]
+    theirs = cvats_vector_fields(release)
+    assert set(theirs) <= set(ours), (release, set(theirs) - set(ours))
+    # 2.66 is where CVAT starts sending the client's address (an older CVAT sends none:
+    # forwarding it costs nothing and survives a CVAT upgrade without a re-render).
+    assert ("remote_addr" in theirs) == (release >= "v2.66.0") and "remote_addr" in ours
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_vector_listens_on_the_port_cvats_backends_send_to(stacks, release):
+    stack = stacks(release)
     senders = {n: s["environment"] for n, s in stack.cvat_services().items()
                if (s.get("environment") or {}).get("DJANGO_LOG_SERVER_HOST") == "vector"}
     assert "cvat_server" in senders
@@ -164,8 +205,8 @@ def covers(grants: set[tuple[str, str, str]], need: tuple[str, str, str]) -> boo
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_cvats_services_log_in_as_a_user_the_override_creates_with_what_cvat_runs(tmp_path, release):
-    stack = Stack(tmp_path, release)
+def test_cvats_services_log_in_as_a_user_the_override_creates_with_what_cvat_runs(stacks, release):
+    stack = stacks(release)
     clickhouse = stack.by_alias("clickhouse")
     users = {}
     for volume in clickhouse["volumes"]:
@@ -191,8 +232,8 @@ def test_cvats_services_log_in_as_a_user_the_override_creates_with_what_cvat_run
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickhouse_clients(tmp_path, release):
-    stack = Stack(tmp_path, release)
+def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickhouse_clients(stacks, release):
+    stack = stacks(release)
     migrators = [(n, s) for n, s in stack.services.items()
                  if "cvat-analytics migrate" in " ".join((s.get("entrypoint") or []) + (s.get("command") or []))]
     assert len(migrators) == 1, f"{release}: no one service runs cvat-analytics migrate"
@@ -205,8 +246,8 @@ def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickho
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(tmp_path, release):
-    stack = Stack(tmp_path, release)
+def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(stacks, tmp_path, release):
+    stack = stacks(release)
     traefik = stack.services["traefik"]
     rules = yaml.safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
     router = rules["routers"]["grafana"]

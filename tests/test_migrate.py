@@ -76,7 +76,7 @@ def test_events_table_has_cvats_columns_in_order_plus_request_id_and_inserted_at
         parameters={"db": store.database}).result_rows
     names = [r[0] for r in rows]
     assert names[:18] == [c["name"] for c in store.spec["events"]["columns"]]
-    assert names[18:] == ["request_id", "inserted_at"]
+    assert names[18:] == ["request_id", "inserted_at", "remote_addr"]
     assert dict(rows)["timestamp"] == "DateTime64(3, 'Etc/UTC')"
 
 
@@ -129,10 +129,11 @@ def test_an_existing_cvat_events_table_is_adopted(chdb_dsn, tmp_path):
         found = client.command(f"SELECT count() FROM `{db}`.events WHERE request_id = 'r-7'")
         assert int(found) == 1
         assert migrate(client, spec, log=lambda *_: None) == []
-        # request_id and inserted_at are MATERIALIZED: CVAT's `SELECT *` and an INSERT without a
-        # column list see CVAT's columns only; the row stored before 0012 holds the epoch.
+        # request_id and inserted_at are MATERIALIZED: CVAT's `SELECT *` sees CVAT's columns only,
+        # and remote_addr, which CVAT 2.66+ adds itself and its export leaves out (0015); the
+        # row stored before 0012 holds the epoch.
         names = client.query(f"SELECT * FROM `{db}`.events LIMIT 0").column_names
-        assert list(names) == [c["name"] for c in spec["events"]["columns"]]
+        assert list(names) == [c["name"] for c in spec["events"]["columns"]] + ["remote_addr"]
         client.command(f"INSERT INTO `{db}`.events SELECT * REPLACE ('create:job' AS scope) FROM `{db}`.events")
         stamps = client.query(f"SELECT scope, inserted_at > toDateTime64(0, 6, 'Etc/UTC') FROM `{db}`.events "
                               "ORDER BY scope").result_rows

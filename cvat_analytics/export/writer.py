@@ -3,7 +3,8 @@
 The rows: `<database>.events` with `source` in ('server', 'client'), without
 `send:exception` rows (CVAT leaves them out too: exceptions are for the Monitoring
 dashboard, not for the activity log a user downloads); a header of the spec's
-`events.columns` names, rows in timestamp order (ties broken by every other column,
+`events.columns` names but `remote_addr` (CVAT 2.66+ stores the client's address and
+leaves it out of its CSV: `SELECT * EXCEPT(remote_addr)`, cvat/apps/events/export.py), rows in timestamp order (ties broken by every other column,
 so an export is byte-for-byte reproducible), timestamps UTC "YYYY-MM-DD HH:MM:SS.mmm",
 NULL an empty field. The SQL is clickhouse/queries/export_*.sql.j2.
 
@@ -41,13 +42,19 @@ class LimitExceeded(Exception):
     """An export passed one of embedded.export's bounds; the message names it (fit for the caller)."""
 
 
+# Stored, never exported, as in CVAT's own export: even where a spec lists it as a column.
+NOT_EXPORTED = ("remote_addr",)
+
+
 def render(spec: dict, template: str, **extra) -> str:
-    """The text of clickhouse/queries/<template>.sql.j2 for this spec."""
-    return environment().get_template(f"clickhouse/queries/{template}.sql.j2").render({**context(spec), **extra})
+    """The text of clickhouse/queries/<template>.sql.j2 for this spec; its columns are the CSV's."""
+    return (environment().get_template(f"clickhouse/queries/{template}.sql.j2")
+            .render({**context(spec), "column_names": column_names(spec), **extra}))
 
 
 def column_names(spec: dict) -> list[str]:
-    return [c["name"] for c in spec["events"]["columns"]]
+    """The CSV's columns, in the table's order."""
+    return [c["name"] for c in spec["events"]["columns"] if c["name"] not in NOT_EXPORTED]
 
 
 def _settings(time_left: Callable[[], float] | None) -> dict:
