@@ -119,7 +119,7 @@ def test_vector_source_takes_a_json_array_body_and_the_sink_keeps_only_event_col
     source = config["sources"]["cvat_events"]
     assert source["type"] == "http_server" and "encoding" not in source
     assert source["address"] == f"0.0.0.0:{spec['vector']['port']}"
-    assert source["decoding"] == {"codec": "json"} and source["framing"] == {"method": "bytes"}
+    assert source["decoding"] == {"codec": "json", "json": {"lossy": False}} and source["framing"] == {"method": "bytes"}
     sink = config["sinks"]["clickhouse"]
     assert sink["database"] == spec["clickhouse"]["database"] and sink["table"] == "events"
     assert sink["skip_unknown_fields"] is True and sink["date_time_best_effort"] is True
@@ -328,7 +328,7 @@ def test_ingest_may_only_insert_events_and_dashboards_may_only_read(files):
     by_name = {u.tag: u for u in root.find("users")}
     assert set(by_name) == {users["ingest"], users["dashboards"]}  # admin: the image's entrypoint
     grants = {name: [q.text.strip() for q in u.findall("grants/query")] for name, u in by_name.items()}
-    assert grants[users["ingest"]] == [f"GRANT INSERT ON `{db}`.`events`"]
+    assert grants[users["ingest"]] == [f"GRANT INSERT ON `{db}`.`events`", f"GRANT INSERT ON `{db}`.`vector_metrics`"]
     assert grants[users["dashboards"]] == [f"GRANT SELECT ON `{db}`.*"]
     for user in by_name.values():
         assert user.find("access_management") is None
@@ -417,7 +417,7 @@ def test_services_are_pinned_healthy_persistent_and_ordered(files):
         assert service["restart"] == "unless-stopped" and service["healthcheck"]["test"][0] == "CMD", name
     for name in ("vector", "grafana"):
         assert services[name]["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
-    assert set(compose["volumes"]) == {"clickhouse-data", "vector-data", "grafana-data"}
+    assert set(compose["volumes"]) == {"clickhouse-data", "vector-data", "vector-dead-letters", "grafana-data"}
     assert "vector-data:/var/lib/vector" in services["vector"]["volumes"]
     assert "./clickhouse/migrations:/docker-entrypoint-initdb.d:ro" in services["clickhouse"]["volumes"]
     assert all(v.endswith(":ro") for v in services["clickhouse"]["volumes"][1:])
