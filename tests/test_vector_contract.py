@@ -505,3 +505,14 @@ def test_a_dead_letter_file_is_imported_as_is_once_the_cause_is_fixed(store, tmp
     assert run_import(store.client, fixed, str(dead), skip_invalid=True, err=err) == 0
     rows = store.client.query(f"SELECT scope, user_id FROM `{store.database}`.events").result_rows
     assert before == 0 and rows == [("create:widget", 7)]
+
+
+def test_cvats_client_address_is_kept_as_the_embedded_contract_keeps_it():
+    # CVAT 2.66+ sends remote_addr (migration 0015); a program that built its row from the
+    # spec's columns alone dropped it before the sink.
+    event = {"scope": "create:job", "source": "server", "timestamp": f"{NOW}.5", "remote_addr": "10.1.2.3"}
+    assert vrl_decision(event)[1]["remote_addr"] == "10.1.2.3"
+    assert contract_decision(event)[1]["remote_addr"] == "10.1.2.3"
+    for older in ({k: v for k, v in event.items() if k != "remote_addr"}, {**event, "remote_addr": None}):
+        assert vrl_decision(older)[1]["remote_addr"] is None
+    assert vrl_decision({**event, "remote_addr": 7})[1] == "remote_addr"
