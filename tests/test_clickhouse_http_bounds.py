@@ -18,7 +18,7 @@ from cvat_analytics.bench.measure import process_mb
 from cvat_analytics.bench.service import ServeProcess
 
 from .conftest import write_spec
-from .test_clickhouse_http import engine
+from .test_clickhouse_http import ANALYST, SECRET_ANALYST, TOKENS, engine
 
 pytestmark = pytest.mark.clickhouse
 
@@ -28,7 +28,7 @@ ALIAS = "a" * 1000  # every JSONEachRow row repeats it: a large answer from a sm
 def served_with(make_served, store, max_answer_bytes: int):
     spec = copy.deepcopy(store.spec)
     spec["embedded"]["sql"]["max_answer_bytes"] = max_answer_bytes
-    return make_served(spec=spec)
+    return make_served(spec=spec, tokens=TOKENS[:1])  # the SQL interface always needs a token
 
 
 def raw(srv, query: str, **params):
@@ -36,7 +36,7 @@ def raw(srv, query: str, **params):
     the transfer broke off (http.client's IncompleteRead)."""
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=120)
     try:
-        conn.request("POST", "/clickhouse/?" + urlencode(params), body=query.encode())
+        conn.request("POST", "/clickhouse/?" + urlencode(params), body=query.encode(), headers=ANALYST)
         response = conn.getresponse()
         try:
             return response.status, dict(response.getheaders()), response.read(), True
@@ -51,11 +51,11 @@ def test_an_answer_past_the_bound_is_cut_with_clickhouses_error_and_serve_holds_
                                            "embedded.sql.max_answer_bytes": 300_000_000})
     serve = ServeProcess(f"chdb://{tmp_path}/clickhouse", spec_path)
     try:
-        assert subprocess.run(["curl", "-sf", serve.url + "/clickhouse/?query=SELECT%201"],
+        assert subprocess.run(["curl", "-sf", "-H", f"Authorization: Bearer {serve.sql_token}", serve.url + "/clickhouse/?query=SELECT%201"],
                               capture_output=True).stdout == b"1\n"
         idle = process_mb(serve.proc.pid, "VmHWM")
         # 800,000 rows of 1 KB: an 820 MB answer, which main built whole (2.5 GB took serve to 8.2 GB).
-        run = subprocess.run(["curl", "-sS", "-D", str(tmp_path / "head"), "-o", str(tmp_path / "body"),
+        run = subprocess.run(["curl", "-sS", "-H", f"Authorization: Bearer {serve.sql_token}", "-D", str(tmp_path / "head"), "-o", str(tmp_path / "body"),
                               "--data-binary", f"SELECT number AS `{ALIAS}` FROM numbers(800000) FORMAT JSONEachRow",
                               serve.url + "/clickhouse/"], capture_output=True, text=True, timeout=300)
         peak = process_mb(serve.proc.pid, "VmHWM")
@@ -78,7 +78,8 @@ def test_an_answer_past_the_bound_is_cut_with_clickhouses_error_and_serve_holds_
 CUT_CLIENT = r"""
 import json, sys, clickhouse_connect
 host, port, alias = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-client = clickhouse_connect.get_client(host=host, port=port, proxy_path='/clickhouse')
+client = clickhouse_connect.get_client(host=host, port=port, proxy_path='/clickhouse', username='analyst',
+                                       password=sys.argv[-1])
 out = {}
 for name, run in (("query", lambda: client.query("SELECT number, toString(number) AS s FROM numbers(3000000)").result_rows),
                   ("raw_stream", lambda: [b for b in client.raw_stream(
@@ -94,7 +95,8 @@ print(json.dumps(out))
 
 def test_clickhouse_connect_raises_the_cut_as_the_servers_error(make_served, store):
     srv = served_with(make_served, store, 20_000_000)  # past the first block of each answer
-    run = subprocess.run([sys.executable, "-c", CUT_CLIENT, "127.0.0.1", str(srv.server_address[1]), ALIAS],
+    run = subprocess.run([sys.executable, "-c", CUT_CLIENT, "127.0.0.1", str(srv.server_address[1]), ALIAS,
+                          SECRET_ANALYST],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
@@ -138,7 +140,8 @@ def test_a_long_answer_under_the_bound_streams_whole_and_byte_equal(make_served,
 NATIVE_CLIENT = r"""
 import json, sys, clickhouse_connect
 host, port = sys.argv[1], int(sys.argv[2])
-client = clickhouse_connect.get_client(host=host, port=port, proxy_path='/clickhouse')
+client = clickhouse_connect.get_client(host=host, port=port, proxy_path='/clickhouse', username='analyst',
+                                       password=sys.argv[-1])
 rows = client.query("SELECT toString(number) AS s, concat('u', toString(number % 7)) AS t, number AS n, "
                     "[toString(number)] AS a, toLowCardinality(toString(number % 3)) AS l FROM numbers(50000)").result_rows
 print(json.dumps([list(r) for r in rows]))
@@ -147,7 +150,8 @@ print(json.dumps([list(r) for r in rows]))
 
 def test_native_of_many_blocks_through_clickhouse_connect_decodes_to_the_engines_values(make_served, store):
     srv = served_with(make_served, store, 1_000_000_000)
-    run = subprocess.run([sys.executable, "-c", NATIVE_CLIENT, "127.0.0.1", str(srv.server_address[1])],
+    run = subprocess.run([sys.executable, "-c", NATIVE_CLIENT, "127.0.0.1", str(srv.server_address[1]),
+                          SECRET_ANALYST],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = json.loads(run.stdout)

@@ -18,11 +18,12 @@ from cvat_analytics.service.clickhouse_http import TRANSPORT
 from cvat_analytics_generator.sql_gate import SETTINGS
 from tests.conftest import REPO, write_spec
 
-from .test_clickhouse_http import served, sql  # noqa: F401 - the fixture and the client
+from .test_clickhouse_http import ANALYST, served, sql  # noqa: F401 - the fixture, the client, its token
 
 pytestmark = pytest.mark.clickhouse
 CLI = REPO / ".venv" / "bin" / "cvat-analytics"
-LIMITS = ("max_execution_time", "max_memory_usage", "max_result_bytes", "max_result_rows", "max_threads")
+LIMITS = ("max_execution_time", "max_memory_usage", "max_result_bytes", "max_result_rows", "max_threads",
+          "max_block_size")
 
 
 def lines(srv, query: str, **params) -> list[str]:
@@ -60,7 +61,7 @@ def test_formats_that_take_schema_files_are_refused_however_asked(served, fmt):
     for params in ({"query": f"SELECT 1 FORMAT {fmt}"}, {"query": "SELECT 1", "default_format": fmt}):
         status, _, body = sql(served, **params)
         assert status == 403 and f"'{fmt}'".encode() in body, body
-    status, _, body = sql(served, "SELECT 1", headers={"X-ClickHouse-Format": fmt})
+    status, _, body = sql(served, "SELECT 1", headers={**ANALYST, "X-ClickHouse-Format": fmt})
     assert status == 403 and f"'{fmt}'".encode() in body, body
 
 
@@ -77,7 +78,7 @@ def test_every_setting_that_takes_a_path_url_or_schema_is_refused(served):
     assert len(names) > 150
     conn = http.client.HTTPConnection(*served.server_address[:2], timeout=60)
     for name in names:
-        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "/tmp/cvat-analytics-sweep"}))
+        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "/tmp/cvat-analytics-sweep"}), headers=ANALYST)
         response = conn.getresponse()
         body = response.read()
         assert response.status == 403 and f"'{name}'".encode() in body, (name, body)
@@ -90,7 +91,7 @@ def test_every_other_setting_off_the_allow_list_is_refused_naming_it(served):
             "os_thread_priority", "max_bytes_to_read"} <= set(off)
     conn = http.client.HTTPConnection(*served.server_address[:2], timeout=60)
     for name in off:
-        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "1"}))
+        conn.request("GET", "/clickhouse/?" + urlencode({"query": "SELECT 1", name: "1"}), headers=ANALYST)
         response = conn.getresponse()
         body = response.read()
         assert response.status == 403 and f"'{name}'".encode() in body, (name, body)
@@ -161,7 +162,7 @@ def test_table_functions_come_from_the_allow_list(served):
 def test_a_query_id_that_cannot_be_echoed_is_a_400_with_a_log_line(served, caplog, query_id):
     caplog.set_level(logging.INFO, logger="cvat_analytics.access")
     conn = http.client.HTTPConnection(*served.server_address[:2], timeout=30)
-    conn.request("GET", "/clickhouse/?query=" + quote("SELECT 1") + "&query_id=" + quote(query_id))
+    conn.request("GET", "/clickhouse/?query=" + quote("SELECT 1") + "&query_id=" + quote(query_id), headers=ANALYST)
     response = conn.getresponse()
     body = response.read()
     assert response.status == 400 and b"query_id" in body, body
