@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same traffic")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="measure every headline figure against its baseline (README: Benchmarks)")
+    p = sub.add_parser("bench", help="measure every headline figure against its baseline (docs/benchmarks.md)")
     _spec_arg(p)
     p.add_argument("--events", type=int, default=10_000_000, help="events to generate (default: 10000000)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the figures as JSON to this file")

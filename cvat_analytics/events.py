@@ -5,7 +5,7 @@ Everything that reaches <database>.events goes through `EventContract.normalize`
 the same way. The columns and their types come from the spec's `events.columns`;
 the rules below say how an incoming JSON value becomes a value of that type.
 
-Decisions (see also the README):
+Decisions (see also docs/architecture.md):
 - `timestamp`: epoch seconds (string or number, CVAT's server sends
   "1700000000.123456") or ISO-8601 (`Z`, an offset, or no zone = UTC). Stored as
   "YYYY-MM-DD HH:MM:SS.mmm" UTC, sub-millisecond digits truncated as ClickHouse

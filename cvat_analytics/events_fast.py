@@ -9,7 +9,7 @@ and what it accepts it stores exactly as the reference would: tests/test_events_
 feeds both the same bodies and demands the same rows.
 
 Measured on this machine (1000-event CVAT bodies, one core): the reference path takes
-about 30 µs per event, this one about 5 µs (see the README, Benchmarks).
+about 30 µs per event, this one about 5 µs (see docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
         cluster = spec["clickhouse"]["cluster"]
         raise ClusterSpec(f"the spec renders a ClickHouse cluster (clickhouse.cluster: {cluster['shards']} shards "
                           f"x {cluster['replicas']} replicas): its servers create the schema on their first start "
-                          "(README, \"Past one machine\"); migrate applies the single server's")
+                          "(docs/cluster.md); migrate applies the single server's")
     spec = retention.effective_spec(client, spec)
     sql = ledger(spec)
     done = applied(client, spec)

@@ -28,7 +28,7 @@ ensure_env() {
   # Random secrets, added to .env for any that is missing; never committed (.gitignore),
   # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
   # (deploy/cvat-compose.override.yml), CLICKHOUSE_CLUSTER_PASSWORD for a cluster render
-  # (README, "Past one machine"); the spec's sql token (CVAT_ANALYTICS_TOKEN_SQL) is the
+  # (docs/cluster.md); the spec's sql token (CVAT_ANALYTICS_TOKEN_SQL) is the
   # one way into serve's SQL interface.
   umask 077
   touch "$ENV_FILE"
@@ -136,14 +136,14 @@ sql_usage() {  # sql_usage HOST PORT: where the SQL token is and how to use it, 
   local url="http://$1:$2" var secret
   var=$(sql_token_env)
   if [ -z "$var" ]; then
-    echo "  SQL:        $url/clickhouse needs a token with the sql permission: add one to access.tokens (README, SQL)"
+    echo "  SQL:        $url/clickhouse needs a token with the sql permission: add one to access.tokens (docs/working-time-and-sql.md, SQL)"
     return 0
   fi
   secret="\$(sed -n 's/^$var=//p' $ENV_FILE)"
   echo "  SQL:        $url/clickhouse (read-only) with the token in $ENV_FILE, variable $var:"
   echo "                curl -H \"Authorization: Bearer $secret\" '$url/clickhouse?query=SELECT+1'"
   echo "                .venv/bin/cvat-analytics query --dsn \"http://sql:$secret@$1:$2/clickhouse\" \"SELECT ...\""
-  echo "              (clickhouse-connect, Grafana: the secret as the password; README, SQL)"
+  echo "              (clickhouse-connect, Grafana: the secret as the password; docs/working-time-and-sql.md, SQL)"
 }
 
 main() {

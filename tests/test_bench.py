@@ -1,7 +1,7 @@
 """`cvat-analytics bench` runs end to end on a small N and reports every figure.
 
 No timing assertions here: the figures themselves are the benchmark's output
-(README "Benchmarks"); the suite only checks that each one is produced, sane, and
+(docs/benchmarks.md); the suite only checks that each one is produced, sane, and
 measured against its baseline in the same run.
 """
 from __future__ import annotations

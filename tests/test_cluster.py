@@ -1,4 +1,4 @@
-"""The cluster render (clickhouse.cluster above 1 x 1; README "Past one machine").
+"""The cluster render (clickhouse.cluster above 1 x 1; docs/cluster.md).
 
 - The default spec (1 x 1) renders exactly the committed single-server tree, and none of
   the cluster's files.

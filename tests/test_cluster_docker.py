@@ -1,4 +1,4 @@
-"""The cluster render on Docker (README, "Past one machine"): a 2 x 2 cluster with its
+"""The cluster render on Docker (docs/cluster.md): a 2 x 2 cluster with its
 Keeper comes up; events posted to Vector reach the Distributed `events`; one replica is
 killed while events keep coming and started again; nothing Vector acknowledged is lost or
 stored twice; the working time kept by each shard's refresh equals the query-time SQL over

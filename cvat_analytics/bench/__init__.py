@@ -1,6 +1,6 @@
 """`cvat-analytics bench`: every headline figure against its baseline, measured in one run.
 
-What it does (README "Benchmarks"):
+What it does (docs/benchmarks.md):
 
 1. generates N realistic events with the demo generator and bulk-loads them into a fresh
    embedded store (our schema, a bulk insert from the chunk files with `file()`, then the first

@@ -1,7 +1,7 @@
 """Ingest into `serve` with and without an analyst's full scan running on /clickhouse.
 
 The 100-event bodies are split in two halves: the first is sent alone, the second while
-one analyst connection runs a full scan of the store back to back (README, SQL)."""
+one analyst connection runs a full scan of the store back to back (docs/working-time-and-sql.md, SQL)."""
 from __future__ import annotations
 
 import http.client

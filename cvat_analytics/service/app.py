@@ -51,7 +51,7 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     if is_open(tokens) and not _is_loopback(host):
         print(f"cvat-analytics: refusing to listen on {host}: no access token is configured (beyond "
               "sql), so anyone who reaches it could read and write every event. Bind to 127.0.0.1, or add tokens "
-              "under access.tokens in the spec (see README, Reliability and security).", file=sys.stderr)
+              "under access.tokens in the spec (see docs/reliability-and-security.md).", file=sys.stderr)
         return 2
     logs.configure(log_format)
     # No thread of ours keeps working time current: ClickHouse does, with the refreshable

@@ -5,7 +5,7 @@ clients (curl, clickhouse-connect, Grafana's ClickHouse plugin) query it while e
 flow. It speaks the interface those clients use: the query in `query` or the POST body,
 `database`, `default_format`, a FORMAT clause, `param_<name>`, settings as URL
 parameters, ClickHouse's error text with X-ClickHouse-Exception-Code, and the
-X-ClickHouse-* response headers (see README, SQL).
+X-ClickHouse-* response headers (see docs/working-time-and-sql.md, SQL).
 
 Before anything runs, the request passes the SQL gate (cvat_analytics_generator.sql_gate,
 the one the dashboards and `check` use too): URL settings only from its allow-list (output

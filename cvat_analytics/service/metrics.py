@@ -7,7 +7,7 @@ state and their bytes on disk. The insert latency histogram is process-wide
 (store.insert_json_rows observes it, whoever inserts).
 
 Each server has a registry of its own, so two servers in one process (the tests)
-count apart; the names are documented in README, Operating.
+count apart; the names are documented in docs/embedded-service.md.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def _text(description: str) -> dict:
 
 # /clickhouse and everything under it: ClickHouse's own interface, GET or POST alike.
 _CLICKHOUSE = {
-    "summary": "ClickHouse's own HTTP interface, read-only (README, SQL): the query in `query` or the body",
+    "summary": "ClickHouse's own HTTP interface, read-only (docs/working-time-and-sql.md, SQL): the query in `query` or the body",
     "x-permission": "sql",
     "parameters": [_query("query", "the SQL"), _query("database", "the default database"),
                    _query("default_format", "the answer's format when the query names none")],

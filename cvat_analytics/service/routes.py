@@ -115,7 +115,7 @@ def sql_help(spec: dict, tokens: list[Token]) -> str:
     loaded = {token.principal.name for token in tokens}
     declared = [t for t in spec.get("access", {}).get("tokens", []) if SQL in t["permissions"]]
     if not declared:
-        return text + "; no token has it: add one to access.tokens in the spec (README, SQL)"
+        return text + "; no token has it: add one to access.tokens in the spec (docs/working-time-and-sql.md, SQL)"
     ready = [t["secret_env"] for t in declared if t["name"] in loaded]
     if ready:
         return text + f"; the secret is in the environment variable {ready[0]} (make up writes it to .env)"
