@@ -7,7 +7,9 @@ Formats, told apart by the first non-blank byte:
 
 All or nothing by default: every record is validated first and the valid rows are
 spooled, normalized, to a temporary file; only when none is invalid are they
-inserted (in batches of --batch-size rows). With --skip-invalid the valid rows are
+inserted (in batches of --batch-size rows, a batch also ending before it would span more
+calendar months than the engine writes in one INSERT, max_partitions_per_insert_block:
+a file of years, with retention_days 0, is stored, not refused over and over). With --skip-invalid the valid rows are
 stored and each invalid record is reported on stderr. Memory stays flat whatever
 the file size: the reader holds one chunk, the spool is on disk.
 """
@@ -18,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -318,8 +321,9 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
             rows = client.query(sql.named("duplicated_blocks")).result_rows
             return int(rows[0][0]) if rows else 0
 
+        max_months = int(client.command(sql.named("max_partitions")))
         try:
-            for index, (body, rows) in enumerate(_batches(spool, batch_size)):
+            for index, (body, rows) in enumerate(_batches(spool, batch_size, max_months)):
                 before = duplicated_blocks() if exclusive else 0
                 # The token makes a retried batch (same rows, same batch size) count once.
                 token = f"import:{sha}:{batch_size}:{index}" + (f":{time.time_ns()}" if again else "")
@@ -379,13 +383,25 @@ def _validate(raw, name, contract, spool, skip_invalid, progress, err, content) 
     return valid, invalid
 
 
-def _batches(spool: IO[bytes], batch_size: int) -> Iterator[tuple[bytes, int]]:
-    """The spooled JSONEachRow lines, batch_size rows at a time."""
+def _batches(spool: IO[bytes], batch_size: int, max_months: int = 0) -> Iterator[tuple[bytes, int]]:
+    """The spooled JSONEachRow lines, batch_size rows at a time, a batch ending early where
+    its next row would make it span more than `max_months` calendar months (0: no bound).
+    The cuts depend on the rows alone, so a retried import makes the same batches."""
     lines: list[bytes] = []
+    months: set[bytes] = set()
     for line in spool:
+        month = _MONTH.search(line).group(1) if max_months else b""
+        if lines and max_months and month not in months and len(months) == max_months:
+            yield b"".join(lines), len(lines)
+            lines, months = [], set()
         lines.append(line)
+        months.add(month)
         if len(lines) == batch_size:
             yield b"".join(lines), len(lines)
-            lines = []
+            lines, months = [], set()
     if lines:
         yield b"".join(lines), len(lines)
+
+
+# The month of a spooled row: EventContract.to_line writes "timestamp":"YYYY-MM-DD HH:MM:SS.fff".
+_MONTH = re.compile(rb'"timestamp":"(\d{4}-\d{2})-')

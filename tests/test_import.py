@@ -304,3 +304,30 @@ def test_an_import_cut_short_is_finished_by_running_it_again(store, tmp_path, ca
     assert capsys.readouterr().out.strip() == \
         "imported 10 events, 20 were already stored by an earlier attempt (0 skipped)"
     assert int(store.client.command(f"SELECT count() FROM `{store.database}`.events")) == 30
+
+
+def test_a_file_of_more_months_than_one_insert_takes_is_stored_in_month_bounded_batches(store, tmp_path, capsys):
+    """With retention_days 0 a file may span years; the engine writes at most
+    max_partitions_per_insert_block (100) months in one INSERT, so a batch of 120 months
+    failed, and "run the same import again" failed the same way."""
+    from .test_ingest_groups import keep_forever, month_events
+
+    spec = keep_forever(store)
+    path = write_ndjson(tmp_path / "decade.ndjson", month_events("decade", 0, 120))
+    assert run_import(store.client, spec, str(path)) == 0, capsys.readouterr().err
+    assert "imported 120 events (0 skipped)" in capsys.readouterr().out
+    assert count(store) == 120
+    assert store.client.command(f"SELECT uniqExact(toYYYYMM(timestamp)) FROM `{store.database}`.events") == 120
+    # The cuts depend on the rows alone: the same file again is recognised, not stored twice.
+    assert run_import(store.client, spec, str(path)) == 0 and count(store) == 120
+
+
+def test_batches_end_before_a_month_past_the_bound_and_at_the_batch_size():
+    lines = [b'{"scope":"x","timestamp":"20%02d-%02d-01 00:00:00.000"}\n' % (y, m) for y in (1, 2) for m in range(1, 13)]
+    spool = io.BytesIO(b"".join(lines * 2))  # 24 months, then the same 24 again
+    sizes = [rows for _, rows in importer._batches(spool, 1000, max_months=10)]
+    assert sizes == [10, 10, 10, 10, 8]
+    spool.seek(0)
+    assert [rows for _, rows in importer._batches(spool, 7, max_months=10)] == [7] * 6 + [6]
+    spool.seek(0)
+    assert [rows for _, rows in importer._batches(spool, 1000, max_months=0)] == [48]
