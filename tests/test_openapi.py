@@ -68,3 +68,10 @@ def test_live_answers_keep_to_the_document(make_served):
     answered = sum(s.value for family in srv.routes.metrics.requests.collect() for s in family.samples
                    if s.name.endswith("_total"))
     assert answered >= len(operations) * 10  # the examples really went over the wire
+
+
+def test_a_foreign_host_answer_is_documented_on_every_route_but_ingest(make_served):
+    paths = fetch_document(make_served())["paths"]
+    assert "421" not in paths["/"]["post"]["responses"]
+    assert all("421" in operation["responses"] for path, methods in paths.items()
+               for method, operation in methods.items() if (path, method) != ("/", "post"))

@@ -43,6 +43,8 @@ def _query(name: str, description: str, type_: str = "string") -> dict:
 # Where the caller lacks a token or its permission (only when tokens are configured).
 _REFUSED = {"401": _error("no or an unknown token (tokens are configured)"),
             "403": _error("the token lacks the route's permission")}
+# A Host that is not one of serve's names (a rebinding DNS name): origins.py.
+_FOREIGN_HOST = {"421": _error("the Host is not one of this service's names (embedded.allowed_hosts)")}
 _FILTERS = [
     _query("org_id", "only events of this organization"),
     _query("project_id", "only events of this project"),
@@ -255,6 +257,8 @@ def document(routes: "Routes") -> dict:
     for route in routes.routes:
         path = table_path(route.path, route.prefix, route.method)
         operation = PATHS[path][route.method.lower()]
+        if (route.method, route.path) != ("POST", "/"):  # every route but ingest judges the Host (origins.py)
+            operation = {**operation, "responses": {**operation["responses"], **_FOREIGN_HOST}}
         paths.setdefault(path, {})[route.method.lower()] = operation
         if route.method == "GET" and route.head:  # answered like GET, without the body
             paths[path]["head"] = head_of(operation)
