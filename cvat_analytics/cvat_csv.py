@@ -41,6 +41,14 @@ def _split_header(line: str) -> list[str]:
     return [f.strip().strip('"') for f in line.strip().lstrip("\ufeff").split(",")]
 
 
+def header_columns(first_line: str, spec: dict) -> list[str] | None:
+    """The columns a CVAT export's header names, or None when it is not one. CVAT's own
+    export before 2.66 is `SELECT *`: on a table that has remote_addr (migration 0015, or
+    CVAT 2.66's init.py) its CSV ends with that column too."""
+    names, got = header_names(spec), _split_header(first_line)
+    return got if got in (names, names + ["remote_addr"]) else None
+
+
 def is_cvat_csv(first_line: str, spec: dict | None = None) -> bool:
     """Whether a file's first line is the header of CVAT's export (the events column names).
 
@@ -48,8 +56,7 @@ def is_cvat_csv(first_line: str, spec: dict | None = None) -> bool:
     if spec is None:
         from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
         spec = load_spec(DEFAULT_SPEC)
-    names = _split_header(first_line)
-    return names == header_names(spec)
+    return header_columns(first_line, spec) is not None
 
 
 def parse_record(record: str, line: int) -> list[str | None]:
@@ -116,8 +123,15 @@ def _is_int_type(col_type: str) -> bool:
 
 def read_cvat_csv(stream: TextIO, spec: dict) -> Iterator[tuple[int, dict]]:
     """(line number, event dict) for each row of a CVAT CSV export; the header is checked."""
-    columns = spec["events"]["columns"]
-    names = [c["name"] for c in columns]
+    records = _records(stream)
+    first = next(records, None)
+    if first is None:
+        return
+    names = header_columns(first[1], spec)
+    if names is None:
+        raise CsvError(first[0], "the header is not CVAT's events columns: " + first[1][:200])
+    types = {c["name"]: c["type"] for c in spec["events"]["columns"]} | {"remote_addr": "Nullable(String)"}
+    columns = [{"name": name, "type": types[name]} for name in names]
     kinds = []
     for c in columns:
         if c["name"] == "timestamp":
@@ -126,12 +140,6 @@ def read_cvat_csv(stream: TextIO, spec: dict) -> Iterator[tuple[int, dict]]:
             kinds.append("int")
         else:
             kinds.append("str")
-    records = _records(stream)
-    first = next(records, None)
-    if first is None:
-        return
-    if _split_header(first[1]) != names:
-        raise CsvError(first[0], "the header is not CVAT's events columns: " + first[1][:200])
     width = len(names)
     for line, text in records:
         if not text:

@@ -331,3 +331,14 @@ def test_batches_end_before_a_month_past_the_bound_and_at_the_batch_size():
     assert [rows for _, rows in importer._batches(spool, 7, max_months=10)] == [7] * 6 + [6]
     spool.seek(0)
     assert [rows for _, rows in importer._batches(spool, 1000, max_months=0)] == [48]
+
+
+def test_a_cvat_export_that_ends_with_remote_addr_imports(store, tmp_path):
+    """CVAT before 2.66 exports `SELECT *`: on a table with remote_addr (ours from migration
+    0015, CVAT's own from 2.66's init.py) its CSV ends with that column."""
+    lines = CVAT_CSV.splitlines()
+    path = tmp_path / "logs.csv"
+    path.write_text("\n".join([lines[0] + ",remote_addr", lines[1] + ",", lines[2] + ",10.0.0.7"]) + "\n")
+    assert run_import(store.client, store.spec, str(path)) == 0
+    rows = store.client.query(f"SELECT scope, remote_addr FROM `{store.database}`.events ORDER BY timestamp").result_rows
+    assert rows == [("create:task", None), ("change:frame", "10.0.0.7")]
