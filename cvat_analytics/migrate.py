@@ -16,7 +16,7 @@ from functools import cached_property
 
 from clickhouse_connect.driver.client import Client
 
-from cvat_analytics_generator.render import is_cluster, render_sql, render_template
+from cvat_analytics_generator.render import INIT_LEDGER, is_cluster, render_sql, render_template
 from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
 from . import retention
@@ -71,6 +71,7 @@ class Migration:
 
 def migrations(spec: dict) -> list[Migration]:
     files = render_sql(spec, FOLDER)
+    files.pop(INIT_LEDGER.removeprefix(FOLDER + "/"), None)  # the init scripts' ledger, not a migration
     return [Migration(name.removesuffix(".sql"), files[name]) for name in sorted(files)]
 
 

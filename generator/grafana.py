@@ -230,7 +230,8 @@ def definition_json(d: dict, spec: dict) -> str:
         "links": [{"title": "CVAT dashboards", "type": "dashboards", "tags": ["cvat"], "asDropdown": True}],
         "templating": {"list": [_variable(v, ds) for v in d["variables"]] + _adhoc(d, ds)},
         "annotations": {"list": []},
-        "panels": [_panel(p, ds, _filter_links(d)) for p in d["panels"]],
+        "panels": [_panel(p, ds, spec["grafana"]["clickhouse_plugin_version"], _filter_links(d))
+                   for p in d["panels"]],
     }
     return json.dumps(model, indent=2, ensure_ascii=False) + "\n"
 
@@ -279,12 +280,15 @@ def _filter_links(d: dict) -> dict[str, dict]:
     return links
 
 
-def _panel(p: dict, ds: dict, links: dict[str, dict] | None = None) -> dict:
+def _panel(p: dict, ds: dict, plugin_version: str, links: dict[str, dict] | None = None) -> dict:
     kind = p["type"]
     timeseries = kind == "timeseries"
     target = {
         "refId": "A",
         "datasource": ds,
+        # The plugin's version: without it plugin 4.x takes the query for a v3 one and
+        # rewrites it on every load (src/data/migration.ts at v4.20.0).
+        "pluginVersion": plugin_version,
         "editorType": "sql",
         "format": 0 if timeseries else 1,  # 0: time series (long to wide), 1: table
         "queryType": "timeseries" if timeseries else "table",

@@ -23,6 +23,10 @@ CLUSTER = "cluster/"
 SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "vector/vector-cvat.yaml.j2",
                       "clickhouse/users.d/cvat-server-user.xml.j2", "clickhouse/queries/events_remove_ttl.sql.j2",
                       "clickhouse/migrations/")
+# The last init script of a new single-server volume: the ledger of the migrations the init
+# scripts before it applied (its template says why). Rendered after them, from their text.
+INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
+INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
 CLUSTER_NAME = "cvat"
 KEEPER_NODES = 3
 
@@ -100,7 +104,17 @@ def render_all(spec: dict) -> dict[str, str]:
     # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
     for d in grafana.load_all(spec):
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
+    if not is_cluster(spec):
+        out[INIT_LEDGER] = _init_ledger(env, ctx, out)
     return out
+
+
+def _init_ledger(env: jinja2.Environment, ctx: dict, out: dict[str, str]) -> str:
+    from cvat_analytics.migrate import FOLDER, Migration  # the checksums migrate compares
+
+    applied = [Migration(Path(rel).name.removesuffix(".sql"), text) for rel, text in sorted(out.items())
+               if rel.startswith(FOLDER + "/") and rel.endswith(".sql")]
+    return env.get_template(INIT_LEDGER_TEMPLATE).render({**ctx, "migrations": applied})
 
 
 def render_template(spec: dict, name: str, **extra) -> str:
@@ -111,7 +125,7 @@ def render_template(spec: dict, name: str, **extra) -> str:
 def _wanted(name: str, spec: dict) -> bool:
     """Runtime statements and the files of the other topology (single server or cluster)
     are not rendered."""
-    if name.startswith(RUNTIME):
+    if name.startswith(RUNTIME) or name == INIT_LEDGER_TEMPLATE:
         return False
     if name.startswith(CLUSTER):
         return is_cluster(spec)

@@ -151,11 +151,30 @@ main() {
   # .env holds the secrets of both modes (access-token secrets, the Docker stack's passwords),
   # written once, so switching modes later keeps them.
   ensure_env
-  if docker info >/dev/null 2>&1; then
-    docker_up
+  case "$(docker_engine)" in
+    up) docker_up ;;
+    denied)
+      # An engine is there but not for this user: starting the embedded default instead
+      # would silently run a different stack.
+      echo "the Docker engine refuses this user (permission denied on the Docker socket):" >&2
+      echo "  add the user to the docker group (sudo usermod -aG docker \$USER, then log in again)" >&2
+      echo "  or run make up as a user who may use Docker; nothing was started" >&2
+      return 1 ;;
+    *)
+      echo "no Docker engine answers here: starting the embedded default (chdb) instead"
+      embedded_up ;;
+  esac
+}
+
+docker_engine() {  # up | denied (an engine refuses this user) | none (no client, or no engine answers)
+  local said
+  command -v docker >/dev/null 2>&1 || { echo none; return 0; }
+  if said=$(docker info 2>&1); then
+    echo up
+  elif grep -qi "permission denied" <<<"$said"; then
+    echo denied
   else
-    echo "no Docker engine answers here: starting the embedded default (chdb) instead"
-    embedded_up
+    echo none
   fi
 }
 

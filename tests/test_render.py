@@ -458,3 +458,24 @@ def test_grafana_provisioning(files):
     assert ds["jsonData"]["protocol"] == "http"
     provider = yaml.safe_load(files["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_nothing_phones_home_crash_reports_and_plugin_keys_included(files):
+    """ClickHouse's image sends crash reports (config.xml) and Grafana fetches plugin-signing
+    keys from grafana.com at start: the standalone render turns both off."""
+    config = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
+    assert config.findtext("send_crash_reports/enabled") == "false"
+    grafana = parse_yaml(files["docker-compose.yml"])["services"]["grafana"]
+    assert grafana["environment"]["GF_PLUGINS_PUBLIC_KEY_RETRIEVAL_DISABLED"] == "true"
+
+
+def test_every_panel_target_carries_the_plugin_version(files):
+    """Without pluginVersion plugin 4.x takes a saved query for a v3 one and rewrites it on
+    every load; each target names the version the image installs."""
+    version = load_spec()["grafana"]["clickhouse_plugin_version"]
+    dashboards = [rel for rel in files if rel.startswith("grafana/dashboards/")]
+    assert dashboards
+    for rel in dashboards:
+        for panel in json.loads(files[rel])["panels"]:
+            for target in panel.get("targets") or []:
+                assert target["pluginVersion"] == version, (rel, panel["title"])

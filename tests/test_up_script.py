@@ -134,3 +134,40 @@ def test_make_up_writes_an_sql_token_starts_serve_with_it_and_says_how_to_use_it
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
             time.sleep(1)
+
+
+# What the real Docker client (docker info) prints and exits with, per case.
+DOCKER_SAYS = {
+    "denied": ("permission denied while trying to connect to the Docker daemon socket at "
+               "unix:///var/run/docker.sock: Get \"http://%2Fvar%2Frun%2Fdocker.sock/v1.47/info\": "
+               "dial unix /var/run/docker.sock: connect: permission denied", 1),
+    "none": ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+             "Is the docker daemon running?", 1),
+    "up": ("", 0),
+}
+
+
+@pytest.mark.parametrize("case", ["denied", "none", "up"])
+def test_make_up_tells_a_refused_docker_socket_from_no_engine(tmp_path, case):
+    """A `docker` on PATH that fails as the real client does: permission denied on the
+    socket stops `make up` with a clear message; no engine starts the embedded default;
+    an engine that answers starts the Docker stack."""
+    import os
+
+    message, code = DOCKER_SAYS[case]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\necho 'Client:\n Version:    27.5.1'\necho '{message}' >&2\nexit {code}\n")
+    docker.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ENV_FILE": str(tmp_path / ".env"),
+           "UP_STATE": str(tmp_path / ".up")}
+    # The two ways up, stood in for: which one main takes is what is tested.
+    script = "source scripts/up.sh; docker_up() { echo STARTED docker; }; embedded_up() { echo STARTED embedded; }; main"
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    if case == "denied":
+        assert run.returncode == 1 and "STARTED" not in run.stdout
+        assert "permission denied on the Docker socket" in run.stderr and "docker group" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines()[-1] == f"STARTED {'docker' if case == 'up' else 'embedded'}"

@@ -1,0 +1,23 @@
+-- The last init script: it records every migration the init scripts before it applied,
+-- with the checksum `cvat-analytics migrate` computes (cvat_analytics/migrate.py), so
+-- the first migrate after a plain `docker compose up` applies nothing. Without it the
+-- ledger stays empty and that migrate re-runs them all (0012 rewrites every part of
+-- events; the working time is recomputed). Rendered by `cvat-analytics render`
+-- (generator/render.py) into clickhouse/migrations/, which the image runs in name order.
+INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
+    ('0001_create_database', 'e920e5420b34d72c791245788a4101e1589329c6c944491d13e02492a05abf01'),
+    ('0002_create_events', 'a1534d69e25e23a1cf9efdb41125f0ed6aa2141206cefb221312875b0dfd204f'),
+    ('0003_events_retention_and_dedup', '90ba2d60ea91325079c8ba0647c8f335b9bb25b926e8f9130a69aa2c155f0a7f'),
+    ('0004_working_time_tables', 'e030916d5e61784e0621dc5fdb43acd978c6f82cca24acbcd69302a73275d5c1'),
+    ('0005_working_time_views', '0ff18bd2000b11d267ca1d8feef138468086804543105a94368dd428b8fcf89a'),
+    ('0006_events_fsync', 'f892237fc01b5a6cdb5661ffc3d1235ddc6c0f9bbb862b7de20605ccfa2fe44a'),
+    ('0007_adopt_cvat_events_table', '200e9505cba29b3e64aaccda28cf47eb6d6267cb7d06bc74e5ac03170c86f448'),
+    ('0008_working_time_refresh_tables', '69b00d087c3e48e723c3697c8d692a4b5fecda863bdfc866a0eaf80ec530d646'),
+    ('0009_working_time_refresh', 'd62f670172e500c69dd9915dae40282a8df0132096ee9fc672dd4a054c7e0f0a'),
+    ('0010_imports', '6fc22dedd818d57210207cbe0d03cda298dfe49caca28be5c6cc3f9054e48dad'),
+    ('0011_ingest_requests', 'c392d6c6da0462e0da81ed32c238c422aa7b4ca1e8f854ac51597e72e404af42'),
+    ('0012_events_inserted_at', '46f73c2df61699f2d797e88c08a70de11c5c4f6790529a682233762d543bf2a5'),
+    ('0013_working_time_refresh', '49ca4139e967b81268155d7eb510262bc15a808e5cf5bb90e9e6358c2e75393a'),
+    ('0014_ingest_requests_key_value', '6f7a6a9f68af08b2cf719631b82f8460f037eb5d584301a3cc6e2071c112a232'),
+    ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
+    ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e');
