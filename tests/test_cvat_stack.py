@@ -124,6 +124,17 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(st
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
 
 
+@pytest.mark.parametrize("release", RELEASES)
+def test_clickhouse_runs_none_of_our_migrations_as_image_init_scripts(stacks, release):
+    stack = stacks(release)
+    clickhouse = stack.by_alias("clickhouse")
+    # cvat_analytics_migrate applies them, after ClickHouse is healthy; the image would run
+    # them on a new volume, rendered with the standalone retention.
+    assert not [v for v in clickhouse["volumes"] if v["target"].startswith("/docker-entrypoint-initdb.d")]
+    migrations = stack.deploy / "clickhouse" / "migrations"
+    assert not [v for v in clickhouse["volumes"] if Path(v.get("source", "")).is_relative_to(migrations)]
+
+
 def vector_config(stack: Stack) -> dict:
     """The config the Vector that answers as `vector` loads."""
     vector = stack.by_alias("vector")
