@@ -112,7 +112,7 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(st
     assert ch["environment"]["CLICKHOUSE_PASSWORD"] == stack.env["CLICKHOUSE_ADMIN_PASSWORD"]  # not CVAT's user/user
     assert [v["source"] for v in ch["volumes"] if v["target"].rstrip("/") == "/var/lib/clickhouse"] == ["cvat_events_db"]
     assert not any("init.sh" in v["source"] for v in ch["volumes"])  # CVAT's init script: replaced by ours
-    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}" and "user" not in vec
+    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}"
     assert "CLICKHOUSE_PASSWORD" not in (vec.get("environment") or {})
     assert [v["target"] for v in vec["volumes"]] == ["/etc/vector/vector.yaml", "/var/lib/vector",
                                                      "/var/lib/vector-dead-letters"]
@@ -122,6 +122,34 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(st
     assert gf["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/api/health"
     for service in (ch, vec, gf):
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_vector_runs_as_cvats_non_root_user_on_volumes_handed_to_that_user_first(stacks, release):
+    stack = stacks(release)
+    vector = stack.by_alias("vector")
+    # CVAT's own hardening (2.44+: user 1000:1000), kept for every release.
+    cvats = yaml.safe_load(stack.cvat_file.read_text())["services"]["cvat_vector"].get("user")
+    assert vector["user"] == (cvats or "1000:1000") == "1000:1000"
+    uid_gid = vector["user"]
+    written = {v["target"]: v["source"] for v in vector["volumes"] if v["type"] == "volume"}
+    assert set(written) == {"/var/lib/vector", "/var/lib/vector-dead-letters"}
+    # A named volume is created root-owned: a one-shot service with Vector's own image
+    # chowns exactly those volumes to that user before Vector starts.
+    [(name, init)] = [(n, s) for n, s in stack.services.items()
+                      if n in vector["depends_on"] and s.get("entrypoint") and s["entrypoint"][0] == "chown"]
+    assert vector["depends_on"][name]["condition"] == "service_completed_successfully"
+    assert init["image"] == vector["image"] and init["restart"] == "no" and init["network_mode"] == "none"
+    assert init["entrypoint"][:3] == ["chown", "-R", uid_gid]
+    mounted = {v["target"]: v["source"] for v in init["volumes"]}
+    assert set(init["entrypoint"][3:]) == set(written) and all(mounted[t] == s for t, s in written.items())
+    assert init["cap_drop"] == ["ALL"] and set(init["cap_add"]) <= {"CHOWN", "DAC_READ_SEARCH"}
+    # The ingest password's file is readable by that user too.
+    assert [(s["source"], int(str(s["mode"]), 8)) for s in vector["secrets"]] == [("clickhouse_ingest_password", 0o444)]
+    # Below 1024 (CVAT up to 2.43 sends to port 80) the port is opened to that user
+    # in the container's own network namespace.
+    low = {p for p in vector_ports(stack) if p < 1024}
+    assert (vector.get("sysctls") or {}).get("net.ipv4.ip_unprivileged_port_start") == ("0" if low else None)
 
 
 @pytest.mark.parametrize("release", RELEASES)
