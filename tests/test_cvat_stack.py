@@ -153,6 +153,14 @@ def test_vector_runs_as_cvats_non_root_user_on_volumes_handed_to_that_user_first
 
 
 @pytest.mark.parametrize("release", RELEASES)
+def test_clickhouse_is_healthy_through_its_network_alias_not_loopback(stacks, release):
+    clickhouse = stacks(release).by_alias("clickhouse")
+    url = clickhouse["healthcheck"]["test"][-1]
+    # The init-phase server listens on 127.0.0.1 only: the alias reaches only the real one.
+    assert re.fullmatch(r"http://(\w+):8123/ping", url).group(1) in clickhouse["networks"]["cvat"]["aliases"]
+
+
+@pytest.mark.parametrize("release", RELEASES)
 def test_clickhouse_runs_none_of_our_migrations_as_image_init_scripts(stacks, release):
     stack = stacks(release)
     clickhouse = stack.by_alias("clickhouse")
