@@ -313,6 +313,51 @@ def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(sta
     assert login.by_alias("grafana")["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
 
+# Every character that means something in a URL's user info, or as a percent escape.
+URL_PASSWORD = "p@ss:w/rd#50%4?x"
+
+
+@pytest.mark.parametrize("release", [RELEASES[0], RELEASES[-1]])
+def test_the_migration_passes_the_admin_password_apart_from_its_dsn(stacks, release, monkeypatch):
+    stack = stacks(release)
+    migrator = stack.services["cvat_analytics_migrate"]
+    script = migrator["entrypoint"][-2].replace("$$", "$")  # what Compose hands the container
+    [dsn_word] = re.findall(r'--dsn ("[^"]*"|\S+)', script)
+    # Expanded by the container's shell with the service's environment and a password
+    # holding every URL character.
+    env = {**migrator["environment"], "CLICKHOUSE_PASSWORD": URL_PASSWORD, "PATH": os.environ["PATH"]}
+    dsn = subprocess.run(["sh", "-c", f"printf %s {dsn_word}"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert URL_PASSWORD not in dsn  # nor in the process list
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", URL_PASSWORD)
+    url, login = store_module.server_dsn(dsn)
+    assert url == "http://clickhouse:8123"
+    assert login == {"username": stack.spec["clickhouse"]["users"]["admin"], "password": URL_PASSWORD}
+
+
+@pytest.mark.clickhouse
+def test_a_password_holding_url_characters_reaches_the_server_encoded_or_from_the_environment(
+        make_served, store, monkeypatch):
+    from urllib.parse import quote
+
+    from cvat_analytics.service.access import Principal, Token
+
+    srv = make_served(tokens=[Token(URL_PASSWORD.encode(), Principal("analyst", frozenset({"sql"})))])
+    host, port = srv.server_address[:2]
+    count = f"SELECT count() FROM `{store.database}`.events"
+    encoded = store_module.connect(f"http://analyst:{quote(URL_PASSWORD, safe='')}@{host}:{port}/clickhouse")
+    assert encoded.query(count).result_rows == [(0,)]
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", URL_PASSWORD)
+    apart = store_module.connect(f"http://analyst@{host}:{port}/clickhouse")
+    assert apart.query(count).result_rows == [(0,)]
+    assert store_module.open_handle(f"http://analyst@{host}:{port}/clickhouse").query(count).result_rows == [(0,)]
+    # Written raw into the URL it cannot be read back: refused with how to write it,
+    # without printing what is left of the password.
+    with pytest.raises(store_module.StoreError, match="percent-encode") as refused:
+        store_module.connect(f"http://analyst:{URL_PASSWORD}@{host}:{port}/clickhouse")
+    assert "w/rd" not in str(refused.value) and "p@ss" not in str(refused.value)
+
+
 def host_ports(services: dict) -> set[tuple[str, int]]:
     return {(p.get("host_ip", ""), int(p["published"])) for s in services.values() for p in s.get("ports") or []}
 
