@@ -124,15 +124,39 @@ def connect(dsn: str, create: bool = True) -> Client:
     return client
 
 
+# A server DSN with a user and no password takes the password from here, as clickhouse-client
+# does: no character of it needs encoding, and it stays out of the process list.
+PASSWORD_ENV = "CLICKHOUSE_PASSWORD"
+
+
 def server_dsn(dsn: str) -> tuple[str, dict]:
-    """A server DSN and the get_client arguments it carries. A path is where the server's
-    HTTP interface is mounted (http://127.0.0.1:8282/clickhouse: `serve`'s read-only SQL
-    interface), not a database as clickhouse-connect would read it: the database always
-    comes from the spec here."""
+    """A server DSN without its credentials, and the get_client arguments it carries.
+
+    The user and password go to get_client apart from the URL, percent-decoded (a password
+    holding `@ : / # % ?` is written %40 %3A %2F %23 %25 %3F), or, when the DSN names a
+    user and no password, the password is $CLICKHOUSE_PASSWORD. A path is where the
+    server's HTTP interface is mounted (http://127.0.0.1:8282/clickhouse: `serve`'s
+    read-only SQL interface), not a database as clickhouse-connect would read it: the
+    database always comes from the spec here."""
     parsed = urlparse(dsn)
+    try:
+        parsed.port
+    except ValueError:
+        parsed = None
+    if parsed is None or "@" in parsed.path + parsed.query + parsed.fragment or not parsed.hostname:
+        # Not echoed: what is left of a password that broke the URL would be printed.
+        raise StoreError("cannot read the server DSN: expected http://user[:password]@host:port[/path]; "
+                         "percent-encode `@ : / # % ?` in the password (e.g. urllib.parse.quote(password, "
+                         f"safe='')), or leave it out of the DSN and set ${PASSWORD_ENV}")
+    extra: dict = {}
+    if parsed.username is not None:
+        extra["username"] = unquote(parsed.username)
+        extra["password"] = (unquote(parsed.password) if parsed.password is not None
+                             else os.environ.get(PASSWORD_ENV, ""))
+    parsed = parsed._replace(netloc=parsed.netloc.rpartition("@")[2])
     if parsed.path.strip("/"):
-        return parsed._replace(path="").geturl(), {"proxy_path": parsed.path.rstrip("/")}
-    return dsn, {}
+        extra["proxy_path"] = parsed.path.rstrip("/")
+    return parsed._replace(path="").geturl(), extra
 
 
 def open_handle(dsn: str) -> Client:
@@ -142,7 +166,8 @@ def open_handle(dsn: str) -> Client:
     holds it. chdb allows any number of handles on the one engine a process hosts."""
     path = chdb_path(dsn)
     if path is None:
-        return clickhouse_connect.get_client(dsn=dsn)
+        dsn_to_open, extra = server_dsn(dsn)
+        return clickhouse_connect.get_client(dsn=dsn_to_open, **extra)
     connect(dsn)  # opens (and lock-checks) the engine once for the process
     return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
 

@@ -49,13 +49,16 @@ IMAGE_COMMANDS = {
         "ClickHouse/docker-library server/<version>/Dockerfile.ubuntu: apt-get install wget, "
         "busybox (the image's entrypoint itself probes /ping with wget)"),
     "timberio/vector": (
-        {"wget", "vector", "sh"},
+        {"wget", "vector", "sh", "chown"},
         "vectordotdev/vector distribution/docker/alpine/Dockerfile: FROM alpine:3.23, whose "
-        "busybox provides wget and sh (the -alpine tag)"),
+        "busybox provides wget, chown and sh (the -alpine tag)"),
     "grafana/grafana": (
-        {"wget", "curl", "grafana", "sh"},
-        "grafana/grafana Dockerfile: the 12.x image is Alpine-based (busybox wget, sh) and "
-        "installs curl"),
+        {"wget", "curl", "grafana", "sh", "/run.sh"},
+        "grafana/grafana Dockerfile: the 12.x image is Alpine-based (busybox wget, sh), "
+        "installs curl, and its entrypoint is /run.sh"),
+    "python": (
+        {"sh", "python"},
+        "docker-library/python <version>/slim-*/Dockerfile: Debian slim (dash as sh), python"),
 }
 
 # The system logs ClickHouse 26.9 knows: every name `SYSTEM FLUSH LOGS <name>` accepts on
@@ -92,7 +95,8 @@ def contract_problems(files: dict[str, str]) -> list[str]:
         return [f"{USERS_D}: cannot read the users: {exc}"]
     return (grafana_timeout_problems(files, users) + vector_problems(files, users)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
-            + clickhouse_health_problems(files) + system_log_problems(files))
+            + clickhouse_health_problems(files) + system_log_problems(files)
+            + cvat_override_problems(files, users))
 
 
 # --- ClickHouse users, profiles and grants, as rendered ---------------------------------------
@@ -387,3 +391,88 @@ def system_log_problems(files: dict[str, str]) -> list[str]:
         elif name not in known:
             problems.append(f"{rel}: <{name}> is not a system log of the pinned ClickHouse")
     return problems
+
+
+# --- the same contracts on the services the CVAT override puts into CVAT's stack ---------------
+
+OVERRIDE = "cvat-compose.override.yml"
+VECTOR_CVAT = "vector/vector-cvat.yaml"
+
+
+def cvat_override_problems(files: dict[str, str], users: ClickHouseUsers) -> list[str]:
+    """What holds for the standalone stack holds for the override: its healthchecks and
+    entrypoints run commands their images have, ClickHouse's healthcheck does not probe
+    loopback, its Vector (vector-cvat.yaml) may INSERT and gives up after ClickHouse does;
+    and CVAT's own services log in as a users.d user that may read the events, with the
+    password ClickHouse gives that user."""
+    if OVERRIDE not in files:
+        return []
+    from .validate import parse_yaml  # reads compose's !override/!reset; validate imports this module
+    compose = parse_yaml(files[OVERRIDE]) or {}
+    services = compose.get("services") or {}
+    # The standalone checks, run on the override as if it were the standalone file.
+    as_standalone = {**files, COMPOSE: yaml.safe_dump(compose)}
+    problems = [_in_override(p, COMPOSE, OVERRIDE)
+                for p in healthcheck_problems(as_standalone) + clickhouse_health_problems(as_standalone)]
+    if VECTOR_CVAT in files:
+        problems += [_in_override(p, VECTOR, VECTOR_CVAT)
+                     for p in vector_problems({**files, VECTOR: files[VECTOR_CVAT]}, users)]
+    return problems + _override_entrypoint_problems(services) + _override_login_problems(services, users)
+
+
+def _in_override(problem: str, standalone: str, override: str) -> str:
+    return override + problem[len(standalone):] if problem.startswith(standalone) else problem
+
+
+def _override_entrypoint_problems(services: dict) -> list[str]:
+    problems = []
+    for name, service in services.items():
+        entrypoint = service.get("entrypoint")
+        if not entrypoint or not (service.get("image") or service.get("build")):
+            continue  # CVAT's own services: only environment and depends_on are set here
+        command = entrypoint[0] if isinstance(entrypoint, list) else str(entrypoint).split()[0]
+        image = _base_image(service)
+        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        known = IMAGE_COMMANDS.get(repository)
+        if known is None:
+            problems.append(f"{OVERRIDE}: services.{name}: no record of what image {image!r} carries; "
+                            "add it to IMAGE_COMMANDS with where it was read")
+        elif command not in known[0]:
+            problems.append(f"{OVERRIDE}: services.{name}: the entrypoint runs {command!r}, which image "
+                            f"{image!r} does not have ({known[1]})")
+    return problems
+
+
+def _override_login_problems(services: dict, users: ClickHouseUsers) -> list[str]:
+    """CVAT's services log in with CLICKHOUSE_USER/PASSWORD/DB (cvat/settings/base.py) and
+    read `events` for the export: a users.d user, its password from the env variable the
+    override gives ClickHouse, its grants covering that read. The image's own admin
+    (ClickHouse's CLICKHOUSE_USER, which migrate uses too) is not a users.d user."""
+    clickhouse = [s for s in services.values() if _base_image(s).startswith("clickhouse/clickhouse-server")]
+    server_env = (clickhouse[0].get("environment") or {}) if clickhouse else {}
+    problems = []
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        if not isinstance(env, dict) or env.get("CLICKHOUSE_USER") in (None, server_env.get("CLICKHOUSE_USER")):
+            continue
+        user = env["CLICKHOUSE_USER"]
+        where = f"{OVERRIDE}: services.{name}"
+        if user not in users.users:
+            problems.append(f"{where}: logs in to ClickHouse as {user!r}, a user no users.d file defines")
+            continue
+        password = users.users[user].find("password")
+        variable = password.get("from_env") if password is not None else None
+        if variable is None or _variable(server_env.get(variable)) != _variable(env.get("CLICKHOUSE_PASSWORD")):
+            problems.append(f"{where}: CLICKHOUSE_PASSWORD is not what ClickHouse gives {user} "
+                            f"({users.where[user]}: from_env={variable!r})")
+        database = env.get("CLICKHOUSE_DB") or "default"
+        if not users.may(user, "SELECT", database, "events"):
+            problems.append(f"{where}: CVAT's export reads {database}.events as {user}, which its grants "
+                            f"({users.where[user]}) do not allow")
+    return problems
+
+
+def _variable(value) -> str | None:
+    """The variable a compose value is read from (`${NAME:?message}` -> NAME), else the value."""
+    match = re.match(r"\$\{(\w+)", str(value)) if value is not None else None
+    return match.group(1) if match else value

@@ -87,7 +87,8 @@ docker_up() {
   admin=$(spec_value clickhouse.users.admin); db=$(spec_value clickhouse.database)
   [ "$host" = "0.0.0.0" ] && host=127.0.0.1
   wait_for_clickhouse "$host" "$port" "$admin" "${compose[@]}"
-  "$CLI" migrate --spec "$SPEC" --dsn "http://${admin}:${CLICKHOUSE_ADMIN_PASSWORD}@${host}:${port}"
+  # The password apart from the DSN (store.server_dsn reads CLICKHOUSE_PASSWORD): any character works.
+  CLICKHOUSE_PASSWORD="$CLICKHOUSE_ADMIN_PASSWORD" "$CLI" migrate --spec "$SPEC" --dsn "http://${admin}@${host}:${port}"
   "${compose[@]}" up -d --build --wait
   printf 'mode=docker\ningest=http://%s:%s/\n' "$host" "$(spec_value vector.port)" > "$STATE"
   echo "cvat-analytics is up (Docker):"

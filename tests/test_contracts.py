@@ -156,3 +156,44 @@ def test_grants_are_read_as_clickhouse_reads_them(files):
     unreadable = edited(files, USERS, "GRANT SELECT ON `cvat`.*", "GRANT SELECT ON cluster")
     with pytest.raises(ValueError, match="cannot read"):
         contracts.ClickHouseUsers.from_files(unreadable).grants("cvat_dashboards")
+
+
+# --- the same contracts on the CVAT override (cvat-compose.override.yml) ------------------------
+
+OVERRIDE = "cvat-compose.override.yml"
+
+
+def test_check_applies_the_loopback_healthcheck_contract_to_the_cvat_override_too(files):
+    """The override's ClickHouse meets the same init-phase server on a new volume."""
+    no_dashboards = {rel: text for rel, text in files.items() if not rel.startswith(contracts.DASHBOARDS)}
+    assert contracts.contract_problems(no_dashboards) == []
+    loopback = edited(no_dashboards, OVERRIDE, '"http://clickhouse:8123/ping"]', '"http://127.0.0.1:8123/ping"]')
+    [problem] = contracts.contract_problems(loopback)
+    assert problem.startswith(f"{OVERRIDE}: services.cvat_clickhouse") and "init-phase" in problem
+
+
+def test_the_overrides_healthchecks_and_entrypoints_run_commands_their_images_have(files, users):
+    assert contracts.cvat_override_problems(files, users) == []
+    curl = edited(files, OVERRIDE, '"wget", "--quiet", "--tries=1", "-O", "/dev/null", "http://127.0.0.1:8686/health"',
+                  '"curl", "-fsS", "http://127.0.0.1:8686/health"')
+    [problem] = contracts.cvat_override_problems(curl, users)
+    assert problem.startswith(f"{OVERRIDE}: services.cvat_vector") and "'curl'" in problem
+    setfacl = edited(files, OVERRIDE, 'entrypoint: ["chown", "-R"', 'entrypoint: ["setfacl", "-R"')
+    [problem] = contracts.cvat_override_problems(setfacl, users)
+    assert "services.cvat_analytics_vector_volumes" in problem and "'setfacl'" in problem
+
+
+def test_the_overrides_vector_and_cvats_services_log_in_with_what_their_grants_allow(files, users):
+    other_table = edited(files, contracts.VECTOR_CVAT, 'table: "events"', 'table: "working_time_totals"')
+    [problem] = contracts.cvat_override_problems(other_table, users)
+    assert problem.startswith(contracts.VECTOR_CVAT) and "INSERT INTO cvat.working_time_totals" in problem
+    unknown = edited(files, OVERRIDE, 'CLICKHOUSE_USER: "cvat_server"', 'CLICKHOUSE_USER: "user"')
+    problems = contracts.cvat_override_problems(unknown, users)
+    assert problems and all("'user', a user no users.d file defines" in p for p in problems)
+    no_read = edited(files, "clickhouse/users.d/cvat-server-user.xml", "GRANT SELECT ON `cvat`.*", "GRANT SELECT ON `cvat`.`imports`")
+    problems = contracts.cvat_override_problems(no_read, contracts.ClickHouseUsers.from_files(no_read))
+    assert problems and all("reads cvat.events as cvat_server" in p for p in problems)
+    wrong_secret = edited(files, OVERRIDE, "CLICKHOUSE_PASSWORD: ${CLICKHOUSE_CVAT_SERVER_PASSWORD:",
+                          "CLICKHOUSE_PASSWORD: ${CLICKHOUSE_ADMIN_PASSWORD:")
+    problems = contracts.cvat_override_problems(wrong_secret, users)
+    assert problems and all("CLICKHOUSE_PASSWORD is not what ClickHouse gives cvat_server" in p for p in problems)

@@ -112,7 +112,7 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(st
     assert ch["environment"]["CLICKHOUSE_PASSWORD"] == stack.env["CLICKHOUSE_ADMIN_PASSWORD"]  # not CVAT's user/user
     assert [v["source"] for v in ch["volumes"] if v["target"].rstrip("/") == "/var/lib/clickhouse"] == ["cvat_events_db"]
     assert not any("init.sh" in v["source"] for v in ch["volumes"])  # CVAT's init script: replaced by ours
-    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}" and "user" not in vec
+    assert vec["image"] == f"{spec['vector']['image']}:{spec['vector']['version']}"
     assert "CLICKHOUSE_PASSWORD" not in (vec.get("environment") or {})
     assert [v["target"] for v in vec["volumes"]] == ["/etc/vector/vector.yaml", "/var/lib/vector",
                                                      "/var/lib/vector-dead-letters"]
@@ -122,6 +122,53 @@ def test_the_override_replaces_cvats_three_services_keeping_names_and_aliases(st
     assert gf["healthcheck"]["test"][-1] == "http://127.0.0.1:3000/api/health"
     for service in (ch, vec, gf):
         assert "healthcheck" in service and service["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_vector_runs_as_cvats_non_root_user_on_volumes_handed_to_that_user_first(stacks, release):
+    stack = stacks(release)
+    vector = stack.by_alias("vector")
+    # CVAT's own hardening (2.44+: user 1000:1000), kept for every release.
+    cvats = yaml.safe_load(stack.cvat_file.read_text())["services"]["cvat_vector"].get("user")
+    assert vector["user"] == (cvats or "1000:1000") == "1000:1000"
+    uid_gid = vector["user"]
+    written = {v["target"]: v["source"] for v in vector["volumes"] if v["type"] == "volume"}
+    assert set(written) == {"/var/lib/vector", "/var/lib/vector-dead-letters"}
+    # A named volume is created root-owned: a one-shot service with Vector's own image
+    # chowns exactly those volumes to that user before Vector starts.
+    [(name, init)] = [(n, s) for n, s in stack.services.items()
+                      if n in vector["depends_on"] and s.get("entrypoint") and s["entrypoint"][0] == "chown"]
+    assert vector["depends_on"][name]["condition"] == "service_completed_successfully"
+    assert init["image"] == vector["image"] and init["restart"] == "no" and init["network_mode"] == "none"
+    assert init["entrypoint"][:3] == ["chown", "-R", uid_gid]
+    mounted = {v["target"]: v["source"] for v in init["volumes"]}
+    assert set(init["entrypoint"][3:]) == set(written) and all(mounted[t] == s for t, s in written.items())
+    assert init["cap_drop"] == ["ALL"] and set(init["cap_add"]) <= {"CHOWN", "DAC_READ_SEARCH"}
+    # The ingest password's file is readable by that user too.
+    assert [(s["source"], int(str(s["mode"]), 8)) for s in vector["secrets"]] == [("clickhouse_ingest_password", 0o444)]
+    # Below 1024 (CVAT up to 2.43 sends to port 80) the port is opened to that user
+    # in the container's own network namespace.
+    low = {p for p in vector_ports(stack) if p < 1024}
+    assert (vector.get("sysctls") or {}).get("net.ipv4.ip_unprivileged_port_start") == ("0" if low else None)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_clickhouse_is_healthy_through_its_network_alias_not_loopback(stacks, release):
+    clickhouse = stacks(release).by_alias("clickhouse")
+    url = clickhouse["healthcheck"]["test"][-1]
+    # The init-phase server listens on 127.0.0.1 only: the alias reaches only the real one.
+    assert re.fullmatch(r"http://(\w+):8123/ping", url).group(1) in clickhouse["networks"]["cvat"]["aliases"]
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_clickhouse_runs_none_of_our_migrations_as_image_init_scripts(stacks, release):
+    stack = stacks(release)
+    clickhouse = stack.by_alias("clickhouse")
+    # cvat_analytics_migrate applies them, after ClickHouse is healthy; the image would run
+    # them on a new volume, rendered with the standalone retention.
+    assert not [v for v in clickhouse["volumes"] if v["target"].startswith("/docker-entrypoint-initdb.d")]
+    migrations = stack.deploy / "clickhouse" / "migrations"
+    assert not [v for v in clickhouse["volumes"] if Path(v.get("source", "")).is_relative_to(migrations)]
 
 
 def vector_config(stack: Stack) -> dict:
@@ -264,6 +311,51 @@ def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(sta
 
     login = Stack(tmp_path / "login", release, **{"cvat_stack.grafana_auth_mode": "login"})
     assert login.by_alias("grafana")["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+# Every character that means something in a URL's user info, or as a percent escape.
+URL_PASSWORD = "p@ss:w/rd#50%4?x"
+
+
+@pytest.mark.parametrize("release", [RELEASES[0], RELEASES[-1]])
+def test_the_migration_passes_the_admin_password_apart_from_its_dsn(stacks, release, monkeypatch):
+    stack = stacks(release)
+    migrator = stack.services["cvat_analytics_migrate"]
+    script = migrator["entrypoint"][-2].replace("$$", "$")  # what Compose hands the container
+    [dsn_word] = re.findall(r'--dsn ("[^"]*"|\S+)', script)
+    # Expanded by the container's shell with the service's environment and a password
+    # holding every URL character.
+    env = {**migrator["environment"], "CLICKHOUSE_PASSWORD": URL_PASSWORD, "PATH": os.environ["PATH"]}
+    dsn = subprocess.run(["sh", "-c", f"printf %s {dsn_word}"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert URL_PASSWORD not in dsn  # nor in the process list
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", URL_PASSWORD)
+    url, login = store_module.server_dsn(dsn)
+    assert url == "http://clickhouse:8123"
+    assert login == {"username": stack.spec["clickhouse"]["users"]["admin"], "password": URL_PASSWORD}
+
+
+@pytest.mark.clickhouse
+def test_a_password_holding_url_characters_reaches_the_server_encoded_or_from_the_environment(
+        make_served, store, monkeypatch):
+    from urllib.parse import quote
+
+    from cvat_analytics.service.access import Principal, Token
+
+    srv = make_served(tokens=[Token(URL_PASSWORD.encode(), Principal("analyst", frozenset({"sql"})))])
+    host, port = srv.server_address[:2]
+    count = f"SELECT count() FROM `{store.database}`.events"
+    encoded = store_module.connect(f"http://analyst:{quote(URL_PASSWORD, safe='')}@{host}:{port}/clickhouse")
+    assert encoded.query(count).result_rows == [(0,)]
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", URL_PASSWORD)
+    apart = store_module.connect(f"http://analyst@{host}:{port}/clickhouse")
+    assert apart.query(count).result_rows == [(0,)]
+    assert store_module.open_handle(f"http://analyst@{host}:{port}/clickhouse").query(count).result_rows == [(0,)]
+    # Written raw into the URL it cannot be read back: refused with how to write it,
+    # without printing what is left of the password.
+    with pytest.raises(store_module.StoreError, match="percent-encode") as refused:
+        store_module.connect(f"http://analyst:{URL_PASSWORD}@{host}:{port}/clickhouse")
+    assert "w/rd" not in str(refused.value) and "p@ss" not in str(refused.value)
 
 
 def host_ports(services: dict) -> set[tuple[str, int]]:
