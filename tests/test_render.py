@@ -462,11 +462,13 @@ def test_grafana_provisioning(files):
 
 def test_nothing_phones_home_crash_reports_and_plugin_keys_included(files):
     """ClickHouse's image sends crash reports (config.xml) and Grafana fetches plugin-signing
-    keys from grafana.com at start: the standalone render turns both off."""
+    keys from grafana.com at start: the render turns both off, in CVAT's stack too."""
     config = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
     assert config.findtext("send_crash_reports/enabled") == "false"
     grafana = parse_yaml(files["docker-compose.yml"])["services"]["grafana"]
     assert grafana["environment"]["GF_PLUGINS_PUBLIC_KEY_RETRIEVAL_DISABLED"] == "true"
+    in_cvats_stack = parse_yaml(files["cvat-compose.override.yml"])["services"]["cvat_grafana"]
+    assert in_cvats_stack["environment"]["GF_PLUGINS_PUBLIC_KEY_RETRIEVAL_DISABLED"] == "true"
 
 
 def test_every_panel_target_carries_the_plugin_version(files):
