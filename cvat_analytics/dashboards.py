@@ -12,7 +12,7 @@ parameters are carried into its links (a page's size does not grow with its URL)
 panel's or a variable's SQL (a custom or imported definition is the user's text) passes the
 SQL gate (cvat_analytics_generator.sql_gate: one statement, no SETTINGS clause, INTO
 OUTFILE, file() or table function off its list) before it runs; queries run read-only
-(readonly=2) with the dashboards user's time and memory limits; a page's work is bounded by
+(readonly=1) with the dashboards user's time and memory limits; a page's work is bounded by
 the spec's embedded.dashboards (points per series, rows per panel).
 """
 from __future__ import annotations
@@ -247,12 +247,16 @@ class Dashboards:
 
     def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:
         ch = self.spec["clickhouse"]
-        settings = {"readonly": 2, "max_execution_time": ch["dashboards_max_execution_time_s"],
+        settings = {"max_execution_time": ch["dashboards_max_execution_time_s"],
                     "max_memory_usage": ch["dashboards_max_memory_usage_bytes"]}
         if limit:
             settings["limit"] = limit  # caps the outer query's rows, as a LIMIT clause would
         if forced:
             settings["additional_table_filters"] = self.forced_filters(forced)
+        # Last, so the settings above are applied first and nothing changes them after.
+        # readonly=1, not 2: chdb serves a file path as a table of its `default` database
+        # (SELECT * FROM `/etc/passwd`), which only readonly=1 refuses.
+        settings["readonly"] = 1
         with self._lock:
             if self._client is None:
                 self._client = self._factory()

@@ -41,9 +41,10 @@ _NAMED = frozenset({"ExistsTableQuery", "ShowCreateTableQuery"})
 TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
                              "values", "null", "primes", "view", "merge"})
 # Plain functions that reach past the data: file() reads any file the service can read,
-# aiEmbed() and aiSimilarity() call a configured network provider. (python, arrowstream and
-# eval are table functions on chdb; named for the message.)
-REFUSED_FUNCTIONS = frozenset({"file", "aiembed", "aisimilarity", "python", "arrowstream", "eval"})
+# the ai*() functions (aiEmbed, aiGenerate, aiClassify, ...) call a configured network
+# provider (matched by prefix in check_statement). (python, arrowstream and eval are table
+# functions on chdb; named for the message.)
+REFUSED_FUNCTIONS = frozenset({"file", "python", "arrowstream", "eval"})
 
 # Output formats that need no file, URL or schema.
 FORMATS = frozenset("""
@@ -144,12 +145,34 @@ def check_format(name: str) -> str:
     return name
 
 
+def _whole_tree(lines: list[str]) -> bool:
+    """Whether EXPLAIN AST's lines form one tree whose every node has the children it
+    announces ("(children N)"; none: a leaf). EXPLAIN AST prints names and aliases as they
+    are, so a line break in one makes a line of the query's choosing: that line always adds a
+    child to some node or leaves one short, and is caught here."""
+    open_nodes: list[list[int]] = []  # [children announced, children seen] by depth
+    for number, line in enumerate(lines):
+        depth = len(line) - len(line.lstrip(" "))
+        if (number == 0) != (depth == 0) or depth > len(open_nodes) or not line[depth:depth + 1].isalpha():
+            return False
+        for announced, seen in open_nodes[depth:]:
+            if announced != seen:
+                return False
+        del open_nodes[depth:]
+        if open_nodes:
+            open_nodes[-1][1] += 1
+        found = re.search(r" \(children (\d+)\)$", line)
+        open_nodes.append([int(found.group(1)) if found else 0, 0])
+    return all(announced == seen for announced, seen in open_nodes)
+
+
 def _positive(text: str) -> float | None:
     try:
         number = float(text.strip())
     except ValueError:
         return None
-    return number if number > 0 and number == number and number != float("inf") else None
+    # At least 1: the engine rounds a fraction of a second down to 0, which is no limit at all.
+    return number if 1 <= number < float("inf") else None
 
 
 def _number_text(number: float) -> str:
@@ -180,8 +203,9 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
     # the gate passes no parameters of its own and each engine client escapes nothing twice.
     ask(_STATEMENTS["single_statement"].replace("{query:String}", string_literal(sql)), {})
     lines = ask(f"{_STATEMENTS['explain_ast']} {sql}", bind or {}).splitlines()
-    if not lines or not re.fullmatch(r"\w+.*", lines[0]):
-        raise refused("the query's structure could not be checked")
+    if not lines or not re.fullmatch(r"\w+.*", lines[0]) or not _whole_tree(lines):
+        raise refused(f"a query whose structure could not be checked is refused {WHERE} (a line break or "
+                      "control character in a name or alias?)")
     top = lines[0].split()
     if top[0] not in STATEMENTS:
         raise refused(f"only SELECT, EXPLAIN, SHOW, DESCRIBE and EXISTS run {WHERE}, "
@@ -196,6 +220,8 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
         del parents[depth:]
         parent = parents[-1] if parents else ""
         parents.append(words[0])
+        if "TableOverride" in words[0]:
+            raise refused(f"TABLE OVERRIDE is refused {WHERE} (its table functions reach the network)")
         if words[0] == "Set":
             raise refused(f"a SETTINGS clause is refused {WHERE} (it could raise the "
                           "limits or name a file); pass output settings as URL parameters")
@@ -204,7 +230,7 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
             if parent == "TableExpression" and name not in TABLE_FUNCTIONS:
                 raise refused(f"table function {words[1]}() is refused {WHERE} (it reaches "
                               f"files, the network or the process); allowed: {', '.join(sorted(TABLE_FUNCTIONS))}")
-            if name in REFUSED_FUNCTIONS:
+            if name in REFUSED_FUNCTIONS or name.startswith("ai"):
                 raise refused(f"{words[1]}() reaches the server's files, memory or SQL outside the query and is "
                               f"refused {WHERE}")
         if parent in STATEMENTS and words[0] == "Literal":

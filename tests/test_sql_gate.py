@@ -210,6 +210,21 @@ def custom_panels(tmp_path, db: str) -> str:
             type: stat
             gridPos: {{x: 0, y: 16, w: 6, h: 4}}
             sql: "SELECT count() AS n FROM {db}.events"
+          - id: 6
+            title: Reads a path
+            type: table
+            gridPos: {{x: 6, y: 16, w: 6, h: 4}}
+            sql: "SELECT * FROM `{tmp_path}/tokens.env`"
+          - id: 7
+            title: Writes past a line break
+            type: table
+            gridPos: {{x: 12, y: 16, w: 6, h: 4}}
+            sql: "SELECT 'x' AS `a\\nX` INTO OUTFILE '{tmp_path}/written.txt' APPEND FORMAT TSVRaw"
+          - id: 8
+            title: Reaches the network
+            type: table
+            gridPos: {{x: 18, y: 16, w: 6, h: 4}}
+            sql: "EXPLAIN TABLE OVERRIDE mysql('127.0.0.1:1', 'db', 't', 'u', 'p') PARTITION BY a"
         """)
 
 
@@ -230,8 +245,9 @@ def test_a_custom_panel_that_reads_writes_or_raises_is_refused_at_page_view(make
     assert status == 200
     assert "s3cr3t" not in page and "100000" not in page
     assert not (tmp_path / "written.txt").exists()
-    assert page.count("is refused") == 4
+    assert page.count("is refused") == 6  # panel 6 passes the gate; readonly=1 stops it in the engine
     assert "file() is refused" in page and "INTO OUTFILE" in page and "SETTINGS clause" in page
+    assert "TABLE OVERRIDE is refused" in page and "structure could not be checked" in page
 
 
 def test_check_refuses_the_same_panels_before_running_them(tmp_path):
@@ -248,8 +264,39 @@ def test_check_refuses_the_same_panels_before_running_them(tmp_path):
     assert cli("render", "--spec", path, "--out", tmp_path / "deploy").returncode == 0
     run = cli("check", "--spec", path, "--out", tmp_path / "deploy")
     assert run.returncode == 1
-    for panel in ("panel 1 (Reads)", "panel 2 (Reads too)", "panel 3 (Writes)", "panel 4 (Raises)"):
+    for panel in ("panel 1 (Reads)", "panel 2 (Reads too)", "panel 3 (Writes)", "panel 4 (Raises)",
+                  "panel 7 (Writes past a line break)", "panel 8 (Reaches the network)"):
         assert f"sneaky.json: {panel} is refused" in run.stderr, run.stderr
     assert "panel 5" not in run.stderr
     assert "s3cr3t" not in run.stderr + run.stdout
     assert not (tmp_path / "written.txt").exists()
+
+
+# -- found by red-teaming the gate --------------------------------------------------------
+
+@pytest.mark.parametrize("brk", ["\n", "\r", "\x1c", "\r\n"])
+def test_a_line_break_in_an_alias_does_not_hide_into_outfile(served, tmp_path, brk):
+    # EXPLAIN AST prints aliases as they are: a line break made a line of the query's choosing
+    # and took INTO OUTFILE's literal out of its statement (a .pth file ran code as root).
+    target = tmp_path / "evil.pth"
+    for query in (f"SELECT 'import os' AS `a{brk}X` INTO OUTFILE '{target}' FORMAT TSVRaw",
+                  f"SELECT 'import os' AS `a{brk}   Y) (children 1)` INTO OUTFILE '{target}' APPEND FORMAT TSVRaw",
+                  f'SELECT `x{brk}y` FROM system.one INTO OUTFILE \'{target}\''):
+        status, _, body = sql(served, query)
+        assert status in (400, 403), body
+        assert not target.exists()
+    status, _, body = sql(served, f"SELECT 'ok' AS `a{brk}b`")  # a name with a line break: refused alone too
+    assert status == 403 and b"line break" in body, body
+
+
+def test_a_fraction_of_a_second_no_longer_lifts_the_time_limit(served):
+    # The engine rounds 1e-7 s down to 0: no limit at all.
+    for value in ("0.0000001", "1e-300", "0.5"):
+        status, _, body = sql(served, "SELECT getSetting('max_execution_time')", max_execution_time=value)
+        assert status == 400 and b"max_execution_time" in body, (value, body)
+
+
+def test_every_ai_function_is_refused(served):
+    for function in ("aiGenerate('x')", "aiClassify('x', ['a'])", "aiEmbed('x')"):
+        status, _, body = sql(served, f"SELECT {function}")
+        assert status == 403 and b"refused" in body, (function, body)
