@@ -44,9 +44,17 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
             return env.from_string(text).render({**builtin, **ctx})
     else:
         data = read_custom(path)
+        filled = 0
 
         def complete(text: str) -> str:
-            return fill(text, ctx, max_points)
+            # Bounded per definition, not only per text: panels that each fill in a large
+            # fragment would otherwise multiply it (400 panels x 1 MiB).
+            nonlocal filled
+            out = fill(text, ctx, max_points)
+            filled += len(out)
+            if filled > MAX_FILLED_BYTES:
+                raise FillError(f"filled in, the definition's SQL is larger than {MAX_FILLED_BYTES} bytes")
+            return out
 
     def completed(text: str, where: str) -> str:
         try:
@@ -68,6 +76,10 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
         if "\x00" in item["sql"]:  # NUL marks a variable's value while macros expand (grafana_macros)
             raise DefinitionError(f"{path or name}: {where}: the SQL holds a NUL character")
     return data
+
+
+# All the SQL of one custom definition, filled in.
+MAX_FILLED_BYTES = 4 * user_file.MAX_BYTES
 
 
 class FillError(ValueError):

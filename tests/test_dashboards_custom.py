@@ -226,3 +226,21 @@ def test_fragments_that_double_each_other_are_refused_at_once(tmp_path):
     assert run.returncode == 1, run.stderr[-2000:]
     assert "errors_by_user.yaml: fragments.f" in run.stderr and "the SQL is larger than 1048576 bytes" in run.stderr
     assert seconds < 10
+
+
+def test_panels_that_each_fill_in_a_large_fragment_are_refused_at_once(tmp_path):
+    """Each text under 1 MiB, but 400 panels of a 900 KB fragment: 360 MB of SQL (a render
+    still running at 750 MB after 120 s) unless the whole definition is bounded."""
+    from tests.test_user_files import bounded_cli
+
+    fragments = "fragments:\n  f0: \"SELECT 1\"\n" + "".join(
+        f"  f{i}: \"{{{{ f{i - 1} }}}} UNION ALL {{{{ f{i - 1} }}}}\"\n" for i in range(1, 14))
+    panels = "panels:\n" + "".join(
+        f"  - {{id: {i}, title: p{i}, type: table, gridPos: {{x: 0, y: {i}, w: 24, h: 1}}, sql: \"{{{{ f13 }}}}\"}}\n"
+        for i in range(1, 401))
+    text = ERRORS_BY_USER.split("panels:")[0] + fragments + panels
+    path = custom_spec(tmp_path, errors_by_user=text)
+    run, seconds = bounded_cli("render", "--spec", path, "--out", tmp_path / "out", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "errors_by_user.yaml" in run.stderr and "the definition's SQL is larger than" in run.stderr
+    assert seconds < 20
