@@ -246,6 +246,7 @@ def test_a_user_name_that_is_not_an_identifier_cannot_reach_the_xml():
         render_all(spec)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(name=st.from_regex(r"\A[A-Za-z0-9 _-]{1,64}\Z"),
        path=st.from_regex(r"\A(/[A-Za-z0-9._~-]{1,12}){0,3}\Z"))
