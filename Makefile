@@ -32,14 +32,16 @@ down:
 ## each its own chdb path). tests/test_wheel.py builds the wheel, installs it into a virtualenv
 ## outside the repository (~/.cache/cvat-analytics, made once per dependency list) and runs
 ## init, render, migrate and serve from an empty directory.
-## test-fast: the same without the tests marked `slow` (the inner loop: under 2 minutes).
+## test-fast: the inner loop (about a minute): the tests that neither open the engine (marker
+## `clickhouse`: each migrates a database of its own) nor are marked `slow`. Then run the engine
+## tests of the files you touched: .venv/bin/pytest -n 2 tests/test_x.py
 TEST_WORKERS ?= 2
 PYTEST = $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 test: $(VENV)/.test-installed
 	$(PYTEST)
 
 test-fast: $(VENV)/.test-installed
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not clickhouse"
 
 ## render / check: deploy/ from analytics.yaml, and whether it is in sync and valid
 render: $(VENV)/.installed
