@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/cvat-analytics
 PYTHON ?= python3
 
-.PHONY: up down test render check demo bench clean
+.PHONY: up down test test-fast render check demo bench clean
 
 # pip's own chatter goes to .venv/install.log; it is shown only when the install fails.
 PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check
@@ -28,11 +28,20 @@ up: $(VENV)/.installed
 down:
 	scripts/down.sh
 
-## test: install what the tests need and run them. tests/test_wheel.py builds the wheel, installs
-## it into a fresh virtualenv outside the repository (dependencies from .venv/wheelhouse, filled
-## once) and runs init, render, migrate and serve from an empty directory.
+## test: install what the tests need and run them all, on TEST_WORKERS processes (pytest-xdist;
+## each its own chdb path). tests/test_wheel.py builds the wheel, installs it into a virtualenv
+## outside the repository (~/.cache/cvat-analytics, made once per dependency list) and runs
+## init, render, migrate and serve from an empty directory.
+## test-fast: the inner loop (about a minute): the tests that neither open the engine (marker
+## `clickhouse`: each migrates a database of its own) nor are marked `slow`. Then run the engine
+## tests of the files you touched: .venv/bin/pytest -n 2 tests/test_x.py
+TEST_WORKERS ?= 2
+PYTEST = $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 test: $(VENV)/.test-installed
-	$(VENV)/bin/pytest
+	$(PYTEST)
+
+test-fast: $(VENV)/.test-installed
+	$(PYTEST) -m "not slow and not clickhouse"
 
 ## render / check: deploy/ from analytics.yaml, and whether it is in sync and valid
 render: $(VENV)/.installed

@@ -17,7 +17,7 @@ from functools import cached_property
 from clickhouse_connect.driver.client import Client
 
 from cvat_analytics_generator.render import INIT_LEDGER, is_cluster, render_sql, render_template
-from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
+from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, checksum, parse
 
 from . import retention
 
@@ -57,7 +57,7 @@ class Migration:
     @property
     def checksum(self) -> str:
         """Of what runs: a comment edited in the template is not a change to the database."""
-        return hashlib.sha256("".join(s + ";\n" for s in self.statements).encode()).hexdigest()
+        return checksum(self.statements)
 
     @property
     def text_checksum(self) -> str:

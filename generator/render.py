@@ -1,6 +1,7 @@
 """Render the spec through the Jinja2 templates beside this file into a deploy tree."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from xml.sax.saxutils import quoteattr
 import jinja2
 
 from . import grafana
-from .sql import ident, string_literal
+from .sql import checksum, ident, parse, string_literal
 
 TEMPLATES = Path(__file__).with_name("templates")
 # Statements the runtime renders and runs itself (e.g. migrate's ledger): not deploy files.
@@ -42,6 +43,7 @@ def xml_text(value) -> str:
     return quoteattr(str(value))[1:-1]
 
 
+@functools.cache  # one per process: each template is compiled once, not on every render
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -92,29 +94,34 @@ def template_names() -> list[str]:
 
 def render_all(spec: dict) -> dict[str, str]:
     """Every rendered file of the deploy tree: relative path -> text."""
-    env = environment()
-    ctx = context(spec)
-    out: dict[str, str] = {}
-    for name in template_names():
-        if not _wanted(name, spec):
-            continue
-        text = env.get_template(name).render(ctx)
-        out[name[: -len(".j2")].removeprefix(CLUSTER)] = text
+    out = _render_templates(spec)
     # Grafana's JSON of each dashboard, built from its definition: the built-in ones the
     # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
     for d in grafana.load_all(spec):
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
     if not is_cluster(spec):
-        out[INIT_LEDGER] = _init_ledger(env, ctx, out)
+        out[INIT_LEDGER] = _init_ledger(spec, out)
     return out
 
 
-def _init_ledger(env: jinja2.Environment, ctx: dict, out: dict[str, str]) -> str:
-    from cvat_analytics.migrate import FOLDER, Migration  # the checksums migrate compares
+def _init_ledger(spec: dict, out: dict[str, str]) -> str:
+    """The last init script: a ledger row per migration, with the checksum migrate compares."""
+    applied = [{"name": Path(rel).name.removesuffix(".sql"),
+                "checksum": checksum([st.sql for st in parse(text, rel, options={"reapply"}).statements])}
+               for rel, text in sorted(out.items()) if rel.startswith("clickhouse/migrations/") and rel != INIT_LEDGER and rel.endswith(".sql")]
+    return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": applied})
 
-    applied = [Migration(Path(rel).name.removesuffix(".sql"), text) for rel, text in sorted(out.items())
-               if rel.startswith(FOLDER + "/") and rel.endswith(".sql")]
-    return env.get_template(INIT_LEDGER_TEMPLATE).render({**ctx, "migrations": applied})
+
+def _render_templates(spec: dict, prefix: str = "") -> dict[str, str]:
+    """The files rendered from templates whose path starts with `prefix`: relative path -> text."""
+    env = environment()
+    ctx = context(spec)
+    out: dict[str, str] = {}
+    for name in template_names():
+        path = name[: -len(".j2")].removeprefix(CLUSTER)
+        if path.startswith(prefix) and _wanted(name, spec):
+            out[path] = env.get_template(name).render(ctx)
+    return out
 
 
 def render_template(spec: dict, name: str, **extra) -> str:
@@ -138,8 +145,8 @@ def render_sql(spec: dict, prefix: str) -> dict[str, str]:
     """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name."""
     return {
         Path(path).name: text
-        for path, text in render_all(spec).items()
-        if path.startswith(prefix + "/") and path.endswith(".sql")
+        for path, text in _render_templates(spec, prefix + "/").items()  # not the whole tree: migrate runs this
+        if path.endswith(".sql")
     }
 
 

@@ -25,6 +25,7 @@ The convention for a multi-statement .sql template (rendered text shown):
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -168,3 +169,9 @@ def _split(lines: list[str], start: int, source: str):
     if quote and quote != "*":
         raise SqlTemplateError(f"{source}: a {quote} quote is not closed before the end of the file")
     yield ("\n".join(kept).strip() if in_statement else ""), name, name_line, first
+
+
+def checksum(statements: list[str]) -> str:
+    """What a migration's ledger row records (migrate and the init scripts' ledger alike):
+    the statements that run, so a comment edited in the template is not a change."""
+    return hashlib.sha256("".join(s + ";\n" for s in statements).encode()).hexdigest()

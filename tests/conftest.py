@@ -5,6 +5,12 @@ can open one chdb path for its life, so the whole session shares one path and ea
 test gets its own database in it (the database name is a spec setting). Tests that
 use the engine are marked `clickhouse`; any other test that tries to open it fails
 at once (snuba's rule), so a slow or stateful dependency never hides in a unit test.
+
+`make test` runs the suite in processes of its own (pytest-xdist, `-n 2 --dist loadgroup`):
+each worker has its own temporary directory, so its own chdb path, and every port is
+picked by the kernel (port 0). A module whose fixture is costly (a browser, demo data)
+names an `xdist_group`, so one worker builds it once; tests marked `slow` are run first,
+so the longest ones do not start last and keep one core busy alone at the end.
 """
 from __future__ import annotations
 
@@ -33,6 +39,11 @@ class Store:
     @property
     def database(self) -> str:
         return self.spec["clickhouse"]["database"]
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (a stable sort: every module's tests stay in their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

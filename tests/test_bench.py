@@ -19,6 +19,10 @@ from cvat_analytics.bench.cvat_baselines import python_baseline
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
+# Enough for every figure to be measured (four 1000-event bodies, forty of 100, scans beside
+# ingest); more events cost CPU and prove nothing here. Its fixed 60 s (the working-time
+# refresh's commit margin) is a wait, which the other test worker fills.
+EVENTS = 4000
 
 
 def test_panels_have_both_schemas_and_a_kind():
@@ -56,18 +60,19 @@ def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
 
 
 @pytest.mark.clickhouse
+@pytest.mark.slow
 def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", "20000", "--json", str(out),
+        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--json", str(out),
          "--workdir", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
+        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[1/11]" in proc.stderr  # the progress display
     assert not (tmp_path / "work").exists()  # scratch removed without --keep
 
     report = json.loads(out.read_text())
-    assert report["events"] == 20000 + 1000  # the 1,000 new events of the incremental refresh
+    assert report["events"] == EVENTS + 1000  # the 1,000 new events of the incremental refresh
     assert {"nproc", "ram_gb", "cpu"} <= set(report["machine"])
     figures = {f["name"]: f for f in report["figures"]}
     for f in figures.values():
@@ -93,13 +98,13 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     named("working time: executable UDF, peak memory")
     for size in ("1000", "100"):
         ingest = named(f"ingest: serve over HTTP, {size}-event bodies")[0]
-        assert ingest["detail"]["events"] == 20000  # every event acknowledged
+        assert ingest["detail"]["events"] == EVENTS  # every event acknowledged
         assert "ceiling" in ingest["baseline"]
     health = named("serve: GET /health round trip while idle, kept-alive")[0]
     # without TCP_NODELAY a kept-alive answer waits ~40 ms for the client's delayed ACK
     assert health["value"] < 0.02 and health["detail"]["p99_ms"] >= health["value"] * 1000
     beside = named("ingest beside a full-scan SQL query on /clickhouse")[0]
-    assert beside["detail"]["events"] == 20000 and beside["detail"]["scans"] >= 1
+    assert beside["detail"]["events"] == EVENTS and beside["detail"]["scans"] >= 1
     assert len(named("dashboard: ")) == len(statements.panels())
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0

@@ -115,6 +115,7 @@ def test_a_bad_port_in_the_environment_is_one_line(tmp_path):
     assert result.stderr.strip() == "cvat-analytics: $CVAT_ANALYTICS_PORT: expected a port number, got 'eighty'"
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 def test_make_up_and_down_on_the_embedded_default_with_a_spec_broken_in_between(tmp_path):
     """up starts serve on the spec's port; a typo in the spec is then one line from up
@@ -170,6 +171,7 @@ def readme_quick_start() -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 def test_the_readme_quick_start_works_as_written_on_another_port(tmp_path):
     """Each line of the README's quick start, run as written (only the port in the curl

@@ -203,6 +203,7 @@ def _keyed(columns: list[str], rows: list[list], values: list[str]) -> dict:
     return merged
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_numbers(tmp_path):
     spec, spec_path = cluster_spec(tmp_path, shards=SHARDS, replicas=2, quorum=2)

@@ -80,6 +80,7 @@ def job_ids(found: list[dict]) -> list[int]:
     ({"to": NOW - timedelta(hours=2, minutes=30)}, [200, 201]),  # to alone: nothing lost before it
     ({"from": NOW - timedelta(hours=2), "to": NOW - timedelta(hours=2)}, [110]),  # both ends included
 ])
+@pytest.mark.slow
 def test_new_flow_through_events_api_and_requests_api_every_filter(client, tmp_path, query, expected):
     kwargs = {("_from" if k == "from" else k): v for k, v in query.items()}
     rq, response = client.api_client.events_api.create_export(**kwargs)

@@ -293,6 +293,7 @@ def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickho
         assert service["depends_on"].get(name, {}).get("condition") == "service_completed_successfully", (release, client)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("release", RELEASES)
 def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(stacks, tmp_path, release):
     stack = stacks(release)

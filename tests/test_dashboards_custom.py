@@ -69,6 +69,7 @@ def test_a_custom_dashboard_is_rendered_beside_the_built_in_ones(tmp_path):
     assert "grafana/dashboards/monitoring.json" in files  # the built-in ones stay
 
 
+@pytest.mark.slow
 def test_check_runs_every_custom_panel_on_the_engine(tmp_path):
     broken = ERRORS_BY_USER + textwrap.indent(textwrap.dedent("""\
         - id: 2

@@ -50,7 +50,8 @@ panels:
       GROUP BY time ORDER BY time
 """
 
-pytestmark = pytest.mark.clickhouse  # the service's process runs the engine
+# The service's process runs the engine; one worker builds the demo data and the browser once.
+pytestmark = [pytest.mark.clickhouse, pytest.mark.slow, pytest.mark.xdist_group("dashboard-pages")]
 
 
 @pytest.fixture(scope="module")

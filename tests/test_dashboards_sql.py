@@ -92,6 +92,8 @@ def options_of(client, variable: dict, variables: dict) -> list[str]:
 
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("dashboards-sql-demo-data")  # one worker builds `seeded`
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("name", ["all_events", "management", "monitoring", "exceptions"])
 def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
@@ -119,6 +121,8 @@ def test_every_panel_and_variable_with_all_and_with_one_value(seeded, name):
             check_shape(client, d["uid"], p, expand(p["sql"], FROM, TO, interval, variables))
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("dashboards-sql-demo-data")  # one worker builds `seeded`
 @pytest.mark.clickhouse
 def test_a_selected_value_filters_every_panel(seeded):
     client, spec = seeded
@@ -129,6 +133,8 @@ def test_a_selected_value_filters_every_panel(seeded):
     assert rows and {r[11] for r in rows} == {int(user)}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("dashboards-sql-demo-data")  # one worker builds `seeded`
 @pytest.mark.clickhouse
 def test_panel_queries_for_the_benchmark_run(seeded):
     client, spec = seeded

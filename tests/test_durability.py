@@ -94,6 +94,7 @@ class Senders:
                 time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_every_acknowledged_event_survives_kill_9_and_retries_count_once(tmp_path, capsys):
     _, spec_path = write_spec(tmp_path)
     dsn = f"chdb://{tmp_path / 'data'}"

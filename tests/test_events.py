@@ -58,8 +58,9 @@ def test_format_is_what_clickhouse_reads_as_utc():
 @pytest.mark.parametrize("value, expected", [
     ("1999-12-31T23:59:59.999Z", "between 2000-01-01 and one day from now"),
     ("0", "between 2000-01-01"),
-    (str(NOW * 1000), "epoch milliseconds? send seconds"),
-    (iso(NOW + 2 * 86400) + "Z", "one day from now"),
+    # ids of their own: the values change each second, and xdist's workers must collect the same ids
+    pytest.param(str(NOW * 1000), "epoch milliseconds? send seconds", id="now-in-milliseconds"),
+    pytest.param(iso(NOW + 2 * 86400) + "Z", "one day from now", id="two-days-ahead"),
     ("yesterday", "ISO-8601"),
     ("2024-02-30T00:00:00Z", "a real date and time"),
     (True, "epoch seconds or ISO-8601"),

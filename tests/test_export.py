@@ -205,6 +205,7 @@ def test_time_window_and_default(store, jobs):
     ({"from": ["2024-02-01"], "to": ["2024-01-01"]}, "from"),
     ({"action": ["delete"]}, "action"), ({"location": ["cloud_storage"]}, "location"),
 ])
+@pytest.mark.slow
 def test_400_cases_and_injection_refused(store, jobs, query, param):
     insert(store, [row()])
     for handler in (export_routes.handle_legacy_get, export_routes.handle_export_post):
@@ -370,6 +371,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 def test_memory_flat_with_row_count(tmp_path):
     """Peak RSS of an export of 200k rows stays within 60 MB of one of 20k rows (each in its

@@ -144,6 +144,7 @@ def send(srv, body: bytes) -> tuple[int, dict]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_thousands_of_invalid_bodies_get_a_4xx_naming_the_problem_and_store_nothing(fuzz_server, store, capsys):
     tried = collections.Counter()
 

@@ -238,6 +238,7 @@ def test_cvat_csv_export_imports_with_exact_times_and_nulls(store, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_export_import_export_gives_the_same_bytes(tmp_path):
     """The round trip through the real CLI, each store in its own process and path."""
     def cli(*args):

@@ -48,6 +48,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 EXAMPLES = 25  # per operation: ~11 operations in well under a minute on one core
 
 
+@pytest.mark.slow
 def test_live_answers_keep_to_the_document(make_served):
     # schemathesis' pytest plugin does not load under this pytest; its strategies do the same work.
     srv = make_served(export=True, dashboards=True)

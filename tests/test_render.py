@@ -247,6 +247,7 @@ def test_a_user_name_that_is_not_an_identifier_cannot_reach_the_xml():
         render_all(spec)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(name=st.from_regex(r"\A[A-Za-z0-9 _-]{1,64}\Z"),
        path=st.from_regex(r"\A(/[A-Za-z0-9._~-]{1,12}){0,3}\Z"))
@@ -481,3 +482,17 @@ def test_every_panel_target_carries_the_plugin_version(files):
         for panel in json.loads(files[rel])["panels"]:
             for target in panel.get("targets") or []:
                 assert target["pluginVersion"] == version, (rel, panel["title"])
+
+
+def test_the_renderer_imports_nothing_of_the_runtime():
+    """The dependency runs one way (docs/architecture.md): render and check load no
+    cvat_analytics module (a ledger of the init scripts once imported migrate's checksums)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cvat_analytics_generator.render as r, cvat_analytics_generator.validate, "
+            "cvat_analytics_generator.spec as s; r.render_all(s.load_spec(s.DEFAULT_SPEC)); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cvat_analytics'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

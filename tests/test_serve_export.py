@@ -83,6 +83,7 @@ def test_custom_filename_and_the_newer_flow(server):
     ({"user_id": "-3"}, "user_id"), ({"from": "yesterday"}, "from"),
     ({"from": "2026-02-01", "to": "2026-01-01"}, "from"), ({"query_id": str(uuid.uuid4()), "action": "delete"}, "action"),
 ])
+@pytest.mark.slow
 def test_bad_parameters_answer_400_naming_them_and_the_table_is_intact(server, store, query, parameter):
     status, _, body = call(server, "GET", "/api/events?" + urlencode(query))
     assert status == 400, body

@@ -1,12 +1,16 @@
 """The wheel, installed as a platform team would: built with `pip wheel`, installed with
-pip into a fresh virtualenv outside the repository, run from an empty directory.
+pip into a virtualenv outside the repository, run from an empty directory.
 
-Dependencies come from a wheel cache in the repository's virtualenv (.venv/wheelhouse),
-filled once by `pip wheel` (from PyPI or pip's cache) and reused after, so the run
-stays well under a minute; the new virtualenv sees nothing of the repository's own.
+The virtualenv is made once per dependency list and kept outside the repository, in
+~/.cache/cvat-analytics/wheel-test-<hash of the list>: the first run installs the wheel with
+its dependencies from PyPI (or pip's cache), later runs (other clones too) replace only
+cvat-analytics in it, so they skip ~600 MB of unpacking. It holds exactly what the wheel
+declares (another dependency list is another virtualenv) and nothing of the repository's own;
+a lock lets one test run at a time use it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +23,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,10 +31,9 @@ import pytest
 from tests.conftest import REPO
 from tests.test_serve import cvat_batch
 
-pytestmark = [pytest.mark.clickhouse, pytest.mark.wheel]
+pytestmark = [pytest.mark.clickhouse, pytest.mark.wheel, pytest.mark.slow]
 
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-WHEELHOUSE = Path(sys.prefix) / "wheelhouse"  # .venv/wheelhouse: survives between runs
 
 
 def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
@@ -38,16 +42,30 @@ def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def fill_wheelhouse(wheel: Path) -> None:
-    """Every dependency of `wheel` as a wheel in WHEELHOUSE, built once per dependency list."""
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvat-analytics"
+
+
+@contextmanager
+def virtualenv_with(wheel: Path):
+    """The virtualenv of this dependency list with `wheel` installed in it, locked while in use:
+    made (the dependencies installed) the first time, only cvat-analytics replaced after."""
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    stamp = WHEELHOUSE / f".complete-{hashlib.sha256(json.dumps(dependencies).encode()).hexdigest()[:16]}"
-    if stamp.exists():
-        return
-    run([*PIP, "wheel", "--quiet", "--wheel-dir", WHEELHOUSE, wheel])
-    for built in WHEELHOUSE.glob("cvat_analytics-*.whl"):
-        built.unlink()  # the wheel under test always comes from this run's build
-    stamp.touch()
+    key = hashlib.sha256(json.dumps([sys.base_prefix, sys.version, dependencies]).encode()).hexdigest()[:16]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "wheel-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        venv = CACHE / f"wheel-test-{key}"
+        # No bytecode compiled ahead: a third of the install's time.
+        install = [*PIP, "--python", venv / "bin" / "python", "install", "--quiet", "--no-compile"]
+        if (venv / ".complete").exists():
+            run([*install, "--no-deps", "--force-reinstall", wheel])
+        else:
+            for old in CACHE.glob("wheel-test-*/"):
+                shutil.rmtree(old)  # another dependency list's, or one an interrupted run left
+            run([sys.executable, "-m", "venv", "--without-pip", venv])  # no pip inside: this pip installs
+            run([*install, wheel])
+            (venv / ".complete").touch()
+        yield venv
 
 
 def source_tree(target: Path) -> Path:
@@ -65,23 +83,18 @@ def source_tree(target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
-    """A fresh virtualenv with the freshly built wheel: its bin directory and a clean environment."""
+    """The freshly built wheel in its virtualenv: its bin directory and a clean environment."""
     work = tmp_path_factory.mktemp("wheel")
     source = source_tree(work / "source")
     run([*PIP, "wheel", "--quiet", "--no-deps", "--wheel-dir", work / "dist", source])
     [wheel] = (work / "dist").glob("cvat_analytics-*.whl")
-    fill_wheelhouse(wheel)
-    venv = work / "venv"
-    # No pip inside (this pip installs into it) and no bytecode compiled ahead: a third of the time.
-    run([sys.executable, "-m", "venv", "--without-pip", venv])
-    run([*PIP, "--python", venv / "bin" / "python", "install", "--quiet", "--no-compile", "--no-index",
-         "--find-links", WHEELHOUSE, wheel])
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CVAT_ANALYTICS_", "PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     empty = work / "empty"
     empty.mkdir()
-    return {"bin": venv / "bin", "env": env, "cwd": empty}
+    with virtualenv_with(wheel) as venv:
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        yield {"bin": venv / "bin", "env": env, "cwd": empty}
 
 
 def cli(installed: dict, *args) -> subprocess.CompletedProcess:

@@ -195,6 +195,7 @@ def test_udf_script_process_matches_oracle(seed):
 
 # ---- SQL on the real engine --------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("name", sorted(CVAT_CASES))
 def test_cvat_cases_sql(store, name):
@@ -204,6 +205,7 @@ def test_cvat_cases_sql(store, name):
     assert [r[_cols.index("working_time_ms")] for r in rows] == expected
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("seed", range(4))
 def test_sql_matches_oracle_on_shuffled_batches(store, seed):
@@ -295,6 +297,7 @@ def test_engine_keeps_totals_current_without_any_call(refreshed):
     assert runs[0] == (1,) and runs[-1] == (0,)  # only the first run recomputes everything
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("seed", range(3))
 def test_refresh_keeps_totals_equal_to_query_time(store, seed):
