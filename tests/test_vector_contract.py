@@ -317,7 +317,9 @@ def test_the_rendered_program_decides_every_generated_event_as_the_embedded_cont
 
     check()
     counts = {k: seen.count(k) for k in sorted(set(seen))}
-    assert counts.get("stored", 0) > 100 and counts.get("refused", 0) > 100, counts
+    # Not vacuous either way. How many are stored varies with hypothesis' draws (55-134 of 1,500
+    # seen): each of 18 fields may be drawn invalid, and hypothesis favours the invalid branch's 0.
+    assert counts.get("stored", 0) > 25 and counts.get("refused", 0) > 100, counts
     with capsys.disabled():
         print(f"\n[vrl] generated events: {counts}")
 
@@ -399,7 +401,7 @@ def test_rows_the_program_keeps_are_stored_by_clickhouse_as_the_embedded_ingest_
     store.client.command(f"TRUNCATE TABLE `{db}`.events")
     insert_json_rows(store.client, db, b"".join(CONTRACT.to_line(contract_decision(e)[1]) for _, e in kept))
     via_serve = sorted(store.client.query(f"SELECT {columns} FROM `{db}`.events").result_rows, key=repr)
-    assert len(via_vector) == len(kept) > 25
+    assert len(via_vector) == len(kept) > 10  # 6 edge rows and some drawn ones (15-35 seen)
     assert via_vector == via_serve
 
 
