@@ -315,21 +315,26 @@ def healthcheck_problems(files: dict[str, str]) -> list[str]:
         test = (service.get("healthcheck") or {}).get("test")
         if not test:
             continue
-        image = _base_image(service)
-        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
         if isinstance(test, str):
             test = ["CMD-SHELL", test]
         if test[0] == "NONE":
             continue
         command = test[1] if test[0] == "CMD" else "sh"
-        known = IMAGE_COMMANDS.get(repository)
-        if known is None:
-            problems.append(f"{COMPOSE}: services.{name}: no record of what image {image!r} carries; "
-                            "add it to IMAGE_COMMANDS with where it was read")
-        elif command not in known[0]:
-            problems.append(f"{COMPOSE}: services.{name}: the healthcheck runs {command!r}, which image "
-                            f"{image!r} does not have ({known[1]})")
+        problems += _command_problems(f"{COMPOSE}: services.{name}", service, "healthcheck", command)
     return problems
+
+
+def _command_problems(where: str, service: dict, what: str, command: str) -> list[str]:
+    """Whether the service's image carries `command` (IMAGE_COMMANDS, each entry with where
+    it was read): the problem, if any."""
+    image = _base_image(service)
+    repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    known = IMAGE_COMMANDS.get(repository)
+    if known is None:
+        return [f"{where}: no record of what image {image!r} carries; add it to IMAGE_COMMANDS with where it was read"]
+    if command not in known[0]:
+        return [f"{where}: the {what} runs {command!r}, which image {image!r} does not have ({known[1]})"]
+    return []
 
 
 # ClickHouse's image entrypoint (ClickHouse docker/server/entrypoint.sh, the same in
@@ -431,15 +436,7 @@ def _override_entrypoint_problems(services: dict) -> list[str]:
         if not entrypoint or not (service.get("image") or service.get("build")):
             continue  # CVAT's own services: only environment and depends_on are set here
         command = entrypoint[0] if isinstance(entrypoint, list) else str(entrypoint).split()[0]
-        image = _base_image(service)
-        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
-        known = IMAGE_COMMANDS.get(repository)
-        if known is None:
-            problems.append(f"{OVERRIDE}: services.{name}: no record of what image {image!r} carries; "
-                            "add it to IMAGE_COMMANDS with where it was read")
-        elif command not in known[0]:
-            problems.append(f"{OVERRIDE}: services.{name}: the entrypoint runs {command!r}, which image "
-                            f"{image!r} does not have ({known[1]})")
+        problems += _command_problems(f"{OVERRIDE}: services.{name}", service, "entrypoint", command)
     return problems
 
 
