@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards_sub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
     q = dashboards_sub.add_parser("import", help="turn a Grafana dashboard's JSON into a definition in custom_dashboards_dir")
     _spec_arg(q)
-    q.add_argument("file", type=Path, help="the dashboard's JSON, as Grafana's Export / Save JSON gives it")
+    q.add_argument("file", type=Path, nargs="?", help="the dashboard's JSON, as Grafana's Export / Save JSON gives it")
+    q.add_argument("--from-cvat", type=Path, default=None, metavar="CVAT_DIR",
+                   help="instead of FILE: every dashboard in CVAT's checkout's components/analytics/grafana/dashboards "
+                        "that no CVAT release shipped (the ones edited there, as CVAT's docs say)")
     q.add_argument("--name", default=None,
                    help="the definition's file name, without .yaml (default: from the title; a built-in's name replaces it)")
     q.set_defaults(func=cmd_dashboards_import)
@@ -214,21 +217,45 @@ def cmd_check(args) -> int:
 
 
 def cmd_dashboards_import(args) -> int:
-    from cvat_analytics_generator import grafana, user_file
-    from cvat_analytics_generator.grafana_import import (DashboardImportError, definition_from_json, name_for,
-                                                         write_definition)
-
     spec = load_spec(args.spec)
     folder = spec.get("custom_dashboards_dir")
     if not folder:
         raise CommandError(f"{args.spec}: custom_dashboards_dir is empty: name a folder for your dashboards first")
+    if (args.file is None) == (args.from_cvat is None):
+        raise CommandError("dashboards import: give FILE or --from-cvat CVAT_DIR")
+    files = [args.file]
+    if args.from_cvat is not None:
+        # CVAT's documented customisation saves the edited JSON into its own dashboards
+        # folder; our override reads ours instead (generator/contracts.py says why), so the
+        # files there that no CVAT release shipped are the administrator's: taken in here.
+        from cvat_analytics_generator.contracts import CVAT_DASHBOARDS, cvat_dashboard_changes
+        try:
+            files = cvat_dashboard_changes(args.from_cvat)
+        except FileNotFoundError as exc:
+            raise CommandError(str(exc)) from None
+        if not files:
+            print(f"{args.from_cvat / CVAT_DASHBOARDS}: every dashboard there is one a CVAT release shipped: nothing to import")
+    parsed = [(file, *_parse_dashboard(file)) for file in files]  # every file read before any is written
+    for file, definition, lost in parsed:
+        _write_dashboard(spec, Path(folder), definition, lost, args.name if args.from_cvat is None else None)
+    return 0
+
+
+def _parse_dashboard(file: Path) -> tuple[dict, list[str]]:
+    from cvat_analytics_generator import user_file
+    from cvat_analytics_generator.grafana_import import DashboardImportError, definition_from_json
     try:
-        definition, lost = definition_from_json(user_file.read_text(args.file), str(args.file))
+        return definition_from_json(user_file.read_text(file), str(file))
     except (user_file.UserFileError, DashboardImportError) as exc:
         raise CommandError(str(exc)) from None
+
+
+def _write_dashboard(spec: dict, folder: Path, definition: dict, lost: list[str], name: str | None) -> None:
+    from cvat_analytics_generator import grafana
+    from cvat_analytics_generator.grafana_import import name_for, write_definition
     builtin = next((n for n, uid in spec["dashboards"].items() if uid == definition["uid"]), None)
-    name = args.name or builtin or name_for(definition["title"])
-    path = write_definition(definition, Path(folder), name)
+    name = name or builtin or name_for(definition["title"])
+    path = write_definition(definition, folder, name)
     try:
         grafana.load_all(spec)  # the next render and serve read it: fail now, not there
     except grafana.DefinitionError as exc:
@@ -239,7 +266,6 @@ def cmd_dashboards_import(args) -> int:
     print(f"wrote {path} ({len(definition['panels'])} panels, {len(definition['variables'])} variables)"
           + (f"; it replaces the built-in {builtin}" if builtin else "")
           + "; run `cvat-analytics render` to put it into Grafana's provisioning")
-    return 0
 
 
 def cmd_migrate(args) -> int:

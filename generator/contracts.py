@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def contract_problems(files: dict[str, str]) -> list[str]:
     return (grafana_timeout_problems(files, users) + vector_problems(files, users)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
             + clickhouse_health_problems(files) + system_log_problems(files)
-            + cvat_override_problems(files, users))
+            + cvat_override_problems(files, users) + cvat_grafana_problems(files))
 
 
 # --- ClickHouse users, profiles and grants, as rendered ---------------------------------------
@@ -473,3 +474,175 @@ def _variable(value) -> str | None:
     """The variable a compose value is read from (`${NAME:?message}` -> NAME), else the value."""
     match = re.match(r"\$\{(\w+)", str(value)) if value is not None else None
     return match.group(1) if match else value
+
+
+# --- Grafana behind CVAT's Traefik -------------------------------------------------------------
+# CVAT's Traefik route to Grafana (components/analytics/grafana_conf.yml, the same in every
+# release 2.22-2.73) forwards with `passHostHeader: false`: Grafana gets Host grafana:3000
+# (its upstream, DJANGO_LOG_VIEWER_HOST:PORT) while the browser's Origin names CVAT_HOST.
+# What Grafana 12.4 does with that was read from grafana/grafana:
+#   pkg/middleware/csrf/csrf.go @ d6b85077 (the CSRF filter; reimplemented below),
+#   pkg/services/authn/authnimpl/registration.go @ 0100361f (which sign-ins exist),
+#   conf/defaults.ini: [auth] login_cookie_name = grafana_session.
+
+GRAFANA_LOGIN_COOKIE = "grafana_session"
+SAMPLE_CVAT_HOST = "cvat.example"  # any name CVAT_HOST may hold; the browser adds CVAT's port
+
+
+def grafana_csrf_refusal(env: dict, *, host: str, origin: str, method: str = "POST",
+                         cookies: tuple[str, ...] = (), headers: dict | None = None) -> str | None:
+    """Why Grafana's CSRF filter refuses this request, or None when it lets it through:
+    CSRF.check() of csrf.go, line by line, with the settings ProvideCSRFFilter reads
+    (:38-40, from the environment as GF_SECURITY_*). Note what it never reads: the root URL."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    additional = str(env.get("GF_SECURITY_CSRF_ADDITIONAL_HEADERS") or "").split()
+    trusted = str(env.get("GF_SECURITY_CSRF_TRUSTED_ORIGINS") or "").split()
+    skip_without_cookie = str(env.get("GF_SECURITY_CSRF_SKIP_CHECK_IF_LOGIN_COOKIE_NOT_PRESENT", "true")).lower() != "false"
+    if skip_without_cookie and GRAFANA_LOGIN_COOKIE not in cookies:  # :76-81
+        return None
+    if method in ("HEAD", "OPTIONS", "TRACE"):  # :74, :83-88
+        return None
+    server_host = _split_host(host)  # :96, the port ignored
+    origin_header = headers.get("origin", origin)
+    if origin_header == "":  # :103-106
+        return None
+    origin_host = urllib.parse.urlsplit(origin_header).hostname or ""  # :108-112 (Hostname(): lower case, no port)
+    trusted_origin = any(_split_host(headers.get(h.lower(), "")) == origin_host for h in additional)  # :115-125
+    trusted_origin = trusted_origin or origin_host in trusted  # :127-132, exact: a bare host name
+    if server_host == "" or (not trusted_origin and origin_host != server_host):  # :134-136
+        return f"403 origin not allowed (Origin {origin_host!r}, Host {server_host!r})"
+    return None
+
+
+def _split_host(value: str) -> str:
+    """util.SplitHostPortDefault's host: without the port, IPv6 without brackets."""
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def grafana_signs_in(env: dict) -> bool:
+    """Whether anyone can sign in and so hold a session cookie: the form client is registered
+    unless the login form is disabled (registration.go:78-80); basic auth (:74-76) checks
+    each request and creates no session."""
+    return str(env.get("GF_AUTH_DISABLE_LOGIN_FORM", "false")).lower() != "true"
+
+
+def cvat_grafana_problems(files: dict[str, str]) -> list[str]:
+    """The override's Grafana behind CVAT's Traefik: a signed-in user's POSTs (queries, saves)
+    pass Grafana's CSRF check with Host grafana:<port> and CVAT_HOST's Origin, or no one
+    can sign in at all; the Authorization header of
+    CVAT's clients is never tried as a Grafana password; and no dashboards provider reads
+    CVAT's dashboards folder (its stock files carry our uids)."""
+    if OVERRIDE not in files:
+        return []
+    from .validate import parse_yaml
+    services = (parse_yaml(files[OVERRIDE]) or {}).get("services") or {}
+    named = [(n, s) for n, s in services.items() if "grafana" in _cvat_aliases(s)]
+    if not named:
+        return [f"{OVERRIDE}: no service answers as grafana on CVAT's network, where CVAT's Traefik sends /analytics"]
+    name, grafana = named[0]
+    where = f"{OVERRIDE}: services.{name}.environment"
+    problems = []
+    for cvat_host in (SAMPLE_CVAT_HOST, None):  # CVAT's .env names a host, or CVAT's default
+        variables = {"CVAT_HOST": cvat_host} if cvat_host else {}
+        env = {k: _interpolate(v, variables) for k, v in (grafana.get("environment") or {}).items()}
+        browser_host = cvat_host or "localhost"
+        upstream = f"grafana:{env.get('GF_SERVER_HTTP_PORT') or 3000}"
+        if grafana_signs_in(env):
+            refusal = grafana_csrf_refusal(env, host=upstream, origin=f"http://{browser_host}:8080",
+                                           cookies=(GRAFANA_LOGIN_COOKIE,))
+            if refusal:
+                problems.append(f"{where}: with CVAT_HOST={browser_host}, a signed-in user's POST (a query, "
+                                f"a save) through CVAT's Traefik (Host {upstream}) is refused by Grafana's "
+                                f"CSRF check (csrf.go:134-136): {refusal}; trust CVAT_HOST "
+                                "(GF_SECURITY_CSRF_TRUSTED_ORIGINS, a bare host name) or disable the login form")
+        if (str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() == "true"
+                and str(env.get("GF_AUTH_BASIC_ENABLED", "true")).lower() != "false"):
+            problems.append(f"{where}: anonymous access with basic auth on: the Authorization header of "
+                            "CVAT's clients, which CVAT's Traefik passes on, is tried as a password of "
+                            "Grafana's users (registration.go:74-76, with its login-attempt lockout) before "
+                            "the visitor falls through to anonymous; set GF_AUTH_BASIC_ENABLED to false, "
+                            "as CVAT does")
+    return problems + _cvat_dashboards_provider_problems(files, grafana, name)
+
+
+def _cvat_aliases(service: dict) -> list[str]:
+    networks = service.get("networks") or {}
+    return ((networks.get("cvat") or {}).get("aliases") or []) if isinstance(networks, dict) else []
+
+
+def _interpolate(value, variables: dict) -> str:
+    """A compose value as Compose interpolates it: ${NAME}, ${NAME:-default}, ${NAME-default},
+    ${NAME:?message} (here: empty), $$ -> $."""
+    def one(match: re.Match) -> str:
+        name, op, arg = match.group("name"), match.group("op"), match.group("arg") or ""
+        got = variables.get(name)
+        if op in (":-", "-") and (got is None or (op == ":-" and got == "")):
+            return arg
+        return got or ""
+    text = re.sub(r"\$\{(?P<name>\w+)(?:(?P<op>:-|-|:\?|\?)(?P<arg>[^}]*))?\}", one, str(value))
+    return text.replace("$$", "$")
+
+
+# CVAT's dashboards folder holds CVAT's stock dashboards, whose uids (EIGSTDAVz, w0if6WAVz,
+# WvDvWK04k, user-exceptions) are ours too. Two providers of one uid make Grafana take database
+# writes away from both (pkg/services/provisioning/dashboards/validator.go @ 417bdf53,
+# takeAwayWritePermissions :112-130; file_reader.go saveDashboard: "Not saving new dashboard
+# due to restricted database access"): a render's change would never reach Grafana. So that
+# folder is not a provider here: what differs from CVAT's stock files is imported
+# (`cvat-analytics dashboards import --from-cvat`), see CVAT_STOCK_DASHBOARDS.
+CVAT_DASHBOARDS = "components/analytics/grafana/dashboards"
+
+# The git blob id (`git hash-object`) of every dashboard file CVAT released from 2.22.0 to 2.73.0,
+# read at each release's "Prepare release" commit (tests/fixtures/cvat/README.md says where).
+CVAT_STOCK_DASHBOARDS = {
+    "all_events.json": {"d1e98ba40816ad04102855fe33dbb0d8dbda1267": "2.22.0-2.39.x",
+                        "100983785e272c1308f8e7deac627b778ee5b2f3": "2.40.0-2.73.0"},
+    "management.json": {"fdba30147949bce101f69f164f8f27256fc718c1": "2.22.0-2.39.x",
+                        "37a45425bb2df7ff8ef470f98aa346a59c8d231c": "2.40.0-2.73.0"},
+    "monitoring.json": {"ea54db995382dc98bfe638dcc01aa7d2c2d56443": "2.22.0-2.39.x",
+                        "6fb2db799074becbf5cccb78d360a50a6c07f4d3": "2.40.0-2.55.x",
+                        "9b55efe6471defc4b46c6d5675fd127b3c737f7f": "2.56.0-2.64.x",
+                        "426ac56ef09f7b639549379a60ee747688c92999": "2.65.0-2.73.0"},
+    "users_exceptions.json": {"5fcc92ef19a78d4a3f93062eea8c686060133f79": "2.65.0-2.69.x",
+                              "0c47e31f281d0a69c72cd02841c3bfe52efdf6e9": "2.70.0-2.73.0"},
+}
+
+
+def git_blob_id(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
+
+
+def cvat_dashboard_changes(cvat_dir: Path) -> list[Path]:
+    """The dashboards in a CVAT checkout's dashboards folder that no CVAT release shipped:
+    the ones an administrator edited (or added) there, to import."""
+    folder = Path(cvat_dir) / CVAT_DASHBOARDS
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (give the directory of CVAT's checkout)")
+    stock = {blob for blobs in CVAT_STOCK_DASHBOARDS.values() for blob in blobs}
+    # A stock file under any name is stock; so is one a Windows checkout gave CRLF line ends.
+    return [path for path in sorted(folder.rglob("*.json"))
+            if not {git_blob_id(path.read_bytes()), git_blob_id(path.read_bytes().replace(b"\r\n", b"\n"))} & stock]
+
+
+def _cvat_dashboards_provider_problems(files: dict[str, str], grafana: dict, name: str) -> list[str]:
+    """No provider may read a folder mounted from CVAT's dashboards folder (see above)."""
+    mounts = {}  # target -> source, the variables interpolated first (their messages hold colons)
+    for volume in grafana.get("volumes") or []:
+        source, target = (_interpolate(volume, {"CVAT_ANALYTICS_DEPLOY": "/deploy"}).split(":") + [""])[:2]
+        mounts[target.rstrip("/")] = source
+    problems = []
+    for rel in sorted(r for r in files if r.startswith("grafana/provisioning/dashboards/") and r.endswith((".yaml", ".yml"))):
+        for provider in (yaml.safe_load(files[rel]) or {}).get("providers") or []:
+            path = str((provider.get("options") or {}).get("path") or "").rstrip("/")
+            under = [t for t in mounts if path == t or path.startswith(t + "/")]
+            source = mounts[max(under, key=len)] if under else ""  # the innermost mount is what it reads
+            if CVAT_DASHBOARDS in source.replace("\\", "/"):
+                problems.append(f"{rel}: provider {provider.get('name')!r} reads {path}, mounted from CVAT's "
+                                f"{CVAT_DASHBOARDS} (services.{name} in {OVERRIDE}): its stock files carry our "
+                                "dashboards' uids, and Grafana then saves no dashboard of either provider "
+                                "(validator.go:112-130); import CVAT's changed files instead "
+                                "(cvat-analytics dashboards import --from-cvat)")
+    return problems

@@ -295,7 +295,7 @@ def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickho
 
 @pytest.mark.slow
 @pytest.mark.parametrize("release", RELEASES)
-def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(stacks, tmp_path, release):
+def test_grafana_behind_cvats_forward_auth_is_cvats_anonymous_admin_by_default(stacks, tmp_path, release):
     stack = stacks(release)
     traefik = stack.services["traefik"]
     rules = yaml.safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
@@ -308,7 +308,7 @@ def test_grafana_behind_cvats_forward_auth_is_an_anonymous_viewer_by_default(sta
     grafana = stack.by_alias(host)
     env = grafana["environment"]
     assert env["GF_SERVER_HTTP_PORT"] == port
-    assert (env["GF_AUTH_ANONYMOUS_ENABLED"], env["GF_AUTH_ANONYMOUS_ORG_ROLE"]) == ("true", "Viewer")
+    assert (env["GF_AUTH_ANONYMOUS_ENABLED"], env["GF_AUTH_ANONYMOUS_ORG_ROLE"]) == ("true", "Admin")
 
     login = Stack(tmp_path / "login", release, **{"cvat_stack.grafana_auth_mode": "login"})
     assert login.by_alias("grafana")["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
