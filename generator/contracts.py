@@ -506,7 +506,7 @@ def grafana_csrf_refusal(env: dict, *, host: str, origin: str, method: str = "PO
     origin_header = headers.get("origin", origin)
     if origin_header == "":  # :103-106
         return None
-    origin_host = urllib.parse.urlsplit(origin_header).hostname or ""  # :108-112 (Hostname(): lower case, no port)
+    origin_host = _split_host(urllib.parse.urlsplit(origin_header).netloc.rpartition("@")[2])  # :108-112, Go's Hostname(): no port, case kept
     trusted_origin = any(_split_host(headers.get(h.lower(), "")) == origin_host for h in additional)  # :115-125
     trusted_origin = trusted_origin or origin_host in trusted  # :127-132, exact: a bare host name
     if server_host == "" or (not trusted_origin and origin_host != server_host):  # :134-136

@@ -72,6 +72,8 @@ def test_a_trusted_origin_is_a_bare_host_name_and_the_root_url_is_never_read():
     assert grafana_csrf_refusal({"GF_SERVER_ROOT_URL": "http://cvat.example/analytics"}, **request)
     assert grafana_csrf_refusal({"GF_SECURITY_CSRF_TRUSTED_ORIGINS": "http://cvat.example:8080"}, **request)
     assert grafana_csrf_refusal({"GF_SECURITY_CSRF_TRUSTED_ORIGINS": "cvat.example"}, **request) is None
+    # Compared as written: a CVAT_HOST in capitals never matches the browser's lower-case Origin.
+    assert grafana_csrf_refusal({"GF_SECURITY_CSRF_TRUSTED_ORIGINS": "CVAT.example"}, **request)
 
 
 # --- the rendered override, merged with CVAT's compose files -----------------------------------
