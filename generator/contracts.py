@@ -8,6 +8,7 @@ below as a check of what `render` wrote. Everything is read back from the render
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -503,10 +504,9 @@ def grafana_csrf_refusal(env: dict, *, host: str, origin: str, method: str = "PO
     if method in ("HEAD", "OPTIONS", "TRACE"):  # :74, :83-88
         return None
     server_host = _split_host(host)  # :96, the port ignored
-    origin_header = headers.get("origin", origin)
-    if origin_header == "":  # :103-106
+    if origin == "":  # :101-106, the Origin header
         return None
-    origin_host = _split_host(urllib.parse.urlsplit(origin_header).netloc.rpartition("@")[2])  # :108-112, Go's Hostname(): no port, case kept
+    origin_host = _split_host(urllib.parse.urlsplit(origin).netloc.rpartition("@")[2])  # :108-112, Go's Hostname(): no port, case kept
     trusted_origin = any(_split_host(headers.get(h.lower(), "")) == origin_host for h in additional)  # :115-125
     trusted_origin = trusted_origin or origin_host in trusted  # :127-132, exact: a bare host name
     if server_host == "" or (not trusted_origin and origin_host != server_host):  # :134-136
@@ -531,9 +531,9 @@ def grafana_signs_in(env: dict) -> bool:
 def cvat_grafana_problems(files: dict[str, str]) -> list[str]:
     """The override's Grafana behind CVAT's Traefik: a signed-in user's POSTs (queries, saves)
     pass Grafana's CSRF check with Host grafana:<port> and CVAT_HOST's Origin, or no one
-    can sign in at all; the Authorization header of
-    CVAT's clients is never tried as a Grafana password; and no dashboards provider reads
-    CVAT's dashboards folder (its stock files carry our uids)."""
+    can sign in at all; the Authorization header of CVAT's clients is never tried as a
+    Grafana password; and no dashboards provider reads CVAT's dashboards folder (its stock
+    files carry our uids)."""
     if OVERRIDE not in files:
         return []
     from .validate import parse_yaml
@@ -611,7 +611,6 @@ CVAT_STOCK_DASHBOARDS = {
 
 
 def git_blob_id(data: bytes) -> str:
-    import hashlib
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
 
 

@@ -15,18 +15,15 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from cvat_analytics_generator import contracts
 from cvat_analytics_generator.contracts import (CVAT_DASHBOARDS, CVAT_STOCK_DASHBOARDS, GRAFANA_LOGIN_COOKIE,
                                                 cvat_dashboard_changes, cvat_grafana_problems, git_blob_id,
                                                 grafana_csrf_refusal, grafana_signs_in)
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
-from cvat_analytics_generator.validate import parse_yaml
 
 from .conftest import REPO, write_spec
 from .test_cvat_stack import FIXTURES, RELEASES, Stack, stacks  # noqa: F401 - the fixture
