@@ -80,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render every config from the spec into a deploy directory")
     _spec_arg(p)
-    p.add_argument("--out", type=Path, default=Path("deploy"), help="output directory (default: deploy)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: deploy, or deploy-k8s for --target k8s)")
+    _target_arg(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("check", help="fail when a deploy directory is out of sync with the spec or invalid")
     _spec_arg(p)
-    p.add_argument("--out", type=Path, default=Path("deploy"), help="directory to check (default: deploy)")
+    p.add_argument("--out", type=Path, default=None, help="directory to check (default: deploy, or deploy-k8s for --target k8s)")
+    _target_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dashboards", help="dashboards of your own: dashboards import FILE.json turns a dashboard saved in Grafana into one")
@@ -191,25 +193,51 @@ def cmd_init(args) -> int:
     return 0
 
 
-def cmd_render(args) -> int:
-    from cvat_analytics_generator.render import render_all, write_tree
+def _target_arg(p) -> None:
+    p.add_argument("--target", choices=["compose", "k8s"], default="compose",
+                   help="compose: Docker Compose (default); k8s: Kubernetes manifests for the Altinity clickhouse-operator")
 
-    files = render_all(load_spec(args.spec))
+
+def _rendered(args) -> dict[str, str]:
+    """The files of the target, and the default output directory filled in."""
+    from cvat_analytics_generator.render import render_all
+
+    spec = load_spec(args.spec)
+    if args.out is None:
+        args.out = Path("deploy-k8s" if args.target == "k8s" else "deploy")
+    if args.target == "k8s":
+        from cvat_analytics_generator.k8s import K8sSpecError, render_k8s
+        try:
+            return render_k8s(spec)
+        except K8sSpecError as exc:
+            raise CommandError(f"{args.spec}: {exc}") from None
+    return render_all(spec)
+
+
+def cmd_render(args) -> int:
+    from cvat_analytics_generator.render import write_tree
+
+    files = _rendered(args)
     write_tree(files, args.out)
     print(f"rendered {len(files)} files into {args.out}")
     return 0
 
 
 def cmd_check(args) -> int:
-    from cvat_analytics_generator.render import diff_tree, render_all
+    from cvat_analytics_generator.render import diff_tree
     from cvat_analytics_generator.validate import validate_tree
 
-    files = render_all(load_spec(args.spec))
-    problems = diff_tree(files, args.out) + validate_tree(files)
+    files = _rendered(args)
+    if args.target == "k8s":
+        from cvat_analytics_generator.k8s import problems as k8s_problems
+        problems = diff_tree(files, args.out) + k8s_problems(files)
+    else:
+        problems = diff_tree(files, args.out) + validate_tree(files)
     for problem in problems:
         print(f"{args.out}/{problem}", file=sys.stderr)
     if problems:
-        print(f"check failed: {len(problems)} problem(s); run `cvat-analytics render --out {args.out}`"
+        print(f"check failed: {len(problems)} problem(s); run `cvat-analytics render --out {args.out}"
+              + (" --target k8s" if args.target == "k8s" else "") + "`"
               " if the spec changed", file=sys.stderr)
         return 1
     print(f"{args.out} matches {args.spec} and every rendered file is valid ({len(files)} files)")

@@ -28,6 +28,8 @@ SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "
 # scripts before it applied (its template says why). Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
 INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
+# The Kubernetes manifests (`render --target k8s`, k8s.py): rendered only for that target.
+K8S = "k8s/"
 CLUSTER_NAME = "cvat"
 KEEPER_NODES = 3
 
@@ -36,6 +38,11 @@ KEEPER_NODES = 3
 # of its quotes. JSON string syntax is valid YAML and TOML basic-string syntax.
 def to_json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def sh_str(value) -> str:
+    """One POSIX shell word, single-quoted."""
+    return "'" + str(value).replace("'", "'\\''") + "'"
 
 
 def xml_text(value) -> str:
@@ -54,7 +61,7 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(json=to_json, yaml=to_json, toml=to_json, sql_str=string_literal,
-                       sql_ident=ident, xml=xml_text)
+                       sql_ident=ident, xml=xml_text, sh_str=sh_str)
     return env
 
 
@@ -73,13 +80,15 @@ def cluster_layout(spec: dict) -> dict:
             "insert_quorum": cluster["insert_quorum"], "servers": servers, "keepers": keepers}
 
 
-def context(spec: dict) -> dict:
-    """What every template sees: the spec and a few names derived from it."""
+def context(spec: dict, k8s: bool = False) -> dict:
+    """What every template sees: the spec and a few names derived from it. On Kubernetes
+    the schema is always the cluster's, even at 1 x 1 (a shard can be added later)."""
     ch = spec["clickhouse"]
     return {
         "spec": spec,
         "cluster": cluster_layout(spec),
-        "clustered": is_cluster(spec),
+        "clustered": k8s or is_cluster(spec),
+        "k8s": k8s,
         "db": ident(ch["database"]),
         "columns": spec["events"]["columns"],
         "column_names": [c["name"] for c in spec["events"]["columns"]],
@@ -112,14 +121,15 @@ def _init_ledger(spec: dict, out: dict[str, str]) -> str:
     return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": applied})
 
 
-def _render_templates(spec: dict, prefix: str = "") -> dict[str, str]:
-    """The files rendered from templates whose path starts with `prefix`: relative path -> text."""
+def _render_templates(spec: dict, prefix: str = "", k8s: bool = False) -> dict[str, str]:
+    """The files rendered from templates whose path starts with `prefix`: relative path -> text.
+    With k8s, the cluster's files whatever the layout, as the Kubernetes manifests carry them."""
     env = environment()
-    ctx = context(spec)
+    ctx = context(spec, k8s)
     out: dict[str, str] = {}
     for name in template_names():
         path = name[: -len(".j2")].removeprefix(CLUSTER)
-        if path.startswith(prefix) and _wanted(name, spec):
+        if path.startswith(prefix) and _wanted(name, ctx["clustered"]):
             out[path] = env.get_template(name).render(ctx)
     return out
 
@@ -129,14 +139,14 @@ def render_template(spec: dict, name: str, **extra) -> str:
     return environment().get_template(name).render({**context(spec), **extra})
 
 
-def _wanted(name: str, spec: dict) -> bool:
-    """Runtime statements and the files of the other topology (single server or cluster)
-    are not rendered."""
-    if name.startswith(RUNTIME) or name == INIT_LEDGER_TEMPLATE:
+def _wanted(name: str, clustered: bool) -> bool:
+    """Runtime statements, the Kubernetes manifests and the files of the other topology
+    (single server or cluster) are not rendered."""
+    if name.startswith((RUNTIME, K8S)) or name == INIT_LEDGER_TEMPLATE:
         return False
     if name.startswith(CLUSTER):
-        return is_cluster(spec)
-    if name.startswith(SINGLE_SERVER_ONLY) and is_cluster(spec):
+        return clustered
+    if name.startswith(SINGLE_SERVER_ONLY) and clustered:
         return False
     return True
 
