@@ -13,7 +13,7 @@ from cvat_analytics_generator.spec import DEFAULT_SPEC, SPEC_ENV, SpecError, fin
 
 from . import output
 from .errors import first_line
-from .store import StoreError, chdb_path, connect, default_dsn
+from .store import StoreError, connect, default_dsn
 
 DSN_ENV, HOST_ENV, PORT_ENV = "CVAT_ANALYTICS_DSN", "CVAT_ANALYTICS_HOST", "CVAT_ANALYTICS_PORT"
 
@@ -309,8 +309,7 @@ def cmd_import(args) -> int:
 
     spec = load_spec(args.spec)
     return run_import(connect(args.dsn), spec, args.file, skip_invalid=args.skip_invalid,
-                      batch_size=args.batch_size, again=args.again,
-                      exclusive=chdb_path(args.dsn) is not None)
+                      batch_size=args.batch_size, again=args.again)
 
 
 def cmd_query(args) -> int:

@@ -3,7 +3,7 @@
 Formats, told apart by the first non-blank byte:
 - `[`  a JSON array of events (what CVAT's server POSTs), read as a stream;
 - `{`  NDJSON (one event per line), a single object, or objects one after another;
-- `scope,...`  CVAT's CSV export: the hook is `read_cvat_csv` (not written yet).
+- `scope,...`  CVAT's CSV export (cvat_csv.py).
 
 All or nothing by default: every record is validated first and the valid rows are
 spooled, normalized, to a temporary file; only when none is invalid are they
@@ -12,6 +12,11 @@ calendar months than the engine writes in one INSERT, max_partitions_per_insert_
 a file of years, with retention_days 0, is stored, not refused over and over). With --skip-invalid the valid rows are
 stored and each invalid record is reported on stderr. Memory stays flat whatever
 the file size: the reader holds one chunk, the spool is on disk.
+
+Imports merge: an event identical in every column CVAT's export has to one already
+stored (from any file, or ingested) is not stored again; each batch is looked up in
+its own time range only (imports.sql.j2). A restore, an overlapping CVAT export or a
+run cut short and started again stores each event once.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from .cvat_csv import read_cvat_csv as read_cvat_csv_rows
 from .errors import first_line
 from .events import EventContract, EventError
 from .progress import Progress
-from .store import insert_json_rows
+from .store import INSERT_SECONDS, INSERT_SETTINGS, insert_json_rows
 
 CHUNK = 1 << 20
 IMPORTS_SQL = "clickhouse/runtime/imports.sql.j2"
@@ -268,15 +273,17 @@ def _open(path_or_dash: str) -> tuple[IO[bytes], str, int | None]:
 
 def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False,
                batch_size: int = 50_000, out: IO[str] | None = None, err: IO[str] | None = None,
-               again: bool = False, exclusive: bool = False) -> int:
+               again: bool = False) -> int:
     """Validate every record of the file, then store them; the exit code for the CLI.
 
-    The same valid rows imported before (whatever the file's format or the batch size)
-    store nothing unless `again`. `exclusive`: no other process writes to this store
-    (chdb), so the batches ClickHouse recognised as already stored can be counted."""
+    An event identical to one already stored (in every column CVAT's export has, whatever
+    file it came from) is not stored again, and counted as already there; the same file
+    imported before is recognised at once (the ledger). `again` stores everything anyway."""
     out, err = out or sys.stdout, err or sys.stderr
     database = spec["clickhouse"]["database"]
-    sql = parse(render_template(spec, IMPORTS_SQL), IMPORTS_SQL)
+    contract = EventContract(spec)
+    sql = parse(render_template(spec, IMPORTS_SQL, stored=[c["name"] for c in contract.stored_columns],
+                                compared=[c["name"] for c in spec["events"]["columns"]]), IMPORTS_SQL)
     if batch_size < 1:
         print(f"cvat-analytics: --batch-size must be at least 1, got {batch_size}", file=err)
         return 2
@@ -294,7 +301,7 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
     with raw if path_or_dash != "-" else nullcontext(), tempfile.TemporaryFile(prefix="cvat-import-") as spool:
         content = hashlib.sha256()
         try:
-            valid, invalid = _validate(raw, name, EventContract(spec), spool, skip_invalid, reading, err, content)
+            valid, invalid = _validate(raw, name, contract, spool, skip_invalid, reading, err, content)
         except ImportFailed as exc:
             reading.close()
             print(f"cvat-analytics: {name}: {exc}; nothing imported", file=err)
@@ -316,38 +323,47 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
         stored = already = 0
         storing = Progress("storing", total=valid, stream=err)
         storing.update(0)
-
-        def duplicated_blocks() -> int:
-            rows = client.query(sql.named("duplicated_blocks")).result_rows
-            return int(rows[0][0]) if rows else 0
-
         max_months = int(client.command(sql.named("max_partitions")))
+        if not again:
+            client.command(sql.named("create_batch"))
         try:
             for index, (body, rows) in enumerate(_batches(spool, batch_size, max_months)):
-                before = duplicated_blocks() if exclusive else 0
-                # The token makes a retried batch (same rows, same batch size) count once.
-                token = f"import:{sha}:{batch_size}:{index}" + (f":{time.time_ns()}" if again else "")
-                insert_json_rows(client, database, body, token=token)
-                if exclusive and duplicated_blocks() > before:
-                    already += rows
+                if again:
+                    # The token makes a retried batch (same rows, same batch size) count once.
+                    insert_json_rows(client, database, body, token=f"import:{sha}:{batch_size}:{index}:{time.time_ns()}")
+                    new = rows
                 else:
-                    stored += rows
+                    new = store_new(client, sql, body, rows)
+                stored += new
+                already += rows - new
                 storing.update(stored + already)
         except Exception as exc:
             storing.close()
             print(f"cvat-analytics: {name}: INSERT failed after {stored + already} of {valid} events were "
-                  f"stored: {first_line(exc)}; run the same import again (same --batch-size) to store the rest once",
+                  f"stored: {first_line(exc)}; run the same import again to store the rest once",
                   file=err)
             return 1
         storing.close()
         if ledger:
             client.command(sql.named("record"), parameters={"sha": sha, "events": valid, "source": name})
     if already:
-        print(f"imported {stored} events, {already} were already stored by an earlier attempt "
-              f"({invalid} skipped)", file=out)
+        print(f"imported {stored} events, {already} were already stored ({invalid} skipped)", file=out)
     else:
         print(f"imported {stored} events ({invalid} skipped)", file=out)
     return 0
+
+
+def store_new(client, sql, body: bytes, rows: int) -> int:
+    """Store the events of one batch that are not stored yet (identical in every column
+    CVAT exports to one in the batch's time range); how many were new."""
+    client.command(sql.named("clear_batch"))
+    client.raw_insert("import_batch", None, body, settings=INSERT_SETTINGS, fmt="JSONEachRow")
+    new = rows - int(client.command(sql.named("count_already_stored")))
+    if new:
+        with INSERT_SECONDS.time():
+            client.command(sql.named("store_new"), settings={k: v for k, v in INSERT_SETTINGS.items()
+                                                             if not k.startswith("input_")})
+    return new
 
 
 def _validate(raw, name, contract, spool, skip_invalid, progress, err, content) -> tuple[int, int]:
