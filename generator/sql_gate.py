@@ -286,7 +286,9 @@ def check_filter(ask: Callable[[str, dict], str], condition: str) -> None:
     """Refuse an ad hoc filter's condition that is more than columns and literals joined by
     FILTER_FUNCTIONS: a subquery, a table (also `x IN table`), a table function or any other
     function could read what the dashboards may not, or reach past the data."""
-    select = f"SELECT {condition}"
+    # In parentheses: one expression, as the engine parses the setting's (ParserExpression), and no
+    # room for a FROM or a SETTINGS clause of its own (EXPLAIN runs before readonly=1 is set).
+    select = f"SELECT ({condition}\n)"
     ask(_STATEMENTS["single_statement"].replace("{query:String}", string_literal(select)), {})
     lines = ask(f"{_STATEMENTS['explain_ast']} {select}", {}).splitlines()
     # SelectWithUnionQuery > ExpressionList > SelectQuery > ExpressionList > the condition, one of each.

@@ -197,19 +197,21 @@ def test_the_plugins_ad_hoc_requests_run_through_serve_and_narrow_every_events_p
 
 
 # Conditions an editor of a dashboard can type as a filter's value: each reads past the table's
-# rows or calls what the gate does not allow, and is refused with its reason.
+# rows or calls what the gate does not allow, and is refused with its reason (403), or is not one
+# expression and fails to parse (400), before anything runs.
 ATTACKS = {
-    "a subquery": ("user_id IN (SELECT user_id FROM {db}.events)", "no subquery"),
-    "IN a table": ("user_id IN {db}.events", "reads a table"),
-    "IN a bare table name": ("user_id IN events", "reads a table"),
-    "a scalar subquery": ("user_id = 2 OR (SELECT count() FROM system.users) > 0", "no subquery"),
-    "a function off the list": ("file('/etc/passwd') != ''", "file() is not allowed"),
-    "a table's columns": ("hasColumnInTable('system', 'users', 'name')", "hasColumnInTable() is not allowed"),
-    "a dictionary": ("dictGetString('d', 'a', toUInt64(1)) = ''", "is not allowed"),
-    "a FROM": ("1 FROM system.users", "one condition"),
-    "two expressions": ("user_id = 2, 1", "one condition"),
-    "a SETTINGS clause": ("user_id = 2 SETTINGS max_threads = 64", "one condition"),
-    "a lambda": ("arrayExists(x -> x > 0, [user_id])", "arrayExists() is not allowed"),
+    "a subquery": ("user_id IN (SELECT user_id FROM {db}.events)", 403, "no subquery"),
+    "IN a table": ("user_id IN {db}.events", 403, "reads a table"),
+    "IN a bare table name": ("user_id IN events", 403, "reads a table"),
+    "a scalar subquery": ("user_id = 2 OR (SELECT count() FROM system.users) > 0", 403, "no subquery"),
+    "a function off the list": ("file('/etc/passwd') != ''", 403, "file() is not allowed"),
+    "a table's columns": ("hasColumnInTable('system', 'users', 'name')", 403, "hasColumnInTable() is not allowed"),
+    "a dictionary": ("dictGetString('d', 'a', toUInt64(1)) = ''", 403, "is not allowed"),
+    "a lambda": ("arrayExists(x -> x > 0, [user_id])", 403, "arrayExists() is not allowed"),
+    "a FROM": ("1 FROM system.users", 400, "Syntax error"),
+    "two expressions": ("user_id = 2, 1", 400, "Syntax error"),
+    "a SETTINGS clause": ("user_id = 2 SETTINGS max_threads = 64", 400, "Syntax error"),
+    "a comment eating the rest": ("user_id = 2) OR (1 --", 400, "Syntax error"),
 }
 
 
@@ -224,10 +226,10 @@ def test_a_filter_that_reads_past_the_table_is_refused_and_a_plain_one_passes(se
     base = f'SELECT count() FROM "{db}".events'
     assert send(served, f"{base} settings additional_table_filters={{'{db}.events' : ' user_id = \\'2\\' '}}") \
         == (200, b"6\n")
-    for attack, (condition, reason) in ATTACKS.items():
+    for attack, (condition, expected, reason) in ATTACKS.items():
         status, body = send(served, f"{base} settings additional_table_filters={{'{db}.events' : "
                                     f"'{quoted(condition.format(db=db))}'}}")
-        assert status == 403 and reason in body.decode(), (attack, body)
+        assert status == expected and reason in body.decode(), (attack, body)
 
 
 # A second setting beside the filter, the filter's string closed early, a second table: not the

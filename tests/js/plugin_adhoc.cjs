@@ -127,7 +127,7 @@ function getTable(sql) {
   return '';
 }
 
-// src/data/CHDatasource.ts lines 1739-1749 (extractTableNameFromQuery)
+// src/data/CHDatasource.ts lines 1739-1748 (extractTableNameFromQuery)
 function extractTableNameFromQuery(query) {
   const fromMatch = query.match(/FROM\s+(?:"?(\w+)"?\.)?"?(\w+)"?/i);
   if (fromMatch) {
