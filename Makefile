@@ -14,10 +14,22 @@ $(VENV)/.installed: pyproject.toml
 	@$(PIP_INSTALL) -e . >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed scripts/install-system-packages.sh
+$(VENV)/.test-installed: $(VENV)/.installed scripts/install-system-packages.sh $(VENV)/.plugin-js-installed
 	@echo "installing what the tests need (pytest, hypothesis, selenium; Debian's chromium)"
 	@$(PIP_INSTALL) -e '.[test]' >>$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	scripts/install-system-packages.sh
+	@touch $@
+
+# --- npm: the Grafana ClickHouse plugin's SQL parser for tests/test_grafana_adhoc.py ------------
+# pgsql-ast-parser at the version the plugin locks (tests/js/package-lock.json), installed by
+# `npm ci` (the npm registry only) into a cache folder named by the lock file's hash, which the
+# tests find the same way. Without node there is nothing to install and those tests skip.
+PLUGIN_JS = $${XDG_CACHE_HOME:-$$HOME/.cache}/cvat-analytics/plugin-js-$$(sha256sum tests/js/package-lock.json | cut -c1-16)
+$(VENV)/.plugin-js-installed: tests/js/package.json tests/js/package-lock.json $(VENV)/.installed
+	@if command -v npm >/dev/null; then \
+	  dir="$(PLUGIN_JS)"; mkdir -p "$$dir" && cp tests/js/package.json tests/js/package-lock.json "$$dir/" && \
+	  (cd "$$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >npm.log 2>&1) || { cat "$$dir/npm.log"; exit 1; }; \
+	else echo "no node/npm here: tests/test_grafana_adhoc.py will skip its plugin checks"; fi
 	@touch $@
 
 ## up: the Docker stack where a Docker engine answers, else the embedded default on chdb

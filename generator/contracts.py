@@ -95,7 +95,8 @@ def contract_problems(files: dict[str, str]) -> list[str]:
             users.grants(user)  # an unreadable grant is a problem here, not a crash later
     except (ET.ParseError, ValueError) as exc:
         return [f"{USERS_D}: cannot read the users: {exc}"]
-    return (grafana_timeout_problems(files, users) + vector_problems(files, users)
+    return (grafana_timeout_problems(files, users) + grafana_settings_problems(files, users)
+            + vector_problems(files, users)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
             + clickhouse_health_problems(files) + system_log_problems(files)
             + cvat_override_problems(files, users) + cvat_grafana_problems(files))
@@ -190,6 +191,52 @@ def grafana_timeout_problems(files: dict[str, str], users: ClickHouseUsers) -> l
                     f"{sent} (deadline + {GRAFANA_DRIVER_SLACK_S} s, clickhouse-go context.go), above the "
                     f"constraint max {limit} of {user}'s profile {profile.tag}: ClickHouse refuses every "
                     f"query; set queryTimeout to at most {limit - GRAFANA_DRIVER_SLACK_S}")
+    return problems
+
+
+# --- the settings the plugin sends, against a read-only profile --------------------------------
+
+# grafana/clickhouse-datasource v4.20.0 sends, besides max_execution_time above: the datasource's
+# jsonData.customSettings and, with jsonData.enableRowLimit, `limit` (pkg/plugin/driver.go lines
+# 198-207, clickhouse-go sends them as URL parameters, conn_http.go lines 193-198); and for a
+# dashboard with ad hoc filters, ` settings additional_table_filters={...}` after the panel's SQL
+# (src/data/adHocFilter.ts line 97). clickhouse-go v2.47.0 sends no other setting over HTTP
+# (gzip is an Accept-Encoding header, conn_http_query.go lines 41-48; send_profile_events only
+# on WithoutProfileEvents, context.go line 282, which the plugin never calls).
+ADHOC_SETTING = "additional_table_filters"
+
+
+def grafana_settings_problems(files: dict[str, str], users: ClickHouseUsers) -> list[str]:
+    """The datasource's user is read-only (readonly=1: every setting a query changes is refused),
+    except for exactly the settings the plugin sends, each <changeable_in_readonly/>: one
+    missing and its queries fail (every panel, or every ad hoc filter); one more and the
+    Grafana user may change what the plugin never needs (least privilege)."""
+    problems = []
+    for rel, ds in _clickhouse_datasources(files):
+        json_data = ds.get("jsonData") or {}
+        user = json_data.get("username")
+        if user not in users.users:
+            continue  # grafana_timeout_problems names it
+        profile = users.profile(user)
+        where = f"{rel}: datasource {ds.get('name')!r} logs in as {user}, whose profile {profile.tag}"
+        if _setting(profile, "readonly", 0) != 1:
+            problems.append(f"{where} is readonly={_setting(profile, 'readonly', 0)}: Grafana's user must be "
+                            "readonly=1 (0 lets it write, 2 lets it change any setting)")
+            continue
+        # Ad hoc filters: the rendered dashboards have them, and so may one made in Grafana's UI.
+        sent = {"max_execution_time", ADHOC_SETTING}  # max_execution_time's bound: grafana_timeout_problems
+        sent |= {str(c.get("setting")) for c in json_data.get("customSettings") or []}
+        if json_data.get("enableRowLimit") and json_data.get("rowLimit"):
+            sent.add("limit")
+        changeable = {c.tag for c in profile.findall("constraints/*") if c.find("changeable_in_readonly") is not None}
+        for name in sorted(sent - changeable - {"max_execution_time"}):
+            why = "a dashboard's ad hoc filters" if name == ADHOC_SETTING else "jsonData"
+            problems.append(f"{where} does not let {name} change in read-only mode, which the plugin sends for "
+                            f"{why}: ClickHouse refuses those queries (add <{name}><changeable_in_readonly/>"
+                            f"</{name}> to its constraints)")
+        for name in sorted(changeable - sent):
+            problems.append(f"{where} lets {name} change in read-only mode, which the plugin never sends: "
+                            "remove it from the constraints (least privilege)")
     return problems
 
 

@@ -33,7 +33,7 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
     (rendered in a sandbox); a custom one's only has its {{ names }} replaced (fill), and SQL
     marked `verbatim` (what `dashboards import` writes) is taken as written."""
     max_points = spec["embedded"]["dashboards"]["max_points"]
-    ctx = {"db": ident(spec["clickhouse"]["database"]), "other": OTHER_CATEGORY}
+    ctx = {"db": db_name(spec), "other": OTHER_CATEGORY}
     if path is None:
         data = _read(DEFINITIONS / f"{name}.yaml")
         env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -240,7 +240,7 @@ def definition_json(d: dict, spec: dict) -> str:
         "refresh": "",  # off; the choices below, as the embedded pages offer them
         "timepicker": {"refresh_intervals": list(REFRESH_CHOICES)},
         "links": [{"title": "CVAT dashboards", "type": "dashboards", "tags": ["cvat"], "asDropdown": True}],
-        "templating": {"list": [_variable(v, ds) for v in d["variables"]] + _adhoc(d, ds)},
+        "templating": {"list": [_variable(v, ds) for v in d["variables"]] + _adhoc(d, ds, db_name(spec))},
         "annotations": {"list": []},
         "panels": [_panel(p, ds, spec["grafana"]["clickhouse_plugin_version"], _filter_links(d))
                    for p in d["panels"]],
@@ -267,15 +267,36 @@ def _variable(v: dict, ds: dict) -> dict:
     }
 
 
-def _adhoc(d: dict, ds: dict) -> list[dict]:
-    """Grafana's ad hoc filters (any column = value, from the filter bar). The plugin sends them
-    as additional_table_filters for the tables a query reads (plugin 2.0 and later); the keys
-    offered are the columns of clickhouse_adhoc_query's query."""
-    events = re.search(r"(`[^`]+`|\w+)\.events\b", json.dumps([p["sql"] for p in d["panels"]]))
-    if not events:
+def db_name(spec: dict) -> str:
+    """The database as the dashboards' SQL names it ({{ db }}): in double quotes, which ClickHouse
+    reads as it reads backticks and the Grafana plugin's ad hoc filters need (see _adhoc)."""
+    return '"' + ident(spec["clickhouse"]["database"])[1:-1] + '"'
+
+
+# Values the ad hoc filter offers for a key (the distinct ones in the dashboard's time range).
+ADHOC_VALUES = 1000
+
+
+def _adhoc(d: dict, ds: dict, db: str) -> list[dict]:
+    """Grafana's ad hoc filters (any column of events = value, from the filter bar), on a dashboard
+    whose panels read events. What plugin 4.20.0 does with them (src/data/ at v4.20.0):
+    - keys: clickhouse_adhoc_query holds $__adhoc_column, so the plugin takes the table from its
+      FROM (CHDatasource.ts fetchTags, lines 1710-1726) and offers the columns system.columns
+      lists for it; without that macro it would run the whole query (SELECT * of every event) for
+      its column names;
+    - values: the same query with the key in place of $__adhoc_column (lines 1676-1689), here the
+      distinct values in the dashboard's time range, at most ADHOC_VALUES;
+    - the table to filter: the query's FROM read by pgsql-ast-parser (ast.ts getTable, lines
+      126-146), which refuses backticks, hence db_name's double quotes;
+    - a panel is filtered only if its SQL, double quotes removed, contains that table
+      (adHocFilter.ts line 78), then gets ` settings additional_table_filters={...}` (line 97):
+      the dashboards profile lets that setting change (users.d), and so does /clickhouse's gate.
+    tests/test_grafana_adhoc.py runs this on the plugin's parser."""
+    events = f"{db}.events"
+    if not re.search(rf"{re.escape(events)}(?!\w)", "\n".join(p["sql"] for p in d["panels"])):
         return []
-    return [{"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2,
-             "query": f"SELECT * FROM {events.group(0)}"},
+    query = f"SELECT DISTINCT $__adhoc_column FROM {events} WHERE $__timeFilter(timestamp) LIMIT {ADHOC_VALUES}"
+    return [{"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2, "query": query},
             {"name": "adhoc", "label": "Ad hoc filters", "type": "adhoc", "datasource": ds, "filters": [], "hide": 0}]
 
 

@@ -19,6 +19,11 @@ dashboards') also url(), remote(), file() as a table and a SETTINGS clause. So:
   (PATHS), whatever SETTINGS says; the limits only lowered (a higher value is held at the bound), to a positive value.
 - an output format: only from FORMATS. Template, CustomSeparated, Protobuf, CapnProto and
   their kin read or write schema files, so none of them is there.
+- Grafana's ad hoc filters (table_filters): the one SETTINGS clause let through, exactly as
+  the ClickHouse plugin appends it, ` settings additional_table_filters={'<table>' : '<condition>'}`.
+  Its value is SQL an editor of the dashboard types, so the condition may only be columns and
+  literals joined by FILTER_FUNCTIONS (no subquery, no table, no other function: it cannot read
+  another table); it is then set on the session, and the query runs without the clause.
 """
 from __future__ import annotations
 
@@ -80,6 +85,19 @@ SETTINGS = frozenset({
 # ...): refused even if SETTINGS ever listed one. Matched on the name, so a new one of the
 # engine's is caught (tests sweep system.settings).
 PATHS = re.compile(r"schema|template|path|file|url|uri|dir|registry|s3|azure|hdfs|outfile", re.IGNORECASE)
+
+# The suffix grafana/clickhouse-datasource v4.20.0 appends to a query for its ad hoc filters
+# (src/data/adHocFilter.ts line 97): the table as its parser read it, and one single-quoted
+# condition (the plugin escapes ' and \ inside as \' and \\). Nothing else may follow.
+ADHOC_SUFFIX = re.compile(r"\s+settings additional_table_filters=(?P<map>\{'[A-Za-z_][A-Za-z0-9_]*"
+                          r"(?:\.[A-Za-z_][A-Za-z0-9_]*)?' : '(?:[^'\\]|\\.)*'\})\s*\Z", re.DOTALL)
+# What a filter's condition may call, as EXPLAIN AST names them: the plugin's operators (=, !=,
+# <, >, <=, >=, LIKE, NOT LIKE, ILIKE, REGEXP, IN, NOT IN, adHocFilter.ts lines 157-181), AND
+# and OR between filters, NOT, IS [NOT] NULL, a Map's key (m['k']) and a tuple of values.
+FILTER_FUNCTIONS = frozenset({"equals", "notEquals", "less", "greater", "lessOrEquals", "greaterOrEquals",
+                              "like", "notLike", "ilike", "notILike", "match", "in", "notIn", "and", "or",
+                              "not", "isNull", "isNotNull", "arrayElement", "tuple"})
+_IN = frozenset({"in", "notIn"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -241,3 +259,60 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
             else:
                 output_format = check_format(words[1])
     return output_format
+
+
+# -- Grafana's ad hoc filters ---------------------------------------------------------
+
+def table_filters(ask: Callable[[str, dict], str], sql: str) -> str:
+    """`sql` without the Grafana plugin's ad hoc filter suffix, once its condition has passed
+    check_filter and is set on the session (ask runs the SET: call this before readonly=1);
+    `sql` itself when it has no such suffix (then check_statement refuses any SETTINGS clause).
+    The condition checked is the one the engine sets: both read the plugin's map the same way."""
+    found = ADHOC_SUFFIX.search(sql)
+    if not found:
+        return sql
+    if not _STATEMENTS:
+        _STATEMENTS.update(statements())
+    params = {"filters": found.group("map")}
+    entries, table, condition = ask(_STATEMENTS["table_filters"], params).removesuffix("\n").split("\t", 2)
+    if entries != "1" or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", table):
+        raise refused(f"additional_table_filters takes one table and its condition {WHERE}")
+    check_filter(ask, condition)
+    ask(_STATEMENTS["set_table_filters"], params)
+    return sql[:found.start()]
+
+
+def check_filter(ask: Callable[[str, dict], str], condition: str) -> None:
+    """Refuse an ad hoc filter's condition that is more than columns and literals joined by
+    FILTER_FUNCTIONS: a subquery, a table (also `x IN table`), a table function or any other
+    function could read what the dashboards may not, or reach past the data."""
+    # In parentheses: one expression, as the engine parses the setting's (ParserExpression), and no
+    # room for a FROM or a SETTINGS clause of its own (EXPLAIN runs before readonly=1 is set).
+    select = f"SELECT ({condition}\n)"
+    ask(_STATEMENTS["single_statement"].replace("{query:String}", string_literal(select)), {})
+    lines = ask(f"{_STATEMENTS['explain_ast']} {select}", {}).splitlines()
+    # SelectWithUnionQuery > ExpressionList > SelectQuery > ExpressionList > the condition, one of each.
+    head = ["SelectWithUnionQuery (children 1)", " ExpressionList (children 1)", "  SelectQuery (children 1)",
+            "   ExpressionList (children 1)"]
+    if lines[:4] != head or not _whole_tree(lines):
+        raise refused(f"an ad hoc filter must be one condition on the table's columns {WHERE}, "
+                      f"got {condition[:100]!r}")
+    ancestors: list[list] = []  # of the current line: [kind, name, children seen so far]
+    for line in lines[4:]:
+        depth = len(line) - len(line.lstrip(" ")) - 4
+        kind, name = (line.split() + [""])[:2]
+        del ancestors[depth:]
+        position = ancestors[-1][2] if ancestors else 0  # among its parent's children
+        if ancestors:
+            ancestors[-1][2] += 1
+        # A function's arguments are the children of its one ExpressionList.
+        function = ancestors[-2][1] if len(ancestors) >= 2 and ancestors[-2][0] == "Function" else ""
+        if kind not in ("Function", "ExpressionList", "Identifier", "Literal"):
+            raise refused(f"an ad hoc filter may only compare columns with values {WHERE} "
+                          f"(no subquery, table or {kind})")
+        if kind == "Function" and name not in FILTER_FUNCTIONS:
+            raise refused(f"{name}() is not allowed in an ad hoc filter {WHERE}; allowed: "
+                          f"{', '.join(sorted(FILTER_FUNCTIONS))}")
+        if kind == "Identifier" and function in _IN and position == 1:
+            raise refused(f"IN {name} reads a table and is refused in an ad hoc filter {WHERE}; list the values")
+        ancestors.append([kind, name, 0])

@@ -61,7 +61,7 @@ def test_a_custom_dashboard_is_rendered_beside_the_built_in_ones(tmp_path):
     files = render_all(spec)
     model = json.loads(files["grafana/dashboards/errors_by_user.json"])
     assert model["uid"] == "errors-by-user" and model["title"] == "Errors by user"
-    assert "`cvat`.events" in model["panels"][0]["targets"][0]["rawSql"]
+    assert '"cvat".events' in model["panels"][0]["targets"][0]["rawSql"]
     assert "user_id IN (${users})" in model["panels"][0]["targets"][0]["rawSql"]
     assert "GROUP BY user_id, intDiv(toUnixTimestamp(timestamp), 900 * greatest(1, intDiv($__to - $__from" \
         in model["panels"][0]["targets"][0]["rawSql"]

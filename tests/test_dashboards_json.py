@@ -112,7 +112,7 @@ def test_panels_are_known_types_with_sql_that_honours_the_time_range(name):
         # The range, the range and the period before it (exceptions), or now (Active users (now)).
         reads_a_range = "$__timeFilter(" in sql or "$__fromTime" in sql or "now() - INTERVAL 15 MINUTE" in sql
         assert reads_a_range, f"{p['title']} reads without a time filter"
-        assert f"`{SPEC['clickhouse']['database']}`." in sql  # the spec's database, not a hard-coded one
+        assert f'"{SPEC["clickhouse"]["database"]}".' in sql  # the spec's database, not a hard-coded one
         assert "{{" not in sql and "}}" not in sql
         assert p["targets"][0]["format"] == (0 if p["type"] == "timeseries" else 1)
 
@@ -149,7 +149,8 @@ def test_refresh_choices_and_ad_hoc_filters(name):
     assert d["refresh"] == "" and d["timepicker"]["refresh_intervals"] == ["30s", "1m", "5m"]
     constant, adhoc = d["templating"]["list"][-2:]
     assert constant == {"name": "clickhouse_adhoc_query", "type": "constant", "hide": 2,
-                        "query": f"SELECT * FROM `{SPEC['clickhouse']['database']}`.events"}
+                        "query": f'SELECT DISTINCT $__adhoc_column FROM "{SPEC["clickhouse"]["database"]}".events '
+                                 f"WHERE $__timeFilter(timestamp) LIMIT {grafana.ADHOC_VALUES}"}
     assert adhoc["type"] == "adhoc" and adhoc["datasource"]["uid"] == SPEC["grafana"]["datasource_uid"]
 
 

@@ -12,7 +12,10 @@ the one the dashboards and `check` use too): URL settings only from its allow-li
 formatting; never one naming a path, a URL or a schema: output_format_schema wrote files,
 format_template_* quoted them), the limits only lowered and positive, an output format
 (default_format, X-ClickHouse-Format, FORMAT) only from its list, one statement of an
-allowed kind without SETTINGS, INTO OUTFILE, file() or a table function off its list.
+allowed kind without SETTINGS, INTO OUTFILE, file() or a table function off its list. The one
+SETTINGS clause let through is the Grafana plugin's ad hoc filters, exactly as it writes them
+and with a condition of columns and values only (sql_gate.table_filters): set on the handle
+before readonly=1, and the query runs without the clause.
 Refusals are 403 (400 for a malformed limit or query_id), naming the setting or clause.
 
 Every request gets an engine handle of its own (chdb.connect on the open engine is
@@ -52,7 +55,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse as parse_sql
-from cvat_analytics_generator.sql_gate import Refused, check_format, check_settings, check_statement
+from cvat_analytics_generator.sql_gate import Refused, check_format, check_settings, check_statement, table_filters
 
 from . import native_revision
 from .http import BodyError
@@ -198,6 +201,8 @@ class ClickHouseHTTP:
                 # The analyst's threads yield to ingest's (a Linux nice value; ClickHouse applies it
                 # only with CAP_SYS_NICE, else it is a no-op).
                 self._set(conn, "os_thread_priority", "19")
+                # Grafana's ad hoc filters: the condition checked by the gate and set; the query runs without them.
+                sql = table_filters(self._ask(conn), sql)
                 self._set(conn, "readonly", "1")  # last: from here on no setting changes
                 if database:
                     self._use(conn, database)
@@ -234,8 +239,12 @@ class ClickHouseHTTP:
 
     def check(self, conn, sql: str, bind: dict) -> str | None:
         """The SQL gate on this request's engine handle; the query's FORMAT, if any."""
-        return check_statement(lambda text, params: conn.query(text, "TabSeparatedRaw", params=params).bytes().decode(),
-                               sql, bind)
+        return check_statement(self._ask(conn), sql, bind)
+
+    @staticmethod
+    def _ask(conn):
+        """The SQL gate's way to run one statement on this request's engine handle."""
+        return lambda text, params: conn.query(text, "TabSeparatedRaw", params=params).bytes().decode()
 
     # -- helpers -----------------------------------------------------------------
     def server_info(self, conn) -> tuple[str, str, str, str]:
