@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from .alerts import alerting_problems, alert_queries
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = "docker-compose.yml"
 USERS_D = "clickhouse/users.d/"
@@ -96,7 +98,7 @@ def contract_problems(files: dict[str, str]) -> list[str]:
     return (grafana_timeout_problems(files, users) + vector_problems(files, users)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
             + clickhouse_health_problems(files) + system_log_problems(files)
-            + cvat_override_problems(files, users))
+            + cvat_override_problems(files, users) + alerting_problems(files))
 
 
 # --- ClickHouse users, profiles and grants, as rendered ---------------------------------------
@@ -255,7 +257,7 @@ def dashboard_queries(files: dict[str, str]) -> list[tuple[str, str, str]]:
             for target in panel.get("targets") or []:
                 if target.get("rawSql"):
                     out.append((rel, f"panel {panel.get('id')} ({panel.get('title')})", target["rawSql"]))
-    return out
+    return out + alert_queries(files)  # Grafana runs the alert rules' SQL as the dashboards user too
 
 
 def _panels(panels: list[dict]):

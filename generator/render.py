@@ -101,6 +101,8 @@ def render_all(spec: dict) -> dict[str, str]:
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
     if not is_cluster(spec):
         out[INIT_LEDGER] = _init_ledger(spec, out)
+    from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
+    out[PROVISIONING] = provisioning_yaml(spec)
     return out
 
 
