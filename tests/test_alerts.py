@@ -232,3 +232,13 @@ def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_conditio
     assert 'cvat_analytics_alert_threshold{condition="ingest_stalled"} 1800.0' in lines
     add_event(store, 0)
     assert get(srv, "/health")[0] == 200
+
+
+def test_a_staleness_limit_within_the_refresh_interval_is_refused_naming_both(tmp_path):
+    from cvat_analytics_generator.spec import SpecError
+    from tests.conftest import write_spec
+
+    _, path = write_spec(tmp_path, **{"working_time.refresh_interval_s": 600,
+                                      "alerts.working_time_stale.max_age_minutes": 15})
+    with pytest.raises(SpecError, match=r"alerts.working_time_stale.max_age_minutes.*refresh_interval_s \(600 s\)"):
+        load_spec(path)
