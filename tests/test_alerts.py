@@ -19,6 +19,7 @@ from cvat_analytics_generator.alerts import PROVISIONING, alerting_problems, con
 from cvat_analytics_generator.contracts import contract_problems
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.validate import parse_yaml
 from cvat_analytics_generator.sql import string_literal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,3 +243,20 @@ def test_a_staleness_limit_within_the_refresh_interval_is_refused_naming_both(tm
                                       "alerts.working_time_stale.max_age_minutes": 15})
     with pytest.raises(SpecError, match=r"alerts.working_time_stale.max_age_minutes.*refresh_interval_s \(600 s\)"):
         load_spec(path)
+
+
+def test_both_stacks_mount_the_rule_file_into_grafanas_provisioning():
+    assert (REPO / "deploy" / PROVISIONING).is_file()
+    for compose in ("docker-compose.yml", "cvat-compose.override.yml"):
+        services = parse_yaml((REPO / "deploy" / compose).read_text())["services"]
+        grafana = next(s for name, s in services.items() if "grafana" in name)
+        assert any(v.endswith("/grafana/provisioning:/etc/grafana/provisioning:ro") for v in grafana["volumes"]), \
+            (compose, grafana["volumes"])
+
+
+def test_the_cluster_render_has_no_alert_rules(tmp_path):
+    from tests.conftest import write_spec
+
+    _, path = write_spec(tmp_path, **{"clickhouse.cluster.shards": 2})
+    files = render_all(load_spec(path))
+    assert PROVISIONING not in files and "clickhouse/queries/alerts.sql" not in files
