@@ -96,6 +96,17 @@ def test_ingest_stalled_fires_only_after_quiet_minutes_following_events(store):
 
 
 @pytest.mark.clickhouse
+def test_ingest_stalled_needs_min_events_before_the_quiet_minutes(store):
+    spec = copy.deepcopy(store.spec)
+    spec["alerts"]["ingest_stalled"]["min_events_before"] = 3
+    add_event(store, 50)
+    add_event(store, 40)
+    assert "ingest_stalled" not in failing(store, spec)  # a trickle of 2
+    add_event(store, 45)
+    assert "ingest_stalled" in failing(store, spec)
+
+
+@pytest.mark.clickhouse
 def test_working_time_stale_measures_the_oldest_event_after_the_refresh_watermark(store):
     stop_the_refresh(store)
     log = f"INSERT INTO `{store.database}`.working_time_refresh_log (refreshed_at, watermark, rule, full, users) VALUES "

@@ -25,13 +25,15 @@ FROM
 WHERE timestamp >= now64(3) - toIntervalMinute(15);
 
 -- name: ingest_stalled
--- Seconds since the newest event was inserted, if that was within twice
--- alerts.ingest_stalled.quiet_minutes, else 0: above quiet_minutes means that none has
--- arrived since while some arrived before.
-SELECT if(newest >= now64(6) - toIntervalMinute(60), dateDiff('second', newest, now64(6)), 0) AS value
+-- Seconds since the newest event was inserted, if at least alerts.ingest_stalled.min_events_before
+-- were inserted in the quiet_minutes before the last quiet_minutes, else 0: above quiet_minutes
+-- means that none has arrived since while some arrived before.
+SELECT if(before >= 1 AND newest >= now64(6) - toIntervalMinute(60),
+          dateDiff('second', newest, now64(6)), 0) AS value
 FROM
 (
-    SELECT max(inserted_at) AS newest
+    SELECT max(inserted_at) AS newest,
+           countIf(inserted_at < now64(6) - toIntervalMinute(30)) AS before
     FROM `cvat`.events
     WHERE inserted_at >= now64(6) - toIntervalMinute(60)
 );
