@@ -228,6 +228,7 @@ def get(srv, path: str):
 def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_condition(make_served, store):
     srv = make_served()
     assert get(srv, "/health")[0] == 200
+    srv.routes.find("GET", "/health").handler.alerts.max_age_s = 0  # read anew on every call below
     stop_the_refresh(store)  # and say it counted up to now, so the event below is not waiting for it
     store.client.command(f"INSERT INTO `{store.database}`.working_time_refresh_log (refreshed_at, watermark, rule, "
                          "full, users) VALUES (now64(6), now64(6), 'r', 0, 0)")
@@ -271,3 +272,16 @@ def test_the_cluster_render_has_no_alert_rules(tmp_path):
     _, path = write_spec(tmp_path, **{"clickhouse.cluster.shards": 2})
     files = render_all(load_spec(path))
     assert PROVISIONING not in files and "clickhouse/queries/alerts.sql" not in files
+
+
+@pytest.mark.clickhouse
+def test_health_reuses_a_reading_younger_than_its_max_age(make_served, store):
+    from cvat_analytics.service.health import READINGS_MAX_AGE_S
+
+    srv = make_served()
+    assert READINGS_MAX_AGE_S == 5.0
+    assert get(srv, "/health")[0] == 200
+    add_event(store, 40)
+    assert get(srv, "/health")[0] == 200  # the reading of a moment ago
+    srv.routes.find("GET", "/health").handler.alerts._last = None  # as if 5 s had passed
+    assert get(srv, "/health")[0] == 503

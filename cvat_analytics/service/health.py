@@ -5,7 +5,8 @@ The rule (docs/embedded-service.md): 200 {"status": "ok"} when the store answers
 alert condition (service/alerts.py, the SQL of Grafana's alert rules) is above its
 threshold; 503 {"status": "alerting", "failing": [names]} when one is, the names for
 every caller (they say what is wrong, not what is stored); 503 {"status": "error"} when
-the store does not answer. The overflow's answer (no request) checks the store only.
+the store does not answer. The overflow's answer (no request) checks the store only; the
+alert readings are at most READINGS_MAX_AGE_S old.
 
 The database, the DSN (the data's path on chdb) and the count of every organisation's
 events are for callers that may read every organisation's events anyway (access.py,
@@ -24,6 +25,10 @@ from .alerts import Alerts
 from .responses import Response, json_response
 from .logs import SERVICE
 
+# /health's alert readings are at most this old (docs/dashboards.md, Alerts): a health check
+# polled every second then costs the engine four small queries per 5 s, not per call.
+READINGS_MAX_AGE_S = 5.0
+
 if TYPE_CHECKING:
     from .http import RequestHandler
 
@@ -33,7 +38,7 @@ class Health:
         self.client = client
         self.database = spec["clickhouse"]["database"]
         self.dsn = dsn
-        self.alerts = Alerts(client, spec)
+        self.alerts = Alerts(client, spec, max_age_s=READINGS_MAX_AGE_S)
         self.count_sql = environment().get_template("clickhouse/queries/events_count.sql.j2").render(context(spec))
 
     def __call__(self, request: "RequestHandler | None") -> Response:
