@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from .alerts import alerting_problems, alert_queries
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = "docker-compose.yml"
 USERS_D = "clickhouse/users.d/"
@@ -99,7 +101,8 @@ def contract_problems(files: dict[str, str]) -> list[str]:
             + vector_problems(files, users)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
             + clickhouse_health_problems(files) + system_log_problems(files)
-            + cvat_override_problems(files, users) + cvat_grafana_problems(files))
+            + cvat_override_problems(files, users) + cvat_grafana_problems(files)
+            + alerting_problems(files))
 
 
 # --- ClickHouse users, profiles and grants, as rendered ---------------------------------------
@@ -304,7 +307,7 @@ def dashboard_queries(files: dict[str, str]) -> list[tuple[str, str, str]]:
             for target in panel.get("targets") or []:
                 if target.get("rawSql"):
                     out.append((rel, f"panel {panel.get('id')} ({panel.get('title')})", target["rawSql"]))
-    return out
+    return out + alert_queries(files)  # Grafana runs the alert rules' SQL as the dashboards user too
 
 
 def _panels(panels: list[dict]):

@@ -23,7 +23,7 @@ RUNTIME = "clickhouse/runtime/"
 CLUSTER = "cluster/"
 SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "vector/vector-cvat.yaml.j2",
                       "clickhouse/users.d/cvat-server-user.xml.j2", "clickhouse/queries/events_remove_ttl.sql.j2",
-                      "clickhouse/migrations/")
+                      "clickhouse/migrations/", "clickhouse/queries/alerts.sql.j2")
 # The last init script of a new single-server volume: the ledger of the migrations the init
 # scripts before it applied (its template says why). Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
@@ -110,6 +110,9 @@ def render_all(spec: dict) -> dict[str, str]:
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
     if not is_cluster(spec):
         out[INIT_LEDGER] = _init_ledger(spec, out)
+        # The alert rules read one server's tables: a cluster's are per shard (docs/cluster.md).
+        from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
+        out[PROVISIONING] = provisioning_yaml(spec)
     return out
 
 

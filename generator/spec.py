@@ -110,6 +110,12 @@ def _semantic_problems(spec: dict):
     if cluster["insert_quorum"] > cluster["replicas"]:
         yield (["clickhouse", "cluster", "insert_quorum"],
                f"at most clickhouse.cluster.replicas ({cluster['replicas']}), got {cluster['insert_quorum']}")
+    # Events wait up to a refresh interval to be counted: a shorter limit would always fire.
+    stale = spec["alerts"]["working_time_stale"]["max_age_minutes"]
+    if stale * 60 <= 2 * spec["working_time"]["refresh_interval_s"]:
+        yield (["alerts", "working_time_stale", "max_age_minutes"],
+               f"more than twice working_time.refresh_interval_s ({spec['working_time']['refresh_interval_s']} s), "
+               f"got {stale} minutes")
     users = spec["clickhouse"]["users"]
     if len(set(users.values())) != len(users):
         yield ["clickhouse", "users"], "a different user name for each role"

@@ -133,6 +133,9 @@ def _dashboard_problems(root: Path, session) -> list[str]:
     files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in (root / DASHBOARDS).glob("*.json")}
     names = {rel: [v.get("name") for v in (json.loads(text).get("templating") or {}).get("list") or []]
              for rel, text in files.items()}
+    # The alert rules' SQL (alerts.alert_queries) is Grafana's too: the same gate, run read-only.
+    files |= {str(p.relative_to(root)): p.read_text(encoding="utf-8")
+              for p in (root / "grafana/provisioning/alerting").glob("*.yaml")}
     time_to = datetime.now(timezone.utc).replace(microsecond=0)
     time_from = time_to - timedelta(days=7)
 
@@ -141,8 +144,8 @@ def _dashboard_problems(root: Path, session) -> list[str]:
 
     problems, passed = [], []
     for rel, what, sql in dashboard_queries(files):
-        every = {name: Variable(ALL) for name in names[rel] if name}
-        one = {name: Variable(["0"]) for name in names[rel] if name}  # $__conditionalAll's other branch
+        every = {name: Variable(ALL) for name in names.get(rel, []) if name}
+        one = {name: Variable(["0"]) for name in names.get(rel, []) if name}  # $__conditionalAll's other branch
         try:  # the gate asks only the parser (formatQuery, EXPLAIN AST): nothing of the query runs
             for variables in (one, every):
                 check_statement(ask, expand(sql, time_from, time_to, 3600, variables))

@@ -115,7 +115,11 @@ embedded_up() {
   echo $! > "$pidfile"
   printf 'mode=embedded\npid=%s\ningest=http://%s:%s/\ndata=%s\n' "$(cat "$pidfile")" "$host" "$port" "$data" > "$STATE"
   for _ in $(seq 1 100); do
-    if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+    # Up is any answer but "error": a 503 "alerting" names alert conditions (an ingest
+    # stalled while serve was down, say), which the service reports, not a start failure.
+    if "$PY" -c 'import json, sys, urllib.error, urllib.request
+try: urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError as e: sys.exit(json.load(e).get("status") != "alerting")' \
          "http://$host:$port/health" 2>/dev/null; then
       echo "cvat-analytics is up (embedded, no Docker):"
       echo "  events in:  http://$host:$port/   (POST JSON arrays, as CVAT's server sends them)"

@@ -22,6 +22,7 @@ from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import parse
 
 from ..store import INSERT_REGISTRY
+from .alerts import Alerts, alert_gauges
 from .responses import Response
 from .logs import SERVICE
 
@@ -60,6 +61,7 @@ class Metrics:
                                       "POST / requests refused (nothing of them stored), by reason",
                                       ["reason"], registry=self.registry)
         self.registry.register(_ScrapeTime(self))
+        self.registry.register(_AlertConditions(Alerts(client, spec)))
 
     def observe(self, route: str, method: str, status: int, events: int) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -109,6 +111,23 @@ class _ScrapeTime:
         yield jobs
         yield GaugeMetricFamily("cvat_analytics_export_bytes", "Bytes of export files on disk",
                                 value=_bytes_under(m.jobs.directory))
+
+
+class _AlertConditions:
+    """A gauge per alert condition (service/alerts.py), read when /metrics is asked for;
+    nothing of them when the engine does not answer (cvat_analytics_engine_up says so)."""
+
+    def __init__(self, alerts: Alerts):
+        self.alerts = alerts
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        try:
+            yield from alert_gauges(self.alerts)
+        except Exception:
+            SERVICE.warning("/metrics: the alert conditions could not be read", exc_info=True)
 
 
 def _bytes_under(directory) -> int:

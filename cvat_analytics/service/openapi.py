@@ -107,14 +107,20 @@ PATHS: dict[str, dict] = {
             "501": _error("a Transfer-Encoding other than chunked"),
             **_REFUSED}}},
     "/health": {"get": {
-        "summary": "Whether the store answers; details for callers with a token",
+        "summary": "Whether the store answers and no alert condition holds; details for callers with a token",
         "x-permission": None,
         "responses": {
             "200": _json("the store answers", {
                 "type": "object", "required": ["status"],
                 "properties": {"status": {"const": "ok"}, "database": {"type": "string"},
                                "dsn": {"type": "string"}, "events": {"type": "integer"}}}),
-            "503": _json("the store does not answer", {"type": "object", "properties": {"status": {"const": "error"}}}),
+            "503": _json("the store does not answer (status error), or an alert condition holds (status alerting, "
+                         "failing: their names)",
+                         {"type": "object", "required": ["status"],
+                          "properties": {"status": {"enum": ["error", "alerting"]},
+                                         "failing": {"type": "array", "items": {"type": "string"}},
+                                         "alerts": {"type": "object"}, "database": {"type": "string"},
+                                         "dsn": {"type": "string"}, "events": {"type": "integer"}}}),
         }}},
     "/metrics": {"get": {
         "summary": "The service's metrics in Prometheus' text format",
