@@ -473,3 +473,39 @@ def _variable(value) -> str | None:
     """The variable a compose value is read from (`${NAME:?message}` -> NAME), else the value."""
     match = re.match(r"\$\{(\w+)", str(value)) if value is not None else None
     return match.group(1) if match else value
+
+
+# --- the override against the CVAT checkout it was adopted into (`check --cvat`) ----------------
+
+# The override names the CVAT release it was rendered for in a top-level extension field,
+# which Compose ignores (x- keys, compose-spec "Extension").
+RELEASE_FIELD = "x-cvat-analytics"
+
+
+def override_release(text: str) -> str | None:
+    """The CVAT release a rendered override was rendered for (None if it does not say)."""
+    from .validate import parse_yaml
+    try:
+        compose = parse_yaml(text) or {}
+    except yaml.YAMLError:
+        return None
+    field = compose.get(RELEASE_FIELD) if isinstance(compose, dict) else None
+    return str(field.get("cvat_version")) if isinstance(field, dict) and field.get("cvat_version") else None
+
+
+def cvat_checkout_problems(override_text: str, override_path: str, checkout_release: str, env_path: str,
+                           compose_files: list[str], ours: str, fix: str) -> list[str]:
+    """A CVAT upgrade replaces CVAT's compose file, and a plain `docker compose up` loads
+    only what COMPOSE_FILE lists: the override must be rendered for the checkout's release
+    (the port CVAT's backends send to changes at 2.44, the grants CVAT's DDL needs at 2.45
+    and 2.48) and COMPOSE_FILE (absolute paths here) must list it, or CVAT's ClickHouse 23.11
+    starts on a volume ours has upgraded."""
+    problems = []
+    rendered = override_release(override_text)
+    if rendered != checkout_release:
+        problems.append(f"{override_path}: rendered for CVAT {rendered or '(no release named)'}, but the "
+                        f"checkout is CVAT {checkout_release}; run `{fix}`")
+    if ours not in compose_files:
+        problems.append(f"{env_path}: COMPOSE_FILE does not list {ours}, so a plain `docker compose up` "
+                        f"starts CVAT's own analytics services on the adopted volume; run `{fix}`")
+    return problems
