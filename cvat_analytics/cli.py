@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("adopt", help="put the override into a CVAT checkout: render it for the checkout's release and "
-                                     "list it in CVAT's .env (COMPOSE_FILE), so a plain `docker compose up -d` keeps it")
+                                     "list it in CVAT's .env (COMPOSE_FILE), so a plain docker compose up -d keeps it")
     _spec_arg(p)
     p.add_argument("cvat", type=Path, metavar="CVAT_DIR", help="CVAT's checkout (where its docker-compose.yml is)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",

@@ -179,8 +179,12 @@ def adopt(cvat: Path, spec: dict, out: Path | None = None, say=print) -> Checkou
         validate(spec)
     except SpecError as exc:
         raise CheckoutError(str(exc)) from None
+    files = render_all(spec)
+    if OVERRIDE not in files:
+        raise CheckoutError("the spec renders a ClickHouse cluster (clickhouse.cluster); CVAT's stack runs "
+                            "one ClickHouse: expected clickhouse.cluster 1 x 1 for adopt")
     before = _rendered_release(deploy)
-    write_tree(render_all(spec), deploy)
+    write_tree(files, deploy)
     _write_atomically(folder / "analytics.yaml", _spec_text(spec))
     say(f"rendered the override for CVAT {checkout.release} into {deploy}"
         + (f" (was {before})" if before and before != checkout.release else ""))
@@ -201,6 +205,8 @@ def adopt(cvat: Path, spec: dict, out: Path | None = None, say=print) -> Checkou
         say(f"{checkout.root / '.env'}: {name} " + ("added (a random value)" if name in added else f"= {updates[name]}"))
     if not changed:
         say(f"{checkout.root / '.env'}: unchanged")
+    if os.environ.get("COMPOSE_FILE"):  # Compose takes the shell's over the .env's
+        say("COMPOSE_FILE is set in this shell, and Compose prefers it to the .env's: unset it")
     say("start CVAT as its docs say (`docker compose up -d` in the checkout): it now includes the override")
     return checkout
 
@@ -263,7 +269,9 @@ def _quote(key: str, value: str) -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Written beside the file, then renamed over it: never half-written; the mode kept."""
+    """Written beside the file, then renamed over it: never half-written; the mode kept (a
+    symbolic link's target is the file replaced, so the link stays)."""
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
