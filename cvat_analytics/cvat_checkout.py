@@ -83,11 +83,16 @@ def read_checkout(root: Path) -> Checkout:
                             "(is this a CVAT checkout?)")
     release = _release(root, main, env)
     ours = _ours(root, env)
+    users_override = [n for n in DEFAULT_OVERRIDES if (root / n).is_file()][:1]
     if env.get("COMPOSE_FILE"):
         listed = [f for f in env["COMPOSE_FILE"].split(separator) if f]
         files = [f for f in listed if _resolve(root, f) not in ours]
+        # Compose loads docker-compose.override.yml only without COMPOSE_FILE: one the user
+        # wrote after an earlier adopt (CVAT's install guide puts shared storage there) is
+        # listed, or a plain `up` would ignore it.
+        files += [n for n in users_override if _resolve(root, n) not in {_resolve(root, f) for f in files}]
     else:
-        files = [main.name] + [n for n in DEFAULT_OVERRIDES if (root / n).is_file()][:1]
+        files = [main.name] + users_override
     for name in files:
         if not _resolve(root, name).is_file():
             raise CheckoutError(f"{env_path}: COMPOSE_FILE names {name}, which does not exist; expected "
@@ -302,6 +307,6 @@ def checkout_problems(cvat: Path) -> list[str]:
     if not override.is_file():
         return [f"{override}: missing; run `cvat-analytics adopt {checkout.root}`"]
     listed = [str(_resolve(checkout.root, f)) for f in checkout.env.get("COMPOSE_FILE", "").split(checkout.separator) if f]
+    wanted = [str(_resolve(checkout.root, f)) for f in checkout.compose_files] + [str(override.resolve())]
     return contracts.cvat_checkout_problems(override.read_text(encoding="utf-8"), str(override), checkout.release,
-                                            str(env_path), listed, str(override.resolve()),
-                                            f"cvat-analytics adopt {checkout.root}")
+                                            str(env_path), listed, wanted, f"cvat-analytics adopt {checkout.root}")

@@ -494,18 +494,24 @@ def override_release(text: str) -> str | None:
 
 
 def cvat_checkout_problems(override_text: str, override_path: str, checkout_release: str, env_path: str,
-                           compose_files: list[str], ours: str, fix: str) -> list[str]:
+                           listed: list[str], wanted: list[str], fix: str) -> list[str]:
     """A CVAT upgrade replaces CVAT's compose file, and a plain `docker compose up` loads
     only what COMPOSE_FILE lists: the override must be rendered for the checkout's release
     (the port CVAT's backends send to changes at 2.44, the grants CVAT's DDL needs at 2.45
-    and 2.48) and COMPOSE_FILE (absolute paths here) must list it, or CVAT's ClickHouse 23.11
-    starts on a volume ours has upgraded."""
+    and 2.48) and COMPOSE_FILE must list every file CVAT is started with and ours last
+    (`wanted`, absolute paths like `listed`), or CVAT's ClickHouse 23.11 starts on a volume
+    ours has upgraded, or the user's own override is left out."""
     problems = []
     rendered = override_release(override_text)
     if rendered != checkout_release:
         problems.append(f"{override_path}: rendered for CVAT {rendered or '(no release named)'}, but the "
                         f"checkout is CVAT {checkout_release}; run `{fix}`")
-    if ours not in compose_files:
+    *theirs, ours = wanted
+    if ours not in listed:
         problems.append(f"{env_path}: COMPOSE_FILE does not list {ours}, so a plain `docker compose up` "
                         f"starts CVAT's own analytics services on the adopted volume; run `{fix}`")
+    for path in theirs:
+        if path not in listed:
+            problems.append(f"{env_path}: COMPOSE_FILE does not list {path}, which Compose loads only when "
+                            f"COMPOSE_FILE is not set; run `{fix}`")
     return problems

@@ -152,6 +152,23 @@ def test_adopt_keeps_a_compose_file_list_with_its_separator_and_replaces_only_it
     assert "cvat_analytics_migrate" in config["services"]
 
 
+def test_a_users_override_written_after_adopting_fails_check_until_adopt_lists_it(tmp_path, spec_path):
+    cvat = make_checkout(tmp_path / "cvat", "v2.66.0", users_override=False)
+    assert adopt(cvat, spec_path) == 0
+    assert cvat_checkout.checkout_problems(cvat) == []
+    # Later, shared storage as CVAT's install guide says: Compose ignores the file while
+    # COMPOSE_FILE is set.
+    (cvat / "docker-compose.override.yml").write_text(USERS_OVERRIDE)
+    [problem] = cvat_checkout.checkout_problems(cvat)
+    assert f"COMPOSE_FILE does not list {(cvat / 'docker-compose.override.yml').resolve()}" in problem
+    assert adopt(cvat, spec_path) == 0
+    assert cvat_checkout.parse_env((cvat / ".env").read_text())["COMPOSE_FILE"] == \
+        f"docker-compose.yml:docker-compose.override.yml:{OURS}"
+    assert cvat_checkout.checkout_problems(cvat) == []
+    config = plain_compose_config(cvat, tmp_path)
+    assert "/home/django/share" in [v["target"] for v in config["services"]["cvat_server"]["volumes"]]
+
+
 def test_adopt_into_a_folder_the_user_names(tmp_path, spec_path):
     cvat = make_checkout(tmp_path / "cvat", "v2.45.0")
     elsewhere = tmp_path / "analytics for cvat"  # a space: quoted in .env
