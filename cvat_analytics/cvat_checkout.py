@@ -42,6 +42,8 @@ PASSWORDS = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHO
              "CLICKHOUSE_CVAT_SERVER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 MAX_ENV_BYTES = 1 << 20
+SPEC_HEADER = ("# Written by `cvat-analytics adopt` for this CVAT checkout: edit your own analytics.yaml\n"
+               "# and run adopt again.\n")
 
 
 class CheckoutError(Exception):
@@ -188,11 +190,11 @@ def adopt(cvat: Path, spec: dict, out: Path | None = None, say=print) -> Checkou
     if OVERRIDE not in files:
         raise CheckoutError("the spec renders a ClickHouse cluster (clickhouse.cluster); CVAT's stack runs "
                             "one ClickHouse: expected clickhouse.cluster 1 x 1 for adopt")
-    before = _rendered_release(deploy)
-    write_tree(files, deploy)
-    _write_atomically(folder / "analytics.yaml", _spec_text(spec))
-    say(f"rendered the override for CVAT {checkout.release} into {deploy}"
-        + (f" (was {before})" if before and before != checkout.release else ""))
+    spec_copy = folder / "analytics.yaml"
+    if spec_copy.exists() and not spec_copy.read_text(encoding="utf-8", errors="replace").startswith(SPEC_HEADER):
+        # e.g. --out naming this checkout: its own analytics.yaml and deploy/ are not ours to replace
+        raise CheckoutError(f"{spec_copy}: exists and was not written by adopt; expected --out to name a "
+                            "folder of adopt's own (default: CVAT_DIR/cvat-analytics)")
     updates = {"COMPOSE_FILE": checkout.separator.join(checkout.compose_files + [_relative(checkout.root, deploy / OVERRIDE)]),
                "CVAT_ANALYTICS_DEPLOY": str(deploy)}
     source = source_root()
@@ -203,7 +205,12 @@ def adopt(cvat: Path, spec: dict, out: Path | None = None, say=print) -> Checkou
             "in CVAT's .env, or load the images (docs/cvat-stack.md, \"Images for an offline site\")")
     added = [name for name in PASSWORDS if name not in checkout.env]
     updates.update({name: secrets.token_urlsafe(24) for name in added})
-    text, changed = edit_env(checkout.env_text, updates)
+    text, changed = edit_env(checkout.env_text, updates)  # refused here, before anything is written
+    before = _rendered_release(deploy)
+    write_tree(files, deploy)
+    _write_atomically(spec_copy, _spec_text(spec))
+    say(f"rendered the override for CVAT {checkout.release} into {deploy}"
+        + (f" (was {before})" if before and before != checkout.release else ""))
     if changed:
         _write_atomically(checkout.root / ".env", text)
     for name in changed:
@@ -233,8 +240,7 @@ def _relative(root: Path, path: Path) -> str:
 def _spec_text(spec: dict) -> str:
     """The spec rendered from, its cvat_stack.cvat_version the checkout's release: the one
     the migration service reads (${CVAT_ANALYTICS_DEPLOY}/../analytics.yaml)."""
-    return ("# Written by `cvat-analytics adopt` for this CVAT checkout: edit your own analytics.yaml\n"
-            "# and run adopt again.\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return SPEC_HEADER + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
 
 
 def edit_env(text: str, updates: dict[str, str]) -> tuple[str, list[str]]:

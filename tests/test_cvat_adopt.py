@@ -281,6 +281,18 @@ def test_refuses_a_compose_file_list_naming_a_missing_file(tmp_path, spec_path, 
             in _refused(cvat, spec_path, capsys))
 
 
+def test_refuses_to_render_over_a_folder_it_did_not_write(tmp_path, spec_path, capsys):
+    cvat = make_checkout(tmp_path / "cvat", "v2.73.0")
+    project = tmp_path / "project"  # e.g. --out naming the cvat-analytics checkout itself
+    project.mkdir()
+    (project / "analytics.yaml").write_text("# my spec, with comments\n")
+    capsys.readouterr()
+    assert adopt(cvat, spec_path, "--out", str(project)) == 1
+    assert f"{project / 'analytics.yaml'}: exists and was not written by adopt" in capsys.readouterr().err
+    assert (project / "analytics.yaml").read_text() == "# my spec, with comments\n"
+    assert not (project / "deploy").exists() and (cvat / ".env").read_text() == USERS_ENV
+
+
 def test_refuses_an_env_that_is_not_text(tmp_path, spec_path, capsys):
     cvat = make_checkout(tmp_path / "cvat", "v2.73.0", env=None)
     (cvat / ".env").write_bytes(b"CVAT_HOST=\xff\n")
