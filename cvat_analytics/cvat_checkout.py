@@ -191,9 +191,11 @@ def adopt(cvat: Path, spec: dict, out: Path | None = None, say=print) -> Checkou
         raise CheckoutError("the spec renders a ClickHouse cluster (clickhouse.cluster); CVAT's stack runs "
                             "one ClickHouse: expected clickhouse.cluster 1 x 1 for adopt")
     spec_copy = folder / "analytics.yaml"
-    if spec_copy.exists() and not spec_copy.read_text(encoding="utf-8", errors="replace").startswith(SPEC_HEADER):
+    mine = spec_copy.is_file() and spec_copy.read_text(encoding="utf-8", errors="replace").startswith(SPEC_HEADER)
+    if not mine and (spec_copy.exists() or deploy.exists()):
         # e.g. --out naming this checkout: its own analytics.yaml and deploy/ are not ours to replace
-        raise CheckoutError(f"{spec_copy}: exists and was not written by adopt; expected --out to name a "
+        taken = spec_copy if spec_copy.exists() else deploy
+        raise CheckoutError(f"{taken}: exists and was not written by adopt; expected --out to name a "
                             "folder of adopt's own (default: CVAT_DIR/cvat-analytics)")
     updates = {"COMPOSE_FILE": checkout.separator.join(checkout.compose_files + [_relative(checkout.root, deploy / OVERRIDE)]),
                "CVAT_ANALYTICS_DEPLOY": str(deploy)}

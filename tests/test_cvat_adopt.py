@@ -291,6 +291,10 @@ def test_refuses_to_render_over_a_folder_it_did_not_write(tmp_path, spec_path, c
     assert f"{project / 'analytics.yaml'}: exists and was not written by adopt" in capsys.readouterr().err
     assert (project / "analytics.yaml").read_text() == "# my spec, with comments\n"
     assert not (project / "deploy").exists() and (cvat / ".env").read_text() == USERS_ENV
+    (project / "analytics.yaml").unlink()
+    (project / "deploy").mkdir()  # someone else's deploy tree, without adopt's spec beside it
+    assert adopt(cvat, spec_path, "--out", str(project)) == 1
+    assert f"{project / 'deploy'}: exists and was not written by adopt" in capsys.readouterr().err
 
 
 def test_refuses_an_env_that_is_not_text(tmp_path, spec_path, capsys):
