@@ -88,7 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_arg(p)
     p.add_argument("--out", type=Path, default=None, help="directory to check (default: deploy, or deploy-k8s for --target k8s)")
     _target_arg(p)
+    p.add_argument("--cvat", type=Path, default=None, metavar="PATH",
+                   help="also fail when the override adopted into this CVAT checkout was rendered for another "
+                        "release, or its .env's COMPOSE_FILE does not list it")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("adopt", help="put the override into a CVAT checkout: render it for the checkout's release and "
+                                     "list it in CVAT's .env (COMPOSE_FILE), so a plain docker compose up -d keeps it")
+    _spec_arg(p)
+    p.add_argument("cvat", type=Path, metavar="CVAT_DIR", help="CVAT's checkout (where its docker-compose.yml is)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where to render (DIR/deploy, the spec used in DIR/analytics.yaml; default: CVAT_DIR/cvat-analytics)")
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("dashboards", help="dashboards of your own: dashboards import FILE.json turns a dashboard saved in Grafana into one")
     dashboards_sub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
@@ -228,19 +239,36 @@ def cmd_check(args) -> int:
     from cvat_analytics_generator.validate import validate_tree
 
     files = _rendered(args)
+    problems = diff_tree(files, args.out)
     if args.target == "k8s":
         from cvat_analytics_generator.k8s import problems as k8s_problems
-        problems = diff_tree(files, args.out) + k8s_problems(files)
+        problems += k8s_problems(files)
     else:
-        problems = diff_tree(files, args.out) + validate_tree(files)
+        problems += validate_tree(files)
+    problems = [f"{args.out}/{p}" for p in problems]
+    if args.cvat is not None:
+        from .cvat_checkout import checkout_problems
+
+        problems += checkout_problems(args.cvat)
     for problem in problems:
-        print(f"{args.out}/{problem}", file=sys.stderr)
+        print(problem, file=sys.stderr)
     if problems:
         print(f"check failed: {len(problems)} problem(s); run `cvat-analytics render --out {args.out}"
               + (" --target k8s" if args.target == "k8s" else "") + "`"
               " if the spec changed", file=sys.stderr)
         return 1
-    print(f"{args.out} matches {args.spec} and every rendered file is valid ({len(files)} files)")
+    print(f"{args.out} matches {args.spec} and every rendered file is valid ({len(files)} files)"
+          + (f"; {args.cvat} starts with the override rendered for its release" if args.cvat is not None else ""))
+    return 0
+
+
+def cmd_adopt(args) -> int:
+    from .cvat_checkout import CheckoutError, adopt
+
+    try:
+        adopt(args.cvat, load_spec(args.spec), out=args.out)
+    except CheckoutError as exc:
+        raise CommandError(f"not adopted: {exc}") from None
     return 0
 
 

@@ -695,3 +695,45 @@ def _cvat_dashboards_provider_problems(files: dict[str, str], grafana: dict, nam
                                 "(validator.go:112-130); import CVAT's changed files instead "
                                 "(cvat-analytics dashboards import --from-cvat)")
     return problems
+
+
+# --- the override against the CVAT checkout it was adopted into (`check --cvat`) ----------------
+
+# The override names the CVAT release it was rendered for in a top-level extension field,
+# which Compose ignores (x- keys, compose-spec "Extension").
+RELEASE_FIELD = "x-cvat-analytics"
+
+
+def override_release(text: str) -> str | None:
+    """The CVAT release a rendered override was rendered for (None if it does not say)."""
+    from .validate import parse_yaml
+    try:
+        compose = parse_yaml(text) or {}
+    except yaml.YAMLError:
+        return None
+    field = compose.get(RELEASE_FIELD) if isinstance(compose, dict) else None
+    return str(field.get("cvat_version")) if isinstance(field, dict) and field.get("cvat_version") else None
+
+
+def cvat_checkout_problems(override_text: str, override_path: str, checkout_release: str, env_path: str,
+                           listed: list[str], wanted: list[str], fix: str) -> list[str]:
+    """A CVAT upgrade replaces CVAT's compose file, and a plain `docker compose up` loads
+    only what COMPOSE_FILE lists: the override must be rendered for the checkout's release
+    (the port CVAT's backends send to changes at 2.44, the grants CVAT's DDL needs at 2.45
+    and 2.48) and COMPOSE_FILE must list every file CVAT is started with and ours last
+    (`wanted`, absolute paths like `listed`), or CVAT's ClickHouse 23.11 starts on a volume
+    ours has upgraded, or the user's own override is left out."""
+    problems = []
+    rendered = override_release(override_text)
+    if rendered != checkout_release:
+        problems.append(f"{override_path}: rendered for CVAT {rendered or '(no release named)'}, but the "
+                        f"checkout is CVAT {checkout_release}; run `{fix}`")
+    *theirs, ours = wanted
+    if ours not in listed:
+        problems.append(f"{env_path}: COMPOSE_FILE does not list {ours}, so a plain `docker compose up` "
+                        f"starts CVAT's own analytics services on the adopted volume; run `{fix}`")
+    for path in theirs:
+        if path not in listed:
+            problems.append(f"{env_path}: COMPOSE_FILE does not list {path}, which Compose loads only when "
+                            f"COMPOSE_FILE is not set; run `{fix}`")
+    return problems

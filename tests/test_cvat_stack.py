@@ -323,7 +323,7 @@ def test_the_migration_passes_the_admin_password_apart_from_its_dsn(stacks, rele
     stack = stacks(release)
     migrator = stack.services["cvat_analytics_migrate"]
     script = migrator["entrypoint"][-2].replace("$$", "$")  # what Compose hands the container
-    [dsn_word] = re.findall(r'--dsn ("[^"]*"|\S+)', script)
+    [dsn_word] = set(re.findall(r'--dsn ("[^"]*"|\S+)', script))  # the backup step's and migrate's, alike
     # Expanded by the container's shell with the service's environment and a password
     # holding every URL character.
     env = {**migrator["environment"], "CLICKHOUSE_PASSWORD": URL_PASSWORD, "PATH": os.environ["PATH"]}
