@@ -131,12 +131,14 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
     from .ingest import Ingest
     from .metrics import Metrics
     from .openapi import OpenApi
+    from .timesheet_routes import Timesheet
 
     metrics = Metrics(client, spec, jobs)
     routes = [
         Route("POST", "/", Ingest(client, spec, dsn), INGEST),
         Route("GET", "/health", Health(client, spec, dsn), None),
         Route("GET", "/metrics", metrics, METRICS),
+        Route("GET", "/api/timesheet", Timesheet(dsn, spec), EXPORT),  # docs/productivity.md
     ]
     if jobs is not None:
         export = ExportRoutes(jobs, spec["embedded"].get("trusted_proxies", []))

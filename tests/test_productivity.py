@@ -1,0 +1,283 @@
+"""Productivity figures (docs/productivity.md) on chdb against the same definitions in plain
+Python, on a hand-written stream: a job rejected twice, tracks with negative diffs, a user
+on two jobs at once, deletions outweighing creations, and late, shuffled events."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics import productivity
+from cvat_analytics import store as store_module
+from cvat_analytics import working_time as wt
+
+sys.path.insert(0, str(Path(__file__).parent))
+import working_time_oracle as oracle  # noqa: E402
+
+# Midnight ten days ago (inside the default retention), in ms.
+DAY = 86_400_000
+BASE = (int(time.time()) - 10 * 86400) // 86400 * DAY
+H = 3_600_000
+# job -> (task, project, org); job 13 is outside every organisation.
+JOBS = {11: (101, 1001, 7), 12: (101, 1001, 7), 13: (102, 1002, None)}
+
+
+def _ids(job):
+    task, project, org = JOBS[job]
+    return {"job_id": job, "task_id": task, "project_id": project, "org_id": org}
+
+
+def server(ts, scope, user, job, **cols):
+    return {"scope": scope, "source": "server", "ts": BASE + ts, "user_id": user, "user_name": f"user{user}",
+            "duration": 0, **_ids(job), **cols}
+
+
+def client(ts, user, job, scope="click:element", duration=0):
+    return {"scope": scope, "source": "client", "ts": BASE + ts, "user_id": user, "user_name": f"user{user}",
+            "duration": duration, **_ids(job)}
+
+
+def objects(ts, action, kind, user, job, count, shape="rectangle", diffs=None):
+    cols = {"count": count}
+    if kind == "tags":
+        cols["payload"] = json.dumps({"tags": [{"id": i} for i in range(count)]})
+    elif kind == "shapes":
+        cols.update(obj_name=shape, payload=json.dumps({"shapes": [{"id": i} for i in range(count)]}))
+    else:
+        tracks = [{"id": i, "visible_shapes_count_diff": d, "shapes": []} for i, d in enumerate(diffs)]
+        cols.update(obj_name=shape, count=len(tracks), payload=json.dumps({"tracks": tracks}))
+    return server(ts, f"{action}:{kind}", user, job, **cols)
+
+
+def job_change(ts, user, job, field, old, new):
+    return server(ts, "update:job", user, job, obj_name=field, obj_val=new, payload=json.dumps({"old_value": old}))
+
+
+def stream():
+    """Two days of work on three jobs by three users."""
+    e = [server(0, "create:job", 9, j, obj_id=j) for j in JOBS]
+    rng = random.Random(29)
+    # user 1 annotates jobs 11 and 12 at once (two tabs), user 2 job 12 then 13, both days.
+    for day in (0, 1):
+        t0 = day * DAY + 9 * H
+        for i in range(120):
+            e.append(client(t0 + i * rng.choice((5_000, 20_000, 99_999, 100_000)), 1, 11 if i % 2 else 12,
+                            rng.choice(("click:element", "change:frame")), rng.randint(0, 8_000)))
+            e.append(client(t0 + 30 * 60_000 + i * 15_000, 2, 12 if i < 60 else 13))
+        e += [
+            objects(t0 + 60_000, "create", "shapes", 1, 11, 14, "rectangle"),
+            objects(t0 + 61_000, "create", "shapes", 1, 11, 3, "polygon"),
+            objects(t0 + 62_000, "create", "tracks", 1, 11, 0, "rectangle", diffs=[12, 30]),
+            objects(t0 + 900_000, "update", "tracks", 1, 11, 0, "rectangle", diffs=[-4, 2]),
+            objects(t0 + 901_000, "update", "shapes", 1, 12, 5, "points"),
+            objects(t0 + 902_000, "create", "tags", 1, 12, 2),
+            objects(t0 + 2 * H, "create", "shapes", 2, 12, 4, "rectangle"),
+            # deletions outweigh creations for user 2 on job 13
+            objects(t0 + 3 * H, "create", "shapes", 2, 13, 2, "mask"),
+            objects(t0 + 3 * H + 5_000, "delete", "shapes", 2, 13, 9, "mask"),
+            objects(t0 + 3 * H + 6_000, "delete", "tracks", 2, 13, 0, "polyline", diffs=[-7]),
+        ]
+    # job 11: submitted, rejected twice, then accepted; job 12 accepted first time; 13 waits.
+    for ts, user, field, old, new in [
+        (1 * H, 1, "state", "new", "in progress"),
+        (10 * H, 1, "state", "in progress", "completed"), (10 * H, 5, "stage", "annotation", "validation"),
+        (11 * H, 3, "state", "completed", "rejected"), (11 * H, 3, "stage", "validation", "annotation"),
+        (DAY + 10 * H, 5, "stage", "annotation", "validation"),
+        (DAY + 11 * H, 4, "state", "in progress", "rejected"), (DAY + 11 * H, 4, "stage", "validation", "annotation"),
+        (DAY + 12 * H, 5, "stage", "annotation", "validation"),
+        (DAY + 13 * H, 3, "stage", "validation", "acceptance"),
+    ]:
+        e.append(job_change(ts, user, 11, field, old, new))
+    e += [job_change(12 * H, 5, 12, "stage", "annotation", "validation"),
+          job_change(DAY + 14 * H, 4, 12, "stage", "validation", "acceptance"),
+          job_change(DAY + 15 * H, 5, 13, "stage", "annotation", "validation")]
+    return e
+
+
+def _as_rows(events):
+    lines = []
+    for e in events:
+        row = {k: v for k, v in e.items() if k != "ts"}
+        row["timestamp"] = (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=e["ts"])).strftime(
+            "%Y-%m-%d %H:%M:%S.%f")[:-3]
+        lines.append(json.dumps(row))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _day(ms):
+    return dt.date(1970, 1, 1) + dt.timedelta(milliseconds=ms)
+
+
+def insert_late_and_shuffled(store, events):
+    """The latest half first (shuffled) and refreshed, then the earliest half, as late events."""
+    events = sorted(events, key=lambda e: e["ts"])
+    early, late = events[: len(events) // 2], events[len(events) // 2:]
+    for batch in (late, early):
+        batch = batch[:]
+        random.Random(len(batch)).shuffle(batch)
+        store_module.insert_json_rows(store.client, store.database, _as_rows(batch))
+        wt.wait_current(store.client, store.spec)
+
+
+# --- the definitions in plain Python -------------------------------------------------------
+
+def speed_oracle(events, level):
+    key_of = {"job": 0, "task": 1, "project": 2}
+    acc = defaultdict(lambda: defaultdict(int))
+
+    def key(job):
+        task, project, org = JOBS[job]
+        return {"job": job, "task": task, "project": project, "org": org or 0}[level]
+
+    for e in events:
+        action, _, kind = e["scope"].partition(":")
+        if e["source"] != "server" or kind not in ("tags", "shapes", "tracks"):
+            continue
+        row = acc[(e["user_id"], _day(e["ts"]), key(e["job_id"]))]
+        name = {"create": "created", "update": "updated", "delete": "deleted"}[action]
+        row[name] += e["count"]
+        if kind == "tracks":
+            row["track_shapes_diff"] += sum(t["visible_shapes_count_diff"] for t in json.loads(e["payload"])["tracks"])
+    for e, added, (job, _task, _project) in oracle.per_event(events):
+        if job is not None and added:
+            acc[(e["user_id"], _day(e["ts"]), key(job))]["working_time_ms"] += added
+    del key_of
+    out = {}
+    for k, row in acc.items():
+        touched = row["created"] + row["updated"] + row["deleted"]
+        ms = row["working_time_ms"]
+        out[k] = (row["created"], row["updated"], row["deleted"], row["created"] - row["deleted"],
+                  row["track_shapes_diff"], ms, touched * 3_600_000 / ms if ms else None)
+    return out
+
+
+def reviews_oracle(events):
+    out = {}
+    for job in JOBS:
+        mine = [e for e in events if e["job_id"] == job and e["source"] == "server"]
+        stage_changes = sorted((e["ts"], e["obj_val"], json.loads(e["payload"])["old_value"])
+                               for e in mine if e["scope"] == "update:job" and e["obj_name"] == "stage")
+        created = min(e["ts"] for e in mine if e["scope"] == "create:job")
+        stages = sorted([(created, stage_changes[0][2] if stage_changes else "annotation")]
+                        + [(ts, new) for ts, new, _ in stage_changes])
+        spent = defaultdict(int)
+        for (ts, stage), (nxt, _) in zip(stages, stages[1:]):
+            spent[stage] += nxt - ts
+        creates = [e for e in mine if e["scope"] in ("create:tags", "create:shapes", "create:tracks")]
+        first_annotation = min(e["ts"] for e in creates)
+        accepted = [ts for ts, new, _ in stage_changes if new == "acceptance"]
+        decisions = sorted((e["ts"], int(e["obj_name"] == "stage"), e["user_id"]) for e in mine
+                           if e["scope"] == "update:job" and (e["obj_name"], e["obj_val"])
+                           in (("stage", "acceptance"), ("state", "rejected")))
+        annotator = None
+        if decisions:
+            made = defaultdict(int)
+            for e in creates:
+                if e["ts"] < decisions[0][0]:
+                    made[e["user_id"]] += e["count"]
+            annotator = min(made, key=lambda u: (-made[u], u)) if made else None
+        out[job] = {
+            "rejections": sum(1 for e in mine if e["scope"] == "update:job" and e["obj_name"] == "state"
+                              and e["obj_val"] == "rejected"),
+            "annotation_ms": spent["annotation"], "validation_ms": spent["validation"],
+            "acceptance_ms": spent["acceptance"], "current_stage": stages[-1][1],
+            "annotation_to_acceptance_ms": accepted[0] - first_annotation if accepted else None,
+            "first_pass": (decisions[0][1] == 1) if decisions else None,
+            "reviewer": decisions[0][2] if decisions else None, "annotator": annotator,
+        }
+    return out
+
+
+def rates_oracle(per_job, who):
+    acc = defaultdict(lambda: [0, 0])
+    for job in per_job.values():
+        if job["first_pass"] is None or job[who] is None:
+            continue
+        acc[job[who]][0] += 1
+        acc[job[who]][1] += job["first_pass"]
+    return {u: (n, ok, ok / n) for u, (n, ok) in acc.items()}
+
+
+def timesheet_oracle(events, by_project=False):
+    acc = defaultdict(int)
+    for e, added, (_job, _task, project) in oracle.per_event(events):
+        key = (e["user_id"], _day(e["ts"])) + ((project,) if by_project else ())
+        acc[key] += added
+    return {k: v for k, v in acc.items() if v}
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+@pytest.fixture
+def loaded(store):
+    events = stream()
+    insert_late_and_shuffled(store, events)
+    return store, events
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("level", productivity.LEVELS)
+def test_annotation_speed_matches_the_definition(loaded, level):
+    store, events = loaded
+    columns, rows = productivity.speed(store.client, store.spec, level)
+    key = {"job": "job_id", "task": "task_id", "project": "project_id", "org": "org_id"}[level]
+    assert columns[:3] == ["user_id", "day", key]
+    got = {(r[0], r[1], r[2]): tuple(r[3:]) for r in rows}
+    want = speed_oracle(events, level)
+    assert got.keys() == want.keys()
+    for k, row in want.items():
+        assert got[k][:6] == row[:6], k
+        assert got[k][6] == pytest.approx(row[6]) if row[6] is not None else got[k][6] is None
+    # the cases the stream was written for are there
+    assert any(r[3] < 0 for r in want.values())  # deletions outweigh creations
+    assert any(r[4] < 0 for r in want.values())  # a negative sum of tracks diffs
+
+
+@pytest.mark.clickhouse
+def test_annotation_speed_filters_and_days(loaded):
+    store, events = loaded
+    first = _day(BASE)
+    _, rows = productivity.speed(store.client, store.spec, "job", user_id="2", from_day=str(first),
+                                 to_day=str(first))
+    want = {k: v for k, v in speed_oracle(events, "job").items() if k[0] == 2 and k[1] == first}
+    assert {(r[0], r[1], r[2]): r[3] for r in rows} == {k: v[0] for k, v in want.items()}
+    with pytest.raises(productivity.ProductivityError, match="level"):
+        productivity.speed(store.client, store.spec, "label")
+    with pytest.raises(productivity.ProductivityError, match="to"):
+        productivity.speed(store.client, store.spec, to_day="yesterday")
+
+
+@pytest.mark.clickhouse
+def test_review_cycles_match_the_definition(loaded):
+    store, events = loaded
+    columns, rows = productivity.reviews(store.client, store.spec, "job")
+    got = {r[0]: dict(zip(columns, r)) for r in rows}
+    want = reviews_oracle(events)
+    assert set(got) == set(want)
+    for job, fig in want.items():
+        for name, value in fig.items():
+            assert got[job][name] == value, (job, name)
+    assert want[11]["rejections"] == 2 and want[11]["first_pass"] is False and want[12]["first_pass"] is True
+    for per, who in (("annotator", "annotator"), ("reviewer", "reviewer")):
+        columns, rows = productivity.reviews(store.client, store.spec, per)
+        assert {r[0]: (r[1], r[2], pytest.approx(r[3])) for r in rows} == rates_oracle(want, who), per
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("by_project", (False, True))
+def test_timesheet_matches_the_working_time_rule(loaded, by_project):
+    store, events = loaded
+    columns, rows = productivity.timesheet(store.client, store.spec, by_project)
+    n = 4 if by_project else 3
+    got = {tuple(r[i] for i in (0, 2, 3)[: n - 1]): r[n] for r in rows}
+    assert got == timesheet_oracle(events, by_project)
+    assert all(r[1] == f"user{r[0]}" for r in rows)
+    # org 7's timesheet keeps only the time credited to its jobs
+    _, rows = productivity.timesheet(store.client, store.spec, True, org_id=7)
+    assert {r[3] for r in rows} == {1001}
