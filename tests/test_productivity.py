@@ -281,3 +281,118 @@ def test_timesheet_matches_the_working_time_rule(loaded, by_project):
     # org 7's timesheet keeps only the time credited to its jobs
     _, rows = productivity.timesheet(store.client, store.spec, True, org_id=7)
     assert {r[3] for r in rows} == {1001}
+
+
+# --- timesheets over HTTP and from the CLI -------------------------------------------------
+
+def call(srv, path: str, secret: str | None = None):
+    import http.client
+
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {secret}"} if secret else {})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def read_csv(body: bytes):
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(body.decode())))
+    return rows[0], rows[1:]
+
+
+SECRETS = {"lead": "lead-secret-0123456789", "org7": "org7-secret-0123456789",
+           "user1": "user1-secret-0123456789", "ingest": "ingest-secret-0123456789"}
+
+
+def tokens():
+    from cvat_analytics.service.access import Principal, Token
+
+    def token(name, permissions, forced=None):
+        return Token(SECRETS[name].encode(), Principal(name, frozenset(permissions), forced or {}))
+
+    return [token("lead", {"export"}), token("org7", {"export"}, {"org_id": 7}),
+            token("user1", {"export"}, {"user_id": 1}), token("ingest", {"ingest"})]
+
+
+@pytest.mark.clickhouse
+def test_timesheet_route_permissions_forced_filters_and_csv(loaded, make_served):
+    store, events = loaded
+    srv = make_served(tokens=tokens(), export=True)
+    want = timesheet_oracle(events)
+    status, headers, body = call(srv, "/api/timesheet", SECRETS["lead"])
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    assert headers["Content-Disposition"] == 'attachment; filename="timesheet_start_end.csv"'
+    header, rows = read_csv(body)  # what a spreadsheet reader gets: one row per user and day
+    assert header == ["user_id", "user_name", "day", "working_time_ms", "hours"]
+    assert {(int(r[0]), dt.date.fromisoformat(r[2])): int(r[3]) for r in rows} == want
+    assert all(float(r[4]) == round(int(r[3]) / 3_600_000, 2) for r in rows)
+    # who may: no token 401, a token without export 403
+    assert call(srv, "/api/timesheet")[0] == 401
+    assert call(srv, "/api/timesheet", SECRETS["ingest"])[0] == 403
+    # forced filters: user 1 sees only user 1, asking for another user is 403
+    status, _, body = call(srv, "/api/timesheet", SECRETS["user1"])
+    assert status == 200 and {r[0] for r in read_csv(body)[1]} == {"1"}
+    status, _, body = call(srv, "/api/timesheet?user_id=2", SECRETS["user1"])
+    assert status == 403 and b"user_id=2" in body
+    # org 7 sees the time on its jobs only, by project
+    status, _, body = call(srv, "/api/timesheet?by=project", SECRETS["org7"])
+    header, rows = read_csv(body)
+    assert status == 200 and header[3] == "project_id" and {r[3] for r in rows} == {"1001"}
+    assert call(srv, "/api/timesheet?org_id=8", SECRETS["org7"])[0] == 403
+    # days and bad parameters
+    first = str(_day(BASE))
+    status, _, body = call(srv, f"/api/timesheet?from={first}&to={first}", SECRETS["lead"])
+    assert {r[2] for r in read_csv(body)[1]} == {first}
+    for bad, named in (("from=yesterday", b"from"), ("to=2024-02-30", b"to"), ("user_id=-1", b"user_id"),
+                       ("by=label", b"by"), ("label_id=3", b"label_id"),
+                       (f"from={first}&to=1999-01-01", b"from")):
+        status, _, body = call(srv, f"/api/timesheet?{bad}", SECRETS["lead"])
+        assert status == 400 and named in body, bad
+
+
+@pytest.mark.clickhouse
+def test_timesheet_route_limits_name_the_spec_key(loaded, make_served):
+    import copy
+
+    store, events = loaded
+    n_rows = len(timesheet_oracle(events))
+    spec = copy.deepcopy(store.spec)
+    spec["embedded"]["timesheet"]["max_rows"] = n_rows - 1
+    srv = make_served(spec=spec, export=True)
+    status, _, body = call(srv, "/api/timesheet")
+    assert status == 400 and json.loads(body)["limit"] == "embedded.timesheet.max_rows"
+    status, _, body = call(srv, f"/api/timesheet?user_id=1")  # fewer rows: within the limit
+    assert status == 200
+    full = call(make_served(export=True), "/api/timesheet")[2]
+    for max_bytes, allowed in ((len(full), True), (len(full) - 1, False)):  # the whole CSV or nothing
+        spec = copy.deepcopy(store.spec)
+        spec["embedded"]["timesheet"]["max_bytes"] = max_bytes
+        status, _, body = call(make_served(spec=spec, export=True), "/api/timesheet")
+        assert (status, body) == (200, full) if allowed else status == 400
+    assert status == 400 and json.loads(body)["limit"] == "embedded.timesheet.max_bytes"
+
+
+def test_timesheet_csv_keeps_formulas_out_of_spreadsheets():
+    header, rows = read_csv(productivity.timesheet_csv(["user_id", "user_name"], [(1, "=HYPERLINK(1)"), (2, None),
+                                                                                  (3, "-2+3"), (4, "ann, \"x\"")]))
+    assert rows == [["1", "'=HYPERLINK(1)"], ["2", ""], ["3", "'-2+3"], ["4", 'ann, "x"']]
+
+
+@pytest.mark.clickhouse
+def test_timesheet_command_writes_the_same_csv(loaded, tmp_path):
+    from cvat_analytics import cli
+
+    store, events = loaded
+    out = tmp_path / "sheet.csv"
+    assert cli.main(["timesheet", "--spec", str(store.spec_path), "--dsn", store.dsn, "--by-project",
+                     "-o", str(out)]) == 0
+    header, rows = read_csv(out.read_bytes())
+    assert header == ["user_id", "user_name", "day", "project_id", "working_time_ms", "hours"]
+    assert {(int(r[0]), dt.date.fromisoformat(r[2]), int(r[3])): int(r[4]) for r in rows} == \
+        timesheet_oracle(events, by_project=True)
+    assert cli.main(["timesheet", "--spec", str(store.spec_path), "--dsn", store.dsn, "--from", "June"]) == 2
+    assert not (tmp_path / ".sheet.csv.partial").exists()

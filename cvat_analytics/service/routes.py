@@ -138,7 +138,6 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
         Route("POST", "/", Ingest(client, spec, dsn), INGEST),
         Route("GET", "/health", Health(client, spec, dsn), None),
         Route("GET", "/metrics", metrics, METRICS),
-        Route("GET", "/api/timesheet", Timesheet(dsn, spec), EXPORT),  # docs/productivity.md
     ]
     if jobs is not None:
         export = ExportRoutes(jobs, spec["embedded"].get("trusted_proxies", []))
@@ -149,6 +148,7 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
             Route("GET", "/api/requests", export.list, EXPORT),
             Route("GET", "/api/requests/", export.status, EXPORT, prefix=True),
             Route("POST", "/api/requests/", export.cancel, EXPORT, prefix=True),  # /api/requests/<id>/cancel
+            Route("GET", "/api/timesheet", Timesheet(dsn, spec), EXPORT),  # docs/productivity.md
         ]
     if pages is not None:
         from .dashboard_routes import DashboardPages
