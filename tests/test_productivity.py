@@ -396,3 +396,100 @@ def test_timesheet_command_writes_the_same_csv(loaded, tmp_path):
         timesheet_oracle(events, by_project=True)
     assert cli.main(["timesheet", "--spec", str(store.spec_path), "--dsn", store.dsn, "--from", "June"]) == 2
     assert not (tmp_path / ".sheet.csv.partial").exists()
+
+
+# --- the dashboard -------------------------------------------------------------------------
+
+def _dashboard_numbers(store, sel_from, sel_to, variables=None):
+    from cvat_analytics.dashboards import all_selected, interval_for
+    from cvat_analytics_generator import grafana
+    from cvat_analytics_generator.grafana_macros import expand
+
+    d = grafana.load("productivity", store.spec)
+    chosen = dict(all_selected(d), **(variables or {}))
+    out = {}
+    for p in d["panels"]:
+        result = store.client.query(expand(p["sql"], sel_from, sel_to, interval_for(sel_from, sel_to), chosen))
+        out[p["title"]] = (list(result.column_names), [tuple(r) for r in result.result_rows])
+    return d, out
+
+
+@pytest.mark.clickhouse
+def test_dashboard_panels_show_the_same_figures(loaded):
+    """Every panel runs in Grafana's expansion, and its figures are the module's (so the oracle's)."""
+    store, events = loaded
+    sel_from = dt.datetime.combine(_day(BASE), dt.time(), dt.timezone.utc)
+    sel_to = sel_from + dt.timedelta(days=2) - dt.timedelta(milliseconds=1)
+    d, panels = _dashboard_numbers(store, sel_from, sel_to)
+    assert d["uid"] == store.spec["dashboards"]["productivity"]
+    assert all(rows for _, rows in panels.values()), [t for t, (_, rows) in panels.items() if not rows]
+    # annotation speed per user and job over the two days
+    columns, rows = panels["Annotation speed"]
+    per_job = defaultdict(lambda: [0, 0, 0, 0])
+    for (user, _day_, job), v in speed_oracle(events, "job").items():
+        for i, x in enumerate((v[0], v[1], v[2], v[5])):
+            per_job[(user, job)][i] += x
+    got = {(r[0], r[2]): [r[3], r[4], r[5], round(r[7] * 3_600_000)] for r in rows}
+    assert got == {k: v for k, v in per_job.items()}
+    # review cycles per job, and the acceptance rates
+    columns, rows = panels["Review cycles per job"]
+    want = reviews_oracle(events)
+    assert {r[0]: (r[1], r[5], r[8], r[9]) for r in rows} == {
+        job: (w["rejections"], w["current_stage"], w["reviewer"], w["annotator"]) for job, w in want.items()}
+    assert {int(r[0].rsplit("#", 1)[1]): r[1] for r in panels["First-pass acceptance per reviewer"][1]} == \
+        {u: pytest.approx(v[2]) for u, v in rates_oracle(want, "reviewer").items()}
+    # the timesheet
+    assert {(r[0], r[2]): round(r[3] * 3_600_000) for r in panels["Timesheet"][1]} == timesheet_oracle(events)
+
+
+@pytest.mark.clickhouse
+def test_dashboard_filters_hold_on_every_panel(loaded):
+    """One organisation selected: no panel shows a job of another (job 13 is outside org 7)."""
+    from cvat_analytics_generator.grafana_macros import Variable
+
+    store, _ = loaded
+    sel_from = dt.datetime.combine(_day(BASE), dt.time(), dt.timezone.utc)
+    _, panels = _dashboard_numbers(store, sel_from, sel_from + dt.timedelta(days=2),
+                                   {"organizations": Variable(["7"])})
+    assert {r[2] for r in panels["Annotation speed"][1]} == {11, 12}
+    assert {r[0] for r in panels["Review cycles per job"][1]} == {11, 12}
+    _, panels = _dashboard_numbers(store, sel_from, sel_from + dt.timedelta(days=2), {"users": Variable(["2"])})
+    assert {r[0] for r in panels["Timesheet"][1]} == {2}
+
+
+@pytest.mark.clickhouse
+def test_the_embedded_page_draws_the_dashboard(loaded):
+    from cvat_analytics.dashboards import Dashboards
+
+    store, _ = loaded
+    first = _day(BASE)
+    html = Dashboards(lambda: store.client, store.spec).dashboard_page(
+        store.spec["dashboards"]["productivity"],
+        {"from": [f"{first}T00:00:00Z"], "to": [f"{first + dt.timedelta(days=2)}T00:00:00Z"]})
+    assert "Query failed" not in html
+    for title in ("Objects per day", "Annotation speed", "Review cycles per job", "Timesheet"):
+        assert title in html
+    assert "no per-label split" in html  # said where a user looks for per-label figures
+
+
+@pytest.mark.slow
+@pytest.mark.clickhouse
+def test_demo_traffic_fills_every_panel(store):
+    """`make demo`'s traffic: annotation and review events, so no panel is empty."""
+    from cvat_analytics import demo
+
+    now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    demo.run(20_000, days=7, seed=3, client=store.client, database=store.database,
+             now_ms=int(now.timestamp() * 1000), err=open("/dev/null", "w"))
+    wt.wait_current(store.client, store.spec)
+    _, panels = _dashboard_numbers(store, now - dt.timedelta(days=7), now)
+    assert [t for t, (_, rows) in panels.items() if not rows] == []
+    columns, rows = productivity.reviews(store.client, store.spec, "job")
+    jobs = [dict(zip(columns, r)) for r in rows]
+    assert any(j["rejections"] >= 1 for j in jobs)
+    assert {j["first_pass"] for j in jobs} >= {0, 1}  # accepted first time, and not
+    assert all(j["reviewer"] != j["annotator"] for j in jobs if j["annotator"] is not None)
+    columns, rows = productivity.speed(store.client, store.spec, "job")
+    speeds = [dict(zip(columns, r)) for r in rows]
+    assert any(s["deleted"] > 0 for s in speeds) and any(s["track_shapes_diff"] > 0 for s in speeds)
+    assert any(s["objects_per_hour"] for s in speeds)
