@@ -20,6 +20,8 @@ from cvat_analytics import working_time as wt
 sys.path.insert(0, str(Path(__file__).parent))
 import working_time_oracle as oracle  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("productivity-stream")  # one worker builds `loaded`
+
 # Midnight ten days ago (inside the default retention), in ms.
 DAY = 86_400_000
 BASE = (int(time.time()) - 10 * 86400) // 86400 * DAY
@@ -214,11 +216,24 @@ def timesheet_oracle(events, by_project=False):
 
 # --- the tests ---------------------------------------------------------------------------
 
-@pytest.fixture
-def loaded(store):
+@pytest.fixture(scope="module")
+def loaded(chdb_dsn, tmp_path_factory):
+    """A database of its own holding stream(), stored late and shuffled; read-only for the tests."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import Store, write_spec
+
+    _, path = write_spec(tmp_path_factory.mktemp("spec"), **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    spec = load_spec(path)
+    client = store_module.connect(chdb_dsn)
+    migrate(client, spec, log=lambda *_: None)
+    store = Store(chdb_dsn, spec, path, client)
     events = stream()
     insert_late_and_shuffled(store, events)
-    return store, events
+    yield store, events
+    client.command(f"DROP DATABASE IF EXISTS `{store.database}` SYNC")
 
 
 @pytest.mark.clickhouse
@@ -321,7 +336,7 @@ def tokens():
 @pytest.mark.clickhouse
 def test_timesheet_route_permissions_forced_filters_and_csv(loaded, make_served):
     store, events = loaded
-    srv = make_served(tokens=tokens(), export=True)
+    srv = make_served(spec=store.spec, tokens=tokens(), export=True)
     want = timesheet_oracle(events)
     status, headers, body = call(srv, "/api/timesheet", SECRETS["lead"])
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
@@ -367,7 +382,7 @@ def test_timesheet_route_limits_name_the_spec_key(loaded, make_served):
     assert status == 400 and json.loads(body)["limit"] == "embedded.timesheet.max_rows"
     status, _, body = call(srv, f"/api/timesheet?user_id=1")  # fewer rows: within the limit
     assert status == 200
-    full = call(make_served(export=True), "/api/timesheet")[2]
+    full = call(make_served(spec=store.spec, export=True), "/api/timesheet")[2]
     for max_bytes, allowed in ((len(full), True), (len(full) - 1, False)):  # the whole CSV or nothing
         spec = copy.deepcopy(store.spec)
         spec["embedded"]["timesheet"]["max_bytes"] = max_bytes
