@@ -163,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     _format_arg(p, default="csv")
     p.set_defaults(func=cmd_working_time)
 
+    p = sub.add_parser("timesheet", help="working time per user and day (and project) as CSV, for payroll")
+    _spec_arg(p)
+    _dsn_arg(p)
+    p.add_argument("--from", dest="from_day", metavar="DAY", help="first day, YYYY-MM-DD (UTC; default: the beginning)")
+    p.add_argument("--to", dest="to_day", metavar="DAY", help="last day, YYYY-MM-DD (UTC; default: the end)")
+    for name in ("user", "org", "project"):
+        p.add_argument(f"--{name}-id", metavar="N", help=f"only this {name}" + (
+            "'s jobs" if name == "org" else ""))
+    p.add_argument("--by-project", action="store_true", help="a row per user, day and project")
+    p.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_timesheet)
+
     p = sub.add_parser("export", help="CVAT's event CSV export (as GET /api/events gives it) to a file or stdout")
     _spec_arg(p)
     _dsn_arg(p)
@@ -401,6 +413,35 @@ def cmd_export(args) -> int:
                               out=sys.stdout.buffer, progress=progress)
     if args.output != "-":
         print(f"exported {rows} events to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_timesheet(args) -> int:
+    from . import productivity
+
+    from . import working_time
+
+    spec = load_spec(args.spec)
+    client = connect(args.dsn, create=False)
+    working_time.wait_current(client, spec)  # the totals count every event stored before now
+    try:
+        columns, rows = productivity.timesheet(
+            client, spec, args.by_project, from_day=args.from_day, to_day=args.to_day,
+            user_id=args.user_id, org_id=args.org_id, project_id=args.project_id)
+    except productivity.ProductivityError as exc:
+        flag = {"from": "--from", "to": "--to"}.get(exc.param, "--" + exc.param.replace("_", "-"))
+        print(f"cvat-analytics: {flag}: {exc.reason}", file=sys.stderr)
+        return 2
+    body = productivity.timesheet_csv(columns, rows)
+    if args.output == "-":
+        sys.stdout.buffer.write(body)
+    else:
+        # Whole or not at all: written beside the target, then renamed over it.
+        target = Path(args.output)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(body)
+        partial.replace(target)
+        print(f"wrote {len(rows)} rows to {args.output}", file=sys.stderr)
     return 0
 
 

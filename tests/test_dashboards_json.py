@@ -20,13 +20,14 @@ DASHBOARDS = {name: json.loads(FILES[f"grafana/dashboards/{name}.json"]) for nam
 # CVAT's uids (its all_events.json, management.json, monitoring.json and its draft
 # users_exceptions.json): bookmarks into CVAT's Grafana keep working.
 CVAT_UIDS = {"all_events": "EIGSTDAVz", "management": "w0if6WAVz", "monitoring": "WvDvWK04k",
-             "exceptions": "user-exceptions"}
+             "exceptions": "user-exceptions", "productivity": "cvat-productivity"}  # the last is ours
 # CVAT's variable names, per dashboard (ours may add, never rename).
 CVAT_VARIABLES = {
     "all_events": {"scopes", "sources", "users", "usernames", "projects", "tasks", "jobs", "organizations"},
     "management": {"users", "usernames", "projects", "tasks", "jobs"},
     "monitoring": {"sources", "users", "usernames", "projects", "tasks", "jobs", "organizations", "errors"},
     "exceptions": {"sources", "category"},
+    "productivity": {"users", "usernames", "projects", "tasks", "jobs", "organizations"},  # as All events'
 }
 BUILTIN = {"__interval", "__interval_ms", "__from", "__to"}
 

@@ -10,7 +10,10 @@ Per user, a timeline of annotation sessions over the last D days (see docs/cvat-
 - idle breaks (longer than the 100 s idle threshold) and job switches;
 - server events as CVAT's server writes them: create:project/task/job bursts share one request
   id; update:job is one row per changed field (obj_name=field, obj_val=new value,
-  payload.old_value), jobs move to completed or rejected; create/update:shapes on save;
+  payload.old_value), jobs move to completed or rejected; on save, the annotation events of
+  CVAT's handle_annotations_change (create/update/delete x tags/shapes/tracks, `count` objects,
+  `obj_name` the shape type, payloads of object ids, tracks with visible_shapes_count_diff);
+  a job's review decision (rejected, or accepted) is made by a reviewer, another user;
   create:cache_item when a job's chunks are prepared; a few send:exception with message and
   stack (server and client);
 - send:working_time rows computed per 90 s batch of client events by CVAT's own loop
@@ -54,6 +57,10 @@ class Demo:
 
     def __init__(self, seed: int = 1, days: float = DEFAULT_DAYS, now_ms: int | None = None):
         self.rng = random.Random(seed)
+        # Annotation and review details draw from their own generator, so the rest of the
+        # traffic of a seed stays what it was before they were added.
+        self.work_rng = random.Random(seed * 7919 + 29)
+        self.next_object_id = 1
         self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         self.start_ms = self.now_ms - int(days * 86_400_000)
         world = build_world(self.rng)
@@ -187,7 +194,7 @@ class Demo:
             t += rng.randint(300, 3000)
             emit(self._client("load:job", t, u, job, duration=rng.randint(400, 6000), obj_val=str(job.frames)))
             frame = 0
-            drawn = 0
+            drawn = deleted = 0
             for _ in range(rng.randint(15, 120)):
                 r = rng.random()
                 if r < 0.04:  # an idle break: coffee, a meeting
@@ -216,7 +223,9 @@ class Demo:
                 elif r < 0.77:
                     emit(self._client("resize:object", t, u, job, {"frame": frame}, obj_name=rng.choice(SHAPES)))
                 elif r < 0.82:
-                    emit(self._client("delete:object", t, u, job, {"frame": frame}, count=rng.randint(1, 3)))
+                    removed = rng.randint(1, 3)
+                    deleted += removed
+                    emit(self._client("delete:object", t, u, job, {"frame": frame}, count=removed))
                 elif r < 0.88:
                     emit(self._client("zoom:image", t, u, job, {"frame": frame}, count=rng.randint(1, 6)))
                 elif r < 0.92:
@@ -226,8 +235,8 @@ class Demo:
                     cls, text = rng.choice(BUTTONS)
                     emit(self._client("click:element", t, u, job, obj_name=cls, obj_val=text))
                 elif r < 0.997:
-                    out.extend(self._save(u, job, t, drawn, emit))
-                    drawn = 0
+                    out.extend(self._save(u, job, t, drawn, emit, deleted))
+                    drawn = deleted = 0
                 else:
                     msg, fname, line = rng.choice(CLIENT_ERRORS)
                     emit(self._client("send:exception", t, u, job, {
@@ -237,7 +246,7 @@ class Demo:
                         "system": u.os, "client": f"{u.browser[0]} {u.browser[1]}", "version": "2.64.0"},
                         count=1))
             t += rng.randint(500, 5000)
-            out.extend(self._save(u, job, t, drawn, emit))
+            out.extend(self._save(u, job, t, drawn, emit, deleted))
             out.extend(self._job_update(u, job, t + rng.randint(2000, 30_000)))
             t += rng.randint(5000, 60_000)
             if len(out) > 2000:
@@ -254,16 +263,41 @@ class Demo:
                             "content_type": "application/json", "method": method}}, count=1))
         yield from out
 
-    def _save(self, u: User, job: Job, t: int, drawn: int, emit: Callable) -> list[dict]:
+    def _ids(self, n: int) -> list[dict]:
+        first, self.next_object_id = self.next_object_id, self.next_object_id + n
+        return [{"id": i} for i in range(first, first + n)]
+
+    def _save(self, u: User, job: Job, t: int, drawn: int, emit: Callable, deleted: int = 0) -> list[dict]:
+        """save:job, then what CVAT's server logs for the request: one event per kind, and per
+        shape type for shapes and tracks (cvat/apps/events/handlers.py, handle_annotations_change)."""
         emit(self._client("save:job", t, u, job, duration=self.rng.randint(200, 3000)))
         rid, rows = self._uuid(), []
         if drawn:
             shape = self.rng.choice(SHAPES)
-            rows.append(self._server("create:shapes", t + self.rng.randint(100, 900), u, rid, {},
-                                     job=job, obj_name=shape, count=drawn))
+            rows.append(self._server("create:shapes", t + self.rng.randint(100, 900), u, rid,
+                                     {"shapes": self._ids(drawn)}, job=job, obj_name=shape, count=drawn))
         if self.rng.random() < 0.6:
-            rows.append(self._server("update:shapes", t + self.rng.randint(100, 900), u, rid, {},
-                                     job=job, obj_name=self.rng.choice(SHAPES), count=self.rng.randint(1, 9)))
+            n = self.rng.randint(1, 9)
+            rows.append(self._server("update:shapes", t + self.rng.randint(100, 900), u, rid,
+                                     {"shapes": self._ids(n)}, job=job, obj_name=self.rng.choice(SHAPES), count=n))
+        w = self.work_rng
+        at = t + w.randint(100, 900)
+        if deleted:
+            rows.append(self._server("delete:shapes", at, u, rid, {"shapes": self._ids(deleted)}, job=job,
+                                     obj_name=w.choice(SHAPES), count=deleted))
+        if w.random() < 0.3:  # tracks drawn across frames: + their visible shapes
+            tracks = [dict(t_, visible_shapes_count_diff=w.randint(5, 60), shapes=self._ids(2))
+                      for t_ in self._ids(w.randint(1, 3))]
+            rows.append(self._server("create:tracks", at, u, rid, {"tracks": tracks}, job=job,
+                                     obj_name=w.choice(("rectangle", "polygon", "points")), count=len(tracks)))
+        if w.random() < 0.2:  # tracks changed: CVAT's diff is stored minus sent visible shapes
+            tracks = [dict(t_, visible_shapes_count_diff=w.randint(-10, 10), shapes=self._ids(1))
+                      for t_ in self._ids(w.randint(1, 2))]
+            rows.append(self._server("update:tracks", at, u, rid, {"tracks": tracks}, job=job,
+                                     obj_name="rectangle", count=len(tracks)))
+        if w.random() < 0.2:
+            n = w.randint(1, 3)
+            rows.append(self._server("create:tags", at, u, rid, {"tags": self._ids(n)}, job=job, count=n))
         return rows
 
     def _job_update(self, u: User, job: Job, t: int) -> list[dict]:
@@ -284,9 +318,13 @@ class Demo:
         elif job.state == "rejected":
             changes.append(("state", "rejected", "in progress"))
         rid, rows = self._uuid(), []
+        # A review decision is a reviewer's: another user of the annotator's organisation.
+        decided = any(new in ("rejected", "acceptance") for _, _, new in changes)
+        peers = [x for x in self.users if x is not u and x.org == u.org]
+        by = self.work_rng.choice(peers) if decided and peers else u
         for field_name, old, new in changes:
             setattr(job, field_name, new)
-            rows.append(self._server("update:job", t, u, rid, {"old_value": old}, job=job,
+            rows.append(self._server("update:job", t, by, rid, {"old_value": old}, job=job,
                                      obj_name=field_name, obj_val=new, obj_id=job.id))
         if rng.random() < 0.05:
             rows.append(self._server("export:dataset", t + 5000, u, self._uuid(),

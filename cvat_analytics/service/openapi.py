@@ -150,6 +150,20 @@ PATHS: dict[str, dict] = {
             "404": _detail("unknown query_id (expired or downloaded)"),
             "500": _detail("the export failed"),
             "401": _REFUSED["401"]}}},
+    "/api/timesheet": {"get": {
+        "summary": "Working time per user and day (and project) as CSV (docs/productivity.md, Timesheets)",
+        "x-permission": "export",
+        "parameters": [_query("from", "first day, YYYY-MM-DD (UTC)"), _query("to", "last day, YYYY-MM-DD (UTC)"),
+                       _query("user_id", "only this user"), _query("org_id", "only time on this organisation's jobs"),
+                       _query("project_id", "only time on this project"),
+                       _query("by", "`project`: a row per user, day and project")],
+        "responses": {
+            "200": {"description": "the timesheet", "content": {"text/csv": {"schema": {"type": "string"}}}},
+            "400": _detail("a parameter is invalid, or the timesheet passes embedded.timesheet.max_rows or max_bytes"),
+            "403": _json("forbidden: no token permission, or a filter outside the token's forced filters",
+                         {"type": "object"}),
+            "408": _detail("the query ran past embedded.timesheet.max_seconds"),
+            "401": _REFUSED["401"]}}},
     "/api/events/export": {"post": {
         "summary": "Start an export: 202 {rq_id}",
         "x-permission": "export",

@@ -131,6 +131,7 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
     from .ingest import Ingest
     from .metrics import Metrics
     from .openapi import OpenApi
+    from .timesheet_routes import Timesheet
 
     metrics = Metrics(client, spec, jobs)
     routes = [
@@ -147,6 +148,7 @@ def table(client, spec: dict, dsn: str, tokens: list[Token], jobs=None, pages=No
             Route("GET", "/api/requests", export.list, EXPORT),
             Route("GET", "/api/requests/", export.status, EXPORT, prefix=True),
             Route("POST", "/api/requests/", export.cancel, EXPORT, prefix=True),  # /api/requests/<id>/cancel
+            Route("GET", "/api/timesheet", Timesheet(dsn, spec), EXPORT),  # docs/productivity.md
         ]
     if pages is not None:
         from .dashboard_routes import DashboardPages
