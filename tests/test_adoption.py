@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import sys
 import uuid
 from collections import defaultdict
@@ -16,7 +17,7 @@ from cvat_analytics import store as store_module
 from cvat_analytics import working_time as wt
 from cvat_analytics.migrate import migrate
 from cvat_analytics_generator.spec import load_spec
-from tests.conftest import write_spec
+from tests.conftest import REPO, write_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import working_time_oracle as oracle  # noqa: E402
@@ -121,3 +122,43 @@ def test_adopting_cvats_table_rewrites_no_part_and_the_refresh_takes_only_what_i
         assert stored_totals(client, db) == oracle.totals(history + later)
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+def retry_after_a_timeout(data: str, spec_path: str) -> None:
+    """In a process of its own (test below): an earlier migrate's MATERIALIZE queued behind
+    stopped merges, as behind a long queue; migrate again; print what it left."""
+    spec = load_spec(Path(spec_path))
+    db = spec["clickhouse"]["database"]
+    client = store_module.connect(f"chdb://{data}")
+    client.command(f"CREATE DATABASE `{db}`")
+    client.command(CVAT_EVENTS.format(db=f"`{db}`"))
+    for month in MONTHS[:2]:
+        insert(client, db, month_of_events(month))
+    client.command(f"SYSTEM STOP MERGES `{db}`.events")
+    client.command(f"ALTER TABLE `{db}`.events ADD COLUMN inserted_at DateTime64(6, 'Etc/UTC') "
+                   "MATERIALIZED toDateTime64(0, 6, 'Etc/UTC') CODEC(ZSTD(1))")
+    client.command(f"ALTER TABLE `{db}`.events MATERIALIZE COLUMN inserted_at SETTINGS mutations_sync = 0")
+    pending = f"SELECT count() FROM system.mutations WHERE database = '{db}' AND table = 'events' AND NOT is_done"
+    queued = client.query(pending).result_rows[0][0]
+    before = parts(client, db)
+    migrate(client, spec, log=lambda *_: None)  # 0012's own MATERIALIZE would wait here for ever
+    left = client.query(pending).result_rows[0][0]
+    client.command(f"SYSTEM START MERGES `{db}`.events")
+    wt.wait_current(client, spec)
+    print(json.dumps({"queued": queued, "left": left, "unchanged": parts(client, db) == before,
+                      "exact": stored_totals(client, db) == oracle.totals(
+                          month_of_events(MONTHS[0]) + month_of_events(MONTHS[1]))}))
+
+
+@pytest.mark.clickhouse
+def test_a_retry_after_a_migrate_that_timed_out_stops_the_rewrite_it_left_queued(tmp_path):
+    """An earlier migrate queued 0012's MATERIALIZE and timed out before it ran: the next
+    one kills it, so it never rewrites CVAT's parts, and adopts them as they are."""
+    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": "cvat", "working_time.refresh_interval_s": 3600})
+    code = f"from tests.test_adoption import retry_after_a_timeout as r; r({str(tmp_path / 'db')!r}, {str(spec_path)!r})"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("migrate waited for the queued rewrite of CVAT's parts")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"queued": 1, "left": 0, "unchanged": True, "exact": True}
