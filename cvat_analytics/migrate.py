@@ -6,6 +6,8 @@ later (retention, dedup window); it is applied again whenever its statements cha
 Any other applied migration whose statements changed is drift: migrate refuses to
 run (MigrationDrift) rather than leave the database behind the spec silently.
 Every statement is idempotent, so a migration interrupted halfway can be re-run.
+On CVAT's own events table, 0012's rewrite of every part is replaced by a record of
+where CVAT's history ends (adopt_history): adopting years of events writes no part.
 The file format is the renderer's SQL template convention (cvat_analytics_generator.sql).
 """
 from __future__ import annotations
@@ -23,6 +25,9 @@ from . import retention
 
 FOLDER = "clickhouse/migrations"
 LEDGER = "clickhouse/runtime/schema_migrations.sql.j2"
+ADOPTION = "clickhouse/runtime/events_adoption.sql.j2"
+# 0012's statement that stamps the stored rows by rewriting every part (a mutation).
+STAMP_STORED_ROWS = ("0012_events_inserted_at", "stamp_stored_rows")
 
 
 class MigrationDrift(Exception):
@@ -87,6 +92,22 @@ def applied(client: Client, spec: dict) -> dict[str, str]:
     return dict(client.query(sql.named("applied")).result_rows)
 
 
+def adopt_history(client: Client, spec: dict, log=print) -> bool:
+    """On CVAT's events table with rows, instead of 0012's rewrite: keep each row's block
+    number through merges and record the last block stored now, below which the refresh
+    takes no row as new (docs/cvat-stack.md, "Adopting CVAT's history"). Metadata only.
+    Returns False, doing nothing, on any other table (0012's rewrite of it runs)."""
+    sql = parse(render_template(spec, ADOPTION, block=0), ADOPTION)
+    if not int(client.command(sql.named("adopted_history"))):
+        return False
+    client.command(sql.named("stop_earlier_rewrite"))
+    client.command(sql.named("keep_block_numbers"))
+    block = int(client.command(sql.named("last_block")))
+    client.command(parse(render_template(spec, ADOPTION, block=block), ADOPTION).named("record_boundary"))
+    log(f"adopted CVAT's events up to block {block} as they are (no part rewritten)")
+    return True
+
+
 def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> list[str]:
     """Apply what is pending; return the names applied (empty on a second run).
     Raises MigrationDrift, before applying anything, if an applied migration changed.
@@ -121,8 +142,10 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
     for m in pending:
         if m.name == retention.RETENTION_MIGRATION:
             retention.before_retention_migration(client, spec, assume_yes, log)
-        for statement in m.statements:
-            client.command(statement)
+        for statement in m.parsed.statements:
+            if (m.name, statement.name) == STAMP_STORED_ROWS and adopt_history(client, spec, log):
+                continue
+            client.command(statement.sql)
         record(m)
         log(f"applied {m.name}")
     if not pending:

@@ -21,6 +21,9 @@ ALTER TABLE `cvat`.events
     ADD COLUMN IF NOT EXISTS `inserted_at` DateTime64(6, 'Etc/UTC') MATERIALIZED toDateTime64(0, 6, 'Etc/UTC') CODEC(ZSTD(1)),
     ADD INDEX IF NOT EXISTS idx_inserted_at inserted_at TYPE minmax GRANULARITY 1;
 
+-- On CVAT's adopted table, whose years of events this would rewrite, migrate runs
+-- runtime/events_adoption.sql.j2 instead (docs/cvat-stack.md, "Adopting CVAT's history").
+-- name: stamp_stored_rows
 ALTER TABLE `cvat`.events MATERIALIZE COLUMN inserted_at, MATERIALIZE INDEX idx_inserted_at
 SETTINGS mutations_sync = 2;
 

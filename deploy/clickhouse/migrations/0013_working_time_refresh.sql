@@ -18,6 +18,12 @@ WITH
     now64(6, 'UTC') AS run_until,
     toUInt8(logged_rule != '[100000, ["change:frame"]]' OR last_error != '') AS run_full,
     logged - toIntervalSecond(60) AS run_since,
+    -- CVAT's history adopted without a stamp ends at this block (0: none adopted): no row of
+    -- a block at or below it is new; a part whose name ends at or below it is not even read
+    -- (docs/cvat-stack.md, "Adopting CVAT's history")
+    ifNull((SELECT toUInt64OrZero(extract(comment, 'blocks up to ([0-9]+)')) FROM system.columns
+            WHERE database = 'cvat' AND table = 'events'
+              AND name = 'inserted_at'), 0) AS adopted_block,
     -- the users with new client events, from the hour of their earliest one
     changed AS
     (
@@ -33,7 +39,9 @@ WITH
                 -- filtered before user_id is renamed to its non-Nullable self
                 SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
                 FROM `cvat`.events
-                WHERE source = 'client' AND user_id IS NOT NULL AND (run_full = 1 OR (inserted_at > run_since AND inserted_at <= run_until))
+                WHERE source = 'client' AND user_id IS NOT NULL AND (run_full = 1 OR (inserted_at > run_since AND inserted_at <= run_until
+                               AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block
+                                                          AND _block_number > adopted_block))))
             )
         )
         GROUP BY user_id
