@@ -407,7 +407,8 @@ def test_a_store_migrated_to_0012_keeps_its_old_rows_and_counts_what_the_trigger
     from cvat_analytics.migrate import migrate
 
     _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
-                                           "working_time.refresh_interval_s": 3600})
+                                           "working_time.refresh_interval_s": 3600,
+                                           "alerts.working_time_stale.max_age_minutes": 121})
     spec = load_spec(spec_path)
     db = spec["clickhouse"]["database"]
     client = store_module.connect(chdb_dsn)
