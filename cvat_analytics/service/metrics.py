@@ -50,7 +50,6 @@ class Metrics:
 
     def __init__(self, client, spec: dict, jobs: "ExportJobs | None" = None):
         self.client = client
-        self.database = spec["clickhouse"]["database"]
         self.jobs = jobs
         self.queries = parse(render_template(spec, QUERIES), QUERIES)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -100,15 +99,20 @@ class _ScrapeTime:
         try:
             m.client.command(m.queries.named("engine_up"))
             up.add_metric([], 1)
-            seconds, failed, text = refresh_state(m.client, m.queries)
-            if seconds is not None:
-                lag.add_metric([], seconds)
-            failures.add_metric([], failed)
-            if failed:
-                error.add_metric([text.split("\n", 1)[0][:ERROR_LABEL_CHARS]], 1)
         except Exception:  # the engine is down: say so, keep the rest of the page
             SERVICE.warning("/metrics: the engine does not answer", exc_info=True)
             up.add_metric([], 0)
+        else:
+            try:
+                seconds, failed, text = refresh_state(m.client, m.queries)
+            except Exception:  # e.g. a store not migrated yet: no refresh to tell of
+                SERVICE.warning("/metrics: the working-time refresh log cannot be read", exc_info=True)
+            else:
+                if seconds is not None:
+                    lag.add_metric([], seconds)
+                failures.add_metric([], failed)
+                if failed:
+                    error.add_metric([text.split("\n", 1)[0][:ERROR_LABEL_CHARS]], 1)
         yield up
         yield lag
         yield failures
