@@ -54,7 +54,7 @@ WITH
                     -1)) AS bucket,
     toUInt32(multiIf(bucket < 0, 0,
                      logged_rule != '[100000, ["change:frame"]]',
-                     greatest(1, ceil((SELECT count() FROM `cvat`.events) / 2000000)),
+                     greatest(1, ceil((SELECT count() FROM `cvat`.events) / 1000000)),
                      logged_buckets)) AS buckets,
     if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
     -- the users with new client events, from the hour of their earliest one; every user of
@@ -194,6 +194,6 @@ FROM
     WHERE action != 'wait'
 )
 SETTINGS
-    max_memory_usage = 268435456,
-    max_bytes_before_external_group_by = 67108864,
-    max_bytes_before_external_sort = 67108864
+    max_memory_usage = 1073741824,
+    max_bytes_before_external_group_by = 134217728,
+    max_bytes_before_external_sort = 134217728
