@@ -64,6 +64,8 @@ WITH
         SELECT user_id, toStartOfHour(min(timestamp)) AS from_hour
         FROM
         (
+            -- two reads, not one with OR: the first skips by the inserted_at index, the
+            -- second reads nothing outside a full recompute
             SELECT
                 assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
                 toUnixTimestamp64Milli(timestamp) AS ts,
@@ -73,8 +75,19 @@ WITH
                 -- filtered before user_id is renamed to its non-Nullable self
                 SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
                 FROM `cvat`.events
-                WHERE source = 'client' AND user_id IS NOT NULL AND ((inserted_at > run_since AND inserted_at <= run_until)
-                              OR (bucket >= 0 AND cityHash64(user_id) % buckets = bucket))
+                WHERE source = 'client' AND user_id IS NOT NULL AND (inserted_at > run_since AND inserted_at <= run_until)
+            )
+            UNION ALL
+            SELECT
+                assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+                toUnixTimestamp64Milli(timestamp) AS ts,
+                ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+            FROM
+            (
+                -- filtered before user_id is renamed to its non-Nullable self
+                SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+                FROM `cvat`.events
+                WHERE source = 'client' AND user_id IS NOT NULL AND (bucket >= 0 AND cityHash64(user_id) % buckets = bucket)
             )
         )
         WHERE NOT (bucket >= 0 AND cityHash64(user_id) % buckets > bucket)

@@ -21,4 +21,4 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0014_ingest_requests_key_value', '6f7a6a9f68af08b2cf719631b82f8460f037eb5d584301a3cc6e2071c112a232'),
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
-    ('0017_working_time_refresh_limits', '7932066c9242a5edd5689b5b48864a974a4c8503d0f1c16658ecb2c70bb3f742');
+    ('0017_working_time_refresh_limits', 'e545e0475dc5338e9a94b50d4065a62bdd379027b61d80031b2ed3626bc22068');
