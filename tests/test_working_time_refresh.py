@@ -73,7 +73,7 @@ def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(databa
                                     "working_time.refresh_backoff_initial_s": 2,
                                     "working_time.refresh_backoff_max_s": 8})
     migrate(client, capped, log=lambda *_: None)
-    _until(lambda: client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log"), 60)
+    _until(lambda: client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log"), 180)
     # 300,000 events of 3 users: a run over them needs more than 64 MiB
     client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
                    "SELECT 'click:element', 'client', toDateTime64('2026-01-05 00:00:00', 3) "
