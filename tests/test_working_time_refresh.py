@@ -72,8 +72,9 @@ def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(databa
     capped = _spec(tmp_path, db, **{"working_time.refresh_max_memory_mb": 64, "working_time.refresh_spill_mb": 8,
                                     "working_time.refresh_backoff_initial_s": 2,
                                     "working_time.refresh_backoff_max_s": 8})
-    migrate(client, capped, log=lambda *_: None)
-    _until(lambda: client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log"), 180)
+    migrate(client, _spec(tmp_path, db), log=lambda *_: None)
+    _until(lambda: client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log"), 180)  # a first run
+    migrate(client, capped, log=lambda *_: None)  # the view again, with the lower cap
     # 300,000 events of 3 users: a run over them needs more than 64 MiB
     client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
                    "SELECT 'click:element', 'client', toDateTime64('2026-01-05 00:00:00', 3) "
