@@ -95,8 +95,10 @@ def per_event(client, spec: dict, engine: str | None = None):
 def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
     """Return once working_time_totals counts every event committed before the call.
 
-    Starts a refresh of the view that keeps them current (it runs inside the engine,
-    see migration 0013) and waits for one that started after this call to finish."""
+    Starts refreshes of the view that keeps them current (it runs inside the engine,
+    see migration 0017) until one that started after this call has finished and no full
+    recompute is midway (it takes a bucket of users per run). Raises WorkingTimeError
+    with the refresh's error once a run after the call has failed and it backs off."""
     statements = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
     now, refresh, wait, done = statements
     since = client.query(now).result_rows[0][0]
@@ -104,8 +106,11 @@ def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
     while True:
         client.command(refresh)
         client.command(wait)  # raises the refresh's error, if it failed
-        if client.query(done, parameters={"since": since}).result_rows[0][0]:
+        current, failures, error = client.query(done, parameters={"since": since}).result_rows[0]
+        if current:
             return
+        if failures:  # failed since the call, and backing off: the next runs wait
+            raise WorkingTimeError(f"the working-time refresh failed {failures} time(s) in a row: {error}")
         if time.monotonic() > deadline:
             raise WorkingTimeError(f"working_time_totals not refreshed within {timeout_s} s")
         time.sleep(0.2)

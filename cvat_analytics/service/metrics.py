@@ -2,7 +2,8 @@
 
 Counted as requests are answered (http.py calls `Metrics.observe`): requests by route
 and status, events accepted, ingest requests refused by reason. Read from the engine
-and the export jobs when scraped: engine up, working-time refresh lag, export jobs by
+and the export jobs when scraped: engine up, the working-time refresh's lag, failures in a
+row and last error, export jobs by
 state and their bytes on disk. The insert latency histogram is process-wide
 (store.insert_json_rows observes it, whoever inserts).
 
@@ -35,13 +36,14 @@ QUERIES = "clickhouse/runtime/service_metrics.sql.j2"
 REFUSED_REASONS = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 411: "length_required",
                    413: "too_large", 415: "unsupported_media_type", 500: "error", 503: "unavailable"}
 JOB_STATES = ("queued", "running", "finished", "failed")
+ERROR_LABEL_CHARS = 200  # of a refresh's error, in a label: its first line, cut
 
 
-def refresh_lag_seconds(client, queries, database: str) -> float | None:
-    """Seconds since the working-time totals were last exact, as the engine reports its
-    refreshable view (system.view_refreshes); None before its first refresh."""
-    rows = client.query(queries.named("refresh_lag"), parameters={"database": database}).result_rows
-    return float(rows[0][0]) if rows and rows[0][0] is not None else None  # None: never refreshed yet
+def refresh_state(client, queries) -> tuple[float | None, int, str]:
+    """The working-time refresh as its logged runs tell it: seconds from its watermark to
+    now (None before its first run), failed runs in a row, the last one's error."""
+    lag, failures, error = client.query(queries.named("refresh_state")).result_rows[0]
+    return (float(lag) if lag is not None else None), int(failures), error
 
 
 class Metrics:
@@ -49,7 +51,6 @@ class Metrics:
 
     def __init__(self, client, spec: dict, jobs: "ExportJobs | None" = None):
         self.client = client
-        self.database = spec["clickhouse"]["database"]
         self.jobs = jobs
         self.queries = parse(render_template(spec, QUERIES), QUERIES)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -90,18 +91,34 @@ class _ScrapeTime:
         m = self.metrics
         up = GaugeMetricFamily("cvat_analytics_engine_up", "1 when ClickHouse answers SELECT 1, else 0")
         lag = GaugeMetricFamily("cvat_analytics_working_time_refresh_lag_seconds",
-                                "Seconds since the working-time totals were last exact (absent before the first refresh)")
+                                "Seconds from the working-time refresh's watermark to now: totals count every "
+                                "event inserted before it (absent before the first refresh)")
+        failures = GaugeMetricFamily("cvat_analytics_working_time_refresh_failures",
+                                     "Working-time refreshes failed in a row (0 when the last one worked)")
+        error = GaugeMetricFamily("cvat_analytics_working_time_refresh_last_error",
+                                  "1, labelled with the first line of the last failed refresh's error "
+                                  "(absent when the last refresh worked)", labels=["error"])
         try:
             m.client.command(m.queries.named("engine_up"))
             up.add_metric([], 1)
-            seconds = refresh_lag_seconds(m.client, m.queries, m.database)
-            if seconds is not None:
-                lag.add_metric([], seconds)
         except Exception:  # the engine is down: say so, keep the rest of the page
             SERVICE.warning("/metrics: the engine does not answer", exc_info=True)
             up.add_metric([], 0)
+        else:
+            try:
+                seconds, failed, text = refresh_state(m.client, m.queries)
+            except Exception:  # e.g. a store not migrated yet: no refresh to tell of
+                SERVICE.warning("/metrics: the working-time refresh log cannot be read", exc_info=True)
+            else:
+                if seconds is not None:
+                    lag.add_metric([], seconds)
+                failures.add_metric([], failed)
+                if failed:
+                    error.add_metric([text.split("\n", 1)[0][:ERROR_LABEL_CHARS]], 1)
         yield up
         yield lag
+        yield failures
+        yield error
         if m.jobs is None:
             return
         jobs = GaugeMetricFamily("cvat_analytics_export_jobs", "Export jobs kept, by state", labels=["state"])

@@ -17,7 +17,8 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0010_imports', '6fc22dedd818d57210207cbe0d03cda298dfe49caca28be5c6cc3f9054e48dad'),
     ('0011_ingest_requests', 'c392d6c6da0462e0da81ed32c238c422aa7b4ca1e8f854ac51597e72e404af42'),
     ('0012_events_inserted_at', '46f73c2df61699f2d797e88c08a70de11c5c4f6790529a682233762d543bf2a5'),
-    ('0013_working_time_refresh', '6d66e189642222a8d9d61a8a54dbf56c177cc501975eb20b9d2c79650d7e69b9'),
+    ('0013_working_time_refresh', 'd62f670172e500c69dd9915dae40282a8df0132096ee9fc672dd4a054c7e0f0a'),
     ('0014_ingest_requests_key_value', '6f7a6a9f68af08b2cf719631b82f8460f037eb5d584301a3cc6e2071c112a232'),
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
-    ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e');
+    ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
+    ('0017_working_time_refresh_limits', 'dc21ed386b1058740d14bddaf00b413b97ab730b08675becebe19181d0b6c982');

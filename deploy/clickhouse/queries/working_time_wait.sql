@@ -9,5 +9,14 @@ SYSTEM REFRESH VIEW `cvat`.working_time_refresh;
 
 SYSTEM WAIT VIEW `cvat`.working_time_refresh;
 
--- 1 once a refresh that started after `since` has finished
-SELECT count() > 0 FROM `cvat`.working_time_refresh_log WHERE watermark >= {since:DateTime64(6, 'UTC')};
+-- the last logged run: 1 once it started after `since` and no full recompute is midway
+-- (refresh_select in queries/working_time.jinja); the failed runs in a row it records,
+-- if recorded after `since`, and the error
+SELECT
+    toUInt8(r.1 >= {since:DateTime64(6, 'UTC')} AND (r.2 < 0 OR r.2 + 1 >= r.3) AND r.4 = 0),
+    if(r.6 >= {since:DateTime64(6, 'UTC')}, r.4, 0), r.5
+FROM
+(
+    SELECT argMax((watermark, full_bucket, full_buckets, failures, error, refreshed_at), (watermark, refreshed_at)) AS r
+    FROM `cvat`.working_time_refresh_log
+);

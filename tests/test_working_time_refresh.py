@@ -1,0 +1,108 @@
+"""The working-time refresh's limits (docs/working-time-and-sql.md, The refresh): a full
+recompute a bucket of users per run, a memory cap, failures recorded and backed off, and
+its lag and last error on /metrics and the Monitoring dashboard."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cvat_analytics import store as store_module
+from cvat_analytics import working_time as wt
+from cvat_analytics.migrate import migrate
+from cvat_analytics_generator import grafana
+from cvat_analytics_generator.grafana_macros import expand
+from cvat_analytics_generator.spec import load_spec
+from tests.conftest import write_spec
+from tests.test_operate import call, samples
+from tests.test_working_time import _as_rows, query_time_hourly, random_stream, stored_totals
+
+LAG = ("cvat_analytics_working_time_refresh_lag_seconds", ())
+FAILURES = ("cvat_analytics_working_time_refresh_failures", ())
+
+
+def _until(condition, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.5)
+
+
+def _spec(tmp_path, db, **changes):
+    _, path = write_spec(tmp_path, **{"clickhouse.database": db, "working_time.refresh_interval_s": 1, **changes})
+    return load_spec(path)
+
+
+@pytest.fixture
+def database(chdb_dsn):
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    client = store_module.connect(chdb_dsn)
+    yield client, db
+    client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_a_full_recompute_takes_a_bucket_of_users_per_run_and_is_exact(database, tmp_path):
+    client, db = database
+    spec = _spec(tmp_path, db, **{"working_time.refresh_chunk_events": 1000,
+                                  "working_time.refresh_interval_s": 3600})
+    migrate(client, spec, log=lambda *_: None)
+    events = random_stream(5) + random_stream(6)
+    store_module.insert_json_rows(client, db, _as_rows(events))
+    changed = dict(spec, working_time=dict(spec["working_time"], idle_threshold_ms=50_000))
+    migrate(client, changed, log=lambda *_: None)  # a changed rule: everything again, in buckets
+    wt.wait_current(client, changed)
+    assert stored_totals(client, db) == query_time_hourly(client, changed)
+    runs = client.query(f"SELECT full_bucket, full_buckets FROM `{db}`.working_time_refresh_log "
+                        "WHERE rule LIKE '[50000,%' ORDER BY watermark").result_rows
+    buckets = runs[0][1]
+    stored = client.command(f"SELECT count() FROM `{db}`.events")
+    assert buckets == -(-stored // 1000) > 1  # about refresh_chunk_events events per run
+    assert [b for b, _ in runs] == list(range(buckets))  # one bucket per run, then done
+
+
+@pytest.mark.clickhouse
+def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(database, tmp_path, make_served):
+    """The memory cap lowered until a run fails: the runs after it record the failure and
+    wait longer each time, /metrics and the Monitoring panel show the lag and the error;
+    with the cap back, the totals are exact."""
+    client, db = database
+    capped = _spec(tmp_path, db, **{"working_time.refresh_max_memory_mb": 64, "working_time.refresh_spill_mb": 8,
+                                    "working_time.refresh_backoff_initial_s": 2,
+                                    "working_time.refresh_backoff_max_s": 8})
+    migrate(client, _spec(tmp_path, db), log=lambda *_: None)
+    _until(lambda: client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log"), 180)  # a first run
+    migrate(client, capped, log=lambda *_: None)  # the view again, with the lower cap
+    # 300,000 events of 3 users: a run over them needs more than 64 MiB
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
+                   "SELECT 'click:element', 'client', toDateTime64('2026-01-05 00:00:00', 3) "
+                   "+ toIntervalMillisecond(number * 1000), number % 3 + 1, number % 50 + 1 FROM numbers(300000)")
+    failed = f"SELECT refreshed_at, failures, error FROM `{db}`.working_time_refresh_log WHERE failures > 0 ORDER BY refreshed_at"
+    _until(lambda: len(client.query(failed).result_rows) >= 3, 240)
+    rows = client.query(failed).result_rows
+    assert "memory limit" in rows[0][2].lower()
+    for (t1, n1, _), (t2, n2, _) in zip(rows, rows[1:]):
+        assert n2 == n1 + 1  # each failure recorded once, counted in a row
+        assert (t2 - t1).total_seconds() >= min(2 * 2 ** (n1 - 1), 8)  # and the next try waited for it
+
+    srv = make_served(spec=capped)
+    page = samples(call(srv, "GET", "/metrics")[1].decode())
+    assert page[LAG] > 5 and page[FAILURES] >= 3
+    [error] = [labels for name, labels in page if name == "cvat_analytics_working_time_refresh_last_error"]
+    assert "memory limit" in dict(error)["error"].lower()
+
+    monitoring = grafana.load("monitoring", capped)
+    sql = {p["id"]: p["sql"] for p in monitoring["panels"]}[12]
+    now = datetime.now(timezone.utc)
+    [(lag_s, failures, last_error, in_range)] = client.query(expand(sql, now - timedelta(hours=1), now)).result_rows
+    assert lag_s > 5 and failures >= 3 and "memory limit" in last_error.lower() and in_range >= 3
+
+    fixed = _spec(tmp_path, db)  # the cause removed: the spec's own cap
+    migrate(client, fixed, log=lambda *_: None)
+    wt.wait_current(client, fixed, timeout_s=180)
+    assert stored_totals(client, db) == query_time_hourly(client, fixed)
+    page = samples(call(srv, "GET", "/metrics")[1].decode())
+    assert page[FAILURES] == 0 and page[LAG] < 30
+    assert not [n for n, _ in page if n == "cvat_analytics_working_time_refresh_last_error"]
