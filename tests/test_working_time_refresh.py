@@ -47,7 +47,8 @@ def database(chdb_dsn):
 def test_a_full_recompute_takes_a_bucket_of_users_per_run_and_is_exact(database, tmp_path):
     client, db = database
     spec = _spec(tmp_path, db, **{"working_time.refresh_chunk_events": 1000,
-                                  "working_time.refresh_interval_s": 3600})
+                                  "working_time.refresh_interval_s": 3600,
+                                  "alerts.working_time_stale.max_age_minutes": 121})
     migrate(client, spec, log=lambda *_: None)
     events = random_stream(5) + random_stream(6)
     store_module.insert_json_rows(client, db, _as_rows(events))
