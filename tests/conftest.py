@@ -13,12 +13,12 @@ names an `xdist_group`, so one worker builds it once; tests marked `slow` are ru
 so the longest ones do not start last and keep one core busy alone at the end.
 
 Migrating a database runs some seventy statements and renders and parses every migration
-(about 1.5 CPU-seconds on chdb), and a few hundred tests want a fresh one. So each worker
+(over a CPU-second on chdb), and a few hundred tests want a fresh one. So each worker
 migrates one database per session for real and then drops it, keeping what it left: the
 DDL of each table and view, in an order that creates them, and the ledger's statements.
 `store` gives each test a database of its own made from those (its name substituted for
 the template's): the same tables, columns, settings, views and ledger as `migrate` leaves,
-so a second `migrate` applies nothing, in about a quarter of the CPU. A test still never
+so a second `migrate` applies nothing, for under half the CPU. A test still never
 sees another's rows: every database is new and empty but for its ledger.
 tests/test_conftest.py checks the copy against a real migration.
 """
@@ -169,7 +169,7 @@ def migrated_template(chdb_dsn, tmp_path_factory) -> MigratedTemplate:
 @pytest.fixture
 def store(chdb_dsn, tmp_path, migrated_template) -> Store:
     """A fresh, migrated database in the shared chdb path (made from `migrated_template`:
-    the same as migrating it, for a quarter of the CPU)."""
+    the same as migrating it, for under half the CPU)."""
     database = new_database_name()
     spec_path = tmp_path / "analytics.yaml"
     # The default spec naming this database: what write_spec writes, and what load_spec reads from it.
