@@ -45,7 +45,7 @@ down:
 ## outside the repository (~/.cache/cvat-analytics, made once per dependency list) and runs
 ## init, render, migrate and serve from an empty directory.
 ## test-fast: the inner loop (about a minute): the tests that neither open the engine (marker
-## `clickhouse`: each migrates a database of its own) nor are marked `slow`. Then run the engine
+## `clickhouse`: each opens a database of its own) nor are marked `slow`. Then run the engine
 ## tests of the files you touched: .venv/bin/pytest -n 2 tests/test_x.py
 TEST_WORKERS ?= 2
 PYTEST = $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup

@@ -1,6 +1,9 @@
 """Load and validate analytics.yaml: one clear message per mistake, never a traceback."""
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -42,27 +45,54 @@ def find_spec(explicit: str | Path | None = None) -> Path:
 
 
 def load_schema() -> dict:
-    return user_file.read_yaml(SCHEMA_PATH)[0]
+    return copy.deepcopy(_validator().schema)
+
+
+@functools.cache
+def _validator_for(mtime_ns: int, size: int) -> jsonschema.Draft202012Validator:
+    """The validator of the packaged schema as it is on disk (parsed once while it stays so)."""
+    return jsonschema.Draft202012Validator(
+        user_file.read_yaml(SCHEMA_PATH)[0], format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    stat = SCHEMA_PATH.stat()
+    return _validator_for(stat.st_mtime_ns, stat.st_size)
+
+
+# Specs that passed validation, by their text and the schema's identity: a spec read again
+# (the packaged default, a test's file) is not parsed and validated again. Callers get a
+# copy each, never the cached object, and a text that fails is checked every time.
+_VALID_SPECS: dict[tuple[str, int], dict] = {}
+_VALID_SPECS_KEPT = 32  # the oldest goes first past this many
 
 
 def load_spec(path: str | Path | None = None) -> dict:
     """Read, parse and validate a spec file; raise SpecError naming file, line and key."""
     path = find_spec(path)
     try:
-        data, node = user_file.read_yaml(path)
+        text = user_file.read_text(path)
     except user_file.UserFileError as exc:
         raise SpecError(str(exc)) from None
-    validate(data, path, node)
+    key = (hashlib.sha256(text.encode()).hexdigest(), id(_validator()))
+    if key not in _VALID_SPECS:
+        try:
+            data, node = user_file.parse_yaml(text, path)
+        except user_file.UserFileError as exc:
+            raise SpecError(str(exc)) from None
+        validate(data, path, node)
+        if len(_VALID_SPECS) >= _VALID_SPECS_KEPT:
+            _VALID_SPECS.pop(next(iter(_VALID_SPECS)), None)
+        _VALID_SPECS[key] = copy.deepcopy(data)
+    data = copy.deepcopy(_VALID_SPECS[key])
     if data.get("custom_dashboards_dir"):  # relative to the spec, wherever the command runs
         data["custom_dashboards_dir"] = str(path.parent / data["custom_dashboards_dir"])
     return data
 
 
 def validate(data: Any, path: Path | str = "<spec>", node: yaml.Node | None = None) -> None:
-    validator = jsonschema.Draft202012Validator(
-        load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         keys, expected = _describe(error)
         raise SpecError(_message(path, node, keys, expected))

@@ -11,9 +11,22 @@ each worker has its own temporary directory, so its own chdb path, and every por
 picked by the kernel (port 0). A module whose fixture is costly (a browser, demo data)
 names an `xdist_group`, so one worker builds it once; tests marked `slow` are run first,
 so the longest ones do not start last and keep one core busy alone at the end.
+
+Migrating a database runs some seventy statements and renders and parses every migration
+(over a CPU-second on chdb), and a few hundred tests want a fresh one. So each worker
+migrates one database per session for real and then drops it, keeping what it left: the
+DDL of each table and view, in an order that creates them, and the ledger's statements.
+`store` gives each test a database of its own made from those (its name substituted for
+the template's): the same tables, columns, settings, views and ledger as `migrate` leaves,
+so a second `migrate` applies nothing, for under half the CPU. A test still never
+sees another's rows: every database is new and empty but for its ledger.
+tests/test_conftest.py checks the copy against a real migration.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import re
 import threading
 import uuid
 from dataclasses import dataclass
@@ -61,10 +74,16 @@ def _block_clickhouse_unless_marked(request, monkeypatch):
     monkeypatch.setattr(store_module.clickhouse_connect, "get_client", refuse)
 
 
+@functools.cache
+def _default_spec_data(path: Path, mtime_ns: int, size: int) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
 def write_spec(directory: Path, **changes) -> tuple[dict, Path]:
     """A copy of the default spec with dotted-key changes, written to `directory`.
     Returns the (unvalidated) spec and its path, so tests can write bad specs too."""
-    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    stat = DEFAULT_SPEC.stat()  # parsed once while the file stays as it is; each caller gets a copy
+    data = copy.deepcopy(_default_spec_data(DEFAULT_SPEC, stat.st_mtime_ns, stat.st_size))
     for dotted, value in changes.items():
         node = data
         *parents, last = dotted.split(".")
@@ -76,17 +95,91 @@ def write_spec(directory: Path, **changes) -> tuple[dict, Path]:
     return data, path
 
 
-@pytest.fixture
-def store(chdb_dsn, tmp_path) -> Store:
-    """A fresh, migrated database in the shared chdb path."""
-    from cvat_analytics.migrate import migrate
+def new_database_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
 
-    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+
+@dataclass
+class MigratedTemplate:
+    """What `migrate` left in a database called `database`, to make another like it."""
+    database: str
+    spec_text: str  # the spec file that named it
+    spec: dict  # load_spec of that file
+    ddl: list[str]  # CREATE statements of its tables and views, in an order that works
+    ledger: list[tuple[str, list[str]]]  # (migration, its statements) as checksummed
+
+    def rename(self, text: str, database: str) -> str:
+        return re.sub(rf"\b{self.database}\b", database, text)
+
+    def copy_into(self, client, database: str) -> None:
+        """Create `database` as migrate would have left it, ledger included."""
+        from cvat_analytics_generator.sql import checksum
+
+        client.command(f"CREATE DATABASE `{database}`")
+        for statement in self.ddl:
+            client.command(self.rename(statement, database))
+        rows = [(name, checksum([self.rename(s, database) for s in statements])) for name, statements in self.ledger]
+        values = ", ".join(f"({{n{i}:String}}, {{c{i}:String}})" for i in range(len(rows)))
+        parameters = {f"{key}{i}": value for i, row in enumerate(rows) for key, value in zip("nc", row)}
+        client.command(f"INSERT INTO `{database}`.schema_migrations (name, checksum) VALUES {values}",
+                       parameters=parameters)
+
+
+def _creatable_order(client, database: str, statements: dict[str, str], scratch: str) -> list[str]:
+    """The statements in an order that creates every object (a materialized view after the
+    table it writes to), found by trying them in a scratch database."""
+    template = MigratedTemplate(database, "", {}, [], [])
+    client.command(f"CREATE DATABASE `{scratch}`")
+    order, pending = [], sorted(statements)
+    try:
+        while pending:
+            failed = []
+            for name in pending:
+                try:
+                    client.command(template.rename(statements[name], scratch))
+                    order.append(name)
+                except Exception:  # its dependency comes later: try again in the next round
+                    failed.append(name)
+            if len(failed) == len(pending):
+                raise RuntimeError(f"cannot recreate {failed} of the migrated template database")
+            pending = failed
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{scratch}` SYNC")
+    return [statements[name] for name in order]
+
+
+@pytest.fixture(scope="session")
+def migrated_template(chdb_dsn, tmp_path_factory) -> MigratedTemplate:
+    """One real migration per worker, kept as DDL and ledger (see the module's docstring)."""
+    from cvat_analytics.migrate import migrate, migrations
+
+    database = new_database_name()
+    _, spec_path = write_spec(tmp_path_factory.mktemp("template"), **{"clickhouse.database": database})
     spec = load_spec(spec_path)
     client = store_module.connect(chdb_dsn)
     migrate(client, spec, log=lambda *_: None)
+    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String}",
+                        parameters={"db": database}).result_rows
+    client.command(f"DROP DATABASE `{database}` SYNC")
+    ddl = _creatable_order(client, database, dict(rows), new_database_name())
+    ledger = [(m.name, m.statements) for m in migrations(spec)]
+    return MigratedTemplate(database, spec_path.read_text(), spec, ddl, ledger)
+
+
+@pytest.fixture
+def store(chdb_dsn, tmp_path, migrated_template) -> Store:
+    """A fresh, migrated database in the shared chdb path (made from `migrated_template`:
+    the same as migrating it, for under half the CPU)."""
+    database = new_database_name()
+    spec_path = tmp_path / "analytics.yaml"
+    # The default spec naming this database: what write_spec writes, and what load_spec reads from it.
+    spec_path.write_text(migrated_template.rename(migrated_template.spec_text, database))
+    spec = copy.deepcopy(migrated_template.spec)
+    spec["clickhouse"]["database"] = database
+    client = store_module.connect(chdb_dsn)
+    migrated_template.copy_into(client, database)
     yield Store(chdb_dsn, spec, spec_path, client)
-    client.command(f"DROP DATABASE IF EXISTS `{spec['clickhouse']['database']}` SYNC")
+    client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
 
 
 @pytest.fixture

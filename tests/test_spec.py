@@ -98,3 +98,27 @@ def test_every_command_that_reads_the_spec_exits_2_with_one_line(tmp_path, comma
     assert len(lines) == 1
     assert "clickhouse.server.system_log_ttl_days: expected whole days" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing rendered, no chdb path created
+
+
+def test_a_spec_read_again_is_a_copy_of_its_own_and_follows_the_file(tmp_path):
+    """load_spec keeps the specs it validated (tests read the same file hundreds of times):
+    a caller that changes what it got changes nobody else's, and a file rewritten with a
+    mistake, or with another value, is read as it is now."""
+    _, path = write_spec(tmp_path, **{"clickhouse.retention_days": 30})
+    first = load_spec(path)
+    first["clickhouse"]["retention_days"] = 1
+    first["events"]["columns"].clear()
+    again = load_spec(path)
+    assert again["clickhouse"]["retention_days"] == 30 and len(again["events"]["columns"]) >= 18
+    assert again is not load_spec(path)
+    write_spec(tmp_path, **{"clickhouse.retention_days": "ninety"})
+    with pytest.raises(SpecError, match="clickhouse.retention_days"):
+        load_spec(path)
+    write_spec(tmp_path, **{"clickhouse.retention_days": 31})
+    assert load_spec(path)["clickhouse"]["retention_days"] == 31
+    (tmp_path / "boards").mkdir()
+    data, _ = write_spec(tmp_path, custom_dashboards_dir="boards")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "analytics.yaml").write_text(path.read_text())
+    assert load_spec(path)["custom_dashboards_dir"] == str(tmp_path / "boards")
+    assert load_spec(tmp_path / "elsewhere" / "analytics.yaml")["custom_dashboards_dir"] == str(tmp_path / "elsewhere" / "boards")

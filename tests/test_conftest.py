@@ -1,0 +1,47 @@
+"""The `store` fixture makes each test's database from a template migrated once per worker
+(tests/conftest.py): it must be what `migrate` leaves, or every engine test would test
+something else than the product."""
+import pytest
+
+from cvat_analytics.migrate import applied, migrate, migrations
+from cvat_analytics_generator.spec import load_spec
+from tests.conftest import new_database_name, write_spec
+
+TABLES = ("SELECT name, engine, replaceRegexpAll(create_table_query, {db:String}, 'DB') FROM system.tables "
+          "WHERE database = {db:String} ORDER BY name")
+COLUMNS = ("SELECT table, name, position, type, default_kind, default_expression, compression_codec "
+           "FROM system.columns WHERE database = {db:String} ORDER BY table, position")
+
+
+def schema(client, database: str) -> tuple[list, list]:
+    db = {"db": database}
+    return client.query(TABLES, parameters=db).result_rows, client.query(COLUMNS, parameters=db).result_rows
+
+
+@pytest.mark.clickhouse
+def test_a_store_is_what_migrate_leaves_and_a_second_migrate_applies_nothing(store, tmp_path):
+    _, path = write_spec(tmp_path, **{"clickhouse.database": new_database_name()})
+    migrated = load_spec(path)
+    migrate(store.client, migrated, log=lambda *_: None)
+    try:
+        tables, columns = schema(store.client, store.database)
+        assert len(tables) > 10 and (tables, columns) == schema(store.client, migrated["clickhouse"]["database"])
+    finally:
+        store.client.command(f"DROP DATABASE `{migrated['clickhouse']['database']}` SYNC")
+    assert applied(store.client, store.spec) == {m.name: m.checksum for m in migrations(store.spec)}
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+    assert store.client.command(f"SELECT count() FROM `{store.database}`.events") == 0
+
+
+@pytest.mark.clickhouse
+def test_a_stores_spec_file_is_write_specs_and_its_spec_is_load_specs(store, tmp_path):
+    _, path = write_spec(tmp_path, **{"clickhouse.database": store.database})
+    assert store.spec_path.read_text() == path.read_text()
+    assert load_spec(store.spec_path) == store.spec
+
+
+@pytest.mark.clickhouse
+def test_each_store_is_a_database_of_its_own(store, migrated_template):
+    assert store.database != migrated_template.database
+    names = store.client.query("SELECT name FROM system.databases").result_rows
+    assert (migrated_template.database,) not in names  # the template is dropped: nothing refreshes in it
