@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,19 @@ def load_spec(path: str | Path | None = None) -> dict:
     return data
 
 
+def _pattern(validator, pattern, instance, schema):
+    """JSON Schema's `pattern` as ECMA-262 reads it: `$` is the end of the string. The
+    jsonschema package runs Python's re.search, whose `$` also matches before a final line
+    break, so "admin\n" passed ^...$ and broke out of its line in a rendered manifest."""
+    if validator.is_type(instance, "string") and not re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
 def validate(data: Any, path: Path | str = "<spec>", node: yaml.Node | None = None) -> None:
-    validator = jsonschema.Draft202012Validator(
-        load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
+    validator = _Validator(load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         keys, expected = _describe(error)

@@ -98,3 +98,19 @@ def test_every_command_that_reads_the_spec_exits_2_with_one_line(tmp_path, comma
     assert len(lines) == 1
     assert "clickhouse.server.system_log_ttl_days: expected whole days" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing rendered, no chdb path created
+
+
+@pytest.mark.parametrize("key, value, expected_key", [
+    ("clickhouse.users.admin", "admin\n", "clickhouse.users.admin"),  # raw in the k8s CHI's users: keys
+    ("kubernetes.namespace", "cvat\n", "kubernetes.namespace"),
+    ("kubernetes.clickhouse.cpu", "2\n", "kubernetes.clickhouse.cpu"),
+    ("clickhouse.database", "cvat\n", "clickhouse.database"),
+])
+def test_a_final_line_break_does_not_pass_a_pattern(tmp_path, key, value, expected_key):
+    """A pattern's `$` is the end of the value (as JSON Schema's ECMA-262 reads it), not the
+    point before a final line break (Python's re.search): "admin\\n" rendered `admin` and a line
+    of its own into the k8s manifest, which no longer parsed."""
+    _, path = write_spec(tmp_path, **{key: value})
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(path)
+    assert expected_key in str(excinfo.value)
