@@ -116,11 +116,19 @@ def _read_env(path: Path) -> str:
 def parse_env(text: str) -> dict[str, str]:
     """KEY=value lines of a Compose .env (quotes removed; later lines win, as in Compose)."""
     values = {}
-    for line in text.splitlines():
+    for line in _lines(text):
+        line = line.removesuffix("\n").removesuffix("\r")
         match = ENV_LINE.match(line)
         if match and not line.lstrip().startswith("#"):
             values[match.group(1)] = _unquote(match.group(2))
     return values
+
+
+def _lines(text: str) -> list[str]:
+    """The .env's lines as Compose reads them, each with its line break: a line ends at \n
+    (\r\n too) and nowhere else. str.splitlines also ends one at \r, \f, \x85, \u2028 and
+    more, so adopt replaced a COMPOSE_FILE that Compose read as part of the value before it."""
+    return re.findall(r"[^\n]*\n|[^\n]+", text)
 
 
 def _unquote(raw: str) -> str:
@@ -249,7 +257,7 @@ def edit_env(text: str, updates: dict[str, str]) -> tuple[str, list[str]]:
     """The .env with each key's line replaced in place (the last one, which Compose uses) or
     appended; every other byte kept. Returns the text and the keys whose value changed."""
     newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     current = parse_env(text)
     changed = [k for k, v in updates.items() if current.get(k) != v]
     last = {}
@@ -266,7 +274,7 @@ def edit_env(text: str, updates: dict[str, str]) -> tuple[str, list[str]]:
         else:
             appended.append(entry + newline)
     if appended:
-        if lines and not lines[-1].endswith(("\n", "\r")):
+        if lines and not lines[-1].endswith("\n"):
             lines[-1] += newline
         lines += ["# cvat-analytics adopt: CVAT's analytics services are cvat-analytics' (docs/cvat-stack.md)" + newline]
         lines += appended

@@ -355,10 +355,10 @@ def run_import(client, spec: dict, path_or_dash: str, skip_invalid: bool = False
 
 def store_new(client, sql, body: bytes, rows: int) -> int:
     """Store the events of one batch that are not stored yet (identical in every column
-    CVAT exports to one in the batch's time range); how many were new."""
+    CVAT exports to one in the batch's time range), each once; how many were new."""
     client.command(sql.named("clear_batch"))
     client.raw_insert("import_batch", None, body, settings=INSERT_SETTINGS, fmt="JSONEachRow")
-    new = rows - int(client.command(sql.named("count_already_stored")))
+    new = int(client.command(sql.named("count_new")))
     if new:
         with INSERT_SECONDS.time():
             client.command(sql.named("store_new"), settings={k: v for k, v in INSERT_SETTINGS.items()

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,21 @@ def load_schema() -> dict:
     return copy.deepcopy(_validator().schema)
 
 
+def _pattern(validator, pattern, instance, schema):
+    """JSON Schema's `pattern` as ECMA-262 reads it: `$` is the end of the string. The
+    jsonschema package runs Python's re.search, whose `$` also matches before a final line
+    break, so "admin\n" passed ^...$ and broke out of its line in a rendered manifest."""
+    if validator.is_type(instance, "string") and not re.search(re.sub(r"(?<!\\)\$", r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
 @functools.cache
 def _validator_for(mtime_ns: int, size: int) -> jsonschema.Draft202012Validator:
     """The validator of the packaged schema as it is on disk (parsed once while it stays so)."""
-    return jsonschema.Draft202012Validator(
+    return _Validator(
         user_file.read_yaml(SCHEMA_PATH)[0], format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
 

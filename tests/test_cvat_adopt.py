@@ -351,3 +351,16 @@ def test_the_backup_is_taken_only_before_the_first_adoption(chdb_dsn, tmp_path):
     finally:
         client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
     assert any(f"backing up {database}" in line for line in said)
+
+
+@pytest.mark.parametrize("breaker", ["\r", "\x0c", "\x85", "\u2028"])
+def test_a_value_holding_a_character_python_ends_lines_at_is_read_as_compose_reads_it(tmp_path, spec_path, breaker):
+    """Compose ends a .env line at \\n only; str.splitlines also at \\r, \\f, \\x85, \\u2028. A value
+    holding one before `COMPOSE_FILE=...` made adopt replace that "line" and report success
+    while Compose read it as the value before it, and started CVAT without our services."""
+    cvat = make_checkout(tmp_path / "cvat", "v2.66.0", env=None)
+    (cvat / ".env").write_bytes(f"NOTE=hello{breaker}COMPOSE_FILE=docker-compose.yml\n".encode())
+    assert adopt(cvat, spec_path) == 0
+    config = plain_compose_config(cvat, tmp_path)
+    assert "cvat_analytics_migrate" in config["services"]
+    assert (cvat / ".env").read_bytes().startswith(f"NOTE=hello{breaker}COMPOSE_FILE=docker-compose.yml\n".encode())

@@ -388,3 +388,16 @@ def test_a_cvat_export_that_ends_with_remote_addr_imports(store, tmp_path):
     assert run_import(store.client, store.spec, str(path)) == 0
     rows = store.client.query(f"SELECT scope, remote_addr FROM `{store.database}`.events ORDER BY timestamp").result_rows
     assert rows == [("create:task", None), ("change:frame", "10.0.0.7")]
+
+
+@pytest.mark.clickhouse
+@pytest.mark.parametrize("batch_size", [2, 50_000])
+def test_an_event_repeated_in_a_file_is_stored_once_whatever_the_batch_size(store, tmp_path, capsys, batch_size):
+    """Identical events are one event whether a batch boundary separates them or not: a file
+    holding each event twice stored both copies when they fell in one batch, one when they
+    fell in two, so the store depended on --batch-size."""
+    events = cvat_events()
+    path = write_ndjson(tmp_path / "twice.ndjson", [events[0], events[1], events[0], events[1]])
+    assert run_import(store.client, store.spec, str(path), batch_size=batch_size) == 0
+    assert capsys.readouterr().out.strip() == "imported 2 events, 2 were already stored (0 skipped)"
+    assert count(store) == 2

@@ -391,6 +391,26 @@ def test_timesheet_route_limits_name_the_spec_key(loaded, make_served):
     assert status == 400 and json.loads(body)["limit"] == "embedded.timesheet.max_bytes"
 
 
+@pytest.mark.clickhouse
+def test_a_timesheet_asked_while_one_runs_is_429_at_once(loaded, make_served):
+    """One timesheet at a time: a request that finds one running answers 429 naming the limit at
+    once, instead of queueing on the handle (each waiting request held a connection of
+    embedded.max_connections for up to max_seconds per timesheet ahead of it)."""
+    import threading
+
+    store, _ = loaded
+    srv = make_served(spec=store.spec, export=True)
+    running = srv.routes.find("GET", "/api/timesheet").handler._lock  # held as a running timesheet holds it
+    running.acquire()
+    threading.Timer(5, running.release).start()
+    started = time.monotonic()
+    status, headers, body = call(srv, "/api/timesheet")
+    assert status == 429 and time.monotonic() - started < 2, (status, time.monotonic() - started)
+    assert json.loads(body)["limit"] == "embedded.timesheet.max_seconds" and headers["Retry-After"] == "1"
+    time.sleep(5.5 - (time.monotonic() - started))  # the running one done: the next is served
+    assert call(srv, "/api/timesheet")[0] == 200
+
+
 def test_timesheet_csv_keeps_formulas_out_of_spreadsheets():
     header, rows = read_csv(productivity.timesheet_csv(["user_id", "user_name"], [(1, "=HYPERLINK(1)"), (2, None),
                                                                                   (3, "-2+3"), (4, "ann, \"x\"")]))

@@ -122,3 +122,19 @@ def test_a_spec_read_again_is_a_copy_of_its_own_and_follows_the_file(tmp_path):
     (tmp_path / "elsewhere" / "analytics.yaml").write_text(path.read_text())
     assert load_spec(path)["custom_dashboards_dir"] == str(tmp_path / "boards")
     assert load_spec(tmp_path / "elsewhere" / "analytics.yaml")["custom_dashboards_dir"] == str(tmp_path / "elsewhere" / "boards")
+
+
+@pytest.mark.parametrize("key, value, expected_key", [
+    ("clickhouse.users.admin", "admin\n", "clickhouse.users.admin"),  # raw in the k8s CHI's users: keys
+    ("kubernetes.namespace", "cvat\n", "kubernetes.namespace"),
+    ("kubernetes.clickhouse.cpu", "2\n", "kubernetes.clickhouse.cpu"),
+    ("clickhouse.database", "cvat\n", "clickhouse.database"),
+])
+def test_a_final_line_break_does_not_pass_a_pattern(tmp_path, key, value, expected_key):
+    """A pattern's `$` is the end of the value (as JSON Schema's ECMA-262 reads it), not the
+    point before a final line break (Python's re.search): "admin\\n" rendered `admin` and a line
+    of its own into the k8s manifest, which no longer parsed."""
+    _, path = write_spec(tmp_path, **{key: value})
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(path)
+    assert expected_key in str(excinfo.value)

@@ -163,6 +163,7 @@ PATHS: dict[str, dict] = {
             "403": _json("forbidden: no token permission, or a filter outside the token's forced filters",
                          {"type": "object"}),
             "408": _detail("the query ran past embedded.timesheet.max_seconds"),
+            "429": _detail("another timesheet is running (one at a time); Retry-After"),
             "401": _REFUSED["401"]}}},
     "/api/events/export": {"post": {
         "summary": "Start an export: 202 {rq_id}",

@@ -6,7 +6,9 @@ that org's or user's time, and asking for another is 403 (access.apply_forced_fi
 Every request is bounded by embedded.timesheet: its rows (max_rows), the bytes of its CSV
 (max_bytes) and the seconds its query runs (max_seconds); past any of them the answer is an
 error naming the limit, never a cut file. The query runs on a handle of its own, so ingest
-never waits behind it.
+never waits behind it; one timesheet runs at a time, and a request that finds one running is
+answered 429 at once (waiting, each would hold a connection of embedded.max_connections for up
+to max_seconds per timesheet ahead of it, and enough of them would leave none for ingest).
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ class Timesheet:
             columns, rows = self._query(by == "project", limits["max_rows"] + 1, limits["max_seconds"], query)
         except ProductivityError as exc:
             return _bad(exc.param, exc.reason)
+        except Busy:
+            response = _limit(429, "another timesheet is running (one at a time); retry when it is done, "
+                                   f"at most embedded.timesheet.max_seconds ({limits['max_seconds']} s)",
+                              "embedded.timesheet.max_seconds")
+            response.headers["Retry-After"] = "1"
+            return response
         except Exception as exc:  # the engine stopped it at max_seconds
             if getattr(exc, "code", None) == TIMEOUT or "TIMEOUT_EXCEEDED" in str(exc):
                 return _limit(408, f"the timesheet took longer than embedded.timesheet.max_seconds "
@@ -73,11 +81,19 @@ class Timesheet:
     def _query(self, by_project: bool, limit: int, seconds: int, query: dict):
         filters = {k: one(query, k) for k in ("user_id", "org_id", "project_id")}
         settings = {"max_execution_time": seconds, "timeout_overflow_mode": "throw", "readonly": 1}
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            raise Busy()
+        try:
             if self._client is None:
                 self._client = store.open_handle(self.dsn)
             return timesheet(self._client, self.spec, by_project, limit=limit, settings=settings,
                              from_day=one(query, "from"), to_day=one(query, "to"), **filters)
+        finally:
+            self._lock.release()
+
+
+class Busy(Exception):
+    """Another timesheet holds the handle."""
 
 
 def _bad(param: str, reason: str) -> Response:
