@@ -70,8 +70,8 @@ def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_reques
     problems = contracts.vector_problems(unbounded, contracts.ClickHouseUsers.from_files(unbounded))
     assert len(problems) == 4 and all("unlimited" in p for p in problems)  # two per ClickHouse sink (events, vector_metrics)
     # The refresh's commit margin: an INSERT stopped before it ends is counted by the next run.
-    short_margin = edited(files, contracts.REFRESH_VIEW, "toIntervalSecond(60) AS run_since",
-                          "toIntervalSecond(30) AS run_since")
+    short_margin = edited(files, contracts.REFRESH_VIEW, "logged - toIntervalSecond(60), run_until) AS run_since",
+                          "logged - toIntervalSecond(30), run_until) AS run_since")
     problems = contracts.vector_problems(short_margin, users)  # one per ClickHouse sink
     assert len(problems) == 2 and all("inserted up to 30 s before its last run" in p and "cvat_ingest" in p for p in problems)
 
