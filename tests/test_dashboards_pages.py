@@ -20,7 +20,7 @@ from cvat_analytics.bench.service import ServeProcess
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CLI = REPO / ".venv" / "bin" / "cvat-analytics"
 ARTIFACTS = REPO / "tests" / "artifacts"
-UIDS = ["EIGSTDAVz", "w0if6WAVz", "WvDvWK04k", "user-exceptions"]  # CVAT's, and its exceptions draft's
+UIDS = ["EIGSTDAVz", "w0if6WAVz", "WvDvWK04k", "user-exceptions", "cvat-productivity"]  # CVAT's, its exceptions draft's, ours
 CUSTOM = ["errors-by-user", "monitoring-edited"]  # the user's own: written, and imported from Grafana's JSON
 ERRORS_BY_USER = """\
 uid: errors-by-user

@@ -37,6 +37,8 @@ TABLE_COLUMNS = {
                                   "job_id", "error", "stack", "payload"],
     ("WvDvWK04k", "Duration of events (ms)"): ["scope", "source", "events", "avg_ms", "p95_ms", "min_ms", "max_ms"],
     ("WvDvWK04k", "Number of events"): ["scope", "source", "events"],
+    ("WvDvWK04k", "Working-time refresh — lag and last error"): ["lag_s", "failed_in_a_row", "last_error",
+                                                                 "failures_in_range"],
     ("user-exceptions", "Category summary"): ["source", "category", "errors", "share_pct", "users", "previous_errors",
                                               "change_pct", "previous_users"],
     ("user-exceptions", "Top messages"): ["category", "message", "source", "errors", "users"],
