@@ -433,3 +433,18 @@ def test_exceptions_noise_and_categories_come_from_the_spec(errors):
     assert run_panel(tuned, "exceptions", "Total errors") == [(6, 3, 100.0)]
     assert run_panel(tuned, "exceptions", "Category share") == [("Other / uncategorized", 83.33), ("Rate limits", 16.67)]
     assert [r[0] for r in run_panel(tuned, "exceptions", "Top messages", category=["Rate limits"])] == ["Rate limits"]
+
+
+@pytest.mark.clickhouse
+def test_the_cache_panel_draws_writes_above_zero_and_reads_below_as_cvat_does_since_2_66(store):
+    """CVAT 2.65 logs a chunk read from the cache (`read:cache_item`) and its 2.66 Monitoring
+    panel draws reads as negative series beside the writes (its stock monitoring.json)."""
+    at = NOW - timedelta(hours=1)
+    rows = [{"scope": scope, "source": "server", "timestamp": at.strftime("%Y-%m-%d %H:%M:%S.000"),
+             "payload": json.dumps({"queue": "chunks", "cache_item": {"size": size}})}
+            for scope, size in (("create:cache_item", 2 * 1048576), ("read:cache_item", 1048576),
+                                ("read:cache_item", 1048576), ("update:task", 5 * 1048576))]
+    insert_json_rows(store.client, store.database, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    [panel] = [p for p in grafana.load("monitoring", store.spec)["panels"] if p["title"].startswith("Cache throughput")]
+    got = {queue: mb for _, queue, mb in store.client.query(expand(panel["sql"], FROM, TO, interval_s=60)).result_rows}
+    assert got == {"write:chunks": round(2 / 60, 3), "read:chunks": -round(2 / 60, 3)}
