@@ -158,6 +158,11 @@ def _semantic_problems(spec: dict):
         yield (["alerts", "working_time_stale", "max_age_minutes"],
                f"more than twice working_time.refresh_interval_s ({spec['working_time']['refresh_interval_s']} s), "
                f"got {stale} minutes")
+    # A refresh spills its GROUP BY and sorts to disk past refresh_spill_mb, to stay under its cap.
+    wt = spec["working_time"]
+    if wt["refresh_spill_mb"] >= wt["refresh_max_memory_mb"]:
+        yield (["working_time", "refresh_spill_mb"],
+               f"less than working_time.refresh_max_memory_mb ({wt['refresh_max_memory_mb']}), got {wt['refresh_spill_mb']}")
     users = spec["clickhouse"]["users"]
     if len(set(users.values())) != len(users):
         yield ["clickhouse", "users"], "a different user name for each role"

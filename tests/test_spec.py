@@ -138,3 +138,17 @@ def test_a_final_line_break_does_not_pass_a_pattern(tmp_path, key, value, expect
     with pytest.raises(SpecError) as excinfo:
         load_spec(path)
     assert expected_key in str(excinfo.value)
+
+
+@pytest.mark.parametrize("changes, key, expected", [
+    ({"working_time.refresh_max_memory_mb": 32}, "working_time.refresh_max_memory_mb", "MiB (64-1048576)"),
+    ({"working_time.refresh_max_memory_mb": 256, "working_time.refresh_spill_mb": 256},
+     "working_time.refresh_spill_mb", "less than working_time.refresh_max_memory_mb (256), got 256"),
+])
+def test_a_refresh_cap_that_could_not_record_its_own_failure_is_refused(tmp_path, changes, key, expected):
+    """Below 64 MiB even the run that records a failure fails, so the refresh would never back
+    off; a spill threshold at or above the cap would never spill before the cap stops the run."""
+    _, path = write_spec(tmp_path, **changes)
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(path)
+    assert key in str(excinfo.value) and expected in str(excinfo.value)
