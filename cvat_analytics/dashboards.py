@@ -12,8 +12,17 @@ parameters are carried into its links (a page's size does not grow with its URL)
 panel's or a variable's SQL (a custom or imported definition is the user's text) passes the
 SQL gate (cvat_analytics_generator.sql_gate: one statement, no SETTINGS clause, INTO
 OUTFILE, file() or table function off its list) before it runs; queries run read-only
-(readonly=1) with the dashboards user's time and memory limits; a page's work is bounded by
-the spec's embedded.dashboards (points per series, rows per panel).
+(readonly=1) with the time and memory limits the spec gives Grafana's ClickHouse user
+(clickhouse.dashboards_max_execution_time_s, dashboards_max_memory_usage_bytes); a page's
+work is bounded by the spec's embedded.dashboards (points per series, rows per panel).
+
+From the table to a cell: `grafana.load_all` reads the definitions (generator/dashboards/
+*.yaml; {{ db }} and {{ filters }} filled in); `dashboard_page` runs each variable's SQL
+for its options, then each panel (`_panel`): `grafana_macros.expand` (macros, then the
+validated values), the SQL gate, `query` (the caller's forced filters as
+additional_table_filters); a chart is drawn by charts.py, a table's cells by `_cell` (the
+`cell` filter of dashboard_templates/dashboard.html.j2). service/dashboard_routes.py is the
+HTTP door.
 """
 from __future__ import annotations
 

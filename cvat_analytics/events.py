@@ -1,8 +1,10 @@
 """The event contract (docs/architecture.md, The event contract) as code: one incoming event -> the row we insert.
 
-Everything that reaches <database>.events goes through `EventContract.normalize`, so
-`import`, `serve` and any later ingest accept exactly the same events and store them
-the same way. The columns and their types come from the spec's `events.columns`;
+This is the reference: `import` runs it on every event, and `serve` on any body the fast
+path (events_fast.py) does not take; the fast path and Vector's copy of these rules in VRL
+(generator/templates/vector/event_contract.vrl.jinja) must decide and store exactly as it
+does (tests/test_events_fast.py, tests/test_vector_contract.py). A change to what ingest
+accepts is made in all three. The columns and their types come from the spec's `events.columns`;
 the rules below say how an incoming JSON value becomes a value of that type.
 
 Decisions (see also docs/architecture.md):

@@ -1,7 +1,8 @@
 """Working time (docs/architecture.md, Working time): query-time totals, waiting for the refresh that
 keeps <db>.working_time_totals exact, and the executable-UDF setup for chdb.
 
-The engine keeps the totals current itself (a refreshable view, migration 0013).
+The engine keeps the totals current itself (the refreshable view working_time_refresh,
+migration 0017; 0013 created it before).
 The SQL lives in generator/templates/clickhouse/; this module renders it from the
 spec and runs it with bound parameters only.
 """

@@ -102,8 +102,8 @@ class GroupCommit:
     stored (its key in <db>.ingest_requests, or earlier in the same group) is left out and
     answered as a duplicate once the group is stored.
 
-    A kill -9 can fall after the group's rows are stored but before the view has listed
-    its requests: their retries would be stored again. So the group (token and rows)
+    A kill -9 can fall after the group's rows are stored but before the view (the
+    materialized view ingest_requests_mv, migrations 0011/0014) has listed its requests: their retries would be stored again. So the group (token and rows)
     is first written to a redo file, removed once the insert returned; at start a redo
     file left behind is inserted again with the same token, and ClickHouse's own
     deduplication stores the rows if the crash came before they were stored and drops

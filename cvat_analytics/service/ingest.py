@@ -86,11 +86,14 @@ def _parse_ndjson(text: str) -> list:
 
 
 def dedup_token(request: "RequestHandler", body: bytes) -> str:
-    """ClickHouse's insert_deduplication_token for this request.
+    """What makes this request the same as its retries (its deduplication key, before hashing).
 
     With an `Idempotency-Key` header: the key, namespaced by the caller, so any body
     sent with the same key is stored once (the first one). Without: the body's
-    sha256, so a byte-identical retry is stored once. The two never collide."""
+    sha256, so a byte-identical retry is stored once. The two never collide.
+    Ingest hashes it to the 32-hex key group commit looks up in <db>.ingest_requests; the
+    group's INSERT carries "ingest <key> <key> ..." as ClickHouse's insert_deduplication_token,
+    from which migration 0011's view records the keys (group_commit.py)."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return "body:" + hashlib.sha256(body).hexdigest()

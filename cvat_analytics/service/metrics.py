@@ -5,7 +5,7 @@ and status, events accepted, ingest requests refused by reason. Read from the en
 and the export jobs when scraped: engine up, the working-time refresh's lag, failures in a
 row and last error, export jobs by
 state and their bytes on disk. The insert latency histogram is process-wide
-(store.insert_json_rows observes it, whoever inserts).
+(store.insert_json_rows and insert_compact_rows observe it, whoever inserts).
 
 Each server has a registry of its own, so two servers in one process (the tests)
 count apart; the names are documented in docs/embedded-service.md.
