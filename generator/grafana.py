@@ -4,7 +4,8 @@ One definition per dashboard: uid, title, template variables with their SQL, the
 filters every panel applies, and the panels (id, title, type, gridPos, SQL). The
 Grafana JSON is built from it here; the embedded service draws the same panels from
 the same SQL (cvat_analytics/dashboards.py). SQL keeps the plugin's macros and
-${variables}; only {{ db }} and {{ filters }} are filled in from the spec. The built-in
+${variables}; only {{ db }}, {{ filters }} (and any other `*_filters` list) and the
+definition's `fragments` are filled in (load). The built-in
 definitions are the project's Jinja templates; a user's own are never a template (fill).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`cvat-analytics serve`: open the store, migrate, build the server, serve until
-SIGTERM/SIGINT, stop gracefully."""
+"""`cvat-analytics serve`: open the store, migrate it (chdb: this process owns it), build the
+server (routes.table()), serve until SIGTERM/SIGINT, stop gracefully."""
 from __future__ import annotations
 
 import ipaddress

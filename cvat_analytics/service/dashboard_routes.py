@@ -21,6 +21,8 @@ HEADERS = {
 
 
 class DashboardPages:
+    """The handler of both routes: the path and query string to dashboards.handle, its HTML back."""
+
     def __init__(self, pages: "dashboards.Dashboards"):
         self.pages = pages
 

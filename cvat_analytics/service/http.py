@@ -85,6 +85,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.server.untrack(self.connection)
 
     def respond(self) -> None:
+        """Every request: framing checked, then the route table's answer (routes.Routes.answer),
+        sent, the unread body drained, one access line logged."""
         started = time.monotonic()
         # Every answer carries it; an error's stack trace in the log carries it too.
         self.request_id = uuid.uuid4().hex[:16]
@@ -288,7 +290,8 @@ class RequestHandler(BaseHTTPRequestHandler):
 
 
 class EventServer(ThreadingHTTPServer):
-    """The HTTP server with its route table, its limits and a graceful stop."""
+    """The HTTP server with its route table, its limits and a graceful stop. It serves every
+    route of `serve` (events are only POST /): the name is older than the other routes."""
 
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True

@@ -3,8 +3,9 @@ permission a caller needs (None: open to all). The access check reads the permis
 from here and nowhere else; before it, every request passes origins.py's checks (the
 Host it names, and whether a browser sent it from another site).
 
-`table()` lists every route the service has; ingest, health, export and dashboards
-provide the handlers.
+`table()` lists every route the service has; the modules beside this one provide the
+handlers (ingest, health, metrics, export_routes, timesheet_routes, dashboard_routes,
+clickhouse_http, openapi).
 """
 from __future__ import annotations
 
