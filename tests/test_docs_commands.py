@@ -5,7 +5,9 @@ of a fenced code block, and every inline code span that starts with the command 
 command without its required arguments: `cvat-analytics adopt`). A `cvat-analytics`
 command is parsed by the CLI's real argparse parser (`build_parser()`, abbreviations off, so a
 renamed option is not rescued by a prefix); a `make` command must name a target of the Makefile.
-Placeholders (`CVAT_DIR`, `N`, `[--option N]`) get sample values first. Nothing is run: no
+Placeholders (`CVAT_DIR`, `N`, `[--option N]`) get sample values first. The synopses of
+docs/configuration.md's CLI table are checked the other way round from tests/test_docs.py: every
+option a row names exists, with the parser's own choices. Nothing is run: no
 subprocess, no engine; the whole file takes well under a second.
 """
 from __future__ import annotations
@@ -193,3 +195,37 @@ def test_an_inline_span_may_leave_out_required_arguments_but_not_misname_an_opti
     assert cli_error(["adopt"], inline=True) is None
     assert cli_error(["adopt"]) is not None  # in a code block it is run as written
     assert "--bogus" in cli_error(["adopt", "--bogus"], inline=True)
+
+
+def cli_table_rows():
+    """(line number, synopsis) of each row of docs/configuration.md's CLI table."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    commands = set(subparsers(PARSER))
+    for number, line in enumerate(text.splitlines(), 1):
+        match = re.match(r"\| `([^`]+)` \|", line)
+        if match and match[1].split()[0] in commands:
+            yield number, match[1].replace("\\|", "|")
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("number,synopsis", list(cli_table_rows()), ids=lambda v: str(v)[:40])
+def test_every_option_the_cli_table_names_exists_with_its_choices(number, synopsis):
+    """The CLI table shows synopses (`[--target compose|k8s]`, `-o/--output`), not runnable lines:
+    every option it names must be one of that subcommand's, and a choice list the parser's own."""
+    words = synopsis.replace("[", " ").replace("]", " ").split()
+    parser = subparsers(PARSER)[words[0]]
+    if words[1:2] == ["import"] and words[0] == "dashboards":
+        parser = subparsers(parser)["import"]
+    options = {o: a for a in parser._actions for o in a.option_strings}
+    for at, word in enumerate(words):
+        for option in word.split("/") if word.startswith("-") else []:
+            assert option in options, f"docs/configuration.md:{number}: {words[0]} has no option {option}"
+            action, value = options[option], words[at + 1] if at + 1 < len(words) else ""
+            if action.choices and "|" in value:
+                shown = set(value.split("|"))
+                assert shown == set(action.choices), (
+                    f"docs/configuration.md:{number}: {option} shows {sorted(shown)}, the CLI takes {sorted(action.choices)}")
