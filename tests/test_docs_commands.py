@@ -8,7 +8,7 @@ renamed option is not rescued by a prefix); a `make` command must name a target 
 Placeholders (`CVAT_DIR`, `N`, `[--option N]`) get sample values first. The synopses of
 docs/configuration.md's CLI table are checked the other way round from tests/test_docs.py: every
 option a row names exists, with the parser's own choices. Nothing is run: no
-subprocess, no engine; the whole file takes well under a second.
+subprocess, no engine (the test phases add up to about a second on a busy 2-core machine).
 """
 from __future__ import annotations
 
