@@ -29,21 +29,26 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PLACEHOLDERS = {"N": "1000", "S": "1", "D": "7", "T": "2026-12-06T00:00:00", "DAY": "2026-12-06",
                 "FILE": "sample.json", "DIR": "sample-dir", "PATH": "/path/to/cvat", "CVAT_DIR": "/path/to/cvat"}
 SEPARATORS = {"&&", "||", ";", "|", "&"}
-CLI_NAMES = {"cvat-analytics", ".venv/bin/cvat-analytics"}
+REDIRECTIONS = {">", ">>", "<", ">&", "&>"}
 
 
 def shell_commands(text: str) -> list[list[str]]:
     """The simple commands of one shell line: comments dropped, split at `&&`, `|`, `;`, with
     leading `VAR=value` assignments removed; a line that is not shell (a diagram) gives none."""
+    text = re.sub(r"<[\w.-]+>", "sample", text)  # <custom_dashboards_dir>: a placeholder, not a redirection
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
         tokens = list(lexer)
     except ValueError:  # an unbalanced quote: prose or a diagram, not a command
         return []
-    commands, current = [], []
+    commands, current, redirected = [], [], False
     for token in tokens + [";"]:
-        if token in SEPARATORS:
+        if redirected:  # the file of `> events.csv` is the shell's, not an argument
+            redirected = False
+        elif token in REDIRECTIONS:
+            redirected = True
+        elif token in SEPARATORS:
             while current and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", current[0]):
                 current.pop(0)
             if current:
@@ -72,7 +77,7 @@ def shown_commands(name: str, text: str):
             candidates = re.findall(r"`([^`]+)`", line)
         for candidate in candidates:
             for words in shell_commands(candidate):
-                if (words[0] in CLI_NAMES or words[0] == "make") and len(words) > 1:
+                if (words[0].split("/")[-1] in ("cvat-analytics", "make")) and len(words) > 1:
                     yield f"{name}:{first}", words, not fenced
 
 
@@ -144,8 +149,8 @@ def make_targets() -> set[str]:
 
 
 COMMANDS = all_commands()
-CLI = [command for command in COMMANDS if command[1][0] != "make"]
-MAKE = [command[:2] for command in COMMANDS if command[1][0] == "make"]
+CLI = [command for command in COMMANDS if command[1][0].endswith("cvat-analytics")]
+MAKE = [command[:2] for command in COMMANDS if not command[1][0].endswith("cvat-analytics")]
 
 
 @pytest.mark.parametrize("where,words,inline", CLI, ids=[f"{w} {' '.join(c[1:])}" for w, c, _ in CLI])
@@ -183,6 +188,12 @@ def test_the_pages_show_commands_of_each_kind():
 def test_a_wrong_command_is_refused_naming_the_word(argv, word):
     error = cli_error(argv)
     assert error and word in error
+
+
+def test_redirections_and_angle_placeholders_are_not_arguments():
+    assert shell_commands("cvat-analytics export --project-id 3 > events.csv && make check") == [
+        ["cvat-analytics", "export", "--project-id", "3"], ["make", "check"]]
+    assert shell_commands("cvat-analytics render --out <dir>") == [["cvat-analytics", "render", "--out", "sample"]]
 
 
 def test_a_wrong_command_in_a_page_is_found_with_its_line():
