@@ -7,7 +7,8 @@ command is parsed by the CLI's real argparse parser (`build_parser()`, abbreviat
 renamed option is not rescued by a prefix); a `make` command must name a target of the Makefile.
 Placeholders (`CVAT_DIR`, `N`, `[--option N]`) get sample values first. The synopses of
 docs/configuration.md's CLI table are checked the other way round from tests/test_docs.py: every
-option a row names exists, with the parser's own choices. Nothing is run: no
+option a row names exists, with the parser's own choices. And docs/architecture.md's map holds:
+every file it names exists, every name its "Follow an event" walk gives is in the code. Nothing is run: no
 subprocess, no engine (the test phases add up to about a second on a busy 2-core machine).
 """
 from __future__ import annotations
@@ -240,3 +241,35 @@ def test_every_option_the_cli_table_names_exists_with_its_choices(number, synops
                 shown = set(value.split("|"))
                 assert shown == set(action.choices), (
                     f"docs/configuration.md:{number}: {option} shows {sorted(shown)}, the CLI takes {sorted(action.choices)}")
+
+
+# --- docs/architecture.md's map: the files and names it sends a reader to exist ---------------
+
+ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text()
+# Where a short name in the page is read from ("`ingest.py`" in the service's row, and so on).
+FOLDERS = ["", "cvat_analytics/", "cvat_analytics/service/", "cvat_analytics/export/", "generator/",
+           "generator/templates/", "generator/templates/clickhouse/", "generator/templates/vector/",
+           "generator/templates/clickhouse/users.d/", "docs/"]
+
+
+def named_files(text: str) -> list[str]:
+    spans = re.findall(r"`([^`\s]+)`", text)
+    return [s for s in spans if re.search(r"(/|\.(py|j2|jinja|yaml|yml|md|sql))$", s)
+            and not s.startswith(("http", "chdb:", "/")) and "<db>" not in s and "…" not in s]
+
+
+def test_every_file_the_architecture_page_names_exists():
+    missing = [name for name in named_files(ARCHITECTURE)
+               if not any(any(REPO.glob(folder + re.sub(r"<[^>]+>", "*", name).rstrip("/"))) for folder in FOLDERS)]
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def test_every_name_the_follow_an_event_walk_gives_is_in_the_code():
+    """A function, class, view or Vector component renamed in the code fails here, not in a reader's hands."""
+    walk = ARCHITECTURE.split("## Follow an event", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(path.read_text() for folder in ("cvat_analytics", "generator")
+                     for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".j2", ".jinja"))
+    names = {span.split(".")[-1] for span in re.findall(r"`([A-Za-z_][\w.]*)`", walk)
+             if not re.search(r"\.(py|j2|jinja|yaml|md)$", span)}
+    missing = sorted(name for name in names if not re.search(rf"\b{re.escape(name)}\b", code))
+    assert len(names) > 20 and not missing, f"docs/architecture.md, Follow an event, names {missing}: not in the code"
