@@ -86,7 +86,10 @@ def all_commands():
     found = []
     for page in PAGES:
         found += shown_commands(str(page.relative_to(REPO)), page.read_text())
-    found += shown_commands("cvat_analytics/cli.py EXAMPLES", EXAMPLES)
+    # `--help`'s examples: a command, two spaces or more, what it does.
+    examples = [re.split(r"\s{2,}", line.strip())[0] for line in EXAMPLES.splitlines()
+                if line.strip().startswith("cvat-analytics ")]
+    found += shown_commands("cvat_analytics/cli.py EXAMPLES", "```\n" + "\n".join(examples) + "\n```\n")
     return found
 
 
@@ -178,6 +181,7 @@ def test_the_pages_show_commands_of_each_kind():
     diagram = "```\n      └──POST JSON──► cvat-analytics serve ──chdb──┘\n```\n"
     assert not list(shown_commands("docs/x.md", diagram))
     assert len(CLI) > 20 and len(MAKE) > 10
+    assert sum(where.startswith("cvat_analytics/cli.py EXAMPLES") for where, _, _ in CLI) == 6
 
 
 @pytest.mark.parametrize("argv,word", [
