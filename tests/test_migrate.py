@@ -72,6 +72,18 @@ def test_second_run_applies_nothing_and_a_changed_spec_value_is_reapplied(store)
 
 
 @pytest.mark.clickhouse
+def test_the_vector_metrics_retention_is_the_spec_keys_and_reapplied_when_it_changes(store):
+    def ttl() -> str:
+        return store.client.command(f"SHOW CREATE TABLE `{store.database}`.vector_metrics").split("TTL")[1]
+
+    assert "toIntervalDay(90)" in ttl()  # 0016 created it with 90 days, 0020 holds the spec's 90
+    store.spec["vector"]["metrics"]["retention_days"] = 14
+    assert migrate(store.client, store.spec, log=lambda *_: None) == ["0020_vector_metrics_retention"]
+    assert "toIntervalDay(14)" in ttl()
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+
+
+@pytest.mark.clickhouse
 def test_events_table_has_cvats_columns_in_order_plus_request_id_and_inserted_at(store):
     rows = store.client.query(
         "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'events' ORDER BY position",
