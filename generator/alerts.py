@@ -67,6 +67,11 @@ def conditions(spec: dict) -> list[Condition]:
          f"Vector refused (dead-letter file) or dropped events in the last {a['events_lost']['window_minutes']} "
          "minutes: read the Monitoring dashboard's Vector panel and Vector's log; re-import the dead-letter "
          "file once the cause is fixed"),
+        ("vector_silent", "Vector's metrics stopped", "seconds", a["vector_silent"]["quiet_minutes"] * 60,
+         f"No metrics from Vector for {a['vector_silent']['quiet_minutes']} minutes: Vector cannot write to "
+         "ClickHouse (ClickHouse refuses the ingest password, e.g. changed in .env without recreating Vector; "
+         "a table is missing; ClickHouse is down), and it drops every batch refused with 403 or 404: "
+         "read Vector's log (docs/reliability-and-security.md)"),
         ("ingest_stalled", "Ingest stalled", "seconds", a["ingest_stalled"]["quiet_minutes"] * 60,
          f"No event has been stored for {a['ingest_stalled']['quiet_minutes']} minutes although events arrived "
          "before: check CVAT's sender, Vector and ClickHouse"),

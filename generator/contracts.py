@@ -98,7 +98,7 @@ def contract_problems(files: dict[str, str]) -> list[str]:
     except (ET.ParseError, ValueError) as exc:
         return [f"{USERS_D}: cannot read the users: {exc}"]
     return (grafana_timeout_problems(files, users) + grafana_settings_problems(files, users)
-            + vector_problems(files, users)
+            + vector_problems(files, users) + vector_drop_problems(files)
             + dashboard_grant_problems(files, users) + healthcheck_problems(files)
             + clickhouse_health_problems(files) + system_log_problems(files)
             + cvat_override_problems(files, users) + cvat_grafana_problems(files)
@@ -291,6 +291,75 @@ def vector_problems(files: dict[str, str], users: ClickHouseUsers) -> list[str]:
                             "run: an INSERT running longer can commit rows stamped (inserted_at = the INSERT's "
                             "start) before that and no incremental run counts them")
     return problems
+
+
+# --- what Vector drops, someone sees ---------------------------------------------------------
+
+# Vector 0.54 (vectordotdev/vector at v0.54.0) retries a ClickHouse answer of 5xx, 408 or 429
+# and drops the batch on any other 4xx (src/sinks/util/http.rs l. 570-587, HttpRetryLogic,
+# which src/sinks/clickhouse/service.rs l. 59 delegates to; retries.rs l. 174-177); the disk
+# buffer deletes a dropped batch like a delivered one (lib/vector-buffers/src/variants/disk_v2/
+# ledger.rs l. 704). Neither the clickhouse nor the http sink has a retry option at 0.54
+# (only aws_s3's retry_strategy, src/sinks/s3_common/config.rs l. 346). The drop is counted
+# (component_discarded_events_total, intentional="false", lib/vector-common/src/
+# internal_event/service.rs l. 45-55), so it is seen only through Vector's own metrics.
+DROP_COUNTER = "component_discarded_events_total"
+ALERTING = "grafana/provisioning/alerting/"
+NEWEST_ROW = re.compile(r"\bmax\(\s*timestamp\s*\)", re.IGNORECASE)
+
+
+def vector_drop_problems(files: dict[str, str]) -> list[str]:
+    """For each rendered Vector config, a batch ClickHouse refuses (400, 403, 404), which Vector
+    0.54 drops, fires an alert: Vector's internal_metrics reach a ClickHouse table, an alert rule
+    counts the drops there, and, when that table is written with the same login as the events
+    (a refused password stops both), another rule fires on the table's silence."""
+    if not any(r.startswith(ALERTING) for r in files):
+        return []  # the cluster render provisions no alert rules (docs/cluster.md says so)
+    alerts = [(where, sql) for _, where, sql in alert_queries(files)]
+    problems = []
+    for rel in (VECTOR, VECTOR_CVAT):
+        if rel not in files:
+            continue
+        config = yaml.safe_load(files[rel]) or {}
+        sinks = {n: s for n, s in (config.get("sinks") or {}).items() if s.get("type") == "clickhouse"}
+        metrics = {n: s for n, s in sinks.items() if "internal_metrics" in _source_types(config, s)}
+        events = {n: s for n, s in sinks.items() if n not in metrics}
+        if events and not metrics:
+            problems.append(f"{rel}: Vector 0.54 drops a batch ClickHouse answers with 400, 403 or 404 "
+                            f"(sinks {', '.join(sorted(events))}), and no internal_metrics source reaches a "
+                            "ClickHouse sink to count it: nothing would show the loss")
+        for name, sink in sorted(metrics.items()):
+            table = f"{sink.get('database') or 'default'}.{sink.get('table')}"
+            reads = [(where, sql) for where, sql in alerts if _reads(sql, table)]
+            if not any(DROP_COUNTER in sql for _, sql in reads):
+                problems.append(f"{rel}: sinks.{name} writes Vector's metrics to {table}, but no alert rule counts "
+                                f"{DROP_COUNTER} there: a batch Vector drops fires nothing")
+            same_login = [n for n, s in events.items() if (s.get("auth") or {}) == (sink.get("auth") or {})]
+            if same_login and not any(NEWEST_ROW.search(sql) for _, sql in reads):
+                problems.append(f"{rel}: sinks.{name} logs in as sinks {', '.join(sorted(same_login))} do, so a "
+                                f"password ClickHouse refuses (403) drops the events and stops the metrics at once, "
+                                f"and no alert rule fires on {table} falling silent (the age of its newest row, "
+                                "max(timestamp))")
+    return problems
+
+
+def _source_types(config: dict, component: dict, seen: frozenset = frozenset()) -> set[str]:
+    """The types of the sources a component's inputs come from, through any transforms."""
+    found = set()
+    for name in component.get("inputs") or []:
+        name = str(name).split(".")[0]  # a transform's named output (`cvat_contract.dropped`)
+        if name in seen:
+            continue
+        if name in (config.get("sources") or {}):
+            found.add(config["sources"][name].get("type"))
+        elif name in (config.get("transforms") or {}):
+            found |= _source_types(config, config["transforms"][name], seen | {name})
+    return found
+
+
+def _reads(sql: str, table: str) -> bool:
+    database, name = table.split(".", 1)
+    return re.search(rf"\bFROM\s+`?{re.escape(database)}`?\.`?{re.escape(name)}`?(?![\w`])", sql) is not None
 
 
 # --- every dashboard query reads only what the dashboards user is granted ---------------------

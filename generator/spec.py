@@ -158,6 +158,13 @@ def _semantic_problems(spec: dict):
         yield (["alerts", "working_time_stale", "max_age_minutes"],
                f"more than twice working_time.refresh_interval_s ({spec['working_time']['refresh_interval_s']} s), "
                f"got {stale} minutes")
+    # Vector's metrics arrive once a scrape and its sink's batch (10 s, vector.yaml) have passed:
+    # a shorter silence would fire between two rows.
+    silent, scrape = spec["alerts"]["vector_silent"]["quiet_minutes"], spec["vector"]["metrics"]["scrape_interval_secs"]
+    if silent * 60 <= 2 * (scrape + 10):
+        yield (["alerts", "vector_silent", "quiet_minutes"],
+               f"more than twice vector.metrics.scrape_interval_secs ({scrape} s) plus the metrics sink's 10 s "
+               f"batch, got {silent} minutes")
     # A refresh spills its GROUP BY and sorts to disk past refresh_spill_mb, to stay under its cap.
     wt = spec["working_time"]
     if wt["refresh_spill_mb"] >= wt["refresh_max_memory_mb"]:

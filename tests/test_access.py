@@ -234,3 +234,23 @@ def test_the_dashboards_profile_refuses_writes_on_the_real_engine(store):
     with pytest.raises(Exception, match="ACCESS_DENIED|Not enough privileges"):
         store.client.command("CREATE USER cvat_probe IDENTIFIED WITH no_password")
     assert store.client.command(f"EXISTS TABLE `{db}`.events") == 1
+
+
+@pytest.mark.clickhouse
+def test_a_forced_caller_reads_none_of_the_services_own_tables_on_the_monitoring_page(secured, store):
+    """Vector's metrics and the working-time refresh log belong to no org or user: a token forced
+    to org 7 sees none of their rows on the Monitoring dashboard, an unforced one sees them."""
+    store.client.command(
+        f"INSERT INTO `{store.database}`.vector_metrics (timestamp, host, name, component_id, tags, value) VALUES "
+        "(now64(3) - toIntervalMinute(5), 'v', 'component_received_events_total', 'dead_letter_events', map(), 0), "
+        "(now64(3) - toIntervalMinute(2), 'v', 'component_received_events_total', 'dead_letter_events', map(), 4242)")
+    # a failed run whose watermark is the newest, so the panel's last_error is its error
+    store.client.command(
+        f"INSERT INTO `{store.database}`.working_time_refresh_log (refreshed_at, watermark, rule, full, users, failures, "
+        "error) VALUES (now64(6), now64(6) + toIntervalDay(1), 'r', 0, 0, 1, 'a refresh error only the operator may read')")
+    path = "/dashboards/WvDvWK04k?from=now-1h&to=now"
+    status, admin = call(secured, "GET", path, "admin")
+    assert status == 200 and b"4,242" in admin and b"only the operator may read" in admin
+    status, org7 = call(secured, "GET", path, "org7")
+    assert status == 200 and b"4,242" not in org7 and b"only the operator may read" not in org7
+    assert b"Query failed" not in org7

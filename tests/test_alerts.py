@@ -57,7 +57,7 @@ def stop_the_refresh(store) -> None:
 
 @pytest.mark.clickhouse
 def test_a_fresh_store_fails_no_condition(store):
-    assert readings(store) == {"events_lost": (0, False), "ingest_stalled": (0, False),
+    assert readings(store) == {"events_lost": (0, False), "vector_silent": (0, False), "ingest_stalled": (0, False),
                                "working_time_stale": (0, False), "exception_spike": (0, False)}
 
 
@@ -82,6 +82,39 @@ def test_events_lost_counts_refused_and_dropped_events_in_the_window(store):
     spec = copy.deepcopy(store.spec)
     spec["alerts"]["events_lost"]["max_events"] = 5
     assert "events_lost" not in failing(store, spec)
+
+
+@pytest.mark.clickhouse
+def test_vector_silent_fires_when_vectors_metrics_stop_arriving(store):
+    """A password ClickHouse refuses stops Vector's events and its metrics together (the same
+    login): Vector 0.54 drops the events' batches, and this is the condition that sees it."""
+    def sample(minutes):
+        store.client.command(
+            f"INSERT INTO `{store.database}`.vector_metrics (timestamp, host, name, component_id, tags, value) "
+            f"VALUES ('{ago(minutes)[:23]}', 'v', 'buffer_events', 'clickhouse', map(), 0)")
+
+    assert readings(store)["vector_silent"] == (0, False)  # no Vector ever (the embedded service)
+    sample(12)
+    value, fails = readings(store)["vector_silent"]
+    assert fails and 12 * 60 - 5 <= value <= 12 * 60 + 60  # quiet_minutes is 5
+    sample(1)
+    value, fails = readings(store)["vector_silent"]
+    assert not fails and value <= 2 * 60
+    spec = copy.deepcopy(store.spec)
+    spec["alerts"]["vector_silent"]["quiet_minutes"] = 20
+    sample(0)
+    store.client.command(f"ALTER TABLE `{store.database}`.vector_metrics DELETE WHERE timestamp > now64(3) - "
+                         "toIntervalMinute(11) SETTINGS mutations_sync = 1")
+    assert "vector_silent" in failing(store) and "vector_silent" not in failing(store, spec)
+
+
+def test_a_vector_silence_shorter_than_two_scrapes_is_refused_naming_both(tmp_path):
+    from cvat_analytics_generator.spec import SpecError
+    from tests.conftest import write_spec
+
+    _, path = write_spec(tmp_path, **{"vector.metrics.scrape_interval_secs": 120, "alerts.vector_silent.quiet_minutes": 4})
+    with pytest.raises(SpecError, match=r"alerts.vector_silent.quiet_minutes.*scrape_interval_secs \(120 s\)"):
+        load_spec(path)
 
 
 @pytest.mark.clickhouse
@@ -240,7 +273,7 @@ def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_conditio
     status, page = get(srv, "/metrics")
     lines = page.decode().splitlines()
     assert status == 200
-    for name in ("events_lost", "ingest_stalled", "working_time_stale", "exception_spike"):
+    for name in ("events_lost", "vector_silent", "ingest_stalled", "working_time_stale", "exception_spike"):
         assert f'cvat_analytics_alert_failing{{condition="{name}"}} {1.0 if name == "ingest_stalled" else 0.0}' in lines
     assert 'cvat_analytics_alert_threshold{condition="ingest_stalled"} 1800.0' in lines
     add_event(store, 0)

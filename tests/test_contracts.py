@@ -76,6 +76,39 @@ def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_reques
     assert len(problems) == 2 and all("inserted up to 30 s before its last run" in p and "cvat_ingest" in p for p in problems)
 
 
+ALERTING = "grafana/provisioning/alerting/cvat.yaml"
+
+
+def without_rule(files: dict[str, str], uid: str) -> dict[str, str]:
+    rules = yaml.safe_load(files[ALERTING])
+    for group in rules["groups"]:
+        group["rules"] = [r for r in group["rules"] if r["uid"] != uid]
+    return {**files, ALERTING: yaml.safe_dump(rules)}
+
+
+def test_a_batch_vector_drops_fires_an_alert_in_both_renders(files):
+    """Vector 0.54 drops a batch ClickHouse answers with 403 or 404 (contracts.py cites where):
+    its metrics count the drop, one rule fires on the count and, since the metrics log in as the
+    events do (a refused password stops both), another on the metrics falling silent."""
+    assert contracts.vector_drop_problems(files) == []
+    silent = contracts.vector_drop_problems(without_rule(files, "cvat-analytics-vector-silent"))
+    assert [p.split(":")[0] for p in silent] == [contracts.VECTOR, contracts.VECTOR_CVAT]
+    assert all("403" in p and "cvat.vector_metrics" in p for p in silent)
+    uncounted = contracts.vector_drop_problems(without_rule(files, "cvat-analytics-events-lost"))
+    assert len(uncounted) == 2 and all("component_discarded_events_total" in p for p in uncounted)
+    # Metrics written with a login of their own keep coming when the events' password is
+    # refused: the drop count then shows it, and no silence rule is needed.
+    config = yaml.safe_load(files[contracts.VECTOR])
+    config["sinks"]["clickhouse_metrics"]["auth"]["user"] = "cvat_metrics"
+    own_login = {**files, contracts.VECTOR: yaml.safe_dump(config)}
+    assert contracts.vector_drop_problems(without_rule(own_login, "cvat-analytics-vector-silent")) == [
+        p for p in silent if p.startswith(contracts.VECTOR_CVAT)]
+    # No metrics at all: nothing would show the loss.
+    del config["sinks"]["clickhouse_metrics"]
+    [blind] = contracts.vector_drop_problems({**files, contracts.VECTOR: yaml.safe_dump(config)})
+    assert blind.startswith(contracts.VECTOR) and "nothing would show the loss" in blind
+
+
 @pytest.mark.clickhouse
 def test_every_dashboard_panel_and_variable_reads_only_tables_granted_to_the_dashboards_user(files, users):
     queries = contracts.dashboard_queries(files)

@@ -17,7 +17,8 @@ def test_migrations_are_ordered_and_split_into_statements():
                                                               "0005_working_time_views",
                                                               "0009_working_time_refresh",
                                                               "0013_working_time_refresh",
-                                                              "0017_working_time_refresh_limits"]
+                                                              "0017_working_time_refresh_limits",
+                                                              "0020_vector_metrics_retention"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.
@@ -67,6 +68,18 @@ def test_second_run_applies_nothing_and_a_changed_spec_value_is_reapplied(store)
     assert migrate(store.client, store.spec, log=lambda *_: None) == ["0003_events_retention_and_dedup"]
     ddl = store.client.command(f"SHOW CREATE TABLE `{store.database}`.events")
     assert "toIntervalDay(30)" in ddl
+    assert migrate(store.client, store.spec, log=lambda *_: None) == []
+
+
+@pytest.mark.clickhouse
+def test_the_vector_metrics_retention_is_the_spec_keys_and_reapplied_when_it_changes(store):
+    def ttl() -> str:
+        return store.client.command(f"SHOW CREATE TABLE `{store.database}`.vector_metrics").split("TTL")[1]
+
+    assert "toIntervalDay(90)" in ttl()  # 0016 created it with 90 days, 0020 holds the spec's 90
+    store.spec["vector"]["metrics"]["retention_days"] = 14
+    assert migrate(store.client, store.spec, log=lambda *_: None) == ["0020_vector_metrics_retention"]
+    assert "toIntervalDay(14)" in ttl()
     assert migrate(store.client, store.spec, log=lambda *_: None) == []
 
 

@@ -518,3 +518,12 @@ def test_cvats_client_address_is_kept_as_the_embedded_contract_keeps_it():
     for older in ({k: v for k, v in event.items() if k != "remote_addr"}, {**event, "remote_addr": None}):
         assert vrl_decision(older)[1]["remote_addr"] is None
     assert vrl_decision({**event, "remote_addr": 7})[1] == "remote_addr"
+
+
+def test_vectors_metrics_are_scraped_as_often_as_the_spec_says_in_both_renders():
+    import copy
+    spec = copy.deepcopy(SPEC)
+    spec["vector"]["metrics"]["scrape_interval_secs"] = 37
+    for path, text in render_all(spec).items():
+        if path in RENDERS:
+            assert yaml.safe_load(text)["sources"]["vector_metrics"]["scrape_interval_secs"] == 37, path

@@ -24,6 +24,16 @@ FROM
 )
 WHERE timestamp >= now64(3) - toIntervalMinute(15);
 
+-- name: vector_silent
+-- Seconds since the newest row of Vector's own metrics (one a series every
+-- vector.metrics.scrape_interval_secs), 0 when the table has none (the embedded service,
+-- or a stack whose Vector never wrote one). Vector's metrics sink logs in as the events
+-- sink does: a password ClickHouse refuses stops both, and Vector 0.54 drops each refused
+-- batch (vector.yaml says where in its source), so this is the alert that sees it. Read
+-- from the parts' min/max index of the partition key's column, not from the rows.
+SELECT if(count() = 0, 0, dateDiff('second', max(timestamp), now64(3))) AS value
+FROM `cvat`.vector_metrics;
+
 -- name: ingest_stalled
 -- Seconds since the newest event was inserted, if at least alerts.ingest_stalled.min_events_before
 -- were inserted in the quiet_minutes before the last quiet_minutes, else 0: above quiet_minutes
