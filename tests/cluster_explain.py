@@ -9,7 +9,8 @@ render creates, over the cluster `cvat` that CONFIG (a remote_servers file) defi
 two shards. chdb has no server to reach: a query over it fails when it connects, but the
 engine decides on a double-distributed IN (distributed_product_mode) while it plans, so
 `EXPLAIN PLAN` of each panel, under the settings in SETTINGS (JSON: the dashboards
-profile's), says whether ClickHouse would refuse it. OUT (JSON): panel -> "" or the error.
+profile's), says whether ClickHouse would refuse it. OUT (JSON): panel -> "" or the error,
+and the tables the migrations left.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def main(spec_path: Path, config: Path, data: Path, settings: dict, out: Path) -
             equivalent, checks = single_node_equivalent(statement.sql)
             for sql in (equivalent, *checks):
                 s.query(sql)
+    tables = sorted(r.split("\t")[0] for r in s.query(
+        f"SELECT name FROM system.tables WHERE database = '{db}'", "TSV").bytes().decode().splitlines())
     # `events` as the render creates it: the Distributed table over the two shards.
     s.query(f"DROP TABLE `{db}`.events SETTINGS check_table_dependencies = 0")
     s.query(distributed[-1])
@@ -64,7 +67,7 @@ def main(spec_path: Path, config: Path, data: Path, settings: dict, out: Path) -
                 results[f"{d['uid']} / {p['title']}"] = str(exc).splitlines()[0]
     out.write_text(json.dumps({"engine": s.query("SELECT engine_full FROM system.tables WHERE database = '"
                                                  + db + "' AND name = 'events'", "TSV").bytes().decode().strip(),
-                               "panels": results}))
+                               "tables": tables, "panels": results}))
 
 
 if __name__ == "__main__":
