@@ -183,6 +183,7 @@ def test_servers_authenticate_to_each_other_with_secrets_from_the_environment_on
     files = render_all(spec)
     assert [(p, v) for p, text in files.items() for v in secrets.values() if v in text] == []
     config = ET.fromstring(files["clickhouse/config.d/cluster.xml"])
+    auth = ET.fromstring(files["clickhouse/config.d/cluster-auth.xml"])
     # queries between servers: the cluster's secret, as the user who asked; no password user
     assert config.find("remote_servers/cvat/secret").get("from_env") == "CLICKHOUSE_CLUSTER_SECRET"
     assert config.findall("remote_servers/cvat/shard/replica/user") == []
@@ -190,16 +191,32 @@ def test_servers_authenticate_to_each_other_with_secrets_from_the_environment_on
     users = ET.fromstring(files["clickhouse/users.d/cvat-cluster.xml"])
     assert users.find("users") is None
     # fetching parts: credentials; Keeper: the servers' digest identity
-    assert config.findtext("interserver_http_credentials/user") == "cvat_interserver"
-    assert config.find("interserver_http_credentials/password").get("from_env") == "CLICKHOUSE_INTERSERVER_PASSWORD"
-    assert config.find("zookeeper/identity").get("from_env") == "CLICKHOUSE_KEEPER_IDENTITY"
-    environment = yaml.safe_load(files["docker-compose.yml"])["services"][SERVERS[0]]["environment"]
+    assert auth.findtext("interserver_http_credentials/user") == "cvat_interserver"
+    assert auth.find("interserver_http_credentials/password").get("from_env") == "CLICKHOUSE_INTERSERVER_PASSWORD"
+    assert auth.find("zookeeper/identity").get("from_env") == "CLICKHOUSE_KEEPER_IDENTITY"
+    server = yaml.safe_load(files["docker-compose.yml"])["services"][SERVERS[0]]
+    assert "./clickhouse/config.d/cluster-auth.xml:/etc/clickhouse-server/config.d/cluster-auth.xml:ro" \
+        in server["volumes"]
+    environment = server["environment"]
     assert environment["CLICKHOUSE_CLUSTER_SECRET"].startswith("${CLICKHOUSE_CLUSTER_SECRET:?")
     assert environment["CLICKHOUSE_INTERSERVER_PASSWORD"].startswith("${CLICKHOUSE_INTERSERVER_PASSWORD:?")
     assert environment["CLICKHOUSE_KEEPER_IDENTITY"].startswith("cvat:${CLICKHOUSE_KEEPER_PASSWORD:?")
     # and `make up` writes each of them into .env
     up = (REPO / "scripts" / "up.sh").read_text()
     assert all(f'"{name}"' in up for name in secrets)
+
+    # On Kubernetes: the same file, its values from the Secret
+    from cvat_analytics_generator.k8s import problems, render_k8s
+    manifests = render_k8s(spec)
+    assert [(p, v) for p, text in manifests.items() for v in secrets.values() if v in text] == []
+    chi = yaml.safe_load(manifests["clickhouse.yaml"].split("\n---\n")[0])
+    assert chi["spec"]["configuration"]["files"]["config.d/cluster-auth.xml"] == files["clickhouse/config.d/cluster-auth.xml"]
+    env = {e["name"]: e for e in chi["spec"]["templates"]["podTemplates"][0]["spec"]["containers"][0]["env"]}
+    assert env["CLICKHOUSE_INTERSERVER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "interserver-password"
+    assert env["CLICKHOUSE_KEEPER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "keeper-password"
+    assert env["CLICKHOUSE_KEEPER_IDENTITY"]["value"] == "cvat:$(CLICKHOUSE_KEEPER_PASSWORD)"
+    assert list(env).index("CLICKHOUSE_KEEPER_PASSWORD") < list(env).index("CLICKHOUSE_KEEPER_IDENTITY")
+    assert problems(manifests) == []
 
 
 # --- serve, and the spec's advice --------------------------------------------------------------
