@@ -225,7 +225,11 @@ def _rendered(args) -> dict[str, str]:
     """The files of the target, and the default output directory filled in."""
     from cvat_analytics_generator.render import render_all
 
+    from cvat_analytics_generator.spec import warnings
+
     spec = load_spec(args.spec)
+    for warning in warnings(spec):
+        print(f"cvat-analytics: warning: {args.spec}: {warning}", file=sys.stderr)
     if args.out is None:
         args.out = Path("deploy-k8s" if args.target == "k8s" else "deploy")
     if args.target == "k8s":

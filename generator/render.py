@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,15 @@ SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "
 # scripts before it applied (its template says why). Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
 INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
+# The cluster's first start (docs/cluster.md): the first server's init script applies the
+# migrations not yet in the ledger, and every server's healthcheck requires the schema they
+# leave. Rendered after the migrations, from their text (checksums, the objects they create).
+CLUSTER_INIT_TEMPLATE = "cluster/clickhouse/initdb-first/apply-migrations.sh.j2"
+CLUSTER_HEALTH_TEMPLATE = "cluster/clickhouse/healthcheck.sh.j2"
+AFTER_MIGRATIONS = (INIT_LEDGER_TEMPLATE, CLUSTER_INIT_TEMPLATE, CLUSTER_HEALTH_TEMPLATE)
+_CREATED = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DICTIONARY)\s+"
+                      r"(?:IF\s+NOT\s+EXISTS\s+)?`?\w+`?\.`?(\w+)`?", re.MULTILINE)
+_DROPPED = re.compile(r"^DROP\s+(?:TABLE|VIEW|DICTIONARY)\s+(?:IF\s+EXISTS\s+)?`?\w+`?\.`?(\w+)`?", re.MULTILINE)
 # The Kubernetes manifests (`render --target k8s`, k8s.py): rendered only for that target.
 K8S = "k8s/"
 CLUSTER_NAME = "cvat"
@@ -108,7 +118,11 @@ def render_all(spec: dict) -> dict[str, str]:
     # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
     for d in grafana.load_all(spec):
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
-    if not is_cluster(spec):
+    if is_cluster(spec):
+        for template in (CLUSTER_INIT_TEMPLATE, CLUSTER_HEALTH_TEMPLATE):
+            out[template[: -len(".j2")].removeprefix(CLUSTER)] = environment().get_template(template).render(
+                {**context(spec), "migrations": _applied(out), "objects": _schema_objects(out)})
+    else:
         out[INIT_LEDGER] = _init_ledger(spec, out)
         # The alert rules read one server's tables: a cluster's are per shard (docs/cluster.md).
         from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
@@ -116,12 +130,29 @@ def render_all(spec: dict) -> dict[str, str]:
     return out
 
 
+def _applied(out: dict[str, str]) -> list[dict]:
+    """Each rendered migration, in order, with the checksum migrate records and compares."""
+    return [{"name": Path(rel).name.removesuffix(".sql"),
+             "checksum": checksum([st.sql for st in parse(text, rel, options={"reapply"}).statements])}
+            for rel, text in sorted(out.items()) if rel.startswith("clickhouse/migrations/") and rel != INIT_LEDGER and rel.endswith(".sql")]
+
+
 def _init_ledger(spec: dict, out: dict[str, str]) -> str:
     """The last init script: a ledger row per migration, with the checksum migrate compares."""
-    applied = [{"name": Path(rel).name.removesuffix(".sql"),
-                "checksum": checksum([st.sql for st in parse(text, rel, options={"reapply"}).statements])}
-               for rel, text in sorted(out.items()) if rel.startswith("clickhouse/migrations/") and rel != INIT_LEDGER and rel.endswith(".sql")]
-    return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": applied})
+    return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": _applied(out)})
+
+
+def _schema_objects(out: dict[str, str]) -> list[str]:
+    """The tables and views the rendered migrations leave, in order: each created and not
+    dropped by a later statement."""
+    objects: list[str] = []
+    for rel, text in sorted(out.items()):
+        if rel.startswith("clickhouse/migrations/") and rel.endswith(".sql"):
+            for st in parse(text, rel, options={"reapply"}).statements:
+                for name in _DROPPED.findall(st.sql):
+                    objects = [o for o in objects if o != name]
+                objects += [n for n in _CREATED.findall(st.sql) if n not in objects]
+    return objects
 
 
 def _render_templates(spec: dict, prefix: str = "", k8s: bool = False) -> dict[str, str]:
@@ -145,7 +176,7 @@ def render_template(spec: dict, name: str, **extra) -> str:
 def _wanted(name: str, clustered: bool) -> bool:
     """Runtime statements, the Kubernetes manifests and the files of the other topology
     (single server or cluster) are not rendered."""
-    if name.startswith((RUNTIME, K8S)) or name == INIT_LEDGER_TEMPLATE:
+    if name.startswith((RUNTIME, K8S)) or name in AFTER_MIGRATIONS:
         return False
     if name.startswith(CLUSTER):
         return clustered

@@ -152,6 +152,20 @@ def _semantic_problems(spec: dict):
     if cluster["insert_quorum"] > cluster["replicas"]:
         yield (["clickhouse", "cluster", "insert_quorum"],
                f"at most clickhouse.cluster.replicas ({cluster['replicas']}), got {cluster['insert_quorum']}")
+    # A cluster server keeps itself to ratio x its container's limit: a dashboard query or a
+    # refresh allowed more than that would be cut off by the server, not by its own cap.
+    if cluster["shards"] * cluster["replicas"] > 1:
+        server = spec["clickhouse"]["server"]
+        cap = server["max_server_memory_usage_to_ram_ratio"] * server["cluster_memory_limit_bytes"]
+        needs = max(spec["clickhouse"]["dashboards_max_memory_usage_bytes"],
+                    spec["working_time"]["refresh_max_memory_mb"] * 2**20)
+        if cap < needs:
+            yield (["clickhouse", "server", "cluster_memory_limit_bytes"],
+                   f"enough that clickhouse.server.max_server_memory_usage_to_ram_ratio "
+                   f"({server['max_server_memory_usage_to_ram_ratio']}) of it holds a dashboard query "
+                   f"(clickhouse.dashboards_max_memory_usage_bytes) and a refresh (working_time.refresh_max_memory_mb): "
+                   f"at least {int(needs / server['max_server_memory_usage_to_ram_ratio'])}, "
+                   f"got {server['cluster_memory_limit_bytes']}")
     # Events wait up to a refresh interval to be counted: a shorter limit would always fire.
     stale = spec["alerts"]["working_time_stale"]["max_age_minutes"]
     if stale * 60 <= 2 * spec["working_time"]["refresh_interval_s"]:
@@ -200,6 +214,16 @@ def _semantic_problems(spec: dict):
         for i, value in enumerate(values):
             if value in values[:i]:
                 yield ["access", "tokens", i, key], f"a {key} no other token has, got {value!r} twice"
+
+
+def warnings(spec: dict) -> list[str]:
+    """What a valid spec may want but should say it means: `render` and `check` print these."""
+    cluster = spec["clickhouse"]["cluster"]
+    if cluster["replicas"] > 1 and cluster["insert_quorum"] == cluster["replicas"]:
+        return [f"clickhouse.cluster: insert_quorum {cluster['insert_quorum']} of {cluster['replicas']} replicas: "
+                "every batch touches every shard, so one replica's restart (an upgrade, a crash) stops all ingest "
+                "until it is back; 3 replicas with insert_quorum 2 keep ingesting through it (docs/cluster.md)"]
+    return []
 
 
 def _message(path, node, keys: list, expected: str) -> str:

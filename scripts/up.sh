@@ -27,15 +27,16 @@ PY
 ensure_env() {
   # Random secrets, added to .env for any that is missing; never committed (.gitignore),
   # never in rendered files. CLICKHOUSE_CVAT_SERVER_PASSWORD is for CVAT's own stack
-  # (deploy/cvat-compose.override.yml), CLICKHOUSE_CLUSTER_PASSWORD for a cluster render
-  # (docs/cluster.md); the spec's sql token (CVAT_ANALYTICS_TOKEN_SQL) is the
+  # (deploy/cvat-compose.override.yml), CLICKHOUSE_CLUSTER_SECRET, CLICKHOUSE_INTERSERVER_PASSWORD
+  # and CLICKHOUSE_KEEPER_PASSWORD for a cluster render (docs/cluster.md); the spec's sql token (CVAT_ANALYTICS_TOKEN_SQL) is the
   # one way into serve's SQL interface.
   umask 077
   touch "$ENV_FILE"
   ENV_FILE="$ENV_FILE" "$PY" - $(sql_token_env) <<'PY'
 import os, re, secrets, sys
 names = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
-         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "CLICKHOUSE_CLUSTER_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+         "CLICKHOUSE_CVAT_SERVER_PASSWORD", "CLICKHOUSE_CLUSTER_SECRET", "CLICKHOUSE_INTERSERVER_PASSWORD",
+         "CLICKHOUSE_KEEPER_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
          *sys.argv[1:])
 path = os.environ["ENV_FILE"]
 text = open(path).read()

@@ -124,7 +124,7 @@ def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_server
         assert service["environment"]["CLICKHOUSE_SHARD"] == name[len("clickhouse-s")]
         assert service["networks"]["default"]["aliases"] == ["clickhouse"]  # Vector and Grafana reach any
         init = [v for v in service["volumes"] if v.endswith(":/docker-entrypoint-initdb.d:ro")]
-        assert init == [("./clickhouse/migrations" if name == "clickhouse-s1-r1" else "./clickhouse/initdb-replica")
+        assert init == [("./clickhouse/initdb-first" if name == "clickhouse-s1-r1" else "./clickhouse/initdb-replica")
                         + ":/docker-entrypoint-initdb.d:ro"]
     assert set(services["vector"]["depends_on"]) == set(servers)
     # every server's image is the pinned one, and so is every Keeper's

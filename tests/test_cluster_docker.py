@@ -28,7 +28,8 @@ from tests.test_deploy_docker_faults import post_to_vector
 pytestmark = [pytest.mark.docker, pytest.mark.clickhouse]
 
 SECRET_NAMES = ("CLICKHOUSE_ADMIN_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD", "CLICKHOUSE_DASHBOARDS_PASSWORD",
-                "CLICKHOUSE_CLUSTER_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+                "CLICKHOUSE_CLUSTER_SECRET", "CLICKHOUSE_INTERSERVER_PASSWORD", "CLICKHOUSE_KEEPER_PASSWORD",
+                "GRAFANA_ADMIN_PASSWORD")
 KILLED = "clickhouse-s1-r2"   # a replica of shard 1; clickhouse-s1-r1 stays up
 BATCH = 200
 

@@ -175,8 +175,8 @@ def test_the_operator_gets_the_compose_renders_own_files(tmp_path):
     migrations = docs[("ConfigMap", "cvat-analytics-migrations")]["data"]
     assert {n: t for n, t in migrations.items() if n.endswith(".sql")} == {
         Path(p).name: t for p, t in compose.items() if p.startswith("clickhouse/migrations/")}
-    # The cluster's password user is the compose render's only: here the cluster's secret.
-    assert "cvat_cluster" in compose["clickhouse/users.d/cvat-cluster.xml"]
+    # No password user for servers to log in to each other: the cluster's secret, in both.
+    assert "cvat_cluster" not in compose["clickhouse/users.d/cvat-cluster.xml"]
     assert "cvat_cluster" not in chi_files["users.d/cvat-cluster.xml"]
 
 

@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from cvat_analytics_generator.render import is_cluster
+
 from ..export import ExportJobs
 from ..store import chdb_path, connect, open_handle, redact
 from . import logs
@@ -40,9 +42,18 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     """Open the store, apply pending migrations (chdb: this process owns it), serve until SIGTERM/SIGINT.
     The log (logs.py) goes to stderr as `log_format`, text or json.
 
-    Exit 2, before opening anything, when a token's secret is missing or when no token
-    grants more than sql (open mode, access.py) and `host` is not a loopback address
+    Exit 2, before opening anything, when the spec renders a ClickHouse cluster (serve's
+    request-key table and migrations are the single server's: on a cluster a retried batch
+    would be grouped per node and stored again), when a token's secret is missing or when no
+    token grants more than sql (open mode, access.py) and `host` is not a loopback address
     (anyone reaching it could read and write every event)."""
+    if is_cluster(spec):
+        cluster = spec["clickhouse"]["cluster"]
+        print(f"cvat-analytics: refusing to serve a ClickHouse cluster (clickhouse.cluster: {cluster['shards']} "
+              f"shard(s) x {cluster['replicas']} replica(s)): serve runs on one store, chdb or one server. A cluster "
+              "takes events through Vector and shows them in Grafana (docs/cluster.md); serve a spec with "
+              "clickhouse.cluster 1 x 1.", file=sys.stderr)
+        return 2
     try:
         tokens = load_tokens(spec)
     except AccessError as exc:
