@@ -18,14 +18,15 @@ TEMPLATES = Path(__file__).with_name("templates")
 RUNTIME = "clickhouse/runtime/"
 # The cluster render (clickhouse.cluster above 1 x 1): templates under cluster/ land at the
 # same path without the prefix, and replace these files of the single-server tree (CVAT's
-# own stack runs one ClickHouse, so its override has no cluster form; `migrate`'s TTL
-# removal is single-server: the cluster's schema is created by its servers' first start).
+# own stack runs one ClickHouse, so its override has no cluster form; `migrate` removes a
+# cluster's TTL itself, cvat_analytics/cluster_migrate.py).
 CLUSTER = "cluster/"
 SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "vector/vector-cvat.yaml.j2",
                       "clickhouse/users.d/cvat-server-user.xml.j2", "clickhouse/queries/events_remove_ttl.sql.j2",
                       "clickhouse/migrations/", "clickhouse/queries/alerts.sql.j2")
-# The last init script of a new single-server volume: the ledger of the migrations the init
-# scripts before it applied (its template says why). Rendered after them, from their text.
+# The last init script of a new volume (a single server's, or the cluster's first server's):
+# the ledger of the migrations the init scripts before it applied (its template says why).
+# Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
 INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
 # The Kubernetes manifests (`render --target k8s`, k8s.py): rendered only for that target.
@@ -108,8 +109,8 @@ def render_all(spec: dict) -> dict[str, str]:
     # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
     for d in grafana.load_all(spec):
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
+    out[INIT_LEDGER] = _init_ledger(spec, out)
     if not is_cluster(spec):
-        out[INIT_LEDGER] = _init_ledger(spec, out)
         # The alert rules read one server's tables: a cluster's are per shard (docs/cluster.md).
         from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
         out[PROVISIONING] = provisioning_yaml(spec)
@@ -121,6 +122,10 @@ def _init_ledger(spec: dict, out: dict[str, str]) -> str:
     applied = [{"name": Path(rel).name.removesuffix(".sql"),
                 "checksum": checksum([st.sql for st in parse(text, rel, options={"reapply"}).statements])}
                for rel, text in sorted(out.items()) if rel.startswith("clickhouse/migrations/") and rel != INIT_LEDGER and rel.endswith(".sql")]
+    if is_cluster(spec):  # and the shard count the data will be sharded with (cluster_ddl.py)
+        from .cluster_ddl import shards_ledger_row
+        name, count = shards_ledger_row(spec)
+        applied.append({"name": name, "checksum": count})
     return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": applied})
 
 
@@ -154,11 +159,12 @@ def _wanted(name: str, clustered: bool) -> bool:
     return True
 
 
-def render_sql(spec: dict, prefix: str) -> dict[str, str]:
-    """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name."""
+def render_sql(spec: dict, prefix: str, k8s: bool = False) -> dict[str, str]:
+    """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name;
+    with k8s, the cluster's whatever the layout (as the Kubernetes render has them)."""
     return {
         Path(path).name: text
-        for path, text in _render_templates(spec, prefix + "/").items()  # not the whole tree: migrate runs this
+        for path, text in _render_templates(spec, prefix + "/", k8s=k8s).items()  # not the whole tree: migrate runs this
         if path.endswith(".sql")
     }
 
