@@ -1,0 +1,176 @@
+"""`migrate` on a cluster (cvat_analytics/cluster_migrate.py): the statements it sends, to which
+server, in which order, with which ledger rows; the shard-count refusal; a changed spec value
+re-applied; the plan for a new cluster equal to what its init scripts run.
+
+chdb cannot run a cluster (no Keeper, macros or remote_servers), so what is proven here is the
+plan and that each statement parses on ClickHouse; docs/cluster.md ("migrate on a cluster") says
+what only a real cluster shows.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cvat_analytics.cli import main
+from cvat_analytics.cluster_migrate import (ANY, ClusterMigrateError, ShardCountChanged, State, fresh_plan,
+                                            init_statements, plan, plan_problems, shard, shard_connector)
+from cvat_analytics.migrate import MigrationDrift, migrations
+from cvat_analytics_generator.cluster_ddl import SHARDS_ROW, route
+from cvat_analytics_generator.render import INIT_LEDGER, environment, render_all, context
+from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.sql import SqlTemplateError
+from tests.conftest import write_spec
+
+LEDGER_ROW = re.compile(r"\('([^']+)', '([^']+)'\)")
+
+
+def cluster_spec(directory: Path, shards: int = 2, replicas: int = 2, **changes) -> tuple[dict, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    _, path = write_spec(directory, **{"clickhouse.cluster": {"shards": shards, "replicas": replicas,
+                                                              "insert_quorum": min(2, replicas)}, **changes})
+    return load_spec(path), path
+
+
+def applied_by(steps) -> dict[str, str]:
+    """The ledger a cluster has after these steps ran: the rows of their ledger INSERTs."""
+    return {name: checksum for s in steps if s.kind == "ledger" for name, checksum in LEDGER_ROW.findall(s.sql)}
+
+
+def test_each_statement_goes_where_the_replicated_database_cannot_carry_it(tmp_path):
+    spec, _ = cluster_spec(tmp_path)
+    steps = fresh_plan(spec)
+    # The database itself: ON CLUSTER, as the Kubernetes Job creates it (the same macro).
+    on_cluster = environment().from_string("{% import 'cluster/clickhouse/cluster.jinja' as cl with context %}"
+                                           "{{ cl.create_database(on_cluster=true) }}").render(context(spec))
+    assert (steps[0].node, steps[0].sql) == (ANY, on_cluster)
+    assert "ON CLUSTER cvat" in on_cluster
+    # Every other DDL on the one server; nothing else goes there.
+    assert all(not s.sql.startswith(("INSERT", "SYSTEM")) for s in steps if s.node == ANY)
+    assert {s.kind for s in steps if s.node == ANY} == {"schema"}
+    # 0012's data step (the "recompute all" row): on each shard, in shard order, after that
+    # shard's replica replayed the database's log.
+    data = [s for s in steps if s.kind == "data"]
+    assert [(s.node, s.source) for s in data] == [(shard(1), "0012_events_inserted_at"),
+                                                  (shard(2), "0012_events_inserted_at")]
+    for step in data:
+        before = steps[steps.index(step) - 1]
+        assert (before.node, before.sql) == (step.node, "SYSTEM SYNC DATABASE REPLICA `cvat`")
+    assert "INSERT INTO `cvat`.working_time_refresh_log" in data[0].sql
+    # The data step sits between the DDL before and after it in 0012, in the template's order.
+    of_0012 = [(s.node, s.kind) for s in steps if s.source == "0012_events_inserted_at"]
+    assert of_0012 == [(ANY, "schema")] * 3 + [(shard(1), "sync"), (shard(1), "data"),
+                                                (shard(2), "sync"), (shard(2), "data")] + [(ANY, "schema")] * 2
+    # The ledger last, once every step ran: the same rows on every shard, the shard count among them.
+    ledger = [s for s in steps if s.kind == "ledger"]
+    assert [s.node for s in ledger] == [shard(1), shard(2)] and steps[-1] is ledger[-1]
+    assert ledger[0].sql == ledger[1].sql
+    rows = LEDGER_ROW.findall(ledger[0].sql)
+    assert rows == sorted((m.name, m.checksum) for m in migrations(spec)) + [(SHARDS_ROW, "2")]
+
+
+def test_the_plan_for_a_new_cluster_is_what_its_init_scripts_run(tmp_path):
+    spec, _ = cluster_spec(tmp_path, shards=3)
+    files = render_all(spec)
+    assert INIT_LEDGER in files  # the first server's init scripts record the ledger, shard count included
+    steps = fresh_plan(spec)
+    sent = [s.sql for s in steps if s.kind != "sync" and s.node in (ANY, shard(1))]
+    init = init_statements(files)
+    assert sent[1:] == init[1:]  # byte for byte, the ledger INSERT too
+    assert sent[0] == init[0].replace("`cvat`\nENGINE", "`cvat` ON CLUSTER cvat\nENGINE")
+    # And so a cluster started from the init scripts has nothing pending.
+    assert plan(spec, State(applied_by(steps))) == []
+    assert applied_by(steps)[SHARDS_ROW] == "3"
+
+
+@pytest.mark.clickhouse  # check runs every statement of the plan through ClickHouse's parser (chdb)
+def test_check_proves_the_plan_parses_and_matches_the_init_scripts(tmp_path):
+    spec, _ = cluster_spec(tmp_path)
+    files = render_all(spec)
+    assert plan_problems(spec, files) == []
+    # An init script that no longer matches migrate's plan is named (one source of truth).
+    tampered = dict(files)
+    rel = "clickhouse/migrations/0006_events_fsync.sql"
+    tampered[rel] = tampered[rel].replace("fsync_part_directory = 1", "fsync_part_directory = 0")
+    assert plan_problems(spec, tampered) == [
+        "migrate's plan for a new cluster is not what the init scripts (clickhouse/migrations/) run: "
+        f"statement {init_statements(files).index(next(s for s in init_statements(files) if 'fsync_part_directory' in s)) + 1} "
+        f"of {len(init_statements(files))} differs"]
+
+
+def test_a_changed_retention_is_applied_again_and_nothing_else(tmp_path):
+    spec, _ = cluster_spec(tmp_path / "a", **{"clickhouse.retention_days": 365})
+    applied = applied_by(fresh_plan(spec))
+    shorter, _ = cluster_spec(tmp_path / "b", **{"clickhouse.retention_days": 30})
+    steps = plan(shorter, State(applied, ttl_days=365))
+    assert {s.source for s in steps if s.kind == "schema"} == {"0003_events_retention_and_dedup"}
+    assert [s.sql for s in steps if s.kind == "schema"][0] == \
+        "ALTER TABLE `cvat`.events_local MODIFY TTL toDateTime(timestamp) + toIntervalDay(30)"
+    ledger = [s for s in steps if s.kind == "ledger"]
+    assert [s.node for s in ledger] == [shard(1), shard(2)]
+    assert [name for name, _ in LEDGER_ROW.findall(ledger[0].sql)] == ["0003_events_retention_and_dedup"]
+    assert plan(shorter, State({**applied, **applied_by(steps)}, ttl_days=30)) == []
+    # Retention 0: 0003 sets no TTL, so the one in force is removed first.
+    none, _ = cluster_spec(tmp_path / "c", **{"clickhouse.retention_days": 0})
+    steps = plan(none, State(applied, ttl_days=365))
+    assert steps[0].sql == "ALTER TABLE `cvat`.events_local REMOVE TTL"
+    assert plan(none, State(applied, ttl_days=None))[0].sql != steps[0].sql
+
+
+def test_a_changed_refresh_interval_is_applied_again(tmp_path):
+    spec, _ = cluster_spec(tmp_path / "a", **{"working_time.refresh_interval_s": 60})
+    applied = applied_by(fresh_plan(spec))
+    slower, _ = cluster_spec(tmp_path / "b", **{"working_time.refresh_interval_s": 300})
+    steps = plan(slower, State(applied))
+    assert {s.source for s in steps if s.kind == "schema"} == {"0017_working_time_refresh_limits"}
+    assert any("REFRESH EVERY 300 SECOND" in s.sql for s in steps)
+
+
+def test_an_applied_migration_that_changed_is_drift(tmp_path):
+    spec, _ = cluster_spec(tmp_path)
+    applied = applied_by(fresh_plan(spec))
+    with pytest.raises(MigrationDrift, match=r"generator/templates/cluster/clickhouse/migrations/0002_create_events"):
+        plan(spec, State({**applied, "0002_create_events": "0" * 64}))
+
+
+def test_a_new_shard_count_is_refused_unless_the_data_was_resharded(tmp_path):
+    two, _ = cluster_spec(tmp_path / "a", shards=2)
+    applied = applied_by(fresh_plan(two))
+    three, _ = cluster_spec(tmp_path / "b", shards=3)
+    with pytest.raises(ShardCountChanged, match=r"sharded over 2 shards .* now says 3 \(clickhouse\.cluster\.shards\)"
+                                                r".*docs/cluster\.md .*--resharded"):
+        plan(three, State(applied))
+    # A change of replicas alone is not a re-shard.
+    assert plan(cluster_spec(tmp_path / "c", shards=2, replicas=3)[0], State(applied)) == []
+    # Re-sharded (docs/cluster.md): the new count is recorded on every shard, nothing else runs.
+    steps = plan(three, State(applied), resharded=True)
+    assert [(s.node, s.kind) for s in steps] == [(shard(n), k) for n in (1, 2, 3) for k in ("sync", "ledger")]
+    assert LEDGER_ROW.findall(steps[1].sql) == [(SHARDS_ROW, "3")]
+
+
+def test_a_statement_kind_without_a_route_is_refused():
+    assert route("ALTER TABLE `cvat`.events_local UPDATE x = 1 WHERE 1", "f:1") == "one server"
+    for sql in ("SELECT 1", "OPTIMIZE TABLE `cvat`.events_local FINAL", "SYSTEM STOP MERGES",
+                "TRUNCATE TABLE `cvat`.events_local", "DELETE FROM `cvat`.events_local WHERE 1"):
+        with pytest.raises(SqlTemplateError, match=r"^f:1: a cluster migration may hold"):
+            route(sql, "f:1")
+
+
+def test_migrate_on_a_cluster_spec_needs_a_server(tmp_path, capsys):
+    _, path = cluster_spec(tmp_path)
+    assert main(["migrate", "--spec", str(path), "--dsn", f"chdb://{tmp_path / 'store'}"]) == 1
+    assert "is the embedded store: give --dsn http://user@host:8123 of one of the cluster's servers" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "single").mkdir()
+    _, single = write_spec(tmp_path / "single")
+    assert main(["migrate", "--spec", str(single), "--dry-run"]) == 1
+    assert "--dry-run, --resharded and --shard-dsn are for a cluster spec" in capsys.readouterr().err
+
+
+def test_a_shard_dsn_names_a_shard_of_the_spec(tmp_path):
+    spec, _ = cluster_spec(tmp_path)
+    with pytest.raises(ClusterMigrateError, match=r"--shard-dsn '127.0.0.1:8125': expected N=DSN with N a shard "
+                                                  r"number from 1 to clickhouse.cluster.shards \(2\)"):
+        shard_connector("http://admin@127.0.0.1:8123", None, spec, ["3=http://admin:secret@127.0.0.1:8125"])
