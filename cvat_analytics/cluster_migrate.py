@@ -243,7 +243,8 @@ def init_statements(files: dict[str, str]) -> list[str]:
 def plan_problems(spec: dict, files: dict[str, str]) -> list[str]:
     """What `check` proves of migrate's plan for a new cluster: it sends what the init scripts
     run (one source of truth; CREATE DATABASE ON CLUSTER, a data step and the ledger on every
-    shard, each shard synced first), and every statement parses on ClickHouse."""
+    shard, each shard synced first), and every statement it sends or reads with parses on
+    ClickHouse (formatQuery: chdb cannot run them, having no cluster)."""
     from cvat_analytics_generator.validate import sql_problems
 
     steps = fresh_plan(spec)
@@ -259,4 +260,5 @@ def plan_problems(spec: dict, files: dict[str, str]) -> list[str]:
     for step in steps:
         per_node.setdefault(step.node, []).append(step.sql.rstrip(";"))
     plan_files = {f"migrate-plan/{node.replace(' ', '-')}.sql": ";\n\n".join(sqls) + ";\n" for node, sqls in per_node.items()}
+    plan_files["migrate-plan/reads.sql"] = render_template(spec, QUERIES)  # what it asks before it plans
     return problems + sql_problems(plan_files, parse_only=True)
