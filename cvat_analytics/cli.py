@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cluster spec: print the statements migrate would send, per server, and send none")
     p.add_argument("--resharded", action="store_true",
                    help="cluster spec: the data was re-sharded to the spec's shard count (docs/cluster.md); record it")
+    p.add_argument("--target", choices=["compose", "k8s"], default="compose",
+                   help="k8s: the database was made by the Kubernetes render, whose schema is the cluster's at any layout")
     p.add_argument("--shard-dsn", action="append", default=[], metavar="N=DSN",
                    help="cluster spec: where to reach a replica of shard N for its data steps (default: the host "
                         "names the server's remote_servers lists, with --dsn's port and user)")
@@ -352,13 +354,14 @@ def cmd_migrate(args) -> int:
     from .migrate import migrate
 
     spec = load_spec(args.spec)
-    if is_cluster(spec):
+    if is_cluster(spec) or args.target == "k8s":
         from .cluster_migrate import ClusterMigrateError, migrate_cluster, require_server, shard_connector
         try:
             require_server(args.dsn)
             client = connect(args.dsn)
             migrate_cluster(client, spec, shard_connector(args.dsn, client, spec, args.shard_dsn),
-                            assume_yes=args.yes, resharded=args.resharded, dry_run=args.dry_run)
+                            assume_yes=args.yes, resharded=args.resharded, dry_run=args.dry_run,
+                            k8s=args.target == "k8s")
         except ClusterMigrateError as exc:
             raise CommandError(str(exc)) from None
         return 0

@@ -20,7 +20,7 @@ from cvat_analytics.migrate import MigrationDrift, migrations
 from cvat_analytics_generator.cluster_ddl import SHARDS_ROW, route
 from cvat_analytics_generator.render import INIT_LEDGER, environment, render_all, context
 from cvat_analytics_generator.spec import load_spec
-from cvat_analytics_generator.sql import SqlTemplateError
+from cvat_analytics_generator.sql import SqlTemplateError, parse
 from tests.conftest import write_spec
 
 LEDGER_ROW = re.compile(r"\('([^']+)', '([^']+)'\)")
@@ -167,6 +167,9 @@ def test_migrate_on_a_cluster_spec_needs_a_server(tmp_path, capsys):
     _, single = write_spec(tmp_path / "single")
     assert main(["migrate", "--spec", str(single), "--dry-run"]) == 1
     assert "--dry-run, --resharded and --shard-dsn are for a cluster spec" in capsys.readouterr().err
+    # A 1 x 1 spec migrating a Kubernetes install is the cluster's migrate.
+    assert main(["migrate", "--spec", str(single), "--target", "k8s", "--dsn", f"chdb://{tmp_path / 'store'}"]) == 1
+    assert "is the embedded store" in capsys.readouterr().err
 
 
 def test_a_shard_dsn_names_a_shard_of_the_spec(tmp_path):
@@ -174,3 +177,55 @@ def test_a_shard_dsn_names_a_shard_of_the_spec(tmp_path):
     with pytest.raises(ClusterMigrateError, match=r"--shard-dsn '127.0.0.1:8125': expected N=DSN with N a shard "
                                                   r"number from 1 to clickhouse.cluster.shards \(2\)"):
         shard_connector("http://admin@127.0.0.1:8123", None, spec, ["3=http://admin:secret@127.0.0.1:8125"])
+
+
+@pytest.mark.clickhouse
+def test_dry_run_reads_the_ledger_over_http_prints_the_plan_per_server_and_sends_nothing(make_served, tmp_path):
+    """Against `serve`'s read-only SQL interface (a real server over HTTP, on which any write
+    fails): a cluster whose database does not exist yet gets the new-cluster plan."""
+    import subprocess
+    import sys
+
+    from cvat_analytics.service.access import Principal, Token
+
+    secret = "analyst-secret-0123456789"
+    served = make_served(tokens=[Token(secret.encode(), Principal("analyst", frozenset({"sql"})))])
+    spec, path = cluster_spec(tmp_path, **{"clickhouse.database": "cluster_to_be"})
+    host, port = served.server_address[:2]
+    cli = Path(sys.executable).with_name("cvat-analytics")
+    run = subprocess.run([str(cli), "migrate", "--spec", str(path), "--dry-run",
+                          "--dsn", f"http://analyst:{secret}@{host}:{port}/clickhouse"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    expected = [s for s in fresh_plan(spec)]
+    assert run.stdout.count("SYSTEM SYNC DATABASE REPLICA `cluster_to_be`;") == \
+        sum(s.kind == "sync" for s in expected) > 0
+    lines = run.stdout.splitlines()
+    assert lines[0] == "-- 0001_create_database: on any one server (the Replicated database carries it to every server)"
+    assert lines[1] == "CREATE DATABASE IF NOT EXISTS `cluster_to_be` ON CLUSTER cvat"
+    assert "-- 0012_events_inserted_at: on one replica of shard 2" in lines
+    assert lines[-len(LEDGER_ROW.findall(expected[-1].sql)) - 3] == "-- ledger: on one replica of shard 2"
+    assert lines[-1] == "    ('cluster:shards', '2');"
+
+
+def test_after_the_kubernetes_job_migrate_target_k8s_has_only_the_shard_count_to_record(tmp_path):
+    """The Job (deploy-k8s/migrate.yaml) records each migration with migrate's checksum; on a
+    1 x 1 Kubernetes install the schema is still the cluster's (--target k8s)."""
+    import yaml
+
+    from cvat_analytics_generator.k8s import render_k8s
+
+    (tmp_path / "k").mkdir()
+    _, path = write_spec(tmp_path / "k")
+    spec = load_spec(path)
+    configmap = next(d for d in yaml.safe_load_all(render_k8s(spec)["migrate.yaml"]) if d["kind"] == "ConfigMap")
+    job_ledger = dict(re.findall(r"^apply '([^']+)' '([0-9a-f]{64})'$", configmap["data"]["migrate.sh"], re.M))
+    assert job_ledger  # the Job's own record of what it applied
+    steps = plan(spec, State(job_ledger), k8s=True)
+    assert [(s.node, s.kind) for s in steps] == [(shard(1), "sync"), (shard(1), "ledger")]
+    assert LEDGER_ROW.findall(steps[1].sql) == [(SHARDS_ROW, "1")]
+    # And the statements migrate sends on a new install are the Job's files, one by one.
+    job = [s.sql for name in sorted(configmap["data"]) if name.endswith(".sql")
+           for s in parse(configmap["data"][name], name, options={"reapply"}).statements]
+    sent = [s.sql for s in fresh_plan(spec, k8s=True) if s.kind in ("schema", "data")]
+    assert sent[1:] == job[1:] and "ON CLUSTER cvat" in sent[0]
