@@ -13,6 +13,7 @@ working time would be split) unless the data was re-sharded as docs/cluster.md s
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlparse
@@ -21,7 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from cvat_analytics_generator import cluster_ddl
 from cvat_analytics_generator.render import CLUSTER_NAME, INIT_LEDGER_TEMPLATE, render_template
-from cvat_analytics_generator.sql import SqlFile, parse
+from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
 from . import retention
 from .errors import first_line
@@ -30,6 +31,8 @@ from .migrate import migrations, pending_migrations
 from .retention import RETENTION_MIGRATION
 
 QUERIES = "clickhouse/runtime/cluster_migrate.sql.j2"
+_CREATE_DISTRIBUTED = re.compile(r"CREATE TABLE IF NOT EXISTS `[^`]+`\.`?(\w+)`?\s*\(.*\)\s*ENGINE\s*=\s*Distributed\(",
+                                 re.S)
 ANY = "any server"
 
 
@@ -83,7 +86,9 @@ def plan(spec: dict, state: State, resharded: bool = False, k8s: bool = False) -
             f"would go to another shard and their working time would be split. Keep {recorded} shards, or "
             "re-shard the data as docs/cluster.md (\"migrate on a cluster\", re-sharding) says and run "
             "migrate --resharded")
-    pending, renoted = pending_migrations(migrations(spec, k8s=k8s), state.applied)
+    every = migrations(spec, k8s=k8s)
+    pending, renoted = pending_migrations(every, state.applied)
+    spread = _distributed_tables(every)
     sync = queries(spec).named("sync")
     steps: list[Step] = []
     synced: set[int] = set()  # shards whose replica replayed the log since the last DDL
@@ -109,12 +114,28 @@ def plan(spec: dict, state: State, resharded: bool = False, k8s: bool = False) -
             elif to == cluster_ddl.ONE_SERVER:
                 one_server(statement.sql, m.name)
             else:
+                _refuse_spread_reads(statement.sql, spread, f"{m.template}:{statement.line}")
                 every_shard(statement.sql, m.name, "data")
     # Recorded after every step of every migration ran, on every shard (see the docstring).
     rows = sorted((m.name, m.checksum) for m in [*pending, *renoted]) + ([(row, count)] if recorded != count else [])
     if rows:
         every_shard(ledger_insert(spec, rows), "ledger", "ledger")
     return steps
+
+
+def _distributed_tables(ms) -> set[str]:
+    """The tables the migrations create as Distributed (a read or write of one spans every shard)."""
+    return {match[1] for m in ms for st in m.parsed.statements
+            if (match := _CREATE_DISTRIBUTED.match(st.sql))}
+
+
+def _refuse_spread_reads(sql: str, spread: set[str], where: str) -> None:
+    """A data step runs once per shard: through a Distributed table it would read or write
+    every shard each time (the rows N times over). It names the _local tables."""
+    for table in sorted(spread):
+        if re.search(rf"\.`?{re.escape(table)}`?(?![\w`])", sql):
+            raise SqlTemplateError(f"{where}: a data step (INSERT, run on each shard) names {table}, a Distributed "
+                                   f"table over every shard; name the shard's own table ({table}_local)")
 
 
 def fresh_plan(spec: dict, k8s: bool = False) -> list[Step]:
@@ -210,7 +231,7 @@ def shard_connector(dsn: str, client: Client, spec: dict, overrides: list[str]) 
     for item in overrides:
         n, sep, shard_dsn = item.partition("=")
         if not (sep and n.isdigit() and 1 <= int(n) <= spec["clickhouse"]["cluster"]["shards"]):
-            raise ClusterMigrateError(f"--shard-dsn {item.split('@')[-1]!r}: expected N=DSN with N a shard number "
+            raise ClusterMigrateError(f"--shard-dsn {n!r}=...: expected N=DSN with N a shard number "
                                       f"from 1 to clickhouse.cluster.shards ({spec['clickhouse']['cluster']['shards']})")
         given[int(n)] = shard_dsn
 

@@ -174,9 +174,10 @@ def test_migrate_on_a_cluster_spec_needs_a_server(tmp_path, capsys):
 
 def test_a_shard_dsn_names_a_shard_of_the_spec(tmp_path):
     spec, _ = cluster_spec(tmp_path)
-    with pytest.raises(ClusterMigrateError, match=r"--shard-dsn '127.0.0.1:8125': expected N=DSN with N a shard "
-                                                  r"number from 1 to clickhouse.cluster.shards \(2\)"):
+    with pytest.raises(ClusterMigrateError, match=r"--shard-dsn '3'=...: expected N=DSN with N a shard "
+                                                  r"number from 1 to clickhouse.cluster.shards \(2\)") as refused:
         shard_connector("http://admin@127.0.0.1:8123", None, spec, ["3=http://admin:secret@127.0.0.1:8125"])
+    assert "secret" not in str(refused.value)
 
 
 @pytest.mark.clickhouse
@@ -229,3 +230,18 @@ def test_after_the_kubernetes_job_migrate_target_k8s_has_only_the_shard_count_to
            for s in parse(configmap["data"][name], name, options={"reapply"}).statements]
     sent = [s.sql for s in fresh_plan(spec, k8s=True) if s.kind in ("schema", "data")]
     assert sent[1:] == job[1:] and "ON CLUSTER cvat" in sent[0]
+
+
+def test_a_data_step_through_a_distributed_table_is_refused(tmp_path):
+    """Run once per shard, it would read (or write) every shard each time: rows N times over."""
+    from cvat_analytics.cluster_migrate import _distributed_tables, _refuse_spread_reads
+
+    spec, _ = cluster_spec(tmp_path)
+    spread = _distributed_tables(migrations(spec))
+    assert spread == {"events", "working_time_totals", "vector_metrics"}
+    _refuse_spread_reads("INSERT INTO `cvat`.working_time_refresh_log SELECT count() FROM `cvat`.events_local", spread, "f:3")
+    for sql in ("INSERT INTO `cvat`.working_time_refresh_log SELECT count() FROM `cvat`.events WHERE 1",
+                "INSERT INTO `cvat`.`working_time_totals` SELECT * FROM `cvat`.working_time_totals_local"):
+        with pytest.raises(SqlTemplateError, match=r"^f:3: a data step \(INSERT, run on each shard\) names "
+                                                   r"(events|working_time_totals), a Distributed table"):
+            _refuse_spread_reads(sql, spread, "f:3")
