@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from clickhouse_connect.driver.client import Client
 
 from cvat_analytics_generator import cluster_ddl
-from cvat_analytics_generator.render import CLUSTER_NAME, INIT_LEDGER_TEMPLATE, render_template
+from cvat_analytics_generator.render import CLUSTER_NAME, INIT_LEDGER, INIT_LEDGER_TEMPLATE, render_template
 from cvat_analytics_generator.sql import SqlFile, SqlTemplateError, parse
 
 from . import retention
@@ -31,6 +31,7 @@ from .migrate import migrations, pending_migrations
 from .retention import RETENTION_MIGRATION
 
 QUERIES = "clickhouse/runtime/cluster_migrate.sql.j2"
+_LEDGER_ROW = re.compile(r"\('([^']*)', '([^']*)'\)")  # a row of the ledger's INSERT (names and hex: no quotes)
 _CREATE_DISTRIBUTED = re.compile(r"CREATE TABLE IF NOT EXISTS `[^`]+`\.`?(\w+)`?\s*\(.*\)\s*ENGINE\s*=\s*Distributed\(",
                                  re.S)
 ANY = "any server"
@@ -116,8 +117,10 @@ def plan(spec: dict, state: State, resharded: bool = False, k8s: bool = False) -
             else:
                 _refuse_spread_reads(statement.sql, spread, f"{m.template}:{statement.line}")
                 every_shard(statement.sql, m.name, "data")
-    # Recorded after every step of every migration ran, on every shard (see the docstring).
-    rows = sorted((m.name, m.checksum) for m in [*pending, *renoted]) + ([(row, count)] if recorded != count else [])
+        # Once every step of it ran, on every shard (see the docstring): a run stopped later
+        # does not run it again (0012's MATERIALIZE would restamp every row).
+        every_shard(ledger_insert(spec, [(m.name, m.checksum)]), m.name, "ledger")
+    rows = [(m.name, m.checksum) for m in renoted] + ([(row, count)] if recorded != count else [])
     if rows:
         every_shard(ledger_insert(spec, rows), "ledger", "ledger")
     return steps
@@ -254,6 +257,11 @@ def shard_connector(dsn: str, client: Client, spec: dict, overrides: list[str]) 
     return connect_shard
 
 
+def ledger_rows(steps: list[Step], node: str) -> list[tuple[str, str]]:
+    """The (name, checksum) rows the plan records in one node's ledger, in order."""
+    return [row for s in steps if s.kind == "ledger" and s.node == node for row in _LEDGER_ROW.findall(s.sql)]
+
+
 def init_statements(files: dict[str, str]) -> list[str]:
     """What a new cluster's first server runs on its first start: every statement of the
     rendered clickhouse/migrations/*.sql (the migrations, then the init ledger), in name order."""
@@ -269,14 +277,18 @@ def plan_problems(spec: dict, files: dict[str, str]) -> list[str]:
     from cvat_analytics_generator.validate import sql_problems
 
     steps = fresh_plan(spec)
-    sent = [s.sql for s in steps if s.kind != "sync" and s.node in (ANY, shard(1))]
+    sent = [s.sql for s in steps if s.kind in ("schema", "data") and s.node in (ANY, shard(1))]
+    *init, init_ledger = init_statements(files)
     expected = [cluster_ddl.on_cluster(sql, CLUSTER_NAME) if cluster_ddl.route(sql, "init") == cluster_ddl.ON_CLUSTER
-                else sql for sql in init_statements(files)]
+                else sql for sql in init]
     problems = []
     if sent != expected:
         n = next((i for i, (a, b) in enumerate(zip(sent, expected)) if a != b), min(len(sent), len(expected)))
         problems.append(f"migrate's plan for a new cluster is not what the init scripts (clickhouse/migrations/) run: "
                         f"statement {n + 1} of {len(expected)} differs")
+    if ledger_rows(steps, shard(1)) != _LEDGER_ROW.findall(init_ledger):
+        problems.append("migrate's ledger rows for a new cluster are not the ones the init scripts record "
+                        f"({INIT_LEDGER}: rendered from the same migrations)")
     per_node: dict[str, list[str]] = {}
     for step in steps:
         per_node.setdefault(step.node, []).append(step.sql.rstrip(";"))

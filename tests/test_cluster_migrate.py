@@ -15,7 +15,8 @@ import pytest
 
 from cvat_analytics.cli import main
 from cvat_analytics.cluster_migrate import (ANY, ClusterMigrateError, ShardCountChanged, State, fresh_plan,
-                                            init_statements, plan, plan_problems, shard, shard_connector)
+                                            init_statements, ledger_rows, plan, plan_problems, shard,
+                                            shard_connector)
 from cvat_analytics.migrate import MigrationDrift, migrations
 from cvat_analytics_generator.cluster_ddl import SHARDS_ROW, route
 from cvat_analytics_generator.render import INIT_LEDGER, environment, render_all, context
@@ -61,13 +62,18 @@ def test_each_statement_goes_where_the_replicated_database_cannot_carry_it(tmp_p
     # The data step sits between the DDL before and after it in 0012, in the template's order.
     of_0012 = [(s.node, s.kind) for s in steps if s.source == "0012_events_inserted_at"]
     assert of_0012 == [(ANY, "schema")] * 3 + [(shard(1), "sync"), (shard(1), "data"),
-                                                (shard(2), "sync"), (shard(2), "data")] + [(ANY, "schema")] * 2
-    # The ledger last, once every step ran: the same rows on every shard, the shard count among them.
-    ledger = [s for s in steps if s.kind == "ledger"]
-    assert [s.node for s in ledger] == [shard(1), shard(2)] and steps[-1] is ledger[-1]
-    assert ledger[0].sql == ledger[1].sql
-    rows = LEDGER_ROW.findall(ledger[0].sql)
-    assert rows == sorted((m.name, m.checksum) for m in migrations(spec)) + [(SHARDS_ROW, "2")]
+                                                (shard(2), "sync"), (shard(2), "data")] + [(ANY, "schema")] * 2 + [
+        (shard(1), "sync"), (shard(1), "ledger"), (shard(2), "sync"), (shard(2), "ledger")]
+    # Each migration recorded on every shard once all its steps ran there and everywhere, never
+    # before; the shard count last. The same rows on every shard.
+    for m in migrations(spec):
+        of_m = [s for s in steps if s.source == m.name]
+        assert [(s.node, s.kind) for s in of_m[-4:]] == [(shard(1), "sync"), (shard(1), "ledger"),
+                                                       (shard(2), "sync"), (shard(2), "ledger")]
+        assert LEDGER_ROW.findall(of_m[-1].sql) == [(m.name, m.checksum)]
+    assert ledger_rows(steps, shard(1)) == ledger_rows(steps, shard(2)) == \
+        [(m.name, m.checksum) for m in migrations(spec)] + [(SHARDS_ROW, "2")]
+    assert LEDGER_ROW.findall(steps[-1].sql) == [(SHARDS_ROW, "2")]
 
 
 def test_the_plan_for_a_new_cluster_is_what_its_init_scripts_run(tmp_path):
@@ -75,10 +81,11 @@ def test_the_plan_for_a_new_cluster_is_what_its_init_scripts_run(tmp_path):
     files = render_all(spec)
     assert INIT_LEDGER in files  # the first server's init scripts record the ledger, shard count included
     steps = fresh_plan(spec)
-    sent = [s.sql for s in steps if s.kind != "sync" and s.node in (ANY, shard(1))]
-    init = init_statements(files)
-    assert sent[1:] == init[1:]  # byte for byte, the ledger INSERT too
+    sent = [s.sql for s in steps if s.kind in ("schema", "data") and s.node in (ANY, shard(1))]
+    *init, init_ledger = init_statements(files)
+    assert sent[1:] == init[1:]  # byte for byte
     assert sent[0] == init[0].replace("`cvat`\nENGINE", "`cvat` ON CLUSTER cvat\nENGINE")
+    assert ledger_rows(steps, shard(3)) == LEDGER_ROW.findall(init_ledger)
     # And so a cluster started from the init scripts has nothing pending.
     assert plan(spec, State(applied_by(steps))) == []
     assert applied_by(steps)[SHARDS_ROW] == "3"
@@ -93,10 +100,15 @@ def test_check_proves_the_plan_parses_and_matches_the_init_scripts(tmp_path):
     tampered = dict(files)
     rel = "clickhouse/migrations/0006_events_fsync.sql"
     tampered[rel] = tampered[rel].replace("fsync_part_directory = 1", "fsync_part_directory = 0")
+    init = init_statements(files)[:-1]  # the migrations' statements, the ledger after them
     assert plan_problems(spec, tampered) == [
         "migrate's plan for a new cluster is not what the init scripts (clickhouse/migrations/) run: "
-        f"statement {init_statements(files).index(next(s for s in init_statements(files) if 'fsync_part_directory' in s)) + 1} "
-        f"of {len(init_statements(files))} differs"]
+        f"statement {init.index(next(s for s in init if 'fsync_part_directory' in s)) + 1} of {len(init)} differs"]
+    # And an init ledger that records other rows than migrate would.
+    tampered = {**files, INIT_LEDGER: files[INIT_LEDGER].replace("('cluster:shards', '2')", "('cluster:shards', '3')")}
+    assert plan_problems(spec, tampered) == [
+        "migrate's ledger rows for a new cluster are not the ones the init scripts record "
+        f"({INIT_LEDGER}: rendered from the same migrations)"]
 
 
 def test_a_changed_retention_is_applied_again_and_nothing_else(tmp_path):
@@ -107,9 +119,8 @@ def test_a_changed_retention_is_applied_again_and_nothing_else(tmp_path):
     assert {s.source for s in steps if s.kind == "schema"} == {"0003_events_retention_and_dedup"}
     assert [s.sql for s in steps if s.kind == "schema"][0] == \
         "ALTER TABLE `cvat`.events_local MODIFY TTL toDateTime(timestamp) + toIntervalDay(30)"
-    ledger = [s for s in steps if s.kind == "ledger"]
-    assert [s.node for s in ledger] == [shard(1), shard(2)]
-    assert [name for name, _ in LEDGER_ROW.findall(ledger[0].sql)] == ["0003_events_retention_and_dedup"]
+    assert [s.node for s in steps if s.kind == "ledger"] == [shard(1), shard(2)]
+    assert [name for name, _ in ledger_rows(steps, shard(2))] == ["0003_events_retention_and_dedup"]
     assert plan(shorter, State({**applied, **applied_by(steps)}, ttl_days=30)) == []
     # Retention 0: 0003 sets no TTL, so the one in force is removed first.
     none, _ = cluster_spec(tmp_path / "c", **{"clickhouse.retention_days": 0})
@@ -205,8 +216,9 @@ def test_dry_run_reads_the_ledger_over_http_prints_the_plan_per_server_and_sends
     assert lines[0] == "-- 0001_create_database: on any one server (the Replicated database carries it to every server)"
     assert lines[1] == "CREATE DATABASE IF NOT EXISTS `cluster_to_be` ON CLUSTER cvat"
     assert "-- 0012_events_inserted_at: on one replica of shard 2" in lines
-    assert lines[-len(LEDGER_ROW.findall(expected[-1].sql)) - 3] == "-- ledger: on one replica of shard 2"
-    assert lines[-1] == "    ('cluster:shards', '2');"
+    assert lines[-3:] == ["-- ledger: on one replica of shard 2",
+                          "INSERT INTO `cluster_to_be`.schema_migrations (name, checksum) VALUES",
+                          "    ('cluster:shards', '2');"]
 
 
 def test_after_the_kubernetes_job_migrate_target_k8s_has_only_the_shard_count_to_record(tmp_path):
