@@ -257,3 +257,26 @@ def test_a_data_step_through_a_distributed_table_is_refused(tmp_path):
         with pytest.raises(SqlTemplateError, match=r"^f:3: a data step \(INSERT, run on each shard\) names "
                                                    r"(events|working_time_totals), a Distributed table"):
             _refuse_spread_reads(sql, spread, "f:3")
+
+
+@pytest.mark.clickhouse
+def test_a_retention_that_drops_stored_events_is_refused_without_yes(store):
+    """As on one server: counted through `events` (on a cluster the Distributed table over every
+    shard; here one store's), before anything is sent."""
+    from cvat_analytics.cluster_migrate import Step, _check_retention
+    from cvat_analytics.retention import RETENTION_MIGRATION, RetentionRefused
+
+    store.client.command(f"INSERT INTO {store.database}.events (scope, timestamp, source) VALUES "
+                         "('update:job', now64(3) - INTERVAL 40 DAY, 'server'), "
+                         "('update:job', now64(3) - INTERVAL 50 DAY, 'server'), ('update:job', now64(3), 'server')")
+    spec = {**store.spec, "clickhouse": {**store.spec["clickhouse"], "retention_days": 30}}
+    steps = [Step(ANY, "ALTER TABLE x MODIFY TTL y", RETENTION_MIGRATION, "schema")]
+    with pytest.raises(RetentionRefused, match=r"^refused: a retention of 30 days drops 2 events older than 30 days "
+                                               r"from every shard's events_local; run migrate --yes"):
+        _check_retention(store.client, spec, State(ttl_days=None), steps, assume_yes=False, log=print)
+    said = []
+    _check_retention(store.client, spec, State(ttl_days=None), steps, assume_yes=True, log=said.append)
+    assert said == ["a retention of 30 days drops 2 events older than 30 days from every shard's events_local: "
+                    "accepted (--yes)"]
+    _check_retention(store.client, spec, State(ttl_days=20), steps, assume_yes=False, log=print)  # drops nothing new
+    _check_retention(store.client, spec, State(), [], assume_yes=False, log=print)  # 0003 not in the plan
