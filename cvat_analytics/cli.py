@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     _dsn_arg(p)
     p.add_argument("--yes", action="store_true",
                    help="apply a retention (TTL) change even when it drops stored events (default: refuse, with the counts)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="cluster spec: print the statements migrate would send, per server, and send none")
+    p.add_argument("--resharded", action="store_true",
+                   help="cluster spec: the data was re-sharded to the spec's shard count (docs/cluster.md); record it")
+    p.add_argument("--target", choices=["compose", "k8s"], default="compose",
+                   help="k8s: the database was made by the Kubernetes render, whose schema is the cluster's at any layout")
+    p.add_argument("--shard-dsn", action="append", default=[], metavar="N=DSN",
+                   help="cluster spec: where to reach a replica of shard N for its data steps (default: the host "
+                        "names the server's remote_servers lists, with --dsn's port and user)")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("import", help="load events from a JSON array, NDJSON or CVAT's CSV export")
@@ -251,7 +260,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from cvat_analytics_generator.render import diff_tree
+    from cvat_analytics_generator.render import diff_tree, is_cluster
     from cvat_analytics_generator.validate import validate_tree
 
     files = _rendered(args)
@@ -262,6 +271,9 @@ def cmd_check(args) -> int:
     else:
         problems += validate_tree(files)
     problems = [f"{args.out}/{p}" for p in problems]
+    if args.target == "compose" and is_cluster(spec := load_spec(args.spec)):  # the plan of `migrate` on it
+        from .cluster_migrate import plan_problems
+        problems += plan_problems(spec, files)
     if args.cvat is not None:
         from .cvat_checkout import checkout_problems
 
@@ -341,9 +353,25 @@ def _write_dashboard(spec: dict, folder: Path, definition: dict, lost: list[str]
 
 
 def cmd_migrate(args) -> int:
+    from cvat_analytics_generator.render import is_cluster
+
     from .migrate import migrate
 
     spec = load_spec(args.spec)
+    if is_cluster(spec) or args.target == "k8s":
+        from .cluster_migrate import ClusterMigrateError, migrate_cluster, require_server, shard_connector
+        try:
+            require_server(args.dsn)
+            client = connect(args.dsn)
+            migrate_cluster(client, spec, shard_connector(args.dsn, client, spec, args.shard_dsn),
+                            assume_yes=args.yes, resharded=args.resharded, dry_run=args.dry_run,
+                            k8s=args.target == "k8s")
+        except ClusterMigrateError as exc:
+            raise CommandError(str(exc)) from None
+        return 0
+    if args.dry_run or args.resharded or args.shard_dsn:
+        raise CommandError("--dry-run, --resharded and --shard-dsn are for a cluster spec (clickhouse.cluster "
+                           "above 1 x 1); this spec renders one server")
     migrate(connect(args.dsn), spec, assume_yes=args.yes)
     return 0
 

@@ -35,17 +35,18 @@ class MigrationDrift(Exception):
 
 
 class ClusterSpec(Exception):
-    """The spec renders a ClickHouse cluster, whose schema migrate does not apply."""
+    """The spec renders a ClickHouse cluster, whose schema cluster_migrate.py applies."""
 
 
 @dataclass
 class Migration:
     name: str
     sql: str
+    prefix: str = ""  # "cluster/": a migration of the cluster's schema
 
     @property
     def template(self) -> str:
-        return f"generator/templates/{FOLDER}/{self.name}.sql.j2"
+        return f"generator/templates/{self.prefix}{FOLDER}/{self.name}.sql.j2"
 
     @cached_property
     def parsed(self) -> SqlFile:
@@ -74,10 +75,12 @@ class Migration:
         return "reapply" in self.parsed.options
 
 
-def migrations(spec: dict) -> list[Migration]:
-    files = render_sql(spec, FOLDER)
+def migrations(spec: dict, k8s: bool = False) -> list[Migration]:
+    """The spec's migrations in order; with k8s, the cluster's whatever the layout."""
+    files = render_sql(spec, FOLDER, k8s=k8s)
     files.pop(INIT_LEDGER.removeprefix(FOLDER + "/"), None)  # the init scripts' ledger, not a migration
-    return [Migration(name.removesuffix(".sql"), files[name]) for name in sorted(files)]
+    prefix = "cluster/" if k8s or is_cluster(spec) else ""
+    return [Migration(name.removesuffix(".sql"), files[name], prefix) for name in sorted(files)]
 
 
 def ledger(spec: dict) -> SqlFile:
@@ -108,29 +111,16 @@ def adopt_history(client: Client, spec: dict, log=print) -> bool:
     return True
 
 
-def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> list[str]:
-    """Apply what is pending; return the names applied (empty on a second run).
-    Raises MigrationDrift, before applying anything, if an applied migration changed.
-    A TTL that would drop stored events needs `assume_yes` (see retention.py)."""
-    if is_cluster(spec):
-        cluster = spec["clickhouse"]["cluster"]
-        raise ClusterSpec(f"the spec renders a ClickHouse cluster (clickhouse.cluster: {cluster['shards']} shards "
-                          f"x {cluster['replicas']} replicas): its servers create the schema on their first start "
-                          "(docs/cluster.md); migrate applies the single server's")
-    spec = retention.effective_spec(client, spec)
-    sql = ledger(spec)
-    done = applied(client, spec)
-
-    def record(m: Migration) -> None:
-        client.command(sql.named("record"), parameters={"name": m.name, "checksum": m.checksum})
-
-    pending = []
-    for m in migrations(spec):
+def pending_migrations(ms: list[Migration], done: dict[str, str]) -> tuple[list[Migration], list[Migration]]:
+    """(the migrations to apply, those recorded with their old text checksum: to note anew).
+    Raises MigrationDrift if an applied migration not marked to re-apply changed."""
+    pending, renoted = [], []
+    for m in ms:
         recorded = done.get(m.name)
         if recorded == m.checksum:
             continue
         if recorded == m.text_checksum:
-            record(m)  # same text, recorded the old way: note it the new way, apply nothing
+            renoted.append(m)
             continue
         if recorded is not None and not m.reapply_on_change:
             raise MigrationDrift(
@@ -139,6 +129,28 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
                 "Restore the spec value (or template) that changed it, or leave this migration as it "
                 "was and write the change as a new migration.")
         pending.append(m)
+    return pending, renoted
+
+
+def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> list[str]:
+    """Apply what is pending; return the names applied (empty on a second run).
+    Raises MigrationDrift, before applying anything, if an applied migration changed.
+    A TTL that would drop stored events needs `assume_yes` (see retention.py)."""
+    if is_cluster(spec):
+        cluster = spec["clickhouse"]["cluster"]
+        raise ClusterSpec(f"the spec renders a ClickHouse cluster (clickhouse.cluster: {cluster['shards']} shards "
+                          f"x {cluster['replicas']} replicas): its schema is applied per server by "
+                          "cluster_migrate.migrate_cluster (docs/cluster.md); this applies the single server's")
+    spec = retention.effective_spec(client, spec)
+    sql = ledger(spec)
+    done = applied(client, spec)
+
+    def record(m: Migration) -> None:
+        client.command(sql.named("record"), parameters={"name": m.name, "checksum": m.checksum})
+
+    pending, renoted = pending_migrations(migrations(spec), done)
+    for m in renoted:
+        record(m)  # same text, recorded the old way: note it the new way, apply nothing
     for m in pending:
         if m.name == retention.RETENTION_MIGRATION:
             retention.before_retention_migration(client, spec, assume_yes, log)

@@ -12,6 +12,7 @@ from xml.sax.saxutils import quoteattr
 import jinja2
 
 from . import grafana
+from .cluster_ddl import shards_ledger_row
 from .sql import checksum, ident, parse, string_literal
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -19,14 +20,15 @@ TEMPLATES = Path(__file__).with_name("templates")
 RUNTIME = "clickhouse/runtime/"
 # The cluster render (clickhouse.cluster above 1 x 1): templates under cluster/ land at the
 # same path without the prefix, and replace these files of the single-server tree (CVAT's
-# own stack runs one ClickHouse, so its override has no cluster form; `migrate`'s TTL
-# removal is single-server: the cluster's schema is created by its servers' first start).
+# own stack runs one ClickHouse, so its override has no cluster form; `migrate` removes a
+# cluster's TTL itself, cvat_analytics/cluster_migrate.py).
 CLUSTER = "cluster/"
 SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "vector/vector-cvat.yaml.j2",
                       "clickhouse/users.d/cvat-server-user.xml.j2", "clickhouse/queries/events_remove_ttl.sql.j2",
                       "clickhouse/migrations/", "clickhouse/queries/alerts.sql.j2")
-# The last init script of a new single-server volume: the ledger of the migrations the init
-# scripts before it applied (its template says why). Rendered after them, from their text.
+# The last init script of a new volume (a single server's, or the cluster's first server's):
+# the ledger of the migrations the init scripts before it applied (its template says why).
+# Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
 INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
 # The cluster's first start (docs/cluster.md): the first server's init script applies the
@@ -118,12 +120,13 @@ def render_all(spec: dict) -> dict[str, str]:
     # spec lists (generator/dashboards/<name>.yaml) and the user's own (custom_dashboards_dir).
     for d in grafana.load_all(spec):
         out[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
+    out[INIT_LEDGER] = _init_ledger(spec, out)
     if is_cluster(spec):
         for template in (CLUSTER_INIT_TEMPLATE, CLUSTER_HEALTH_TEMPLATE):
             out[template[: -len(".j2")].removeprefix(CLUSTER)] = environment().get_template(template).render(
-                {**context(spec), "migrations": _applied(out), "objects": _schema_objects(out)})
+                {**context(spec), "migrations": _applied(out), "objects": _schema_objects(out),
+                 "shards_row": shards_ledger_row(spec)})
     else:
-        out[INIT_LEDGER] = _init_ledger(spec, out)
         # The alert rules read one server's tables: a cluster's are per shard (docs/cluster.md).
         from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
         out[PROVISIONING] = provisioning_yaml(spec)
@@ -139,7 +142,11 @@ def _applied(out: dict[str, str]) -> list[dict]:
 
 def _init_ledger(spec: dict, out: dict[str, str]) -> str:
     """The last init script: a ledger row per migration, with the checksum migrate compares."""
-    return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": _applied(out)})
+    applied = _applied(out)
+    if is_cluster(spec):  # and the shard count the data will be sharded with (cluster_ddl.py)
+        name, count = shards_ledger_row(spec)
+        applied.append({"name": name, "checksum": count})
+    return environment().get_template(INIT_LEDGER_TEMPLATE).render({**context(spec), "migrations": applied})
 
 
 def _schema_objects(out: dict[str, str]) -> list[str]:
@@ -185,11 +192,12 @@ def _wanted(name: str, clustered: bool) -> bool:
     return True
 
 
-def render_sql(spec: dict, prefix: str) -> dict[str, str]:
-    """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name."""
+def render_sql(spec: dict, prefix: str, k8s: bool = False) -> dict[str, str]:
+    """The rendered SQL files under a folder (e.g. clickhouse/migrations), by file name;
+    with k8s, the cluster's whatever the layout (as the Kubernetes render has them)."""
     return {
         Path(path).name: text
-        for path, text in _render_templates(spec, prefix + "/").items()  # not the whole tree: migrate runs this
+        for path, text in _render_templates(spec, prefix + "/", k8s=k8s).items()  # not the whole tree: migrate runs this
         if path.endswith(".sql")
     }
 

@@ -233,7 +233,7 @@ def compose_problems(files: dict[str, str]) -> list[str]:
     return problems
 
 
-def sql_problems(files: dict[str, str]) -> list[str]:
+def sql_problems(files: dict[str, str], parse_only: bool = False) -> list[str]:
     # The .sql files, and the dashboards whose queries run on the schema they make.
     sql = {rel: text for rel, text in files.items() if rel.endswith(".sql") or rel.startswith("grafana/dashboards/")}
     if not sql:
@@ -241,7 +241,7 @@ def sql_problems(files: dict[str, str]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
         run = subprocess.run(
-            [sys.executable, "-m", "cvat_analytics_generator.validate_sql", tmp],
+            [sys.executable, "-m", "cvat_analytics_generator.validate_sql", *(["--parse-only"] if parse_only else []), tmp],
             capture_output=True, text=True, cwd=REPO, timeout=600,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
         )

@@ -79,7 +79,9 @@ def sql_files(root: Path) -> list[str]:
     return [r for r in rels if r.startswith(MIGRATIONS)] + [r for r in rels if not r.startswith(MIGRATIONS)]
 
 
-def run(root: Path) -> list[str]:
+def run(root: Path, parse_only: bool = False) -> list[str]:
+    """With parse_only, every statement is only parsed (statements that need a cluster to run,
+    such as migrate's plan for one: cvat_analytics/cluster_migrate.py)."""
     import chdb.session
 
     problems: list[str] = []
@@ -94,6 +96,12 @@ def run(root: Path) -> list[str]:
                     continue
                 for n, statement in enumerate(statements, 1):
                     equivalent, checks = single_node_equivalent(statement)
+                    if parse_only:
+                        try:
+                            session.query("SELECT formatQuery({sql:String})", "Null", params={"sql": _escaped(statement)})
+                        except Exception as exc:
+                            problems.append(f"{rel}: statement {n} does not parse on ClickHouse: {_first_line(exc)}")
+                        continue
                     if equivalent != statement:
                         try:
                             session.query("SELECT formatQuery({sql:String})", "Null", params={"sql": _escaped(statement)})
@@ -108,7 +116,8 @@ def run(root: Path) -> list[str]:
                         what = " (its single-node equivalent)" if equivalent != statement else ""
                         problems.append(f"{rel}: statement {n} does not execute on ClickHouse{what}: "
                                         f"{_first_line(exc)}")
-            problems += _dashboard_problems(root, session)
+            if not parse_only:
+                problems += _dashboard_problems(root, session)
         finally:
             session.close()
     return problems
@@ -169,10 +178,12 @@ def _dashboard_problems(root: Path, session) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    parse_only = argv[:1] == ["--parse-only"]
+    argv = argv[1:] if parse_only else argv
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m cvat_analytics_generator.validate_sql DIR", file=sys.stderr)
+        print("usage: python -m cvat_analytics_generator.validate_sql [--parse-only] DIR", file=sys.stderr)
         return 2
-    problems = run(Path(argv[0]))
+    problems = run(Path(argv[0]), parse_only)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

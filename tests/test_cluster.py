@@ -73,7 +73,7 @@ def test_migrate_refuses_a_cluster_spec_and_says_why(tmp_path):
     from cvat_analytics.migrate import ClusterSpec, migrate
 
     spec, _ = cluster_spec(tmp_path)
-    with pytest.raises(ClusterSpec, match=r"clickhouse\.cluster: 2 shards x 2 replicas.*first start"):
+    with pytest.raises(ClusterSpec, match=r"clickhouse\.cluster: 2 shards x 2 replicas.*cluster_migrate"):
         migrate(None, spec)  # refused before the store is touched
 
 
