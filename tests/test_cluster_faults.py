@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from cvat_analytics_generator.render import render_all
+from cvat_analytics_generator.render import INIT_LEDGER, render_all
 from cvat_analytics_generator.spec import load_spec
 from tests.conftest import REPO, write_spec
 
@@ -140,8 +140,11 @@ def test_a_first_start_resumes_where_it_stopped_and_a_server_is_healthy_only_wit
     from cvat_analytics_generator.k8s import render_k8s
     script = files["clickhouse/initdb-first/apply-migrations.sh"]
     listed = re.findall(r"^(\d{4}_\w+) ([0-9a-f]{64})$", script, re.M)
-    migrations = sorted(p.rsplit("/", 1)[1][:-4] for p in files if p.startswith("clickhouse/migrations/"))
+    migrations = sorted(p.rsplit("/", 1)[1][:-4] for p in files
+                        if p.startswith("clickhouse/migrations/") and p != INIT_LEDGER)
     assert [n for n, _ in listed] == migrations
+    # and then the shard count `migrate` compares, as the ledger it renders records it
+    assert "--param_name='cluster:shards' --param_checksum='2'" in script
     job = render_k8s(spec)["migrate.yaml"]
     assert all(f"apply '{n}' '{c}'" in job for n, c in listed)
     # both scripts parse as the shells that run them (the entrypoint's bash, the healthcheck's sh)
