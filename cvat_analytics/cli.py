@@ -491,8 +491,11 @@ def cmd_bench_soak(args) -> int:
 
     if args.minutes <= 0 or args.rate < 100 or args.interval_s < 1:
         raise CommandError("--minutes must be above 0, --rate at least 100 (one body a second), --interval-s at least 1")
-    report = soak.run(args.minutes, args.rate, spec_path=str(args.spec), json_path=args.json_path,
-                      workdir=args.workdir, interval_s=args.interval_s)
+    try:
+        report = soak.run(args.minutes, args.rate, spec_path=str(args.spec), json_path=args.json_path,
+                          workdir=args.workdir, interval_s=args.interval_s)
+    except soak.SoakError as exc:
+        raise CommandError(str(exc)) from None
     return 0 if report["exactly_once"] and report["totals_exact"] else 1
 
 

@@ -45,3 +45,27 @@ def test_soak_runs_a_minute_and_checks_the_store(tmp_path):
     assert report["refresh_runs"] >= 3 and report["refresh_max_ms"] is not None
     assert isinstance(report["rss_growth_pct"], float)
     assert "exactly once" in proc.stdout and "equal" in proc.stdout
+
+
+def test_soak_refuses_a_store_that_exists(tmp_path):
+    (tmp_path / "store").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "cvat_analytics.cli", "bench", "soak", "--minutes", "1",
+                           "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "exists: the soak starts on a fresh store" in proc.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]  # nothing started, nothing written
+
+
+@pytest.mark.clickhouse
+@pytest.mark.slow
+def test_serve_process_reads_its_own_url_from_a_log_appended_to(tmp_path):
+    from cvat_analytics.bench.service import ServeProcess
+    from cvat_analytics_generator.spec import DEFAULT_SPEC
+
+    log = tmp_path / "serve.log"
+    log.write_text("2026-01-01T00:00:00Z INFO service serving http://127.0.0.1:9/ (an earlier run)\n")
+    svc = ServeProcess(f"chdb://{tmp_path / 'store'}", DEFAULT_SPEC, log)
+    try:
+        assert svc.url != "http://127.0.0.1:9/"
+        assert svc.get("/health")[0] == 200
+    finally:
+        svc.stop()

@@ -38,6 +38,10 @@ TEMPLATE_EVENTS = 20_000  # demo events cycled through (their shapes; time and u
 RUN_EVENTS = 50  # consecutive events of one user
 
 
+class SoakError(Exception):
+    """A soak that cannot start, worded for the operator."""
+
+
 def templates(seed: int = 1) -> list[dict]:
     """Demo events as shapes to send, dealt to USERS users (the demo's world has fewer) in runs
     of RUN_EVENTS, so every user is active every few seconds, as in a busy team."""
@@ -250,6 +254,8 @@ def run(minutes: float, rate: float, spec_path: str | None = None, json_path: st
     spec_path = str(Path(spec_path or DEFAULT_SPEC).resolve())
     spec = load_spec(Path(spec_path))
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cvat-analytics-soak-"))
+    if (work / "store").exists():
+        raise SoakError(f"{work / 'store'} exists: the soak starts on a fresh store (give another --workdir)")
     work.mkdir(parents=True, exist_ok=True)
     dsn = f"chdb://{work / 'store'}"
     print(f"soak: {minutes:g} min at {rate:,.0f} events/s into serve on {work / 'store'} "
