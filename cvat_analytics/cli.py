@@ -212,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (stores, logs)")
     p.add_argument("--seed", type=int, default=1, help="demo generator seed (default: 1)")
     p.set_defaults(func=cmd_bench)
+    bench_sub = p.add_subparsers(dest="bench_command", required=False, metavar="ACTION")
+    q = bench_sub.add_parser("soak", help="steady ingest into a real serve for N minutes: memory, latency, "
+                                          "refresh cost per minute; nothing lost, totals exact (docs/benchmarks.md)")
+    _spec_arg(q)
+    q.add_argument("--minutes", type=float, default=60, help="how long to send (default: 60)")
+    q.add_argument("--rate", type=float, default=2800, help="events per second (default: 2800)")
+    q.add_argument("--json", dest="json_path", default=None, help="also write the figures as JSON to this file")
+    q.add_argument("--workdir", default=None, help="where the store and serve's log go (default: a new directory, kept)")
+    # Seconds per row of the table (a minute); shorter for the test of the command itself.
+    q.add_argument("--interval-s", type=float, default=60, help=argparse.SUPPRESS)
+    q.set_defaults(func=cmd_bench_soak)
     return parser
 
 
@@ -505,6 +516,19 @@ def cmd_bench(args) -> int:
     bench.run(args.events, json_path=args.json_path, spec_path=str(args.spec), workdir=args.workdir,
               keep=args.keep, seed=args.seed)
     return 0
+
+
+def cmd_bench_soak(args) -> int:
+    from .bench import soak
+
+    if args.minutes <= 0 or args.rate < 100 or args.interval_s < 1:
+        raise CommandError("--minutes must be above 0, --rate at least 100 (one body a second), --interval-s at least 1")
+    try:
+        report = soak.run(args.minutes, args.rate, spec_path=str(args.spec), json_path=args.json_path,
+                          workdir=args.workdir, interval_s=args.interval_s)
+    except soak.SoakError as exc:
+        raise CommandError(str(exc)) from None
+    return 0 if report["exactly_once"] and report["totals_exact"] else 1
 
 
 def cmd_working_time(args) -> int:

@@ -84,11 +84,28 @@ def default_dsn(spec: dict) -> str:
     return f"chdb://{Path(spec['embedded']['data_dir']) / 'clickhouse'}"
 
 
-def connect(dsn: str, create: bool = True) -> Client:
+# The spec's embedded.engine keys and the chdb server settings they size (MiB -> bytes): the
+# only settings passed when the engine opens (chdb reads them then, and only then).
+ENGINE_SETTINGS = {
+    "mark_cache_mb": "mark_cache_size",
+    "primary_index_cache_mb": "primary_index_cache_size",
+    "uncompressed_cache_mb": "uncompressed_cache_size",
+    "max_server_memory_mb": "max_server_memory_usage",
+}
+
+
+def engine_settings(spec: dict) -> dict:
+    """chdb's server settings from the spec's embedded.engine (docs/configuration.md)."""
+    engine = spec["embedded"]["engine"]
+    return {setting: int(engine[key]) * 1048576 for key, setting in ENGINE_SETTINGS.items()}
+
+
+def connect(dsn: str, create: bool = True, engine: dict | None = None) -> Client:
     """A client for `dsn`; one per DSN per process (chdb allows only one path anyway).
 
     create=False (commands that only read): a chdb path with no data is an error naming
-    it, instead of a new empty store that answers "database does not exist"."""
+    it, instead of a new empty store that answers "database does not exist".
+    engine: chdb's server settings (engine_settings), applied if this call opens the engine."""
     if dsn in _clients:
         return _clients[dsn]
     path = chdb_path(dsn)
@@ -113,7 +130,7 @@ def connect(dsn: str, create: bool = True) -> Client:
                 "chdb://<embedded.data_dir>/clickhouse from the spec)"
             )
         path.mkdir(parents=True, exist_ok=True)
-        dsn_to_open, extra = f"chdb://{path}", {}
+        dsn_to_open, extra = f"chdb://{path}", {"chdb_options": dict(engine or {})}
     else:
         dsn_to_open, extra = server_dsn(dsn)
     try:

@@ -18,6 +18,9 @@ What it does (docs/benchmarks.md):
    - storage: bytes on disk per event, ours against CVAT's;
 3. prints a table and writes the same as JSON.
 
+`bench soak` (soak.py) is the long run: steady ingest into `serve`, memory, latency and the
+refresh's cost per minute, nothing lost, totals exact.
+
 The rooms:
 
 - orchestrator.py          `run`: the phases in child processes, serve measured over HTTP
@@ -31,6 +34,7 @@ The rooms:
 - load_generator.py        HTTP senders posting CVAT's bodies to serve
 - export_download.py       GET /api/events on serve, downloaded and counted
 - service.py               serve in a child process (also used by the tests)
+- soak.py                  `bench soak`: steady ingest into serve for N minutes, measured each minute
 - runtime.py               the runtime calls other work is moving (body parser, refresh)
 - measure.py               memory, machine, a query's median time
 - statements.py            the SQL templates in templates/, rendered and bound

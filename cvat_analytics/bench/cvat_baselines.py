@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..cvat_reference import compute_working_time_per_ids
 from . import statements
-from .measure import open_store, peak_mb, warm_up
+from .measure import cpu_s, open_store, peak_mb, warm_up
 from .statements import CVAT_DB
 
 _MS = timedelta(milliseconds=1)
@@ -52,7 +52,7 @@ def phase_wt_python(cfg: dict) -> dict:
     """CVAT's loop over every client event, read in (user, time) order; the read is timed apart."""
     spec, client = open_store(cfg)
     rss0 = warm_up(client)
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu_s()
     read_s = 0.0
 
     def rows():
@@ -70,7 +70,7 @@ def phase_wt_python(cfg: dict) -> dict:
 
     totals = python_baseline(rows())
     elapsed = time.monotonic() - t
-    return {"seconds": elapsed, "read_s": read_s, "loop_s": elapsed - read_s, "peak_mb": peak_mb(),
+    return {"seconds": elapsed, "cpu_s": cpu_s() - c, "read_s": read_s, "loop_s": elapsed - read_s, "peak_mb": peak_mb(),
             "open_mb": rss0, "groups": sum(1 for v in totals.values() if v), "total_ms": int(sum(totals.values()))}
 
 

@@ -18,6 +18,13 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds this process has used, every thread (the engine's too): on a shared machine
+    the wall time of a phase also counts the time it waited for a core, its CPU time does not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_mb(pid: int, key: str = "VmRSS") -> float:
     """VmRSS (now), VmHWM (peak) or RssAnon (now, anonymous pages only) of another process, MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -28,6 +28,7 @@ class ServeProcess:
             os.close(fd)
         self.log_path = Path(log)
         self.log = open(self.log_path, "ab")
+        self.log_start = self.log.tell()  # a log appended to: an earlier run's "serving" line is not this one's
         # The SQL interface always needs a token: the shipped spec's optional one, filled here.
         self.sql_token = secrets.token_urlsafe(24)
         self.proc = subprocess.Popen(
@@ -43,7 +44,7 @@ class ServeProcess:
         self.url = url
 
     def _logged_url(self) -> str | None:
-        for line in self.output().splitlines():
+        for line in self.output()[self.log_start:].splitlines():
             if READY_LINE in line:
                 return "http" + line.split(READY_LINE, 1)[1].split()[0]
         return None

@@ -6,23 +6,23 @@ from pathlib import Path
 
 from .. import working_time as wt
 from . import statements
-from .measure import open_store, peak_mb, warm_up
+from .measure import cpu_s, open_store, peak_mb, warm_up
 
 GROUPS = ["user_id", "project_id", "task_id", "job_id"]
 
 
-def result(columns, rows, elapsed: float, rss0: float) -> dict:
+def result(columns, rows, elapsed: float, rss0: float, cpu: float | None = None) -> dict:
     i = list(columns).index("working_time_ms")
-    return {"seconds": elapsed, "peak_mb": peak_mb(), "open_mb": rss0, "groups": len(rows),
+    return {"seconds": elapsed, "cpu_s": cpu, "peak_mb": peak_mb(), "open_mb": rss0, "groups": len(rows),
             "total_ms": int(sum(r[i] for r in rows))}
 
 
 def phase_wt_sql(cfg: dict) -> dict:
     spec, client = open_store(cfg)
     rss0 = warm_up(client)
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu_s()
     columns, rows = wt.totals(client, spec, GROUPS, engine="sql")
-    out = result(columns, rows, time.monotonic() - t, rss0)
+    out = result(columns, rows, time.monotonic() - t, rss0, cpu_s() - c)
     # The same totals as dashboards read them: from working_time_totals, kept exact by refresh.
     t = time.monotonic()
     answer = client.query(statements.sql("precomputed_totals"), parameters={"db": spec["clickhouse"]["database"]})

@@ -10,7 +10,7 @@ import threading
 from cvat_analytics_generator.render import is_cluster
 
 from ..export import ExportJobs
-from ..store import chdb_path, connect, open_handle, redact
+from ..store import chdb_path, connect, engine_settings, open_handle, redact
 from . import logs
 from .access import AccessError, Token, is_open, load_tokens
 from .http import EventServer
@@ -67,7 +67,7 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     logs.configure(log_format)
     # No thread of ours keeps working time current: ClickHouse does, with the refreshable
     # view the migrations create (see docs/architecture.md, Working time).
-    client = connect(dsn)
+    client = connect(dsn, engine=engine_settings(spec))  # the engine's caches and cap, as the spec sizes them
     if chdb_path(dsn) is not None:
         from ..migrate import migrate
         migrate(client, spec, log=SERVICE.info)
