@@ -655,3 +655,15 @@ def test_dashboard_panels_are_the_productivity_statements(loaded):
         assert got == {r[0]: (r[3], r[1]) for r in rows}, per
     _, rows = productivity.reviews(store.client, store.spec, "job", from_day=str(first), to_day=to)
     assert {r[0]: (r[1], r[9]) for r in panels["Review cycles per job"][1]} == {r[0]: (r[4], r[13]) for r in rows}
+
+
+def test_review_statements_read_the_events_once():
+    """The per-job form (and the rates) compute the jobs in one pass: the annotator from the
+    same GROUP BY, not from a second copy of the jobs subquery joined to the events."""
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+
+    spec = load_spec(DEFAULT_SPEC)
+    for per in productivity.REVIEWS_PER:
+        sql = render_template(spec, "clickhouse/queries/productivity_reviews.sql.j2", per=per)
+        assert sql.count("FROM `cvat`.events") == 1, per
