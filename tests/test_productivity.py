@@ -667,3 +667,24 @@ def test_review_statements_read_the_events_once():
     for per in productivity.REVIEWS_PER:
         sql = render_template(spec, "clickhouse/queries/productivity_reviews.sql.j2", per=per)
         assert sql.count("FROM `cvat`.events") == 1, per
+
+
+@pytest.mark.clickhouse
+def test_bench_times_each_panel_against_the_same_question_from_raw_events(loaded):
+    """`make bench`'s Productivity figures: the panels that read the refresh's totals are timed
+    beside the same SQL with CVAT's rule run over the raw events, and both answer the same."""
+    from cvat_analytics.bench.panels import _productivity_panels
+
+    store, _ = loaded
+    figures = _productivity_panels({"now_ms": BASE + 3 * DAY}, store.spec, store.client)
+    by_title = {f["name"].split(" / ", 1)[1]: f for f in figures}
+    assert len(by_title) == len(grafana_panels(store.spec))
+    assert all(f["same_result"] and f["ours"] > 0 and f["cvat"] > 0 for f in figures)
+    raw = {t for t, f in by_title.items() if f["baseline"] == "the same from raw events"}
+    assert raw == {"Annotation speed", "Timesheet"}
+
+
+def grafana_panels(spec):
+    from cvat_analytics_generator import grafana
+
+    return grafana.load("productivity", spec)["panels"]
