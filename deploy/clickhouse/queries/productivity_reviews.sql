@@ -43,8 +43,7 @@ FROM
         minIfOrNull(toUnixTimestamp64Milli(timestamp), scope IN ('create:tags', 'create:shapes', 'create:tracks')) AS first_annotation_ms,
         minIfOrNull(toUnixTimestamp64Milli(timestamp), (scope = 'update:job' AND obj_name = 'stage') AND obj_val = 'acceptance') AS accepted_ms,
         minIfOrNull(toUnixTimestamp64Milli(timestamp), scope = 'create:job') AS created_ms,
-        arraySort(groupArrayIf((toUnixTimestamp64Milli(timestamp), ifNull(obj_val, ''),
-                                JSONExtractString(ifNull(payload, ''), 'old_value')), (scope = 'update:job' AND obj_name = 'stage'))) AS changes,
+        arraySort(groupArrayIf((toUnixTimestamp64Milli(timestamp), ifNull(obj_val, ''), old_value), (scope = 'update:job' AND obj_name = 'stage'))) AS changes,
         -- (when, stage): the job's creation in the stage its first change left, then each change
         arraySort(arrayConcat(
             if(created_ms IS NULL, [], [(assumeNotNull(created_ms), if(empty(changes), 'annotation', changes[1].3))]),
@@ -54,10 +53,22 @@ FROM
         groupArrayIf((toUnixTimestamp64Milli(timestamp), assumeNotNull(user_id), toInt64(ifNull(count, 0))),
                      scope IN ('create:tags', 'create:shapes', 'create:tracks') AND user_id IS NOT NULL) AS creations,
         max(toDate(timestamp) BETWEEN {from_day:Date} AND {to_day:Date}) AS in_range
-    FROM `cvat`.events
-    WHERE source = 'server' AND job_id IS NOT NULL
-      AND (scope = 'create:job' OR scope IN ('create:tags', 'create:shapes', 'create:tracks') OR (scope = 'update:job' AND obj_name IN ('state', 'stage')))
-      AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)})
+    FROM
+    (
+        -- two disjoint reads: only a stage change's payload is read (the annotation events'
+        -- payloads are most of the bytes, and no figure needs them)
+        SELECT job_id, org_id, project_id, task_id, timestamp, scope, obj_name, obj_val, user_id, count, '' AS old_value
+        FROM `cvat`.events
+        WHERE source = 'server' AND job_id IS NOT NULL
+          AND (scope = 'create:job' OR scope IN ('create:tags', 'create:shapes', 'create:tracks') OR (scope = 'update:job' AND obj_name = 'state'))
+          AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)})
+        UNION ALL
+        SELECT job_id, org_id, project_id, task_id, timestamp, scope, obj_name, obj_val, user_id, count,
+               JSONExtractString(ifNull(payload, ''), 'old_value')
+        FROM `cvat`.events
+        WHERE source = 'server' AND job_id IS NOT NULL AND (scope = 'update:job' AND obj_name = 'stage')
+          AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)})
+    )
     GROUP BY job_id
 )
 )
