@@ -475,6 +475,12 @@ def cmd_timesheet(args) -> int:
         flag = {"from": "--from", "to": "--to"}.get(exc.param, "--" + exc.param.replace("_", "-"))
         print(f"cvat-analytics: {flag}: {exc.reason}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if productivity.memory_limit_hit(exc):
+            raise CommandError(f"the timesheet needed more memory than embedded.timesheet.max_memory_bytes "
+                               f"({spec['embedded']['timesheet']['max_memory_bytes']}) of {args.spec}; "
+                               "narrow the days or the filters, or raise it") from None
+        raise
     body = productivity.timesheet_csv(columns, rows)
     if args.output == "-":
         sys.stdout.buffer.write(body)

@@ -96,10 +96,20 @@ def reviews(client, spec: dict, per: str = "job", **filters):
 def timesheet(client, spec: dict, by_project: bool = False, limit: int = 0, settings: dict | None = None,
               **filters):
     """(columns, rows): working time per user and day (and project); at most `limit` rows
-    (0: no limit)."""
+    (0: no limit). With working_time.duration_cap_s set, the capped figure beside CVAT's and
+    the cap (capped_working_time_ms, capped_hours, duration_cap_s). Its memory is
+    embedded.timesheet.max_memory_bytes (MEMORY_LIMIT_EXCEEDED past it: memory_limit_hit)."""
     bound = params(**filters)
     bound["limit"] = limit or 2**63
+    settings = {"max_memory_usage": spec["embedded"]["timesheet"]["max_memory_bytes"], **(settings or {})}
     return _run(client, spec, "productivity_timesheet", bound, settings, by_project=bool(by_project))
+
+
+MEMORY_LIMIT_EXCEEDED = 241  # ClickHouse's code
+
+
+def memory_limit_hit(exc: Exception) -> bool:
+    return getattr(exc, "code", None) == MEMORY_LIMIT_EXCEEDED or "MEMORY_LIMIT_EXCEEDED" in str(exc)
 
 
 # A cell a spreadsheet would run as a formula (OWASP's CSV injection); user names are CVAT's.

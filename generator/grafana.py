@@ -39,7 +39,9 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
         data = _read(DEFINITIONS / f"{name}.yaml")
         env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
         env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
-        builtin = {"exceptions": spec["exceptions"], "bucket_s": lambda floor: bucket_s(floor, max_points)}
+        builtin = {"exceptions": spec["exceptions"], "bucket_s": lambda floor: bucket_s(floor, max_points),
+                   "duration_cap_s": spec["working_time"]["duration_cap_s"],
+                   "query": lambda template, **shape: shared_query(spec, ctx, template, **shape)}
 
         def complete(text: str) -> str:
             return env.from_string(text).render({**builtin, **ctx})
@@ -77,6 +79,26 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
         if "\x00" in item["sql"]:  # NUL marks a variable's value while macros expand (grafana_macros)
             raise DefinitionError(f"{path or name}: {where}: the SQL holds a NUL character")
     return data
+
+
+# The statements of clickhouse/queries/ a built-in panel may be (docs/productivity.md): the
+# panel and the CLI run the same SQL, filtered by the dashboard's variables instead of
+# bound parameters.
+SHARED_QUERIES = ("productivity_speed", "productivity_reviews", "productivity_timesheet")
+
+
+def shared_query(spec: dict, ctx: dict, template: str, **shape) -> str:
+    """{{ query("productivity_speed", level="job") }} in a built-in definition: that
+    statement rendered with the definition's `filters` and `job_filters` and Grafana's range."""
+    from .render import render_template
+
+    if template not in SHARED_QUERIES:
+        raise jinja2.TemplateError(f"query({template!r}): one of {', '.join(SHARED_QUERIES)}")
+    dashboard = {"filters": ctx["filters"], "job_filters": ctx.get("job_filters", ctx["filters"])}
+    sql = render_template(spec, f"clickhouse/queries/{template}.sql.j2", db=ctx["db"], dashboard=dashboard, **shape)
+    # Without its comment lines: the Grafana plugin's ad hoc filters read a ';' in one as the
+    # statement's end (tests/test_grafana_adhoc.py).
+    return "\n".join(line for line in sql.strip().splitlines() if not line.lstrip().startswith("--"))
 
 
 # All the SQL of one custom definition, filled in.

@@ -108,6 +108,8 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     beside = named("ingest beside a full-scan SQL query on /clickhouse")[0]
     assert beside["detail"]["events"] == EVENTS and beside["detail"]["scans"] >= 1
     assert len(named("dashboard: ")) == len(statements.panels())
+    productivity = named("productivity panel: ")  # each beside the same question from raw events
+    assert all(f["detail"]["kind"] == "productivity" for f in productivity)
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0
     named("storage: bytes on disk per event")

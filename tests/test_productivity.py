@@ -528,3 +528,164 @@ def test_demo_traffic_fills_every_panel(store):
     speeds = [dict(zip(columns, r)) for r in rows]
     assert any(s["deleted"] > 0 for s in speeds) and any(s["track_shapes_diff"] > 0 for s in speeds)
     assert any(s["objects_per_hour"] for s in speeds)
+
+
+# --- working time with a cap on one collapsed event, beside CVAT's (issue #29 item 4) ------
+
+CAP_S = 600
+# user 1: a click, a change:frame of 2 hours 10 s later, a click inside it, a click 20 s after
+# it ends. CVAT's rule: 10 s gap + 7200 s frame + 0 + 20 s gap = 7230 s. Capped at 600 s the
+# frame ends at 610 s: 10 + 600 + 0 (the click at 60 s is inside) + 0 (the last click is
+# 6620 s after the capped end: past the 100 s idle threshold) = 610 s.
+# user 2: clicks at 0, 30 s, 50 s: 50 s either way (no collapsed event to cap).
+CAP_DAY0 = 9 * H
+
+
+def cap_stream():
+    return [client(CAP_DAY0, 1, 11), client(CAP_DAY0 + 10_000, 1, 11, "change:frame", 2 * H),
+            client(CAP_DAY0 + 60_000, 1, 11), client(CAP_DAY0 + 7_230_000, 1, 11),
+            client(CAP_DAY0, 2, 12), client(CAP_DAY0 + 30_000, 2, 12), client(CAP_DAY0 + 50_000, 2, 12),
+            server(CAP_DAY0, "create:job", 9, 11)]
+
+
+CAP_WANT = {1: (7_230_000, 610_000), 2: (50_000, 50_000)}  # user -> (CVAT's rule, capped), by hand
+
+
+@pytest.fixture(scope="module")
+def capped(chdb_dsn, tmp_path_factory):
+    """cap_stream() in a database of its own, under a spec with working_time.duration_cap_s."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import Store, write_spec
+
+    _, path = write_spec(tmp_path_factory.mktemp("spec"), **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
+                                                             "working_time.duration_cap_s": CAP_S})
+    spec = load_spec(path)
+    client = store_module.connect(chdb_dsn)
+    migrate(client, spec, log=lambda *_: None)
+    store = Store(chdb_dsn, spec, path, client)
+    store_module.insert_json_rows(client, store.database, _as_rows(cap_stream()))
+    wt.wait_current(client, spec)
+    yield store
+    client.command(f"DROP DATABASE IF EXISTS `{store.database}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_capped_working_time_is_reported_beside_cvats(capped):
+    columns, rows = productivity.timesheet(capped.client, capped.spec)
+    assert columns == ["user_id", "user_name", "day", "working_time_ms", "hours", "capped_working_time_ms",
+                       "capped_hours", "duration_cap_s"]
+    got = {r[0]: (r[3], r[5]) for r in rows}
+    assert got == CAP_WANT
+    assert all(r[2] == _day(BASE) and r[7] == CAP_S for r in rows)
+    assert {r[0]: (r[4], r[6]) for r in rows}[1] == (round(7230 / 3600, 2), round(610 / 3600, 2))
+    # by project and filtered, the same figures
+    _, rows = productivity.timesheet(capped.client, capped.spec, True, user_id=1, org_id=7)
+    assert [(r[0], r[3], r[4], r[6]) for r in rows] == [(1, 1001, 7_230_000, 610_000)]
+    # a cap no event reaches gives CVAT's figure
+    spec = {**capped.spec, "working_time": {**capped.spec["working_time"], "duration_cap_s": 3 * 3600}}
+    _, rows = productivity.timesheet(capped.client, spec)
+    assert {r[0]: r[5] for r in rows} == {u: w[0] for u, w in CAP_WANT.items()}
+
+
+@pytest.mark.clickhouse
+def test_capped_working_time_on_the_route_the_command_and_the_dashboard(capped, make_served, tmp_path):
+    from cvat_analytics import cli
+
+    status, _, body = call(make_served(spec=capped.spec, export=True), "/api/timesheet")
+    header, rows = read_csv(body)
+    assert status == 200 and header[3:] == ["working_time_ms", "hours", "capped_working_time_ms", "capped_hours",
+                                            "duration_cap_s"]
+    assert {int(r[0]): (int(r[3]), int(r[5])) for r in rows} == CAP_WANT and {r[7] for r in rows} == {str(CAP_S)}
+    out = tmp_path / "sheet.csv"
+    assert cli.main(["timesheet", "--spec", str(capped.spec_path), "--dsn", capped.dsn, "-o", str(out)]) == 0
+    assert out.read_bytes() == body
+    sel_from = dt.datetime.combine(_day(BASE), dt.time(), dt.timezone.utc)
+    _, panels = _dashboard_numbers(capped, sel_from, sel_from + dt.timedelta(days=1) - dt.timedelta(milliseconds=1))
+    columns, rows = panels["Timesheet"]
+    assert columns == ["user_id", "user_name", "day", "hours", "capped_hours", "duration_cap_s"]
+    assert {r[0]: (round(r[3] * H), round(r[4] * H), r[5]) for r in rows} == {
+        u: (w[0], w[1], CAP_S) for u, w in CAP_WANT.items()}
+
+
+@pytest.mark.clickhouse
+def test_timesheet_memory_is_capped_naming_the_spec_key(loaded, make_served, tmp_path):
+    import copy
+
+    store, _ = loaded
+    spec = copy.deepcopy(store.spec)
+    spec["embedded"]["timesheet"]["max_memory_bytes"] = 1000  # below what any query needs
+    status, _, body = call(make_served(spec=spec, export=True), "/api/timesheet")
+    assert status == 400 and json.loads(body)["limit"] == "embedded.timesheet.max_memory_bytes", body
+    with pytest.raises(Exception, match="MEMORY_LIMIT_EXCEEDED"):
+        productivity.timesheet(store.client, spec)
+
+
+@pytest.mark.clickhouse
+def test_dashboard_panels_are_the_productivity_statements(loaded):
+    """One source of truth: each speed, review and timesheet panel holds the statement the CLI
+    runs (rendered with the dashboard's filters), and gives the module's figures."""
+    from cvat_analytics_generator import grafana
+
+    store, _ = loaded
+    d = grafana.load("productivity", store.spec)
+    sql = {p["title"]: p["sql"] for p in d["panels"]}
+    raw, db = grafana._read(grafana.DEFINITIONS / "productivity.yaml"), grafana.db_name(store.spec)
+    ctx = {"db": db, **{k: " AND ".join(raw[k]).replace("{{ db }}", db) for k in ("filters", "job_filters")}}
+    for title, (template, shape) in {
+            "Annotation speed": ("productivity_speed", {"level": "job"}),
+            "Review cycles per job": ("productivity_reviews", {"per": "job"}),
+            "First-pass acceptance per annotator": ("productivity_reviews", {"per": "annotator"}),
+            "First-pass acceptance per reviewer": ("productivity_reviews", {"per": "reviewer"}),
+            "Timesheet": ("productivity_timesheet", {})}.items():
+        statement = grafana.shared_query(store.spec, ctx, template, **shape)
+        assert "{from_day:Date}" not in statement and "$__fromTime" in statement
+        assert statement in sql[title], title
+    # and the figures agree with the module's over the same whole days
+    first = _day(BASE)
+    sel_from = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
+    _, panels = _dashboard_numbers(store, sel_from, sel_from + dt.timedelta(days=2) - dt.timedelta(milliseconds=1))
+    to = str(first + dt.timedelta(days=1))
+    for per in ("annotator", "reviewer"):
+        _, rows = productivity.reviews(store.client, store.spec, per, from_day=str(first), to_day=to)
+        got = {int(r[0].rsplit("#", 1)[1]): (pytest.approx(r[1]), r[2])
+               for r in panels[f"First-pass acceptance per {per}"][1]}
+        assert got == {r[0]: (r[3], r[1]) for r in rows}, per
+    _, rows = productivity.reviews(store.client, store.spec, "job", from_day=str(first), to_day=to)
+    assert {r[0]: (r[1], r[9]) for r in panels["Review cycles per job"][1]} == {r[0]: (r[4], r[13]) for r in rows}
+
+
+def test_review_statements_compute_the_jobs_once():
+    """The per-job form (and the rates) compute the jobs in one pass: the annotator from the
+    same GROUP BY, not from a second copy of the jobs subquery joined to the events (two
+    disjoint reads feed it: the stage changes with their payload, the rest without)."""
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+
+    spec = load_spec(DEFAULT_SPEC)
+    for per in productivity.REVIEWS_PER:
+        sql = render_template(spec, "clickhouse/queries/productivity_reviews.sql.j2", per=per)
+        assert sql.count("GROUP BY job_id") == 1 and sql.count("FROM `cvat`.events") == 2, per
+
+
+@pytest.mark.clickhouse
+def test_bench_times_each_panel_against_the_same_question_from_raw_events(loaded):
+    """`make bench`'s Productivity figures: the panels that read the refresh's totals are timed
+    beside the same SQL with CVAT's rule run over the raw events, and both answer the same."""
+    from cvat_analytics.bench.panels import _productivity_panels
+
+    store, _ = loaded
+    figures = _productivity_panels({"now_ms": BASE + 3 * DAY}, store.spec, store.client)
+    by_title = {f["name"].split(" / ", 1)[1]: f for f in figures}
+    assert len(by_title) == len(grafana_panels(store.spec))
+    assert all(f["same_result"] and f["ours"] > 0 and f["cvat"] > 0 for f in figures)
+    raw = {t for t, f in by_title.items() if f["baseline"] == "the same from raw events"}
+    assert raw == {"Annotation speed", "Timesheet"}
+
+
+def grafana_panels(spec):
+    from cvat_analytics_generator import grafana
+
+    return grafana.load("productivity", spec)["panels"]

@@ -12,7 +12,9 @@ What it does (docs/benchmarks.md):
    - ingest: events/s into `cvat-analytics serve` over HTTP on 127.0.0.1 with JSON array
      bodies of 100 and 1000 events from concurrent senders, against the engine's own insert
      rate of the same rows through clickhouse-connect;
-   - dashboards: each panel over the last 7 days on our schema against CVAT's schema;
+   - dashboards: each panel over the last 7 days on our schema against CVAT's schema; each
+     Productivity panel against the same question from raw events (working time by CVAT's
+     rule when asked instead of the refresh's totals), both answers compared;
    - export: rows/s and the service's peak memory for a 1M-row CSV export, against CVAT's
      export code (query everything, then csv.writer) on its schema;
    - storage: bytes on disk per event, ours against CVAT's;
@@ -29,7 +31,7 @@ The rooms:
 - load.py                  the bulk load, the copy to CVAT's schema, storage
 - working_time_engines.py  our working time: window SQL, precomputed totals, UDF
 - cvat_baselines.py        CVAT's working-time loop and CSV export, timed on CVAT's schema
-- panels.py                dashboard panels, ours against CVAT's schema
+- panels.py                dashboard panels, ours against CVAT's schema (Productivity: against raw events)
 - ingest.py                the engine's insert ceiling; serve's validation rate
 - load_generator.py        HTTP senders posting CVAT's bodies to serve
 - export_download.py       GET /api/events on serve, downloaded and counted

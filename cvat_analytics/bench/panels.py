@@ -20,7 +20,8 @@ def phase_dashboards(cfg: dict) -> dict:
         out.append({"name": panel["name"], "kind": panel["kind"], **timing})
         print(f"  {panel['name']}: ours {timing['ours'] * 1000:.1f} ms, CVAT's {timing['cvat'] * 1000:.1f} ms",
               file=sys.stderr, flush=True)
-    return {"panels": out, "product": _product_panels(cfg, spec, client, parameters)}
+    return {"panels": out, "product": _product_panels(cfg, spec, client, parameters),
+            "productivity": _productivity_panels(cfg, spec, client)}
 
 
 def _product_panels(cfg: dict, spec: dict, client, parameters: dict) -> list[dict]:
@@ -34,6 +35,8 @@ def _product_panels(cfg: dict, spec: dict, client, parameters: dict) -> list[dic
     fallback = next(p for p in statements.panels() if p["name"] == "Working time table (all users)")["cvat"]
     out = []
     for uid, title, sql in panel_queries(spec, to - timedelta(days=7), to):
+        if uid == spec["dashboards"].get("productivity"):
+            continue  # _productivity_panels: against the same question from raw events
         ours = median_time(client, sql)
         cvat_sql = sql.replace(f"`{db}`.", f"`{CVAT_DB}`.")  # the same panel, aimed at CVAT's table
         try:
@@ -45,4 +48,41 @@ def _product_panels(cfg: dict, spec: dict, client, parameters: dict) -> list[dic
         out.append({"name": f"{uid} / {title}", "kind": kind, "ours": ours, "cvat": cvat, "baseline": baseline})
         print(f"  {uid} / {title}: ours {ours * 1000:.1f} ms, {baseline} {cvat * 1000:.1f} ms",
               file=sys.stderr, flush=True)
+    return out
+
+
+def _productivity_panels(cfg: dict, spec: dict, client) -> list[dict]:
+    """Each Productivity panel ("All" selected, the last 7 days) against the same question from
+    raw events: the panel's SQL with the precomputed working time (working_time_totals, kept by
+    the refresh) replaced by CVAT's rule run over the events when asked (productivity.jinja's
+    capped_working_time_rows without a cap). A panel that reads no precomputed state is its own
+    baseline (ratio 1): it is answered from raw events already. Both answers must be equal."""
+    from cvat_analytics_generator import grafana
+    from cvat_analytics_generator.grafana_macros import expand
+    from cvat_analytics_generator.render import context, environment
+
+    from ..dashboards import all_selected, interval_for
+
+    if "productivity" not in spec["dashboards"]:
+        return []
+    d = grafana.load("productivity", spec)
+    rows = environment().get_template("clickhouse/queries/productivity.jinja").make_module(
+        {**context(spec), "db": grafana.db_name(spec), "dashboard": {"filters": "1", "job_filters": "1"}})
+    stored, raw = str(rows.working_time_rows()), str(rows.capped_working_time_rows(0))
+    to = datetime.fromtimestamp(cfg["now_ms"] / 1000, timezone.utc)
+    since = to - timedelta(days=7)
+    interval = interval_for(since, to, spec["embedded"]["dashboards"]["max_points"])
+    out = []
+    for p in d["panels"]:
+        ours = expand(p["sql"], since, to, interval, all_selected(d))
+        from_events = expand(p["sql"].replace(stored, raw), since, to, interval, all_selected(d))
+        precomputed = from_events != ours
+        same = sorted(map(repr, client.query(ours).result_rows)) == sorted(map(repr, client.query(from_events).result_rows))
+        t_ours = median_time(client, ours)
+        t_raw = median_time(client, from_events) if precomputed else t_ours
+        baseline = "the same from raw events" if precomputed else "itself (reads raw events only)"
+        out.append({"name": f"{d['uid']} / {p['title']}", "kind": "productivity", "ours": t_ours, "cvat": t_raw,
+                    "baseline": baseline, "same_result": same})
+        print(f"  {d['uid']} / {p['title']}: ours {t_ours * 1000:.1f} ms, {baseline} {t_raw * 1000:.1f} ms"
+              f"{'' if same else ' (RESULTS DIFFER)'}", file=sys.stderr, flush=True)
     return out

@@ -4,7 +4,7 @@ lead sends to payroll (docs/productivity.md, Timesheets).
 The export's permission and forced filters: a caller forced to an org or a user gets only
 that org's or user's time, and asking for another is 403 (access.apply_forced_filters).
 Every request is bounded by embedded.timesheet: its rows (max_rows), the bytes of its CSV
-(max_bytes) and the seconds its query runs (max_seconds); past any of them the answer is an
+(max_bytes), the seconds its query runs (max_seconds) and its memory (max_memory_bytes); past any of them the answer is an
 error naming the limit, never a cut file. The query runs on a handle of its own, so ingest
 never waits behind it; one timesheet runs at a time, and a request that finds one running is
 answered 429 at once (waiting, each would hold a connection of embedded.max_connections for up
@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import store
 from ..export.filters import one
-from ..productivity import ProductivityError, timesheet, timesheet_csv
+from ..productivity import ProductivityError, memory_limit_hit, timesheet, timesheet_csv
 from .access import Forbidden, apply_forced_filters
 from .responses import Response, json_response
 
@@ -59,7 +59,11 @@ class Timesheet:
                               "embedded.timesheet.max_seconds")
             response.headers["Retry-After"] = "1"
             return response
-        except Exception as exc:  # the engine stopped it at max_seconds
+        except Exception as exc:  # the engine stopped it at max_seconds or max_memory_bytes
+            if memory_limit_hit(exc):
+                return _limit(400, f"the timesheet needed more memory than embedded.timesheet.max_memory_bytes "
+                                   f"({limits['max_memory_bytes']}); narrow the days or the filters",
+                              "embedded.timesheet.max_memory_bytes")
             if getattr(exc, "code", None) == TIMEOUT or "TIMEOUT_EXCEEDED" in str(exc):
                 return _limit(408, f"the timesheet took longer than embedded.timesheet.max_seconds "
                                    f"({limits['max_seconds']} s); narrow the days or the filters",

@@ -10,14 +10,19 @@ SELECT
     t.day AS day,
 toInt64(sum(t.ms)) AS working_time_ms,
     round(sum(t.ms) / 3600000, 2) AS hours
-FROM (SELECT w.user_id AS user_id, toDate(w.hour) AS day, o.job_org_id AS org_id, w.project_id AS project_id,
+FROM
+(
+    SELECT user_id, day, project_id, toInt64(ms) AS ms, toInt64(0) AS capped_ms
+    FROM (SELECT w.user_id AS user_id, toDate(w.hour) AS day, o.job_org_id AS org_id, w.project_id AS project_id,
        w.task_id AS task_id, w.job_id AS job_id, w.working_time_ms AS ms
 FROM `cvat`.working_time_totals AS w
 LEFT JOIN (SELECT assumeNotNull(job_id) AS job_id, argMax(org_id, timestamp) AS job_org_id
 FROM `cvat`.events
 WHERE source = 'server' AND job_id IS NOT NULL AND org_id IS NOT NULL
 GROUP BY job_id) AS o ON o.job_id = w.job_id
-WHERE toDate(w.hour) BETWEEN {from_day:Date} AND {to_day:Date}) AS t
+WHERE toDate(w.hour) BETWEEN {from_day:Date} AND {to_day:Date})
+    WHERE ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)}) AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)})
+) AS t
 LEFT JOIN
 (
     SELECT assumeNotNull(user_id) AS user_id, argMax(user_name, timestamp) AS last_name
@@ -26,7 +31,6 @@ LEFT JOIN
       AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)})
     GROUP BY user_id
 ) AS u ON u.user_id = t.user_id
-WHERE ({user_id:Nullable(UInt64)} IS NULL OR t.user_id = {user_id:Nullable(UInt64)}) AND ({org_id:Nullable(UInt64)} IS NULL OR t.org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR t.project_id = {project_id:Nullable(UInt64)})
 GROUP BY t.user_id, user_name, t.day
 HAVING working_time_ms != 0
 ORDER BY t.day, t.user_id
