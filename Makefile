@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/cvat-analytics
 PYTHON ?= python3
 
-.PHONY: up down test test-fast render check demo bench clean
+.PHONY: up down test test-fast test-deep render check demo bench clean
 
 # pip's own chatter goes to .venv/install.log; it is shown only when the install fails.
 PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check
@@ -54,6 +54,12 @@ test: $(VENV)/.test-installed
 
 test-fast: $(VENV)/.test-installed
 	$(PYTEST) -m "not slow and not clickhouse"
+
+## test-deep: the whole suite with every property test drawing its full count of examples
+## (tests/examples_budget.py: `make test` draws a tenth); for a change to the event contract,
+## the fast path or the fuzzed routes
+test-deep: $(VENV)/.test-installed
+	TEST_EXAMPLES_SCALE=1 $(PYTEST)
 
 ## render / check: deploy/ from analytics.yaml, and whether it is in sync and valid
 render: $(VENV)/.installed

@@ -1,24 +1,22 @@
-"""One store of the sharding proof (tests/test_cluster.py), in its own process: chdb opens
-one data path per process, so the single node and each shard run here, one at a time.
+"""The stores of the sharding proof (tests/test_cluster.py), in the test's own process: each
+a database of its own in the session's chdb path, named in a copy of the spec.
 
-    python -m tests.cluster_store single SPEC DATA ROWS N KEY CONTROL_KEY OUT
-        the single server: the default render's migrations, every event; writes OUT (JSON)
-        and, beside it, shard_<k>.ndjson: the events whose `KEY % N` is k, as the engine
-        evaluates the rendered sharding key over the stored rows (control_<k>.ndjson: the
-        same by CONTROL_KEY, a key that does not keep a user's events together)
-    python -m tests.cluster_store shard SPEC DATA ROWS OUT
+    single(client, spec, rows, shards, keys, out_dir) -> dict
+        the single server: the default render's migrations, every event; returns its results
+        and writes, into out_dir, <prefix>_<k>.ndjson: the events whose `key % shards` is k,
+        as the engine evaluates each key of `keys` (by prefix) over the stored rows
+    shard(client, spec, rows, panels=True) -> dict
         one shard: the cluster render's migrations as one server runs them (their
-        single-node equivalents, as `check` executes them), the shard's events
-        inserted into events_local; writes OUT (JSON)
+        single-node equivalents, as `check` executes them), the shard's events inserted into
+        events_local
 
-OUT holds the working-time totals (read through `working_time_totals`, the name readers
-use), the users stored, and every dashboard panel's rows ("All" selected) over the time
-range in range.json beside SPEC.
+A result holds the working-time totals (read through `working_time_totals`, the name readers
+use), the users stored, the count of events and (when asked) every dashboard panel's rows
+("All" selected) over the time range `window`.
 """
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -33,12 +31,10 @@ TOTALS = ("SELECT user_id, toString(hour), project_id, task_id, job_id, sum(work
           "FROM `{db}`.working_time_totals GROUP BY ALL HAVING ms != 0")
 
 
-def results(client, spec: dict, spec_path: Path) -> dict:
+def results(client, spec: dict, window: tuple[datetime, datetime] | None) -> dict:
     db = spec["clickhouse"]["database"]
-    window = json.loads((spec_path.parent / "range.json").read_text())
-    time_from, time_to = (datetime.fromisoformat(window[k]) for k in ("from", "to"))
     panels = {}
-    for uid, title, sql in panel_queries(spec, time_from, time_to):
+    for uid, title, sql in (panel_queries(spec, *window) if window else ()):
         result = client.query(sql)
         panels[f"{uid} / {title}"] = {"sql": sql, "columns": list(result.column_names),
                                       "rows": [[_plain(v) for v in row] for row in result.result_rows]}
@@ -55,17 +51,24 @@ def _plain(value):
     return value if value is None or isinstance(value, (int, float, str)) else str(value)
 
 
-def single(spec_path: Path, data: Path, rows: Path, shards: int, keys: dict[str, str], out: Path) -> None:
+def settle(client, spec: dict) -> None:
+    """Totals current, then the schedule stopped: no event arrives any more, and the stores
+    stay open until the test ends (a refresh every interval in each would only burn CPU)."""
+    working_time.wait_current(client, spec)
+    client.command(f"SYSTEM STOP VIEW `{spec['clickhouse']['database']}`.working_time_refresh")
+
+
+def single(client, spec: dict, rows: bytes, shards: int, keys: dict[str, str], out_dir: Path,
+           window) -> dict:
     from cvat_analytics.migrate import migrate
 
-    spec = load_spec(spec_path)
+    spec = json.loads(json.dumps(spec))
     spec["clickhouse"]["cluster"] = {"shards": 1, "replicas": 1, "insert_quorum": 1}  # one server
     db = spec["clickhouse"]["database"]
-    client = store.connect(f"chdb://{data}")
     migrate(client, spec, log=lambda *_: None)
-    store.insert_json_rows(client, db, rows.read_bytes())
-    working_time.wait_current(client, spec)
-    out.write_text(json.dumps(results(client, spec, spec_path)))
+    store.insert_json_rows(client, db, rows)
+    settle(client, spec)
+    found = results(client, spec, window)
     for prefix, key in keys.items():
         split = client.query(f"SELECT ({key}) % {shards} AS shard, * FROM `{db}`.events",
                              settings={"output_format_json_quote_64bit_integers": 0})
@@ -74,30 +77,18 @@ def single(spec_path: Path, data: Path, rows: Path, shards: int, keys: dict[str,
         for row in split.result_rows:
             files[row[0]].append(json.dumps({n: _plain(v) for n, v in zip(names, row[1:])}))
         for k, lines in files.items():
-            (out.parent / f"{prefix}_{k}.ndjson").write_text("\n".join(lines) + "\n")
+            (out_dir / f"{prefix}_{k}.ndjson").write_text("\n".join(lines) + "\n")
+    return found
 
 
-def shard(spec_path: Path, data: Path, rows: Path, out: Path) -> None:
-    spec = load_spec(spec_path)
+def shard(client, spec: dict, rows: bytes, window) -> dict:
     db = spec["clickhouse"]["database"]
-    client = store.connect(f"chdb://{data}")
     for name, text in sorted(render_sql(spec, "clickhouse/migrations").items()):
         for statement in parse(text, name).statements:
             equivalent, checks = single_node_equivalent(statement.sql)
             for sql in (equivalent, *checks):
                 client.command(sql)
-    client.raw_insert(f"`{db}`.events_local", None, rows.read_bytes(), settings=dict(store.INSERT_SETTINGS),
+    client.raw_insert(f"`{db}`.events_local", None, rows, settings=dict(store.INSERT_SETTINGS),
                       fmt="JSONEachRow")
-    working_time.wait_current(client, spec)
-    out.write_text(json.dumps(results(client, spec, spec_path)))
-
-
-if __name__ == "__main__":
-    mode, *args = sys.argv[1:]
-    if mode == "single":
-        spec_path, data, rows, shards, key, control_key, out = args
-        single(Path(spec_path), Path(data), Path(rows), int(shards), {"shard": key, "control": control_key},
-               Path(out))
-    else:
-        spec_path, data, rows, out = args
-        shard(Path(spec_path), Path(data), Path(rows), Path(out))
+    settle(client, spec)
+    return results(client, spec, window)

@@ -31,7 +31,8 @@ from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import SpecError, load_spec
 from cvat_analytics_generator.validate import sql_problems
 from cvat_analytics_generator.validate_sql import _DISTRIBUTED
-from tests.conftest import REPO, write_spec
+from tests import cluster_store
+from tests.conftest import REPO, new_database_name, write_spec
 
 SHARDS = 3
 EVENTS = 20_000
@@ -172,12 +173,6 @@ def test_readers_keep_the_single_server_names(cluster_files):
 
 # --- the sharding proof -----------------------------------------------------------------
 
-def _run(*args) -> None:
-    run = subprocess.run([sys.executable, "-m", "tests.cluster_store", *map(str, args)],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-
-
 # Columns whose per-shard values add up to the single server's: counts and sums, and
 # distinct users (each user's events are on one shard, so shards count disjoint users).
 _MERGEABLE = r"(?:count|countIf|sum|sumIf|uniqExact\(\s*user_id|uniqExactIf\(\s*user_id)"
@@ -207,7 +202,9 @@ def _keyed(columns: list[str], rows: list[list], values: list[str]) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.clickhouse
-def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_numbers(tmp_path):
+def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_numbers(tmp_path, chdb_dsn):
+    from cvat_analytics import store
+
     spec, spec_path = cluster_spec(tmp_path, shards=SHARDS, replicas=2, quorum=2)
     files = render_all(spec)
     events_ddl = next(s for s in files["clickhouse/migrations/0002_create_events.sql"].split(";")
@@ -217,67 +214,74 @@ def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_nu
 
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     demo = Demo(seed=7, days=2, now_ms=int(now.timestamp() * 1000))
-    rows = tmp_path / "events.ndjson"
-    rows.write_bytes(b"".join(to_row(ev) for ev in demo.events(EVENTS)))
-    (tmp_path / "range.json").write_text(json.dumps({"from": (now - timedelta(days=3)).isoformat(),
-                                                     "to": (now + timedelta(hours=1)).isoformat()}))
+    rows = b"".join(to_row(ev) for ev in demo.events(EVENTS))
+    window = (now - timedelta(days=3), now + timedelta(hours=1))
+    client = store.connect(chdb_dsn)
+    databases = []
+
+    def named(spec: dict) -> dict:
+        """The spec naming a database of its own in the session's chdb path."""
+        copy = json.loads(json.dumps(spec))
+        copy["clickhouse"]["database"] = new_database_name()
+        databases.append(copy["clickhouse"]["database"])
+        return copy
 
     # The single server: every event, the default render's migrations. It also splits the
     # stored events by `key % SHARDS`, computed by the engine.
-    single_out = tmp_path / "single.json"
-    _run("single", spec_path, tmp_path / "single-data", rows, SHARDS, key, CONTROL_KEY, single_out)
-    single = json.loads(single_out.read_text())
-    assert single["events"] == EVENTS and single["totals"]
+    try:
+        single = cluster_store.single(client, named(load_spec(spec_path)), rows, SHARDS,
+                                      {"shard": key, "control": CONTROL_KEY}, tmp_path, window)
+        assert single["events"] == EVENTS and single["totals"]
 
-    def stores(prefix: str) -> list[dict]:
-        found = []
-        for k in range(SHARDS):
-            out = tmp_path / f"{prefix}_{k}.json"
-            _run("shard", spec_path, tmp_path / f"{prefix}-{k}-data", tmp_path / f"{prefix}_{k}.ndjson", out)
-            found.append(json.loads(out.read_text()))
-        return found
+        def stores(prefix: str, panels: bool = True) -> list[dict]:
+            return [cluster_store.shard(client, named(spec), (tmp_path / f"{prefix}_{k}.ndjson").read_bytes(),
+                                        window if panels else None)
+                    for k in range(SHARDS)]
 
-    def summed(found: list[dict]) -> Counter:
-        merged = Counter()
-        for s in found:
-            for *key_cols, ms in s["totals"]:
-                merged[tuple(key_cols)] += ms
-        return +merged
+        def summed(found: list[dict]) -> Counter:
+            merged = Counter()
+            for s in found:
+                for *key_cols, ms in s["totals"]:
+                    merged[tuple(key_cols)] += ms
+            return +merged
 
-    shards = stores("shard")
+        shards = stores("shard")
 
-    # Every event is on exactly one shard, every shard has some, every user is on one shard.
-    assert sum(s["events"] for s in shards) == EVENTS
-    assert all(s["events"] > 0 for s in shards)
-    seen = Counter(u for s in shards for u in s["users"])
-    assert set(seen) == set(single["users"]) and set(seen.values()) == {1}
+        # Every event is on exactly one shard, every shard has some, every user is on one shard.
+        assert sum(s["events"] for s in shards) == EVENTS
+        assert all(s["events"] > 0 for s in shards)
+        seen = Counter(u for s in shards for u in s["users"])
+        assert set(seen) == set(single["users"]) and set(seen.values()) == {1}
 
-    # Working time: each shard's refresh over its own events adds up to the single server's.
-    expected = Counter({tuple(k): ms for *k, ms in single["totals"]})
-    assert summed(shards) == expected
-    # ... and it would not if a user's events were spread over shards.
-    control = stores("control")
-    assert sum(s["events"] for s in control) == EVENTS
-    assert summed(control) != expected
+        # Working time: each shard's refresh over its own events adds up to the single server's.
+        expected = Counter({tuple(k): ms for *k, ms in single["totals"]})
+        assert summed(shards) == expected
+        # ... and it would not if a user's events were spread over shards.
+        control = stores("control", panels=False)
+        assert sum(s["events"] for s in control) == EVENTS
+        assert summed(control) != expected
 
-    # Dashboard panels whose results merge: the same numbers from the shards as from one server.
-    proven = []
-    for name, panel in single["panels"].items():
-        values = _value_columns(panel["sql"], panel["columns"])
-        if values is None:
-            continue
-        per_shard = Counter()
-        for s in shards:
-            for key_cols, sums in _keyed(s["panels"][name]["columns"], s["panels"][name]["rows"], values).items():
+        # Dashboard panels whose results merge: the same numbers from the shards as from one server.
+        proven = []
+        for name, panel in single["panels"].items():
+            values = _value_columns(panel["sql"], panel["columns"])
+            if values is None:
+                continue
+            per_shard = Counter()
+            for s in shards:
+                for key_cols, sums in _keyed(s["panels"][name]["columns"], s["panels"][name]["rows"], values).items():
+                    for j, v in enumerate(sums):
+                        per_shard[(key_cols, j)] += v
+            whole = Counter()
+            for key_cols, sums in _keyed(panel["columns"], panel["rows"], values).items():
                 for j, v in enumerate(sums):
-                    per_shard[(key_cols, j)] += v
-        whole = Counter()
-        for key_cols, sums in _keyed(panel["columns"], panel["rows"], values).items():
-            for j, v in enumerate(sums):
-                whole[(key_cols, j)] += v
-        assert +per_shard == +whole, name
-        if any(whole.values()):  # an all-zero panel proves nothing
-            proven.append(name)
-    assert len(proven) >= 10, proven
-    print(f"\nevents per shard {[s['events'] for s in shards]}, users per shard {[len(s['users']) for s in shards]}")
-    print(f"{len(proven)} mergeable panels equal across {SHARDS} shards:", *proven, sep="\n  ")
+                    whole[(key_cols, j)] += v
+            assert +per_shard == +whole, name
+            if any(whole.values()):  # an all-zero panel proves nothing
+                proven.append(name)
+        assert len(proven) >= 10, proven
+        print(f"\nevents per shard {[s['events'] for s in shards]}, users per shard {[len(s['users']) for s in shards]}")
+        print(f"{len(proven)} mergeable panels equal across {SHARDS} shards:", *proven, sep="\n  ")
+    finally:
+        for database in databases:
+            client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")

@@ -16,6 +16,7 @@ from cvat_analytics_generator.spec import load_spec
 from tests.test_events import NOW, field_names, json_junk, valid_events
 from tests.test_fuzz_ingest import not_events, not_json, one_bad_event
 from tests.test_serve import cvat_batch
+from tests.examples_budget import examples
 
 SPEC = load_spec()
 DECODER = BodyDecoder(EventContract(SPEC))
@@ -81,7 +82,7 @@ def bodies(draw):
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None, database=None,
+@settings(max_examples=examples(3000), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(bodies())
 @example(b'[{"scope":"create:task","source":"server","timestamp":"1999-12-31T23:59:59Z"}]')

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_serve import count, cvat_batch, post, request
+from tests.examples_budget import examples
 
 pytestmark = pytest.mark.clickhouse
 
@@ -148,7 +149,7 @@ def send(srv, body: bytes) -> tuple[int, dict]:
 def test_thousands_of_invalid_bodies_get_a_4xx_naming_the_problem_and_store_nothing(fuzz_server, store, capsys):
     tried = collections.Counter()
 
-    @settings(max_examples=2000, deadline=None, database=None,
+    @settings(max_examples=examples(2000), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
     @given(st.one_of(one_bad_event(store.spec), not_events(), not_json(), oversize()))
     def check(case):
