@@ -255,7 +255,8 @@ def test_no_secret_from_the_environment_reaches_a_manifest(tmp_path, monkeypatch
     """The passwords `make up` writes live in .env and the environment: the render never reads them."""
     secrets = {name: f"s3cret-{name.lower()}" for name in ["CLICKHOUSE_PASSWORD", "CLICKHOUSE_INGEST_PASSWORD",
                                                           "CLICKHOUSE_DASHBOARDS_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
-                                                          "CLICKHOUSE_CLUSTER_PASSWORD"]}
+                                                          "CLICKHOUSE_CLUSTER_SECRET", "CLICKHOUSE_INTERSERVER_PASSWORD",
+                                                          "CLICKHOUSE_KEEPER_PASSWORD"]}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     files = k8s.render_k8s(spec_for(tmp_path, 2, 2))
