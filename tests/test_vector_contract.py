@@ -28,7 +28,6 @@ from cvat_analytics_generator.validate import vector_problems
 from cvat_analytics.importer import run_import
 from tests.test_fuzz_ingest import not_events, not_json, one_bad_event
 from tests.test_serve import cvat_batch
-from tests.examples_budget import examples as scaled
 
 SPEC = load_spec()
 RENDERS = ("vector/vector.yaml", "vector/vector-cvat.yaml")
@@ -303,8 +302,8 @@ def events(draw):
     return event
 
 
-def SETTINGS(count: int):
-    return settings(max_examples=scaled(count), deadline=None, database=None,
+def SETTINGS(examples: int):
+    return settings(max_examples=examples, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
