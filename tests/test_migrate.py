@@ -17,7 +17,8 @@ def test_migrations_are_ordered_and_split_into_statements():
                                                               "0005_working_time_views",
                                                               "0009_working_time_refresh",
                                                               "0013_working_time_refresh",
-                                                              "0017_working_time_refresh_limits"]
+                                                              "0017_working_time_refresh_limits",
+                                                              "0018_working_time_refresh_slots"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.

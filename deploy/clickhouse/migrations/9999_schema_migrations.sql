@@ -21,4 +21,5 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0014_ingest_requests_key_value', '6f7a6a9f68af08b2cf719631b82f8460f037eb5d584301a3cc6e2071c112a232'),
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
-    ('0017_working_time_refresh_limits', 'dc21ed386b1058740d14bddaf00b413b97ab730b08675becebe19181d0b6c982');
+    ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
+    ('0018_working_time_refresh_slots', 'fe8d7f3adc966bd6d6f06d2d3427b21bb8e33324cdb42130ceba9452e9e6c779');

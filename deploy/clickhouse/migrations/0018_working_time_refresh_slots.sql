@@ -1,0 +1,314 @@
+-- reapply: on-change
+-- The working-time refresh recomputes a changed user from the slot of their earliest new
+-- event (working_time.refresh_slot_s), not from its hour, so a run's cost follows what
+-- arrived since the last one wherever in the hour it runs: per-slot totals and
+-- checkpoints, and the events each run recomputed in its log row (docs/working-time-and-sql.md,
+-- "The refresh"; slot_objects in queries/working_time.jinja). The slot size is part of
+-- the rule: the first run after this migration recomputes everything, a bucket at a time.
+-- It holds the spec's rule, interval and limits, so it is applied again when they change.
+DROP VIEW IF EXISTS `cvat`.working_time_refresh;
+
+-- Per user, slot and credited (project, task, job): the ms counted at events in that slot,
+-- as deltas (read as sum ... GROUP BY). What a run subtracts from the slot it starts at on.
+-- Read only for the current and the previous hour; kept a day.
+CREATE TABLE IF NOT EXISTS `cvat`.working_time_slot_totals
+(
+    user_id UInt64,
+    slot DateTime('Etc/UTC'),
+    project_id Nullable(UInt64),
+    task_id Nullable(UInt64),
+    job_id Nullable(UInt64),
+    working_time_ms Int64
+)
+ENGINE = SummingMergeTree
+ORDER BY (user_id, slot, project_id, task_id, job_id)
+TTL slot + INTERVAL 1 DAY
+SETTINGS allow_nullable_key = 1;
+
+-- Per user and slot with events: the running end after the slot's last event and that
+-- event's ids, as working_time_checkpoints holds per hour.
+CREATE TABLE IF NOT EXISTS `cvat`.working_time_slot_checkpoints
+(
+    user_id UInt64,
+    slot DateTime('Etc/UTC'),
+    run_end_ms Int64,
+    last_job_id Nullable(UInt64),
+    last_task_id Nullable(UInt64),
+    last_project_id Nullable(UInt64),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (user_id, slot)
+TTL slot + INTERVAL 1 DAY;
+
+ALTER TABLE `cvat`.working_time_apply
+    MODIFY COLUMN kind Enum8('total' = 1, 'checkpoint' = 2, 'run' = 3, 'slot_total' = 4, 'slot_checkpoint' = 5),
+    ADD COLUMN IF NOT EXISTS recomputed_events UInt64;
+
+-- A run row also says how many events it recomputed: what its cost follows.
+ALTER TABLE `cvat`.working_time_refresh_log ADD COLUMN IF NOT EXISTS recomputed_events UInt64;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS `cvat`.working_time_apply_slot_totals TO `cvat`.working_time_slot_totals AS
+SELECT user_id, hour AS slot, project_id, task_id, job_id, working_time_ms
+FROM `cvat`.working_time_apply
+WHERE kind = 'slot_total';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS `cvat`.working_time_apply_slot_checkpoints TO `cvat`.working_time_slot_checkpoints AS
+SELECT user_id, hour AS slot, run_end_ms, job_id AS last_job_id, task_id AS last_task_id,
+       project_id AS last_project_id, version
+FROM `cvat`.working_time_apply
+WHERE kind = 'slot_checkpoint';
+
+DROP VIEW IF EXISTS `cvat`.working_time_apply_log;
+
+CREATE MATERIALIZED VIEW `cvat`.working_time_apply_log TO `cvat`.working_time_refresh_log AS
+SELECT now64(6, 'UTC') AS refreshed_at, watermark, rule, full, users, full_bucket, full_buckets, failures, error,
+       recomputed_events
+FROM `cvat`.working_time_apply
+WHERE kind = 'run';
+
+-- refresh_retries = 0: the view's own retries would repeat a failed run at once; the
+-- runs after it record the failure and back off instead.
+CREATE MATERIALIZED VIEW `cvat`.working_time_refresh
+REFRESH EVERY 10 SECOND
+SETTINGS refresh_retries = 0
+APPEND TO `cvat`.working_time_apply AS
+WITH
+    -- the last logged run (a failure's row keeps the watermark of the run before it)
+    (SELECT argMax((watermark, rule, full_bucket, full_buckets, failures, refreshed_at), (watermark, refreshed_at))
+     FROM `cvat`.working_time_refresh_log) AS logged_run,
+    logged_run.1 AS logged, logged_run.2 AS logged_rule, logged_run.3 AS logged_bucket,
+    logged_run.4 AS logged_buckets, logged_run.5 AS logged_failures, logged_run.6 AS logged_at,
+    (SELECT any(exception) FROM system.view_refreshes
+     WHERE database = 'cvat' AND view = 'working_time_refresh') AS last_error,
+    now64(6, 'UTC') AS run_until,
+    -- CVAT's history adopted without a stamp ends at this block (0: none adopted): no row of
+    -- a block at or below it is new; a part whose name ends at or below it is not even read
+    -- (docs/cvat-stack.md, "Adopting CVAT's history")
+    ifNull((SELECT toUInt64OrZero(extract(comment, 'blocks up to ([0-9]+)')) FROM system.columns
+            WHERE database = 'cvat' AND table = 'events'
+              AND name = 'inserted_at'), 0) AS adopted_block,
+    -- record a failure, wait out the back-off after one, or work
+    multiIf(last_error != '', 'record',
+            logged_failures > 0 AND run_until < logged_at + toIntervalSecond(toUInt32(least(
+                10 * exp2(least(logged_failures, 30) - 1),
+                600))), 'wait',
+            'work') AS action,
+    -- the bucket of users of a full recompute this run does (-1: none), and how many there are
+    toInt32(multiIf(action != 'work', -1,
+                    logged_rule != '[100000, ["change:frame"], 60]', 0,
+                    logged_bucket >= 0 AND logged_bucket + 1 < logged_buckets, logged_bucket + 1,
+                    -1)) AS bucket,
+    toUInt32(multiIf(bucket < 0, 0,
+                     logged_rule != '[100000, ["change:frame"], 60]',
+                     greatest(1, ceil((SELECT count() FROM `cvat`.events) / 1000000)),
+                     logged_buckets)) AS buckets,
+    if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
+    -- the users with new client events, from the slot of their earliest one (from its hour
+    -- before the slot horizon and in a full recompute); every user of this run's bucket
+    -- from their first event; those of later buckets wait for theirs
+    changed AS
+    (
+        SELECT user_id,
+               if(bucket < 0 AND toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC')) >= (toStartOfHour(run_until) - toIntervalHour(1)),
+                  toStartOfInterval(toDateTime(min(timestamp), 'Etc/UTC'), toIntervalSecond(60)), toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC'))) AS from_slot
+        FROM
+        (
+            -- two reads, not one with OR: the first skips by the inserted_at index, the
+            -- second reads nothing outside a full recompute
+            SELECT
+                assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+                toUnixTimestamp64Milli(timestamp) AS ts,
+                ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+            FROM
+            (
+                -- filtered before user_id is renamed to its non-Nullable self
+                SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+                FROM `cvat`.events
+                WHERE source = 'client' AND user_id IS NOT NULL AND (inserted_at > run_since AND inserted_at <= run_until
+            AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)))
+            )
+            UNION ALL
+            SELECT
+                assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+                toUnixTimestamp64Milli(timestamp) AS ts,
+                ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+            FROM
+            (
+                -- filtered before user_id is renamed to its non-Nullable self
+                SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+                FROM `cvat`.events
+                WHERE source = 'client' AND user_id IS NOT NULL AND (bucket >= 0 AND cityHash64(user_id) % buckets = bucket)
+            )
+        )
+        WHERE NOT (bucket >= 0 AND cityHash64(user_id) % buckets > bucket)
+        GROUP BY user_id
+    ),
+    -- each changed user with the state after their events before from_slot: the last
+    -- per-slot checkpoint earlier in from_slot's hour, else the hourly one before that hour
+    users AS
+    (
+        SELECT
+            changed.user_id AS user_id, changed.from_slot AS from_slot,
+            toStartOfHour(changed.from_slot) AS from_hour,
+            ifNull(carried.has_prev, 0) AS has_prev, ifNull(carried.c_end, 0) AS c_end,
+            carried.c_job AS c_job, carried.c_task AS c_task, carried.c_project AS c_project
+        FROM changed
+        LEFT JOIN
+        (
+            SELECT
+                user_id, toUInt8(1) AS has_prev,
+                argMax((run_end_ms, last_job_id, last_task_id, last_project_id), through) AS last,
+                last.1 AS c_end, last.2 AS c_job, last.3 AS c_task, last.4 AS c_project
+            FROM
+            (
+                SELECT k.user_id AS user_id, k.hour + toIntervalHour(1) AS through, k.run_end_ms AS run_end_ms,
+                       k.last_job_id AS last_job_id, k.last_task_id AS last_task_id, k.last_project_id AS last_project_id
+                FROM `cvat`.working_time_checkpoints AS k FINAL
+                INNER JOIN changed ON k.user_id = changed.user_id
+                WHERE k.hour < toStartOfHour(changed.from_slot)
+                UNION ALL
+                SELECT k.user_id, k.slot + toIntervalSecond(60), k.run_end_ms,
+                       k.last_job_id, k.last_task_id, k.last_project_id
+                FROM `cvat`.working_time_slot_checkpoints AS k FINAL
+                INNER JOIN changed ON k.user_id = changed.user_id
+                WHERE k.slot >= (toStartOfHour(run_until) - toIntervalHour(1))
+                  AND k.slot >= toStartOfHour(changed.from_slot) AND k.slot < changed.from_slot
+            )
+            GROUP BY user_id
+        ) AS carried ON changed.user_id = carried.user_id
+    ),
+    -- the rule over each changed user's events from their from_slot on
+    stage AS
+    (
+        SELECT
+            *,
+            if(has_prev, greatest(c_end, prev_max), if(rn = 1, ts, prev_max)) AS p_end,
+            if(ts > p_end AND ts - p_end < 100000, ts - p_end, 0)
+                + greatest(end_ms - greatest(p_end, ts), 0) AS working_time_ms,
+            if(rn = 1, if(has_prev, c_job, job_id), lag_job) AS credited_job_id,
+            if(rn = 1, if(has_prev, c_task, task_id), lag_task) AS credited_task_id,
+            if(rn = 1, if(has_prev, c_project, project_id), lag_project) AS credited_project_id
+        FROM
+        (
+            SELECT
+                e.*,
+                ifNull(c.has_prev, 0) AS has_prev, c.c_end AS c_end,
+                c.c_job AS c_job, c.c_task AS c_task, c.c_project AS c_project,
+                row_number() OVER w_lag AS rn,
+                -- ROWS, not RANGE: a tied event must not see its own or a later peer's end.
+                max(e.end_ms) OVER w_before AS prev_max,
+                lagInFrame(e.job_id) OVER w_lag AS lag_job,
+                lagInFrame(e.task_id) OVER w_lag AS lag_task,
+                lagInFrame(e.project_id) OVER w_lag AS lag_project
+            FROM (SELECT e.* FROM (SELECT
+            assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+            toUnixTimestamp64Milli(timestamp) AS ts,
+            ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+        FROM
+        (
+            -- filtered before user_id is renamed to its non-Nullable self
+            SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+            FROM `cvat`.events
+            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM users)
+                  AND timestamp >= (SELECT min(from_slot) FROM users))
+        )) AS e
+              INNER JOIN users AS s ON e.user_id = s.user_id
+              WHERE e.timestamp >= s.from_slot) AS e
+            LEFT JOIN (SELECT user_id, has_prev, c_end, c_job, c_task, c_project FROM users WHERE has_prev = 1) AS c ON e.user_id = c.user_id
+            WINDOW
+                w_before AS (PARTITION BY e.user_id ORDER BY e.ts, e.end_ms, e.scope, ifNull(e.job_id, 0), ifNull(e.task_id, 0), ifNull(e.project_id, 0)
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                w_lag AS (PARTITION BY e.user_id ORDER BY e.ts, e.end_ms, e.scope, ifNull(e.job_id, 0), ifNull(e.task_id, 0), ifNull(e.project_id, 0)
+                          ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+        )
+    )
+SELECT *
+FROM
+(
+    -- totals, per (user, slot or hour, credited ids): to each slot from from_slot on, new
+    -- minus stored; to each hour from from_hour on, new (plus, in from_hour, the stored
+    -- slots before from_slot) minus stored
+    SELECT
+        if(x.1 = 1, 'slot_total', 'total') AS kind, user_id, x.2 AS hour, project_id, task_id, job_id,
+        sum(x.3) AS working_time_ms,
+        0 AS run_end_ms, 0 AS version, run_until AS watermark, '' AS rule, toUInt8(bucket >= 0) AS full,
+        0 AS users, toInt32(-1) AS full_bucket, toUInt32(0) AS full_buckets, toUInt32(0) AS failures, '' AS error,
+        toUInt64(0) AS recomputed_events
+    FROM
+    (
+        SELECT user_id, credited_project_id AS project_id, credited_task_id AS task_id,
+               credited_job_id AS job_id, toStartOfInterval(toDateTime(timestamp, 'Etc/UTC'), toIntervalSecond(60)) AS slot,
+               [(toUInt8(1), toDateTime(slot, 'Etc/UTC'), toInt64(working_time_ms)), (toUInt8(2), toDateTime(toStartOfHour(slot), 'Etc/UTC'), toInt64(working_time_ms))] AS targets
+        FROM stage
+        UNION ALL
+        SELECT t.user_id, t.project_id, t.task_id, t.job_id, t.slot,
+               if(t.slot >= s.from_slot, [(toUInt8(1), toDateTime(t.slot, 'Etc/UTC'), toInt64(-t.working_time_ms))],
+                  [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms))])
+        FROM `cvat`.working_time_slot_totals AS t
+        INNER JOIN users AS s ON t.user_id = s.user_id
+        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(1)) AND t.slot >= s.from_hour
+        UNION ALL
+        SELECT t.user_id, t.project_id, t.task_id, t.job_id, t.hour, [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms))]
+        FROM `cvat`.working_time_totals AS t
+        INNER JOIN users AS s ON t.user_id = s.user_id
+        WHERE t.hour >= s.from_hour
+    )
+    ARRAY JOIN targets AS x
+    GROUP BY x.1, user_id, x.2, project_id, task_id, job_id
+    HAVING working_time_ms != 0
+    UNION ALL
+    -- checkpoints: per user and recomputed slot, the running end after it and its last ids;
+    -- the same for each recomputed hour, at its last slot
+    SELECT
+        if(k = 1, 'slot_checkpoint', 'checkpoint'), c.user_id, if(k = 1, c.slot, toStartOfHour(c.slot)),
+        c.last.3, c.last.2, c.last.1, 0, c.run_end,
+        toUInt64(toUnixTimestamp64Micro(run_until)), run_until, '', toUInt8(bucket >= 0), 0, -1, 0, 0, '', 0
+    FROM
+    (
+        SELECT
+            h.user_id AS user_id, h.slot AS slot, h.last AS last,
+            greatest(if(s.has_prev = 1, s.c_end, 0),
+                     max(h.slot_end) OVER (PARTITION BY h.user_id ORDER BY h.slot ROWS UNBOUNDED PRECEDING)) AS run_end,
+            h.slot = max(h.slot) OVER (PARTITION BY h.user_id, toStartOfHour(h.slot)) AS last_of_hour
+        FROM
+        (
+            SELECT user_id, toStartOfInterval(toDateTime(timestamp, 'Etc/UTC'), toIntervalSecond(60)) AS slot, max(end_ms) AS slot_end,
+                   argMax((job_id, task_id, project_id), rn) AS last
+            FROM stage
+            GROUP BY user_id, slot
+        ) AS h
+        INNER JOIN users AS s ON h.user_id = s.user_id
+    ) AS c
+    ARRAY JOIN if(c.last_of_hour, [1, 2], [1]) AS k
+    UNION ALL
+    -- the run: how far it got, under which rule, which bucket of a full recompute, how many
+    -- events it recomputed; or the failure of the attempt before it (nothing while a
+    -- back-off is waited out)
+    SELECT
+        'run', 0, toDateTime(0, 'Etc/UTC'), NULL, NULL, NULL, 0, 0, 0,
+        if(action = 'work', run_until, logged),
+        if(action = 'work', '[100000, ["change:frame"], 60]', logged_rule), toUInt8(bucket >= 0),
+        (SELECT count() FROM users),
+        if(action = 'work', bucket, logged_bucket), if(action = 'work', buckets, logged_buckets),
+        if(action = 'work', 0, logged_failures + 1), if(action = 'work', '', last_error),
+        if(action = 'work', (SELECT count() FROM (SELECT e.* FROM (SELECT
+    assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+    toUnixTimestamp64Milli(timestamp) AS ts,
+    ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+FROM
+(
+    -- filtered before user_id is renamed to its non-Nullable self
+    SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+    FROM `cvat`.events
+    WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM users)
+          AND timestamp >= (SELECT min(from_slot) FROM users))
+)) AS e
+      INNER JOIN users AS s ON e.user_id = s.user_id
+      WHERE e.timestamp >= s.from_slot)), 0)
+    WHERE action != 'wait'
+)
+SETTINGS
+    max_memory_usage = 1073741824,
+    max_bytes_before_external_group_by = 134217728,
+    max_bytes_before_external_sort = 134217728
