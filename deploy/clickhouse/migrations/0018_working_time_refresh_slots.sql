@@ -146,37 +146,32 @@ WITH
     ),
     -- each changed user with the state after their events before from_slot: the last
     -- per-slot checkpoint earlier in from_slot's hour, else the hourly one before that hour
+    -- (one LEFT JOIN, so `changed` is read once here: every reference to a CTE runs it again)
     users AS
     (
         SELECT
-            changed.user_id AS user_id, changed.from_slot AS from_slot,
-            toStartOfHour(changed.from_slot) AS from_hour,
-            ifNull(carried.has_prev, 0) AS has_prev, ifNull(carried.c_end, 0) AS c_end,
-            carried.c_job AS c_job, carried.c_task AS c_task, carried.c_project AS c_project
-        FROM changed
+            c.user_id AS user_id, any(c.from_slot) AS from_slot, toStartOfHour(from_slot) AS from_hour,
+            toUInt8(countIf(k.through > 0 AND if(k.of_slot = 1,
+                k.at >= toStartOfHour(c.from_slot) AND k.at < c.from_slot,
+                k.at < toStartOfHour(c.from_slot))) > 0) AS has_prev,
+            argMaxIf((k.run_end_ms, k.last_job_id, k.last_task_id, k.last_project_id), k.through,
+                     k.through > 0 AND if(k.of_slot = 1,
+                         k.at >= toStartOfHour(c.from_slot) AND k.at < c.from_slot,
+                         k.at < toStartOfHour(c.from_slot))) AS last,
+            if(has_prev = 1, last.1, 0) AS c_end, last.2 AS c_job, last.3 AS c_task, last.4 AS c_project
+        FROM changed AS c
         LEFT JOIN
         (
-            SELECT
-                user_id, toUInt8(1) AS has_prev,
-                argMax((run_end_ms, last_job_id, last_task_id, last_project_id), through) AS last,
-                last.1 AS c_end, last.2 AS c_job, last.3 AS c_task, last.4 AS c_project
-            FROM
-            (
-                SELECT k.user_id AS user_id, k.hour + toIntervalHour(1) AS through, k.run_end_ms AS run_end_ms,
-                       k.last_job_id AS last_job_id, k.last_task_id AS last_task_id, k.last_project_id AS last_project_id
-                FROM `cvat`.working_time_checkpoints AS k FINAL
-                INNER JOIN changed ON k.user_id = changed.user_id
-                WHERE k.hour < toStartOfHour(changed.from_slot)
-                UNION ALL
-                SELECT k.user_id, k.slot + toIntervalSecond(60), k.run_end_ms,
-                       k.last_job_id, k.last_task_id, k.last_project_id
-                FROM `cvat`.working_time_slot_checkpoints AS k FINAL
-                INNER JOIN changed ON k.user_id = changed.user_id
-                WHERE k.slot >= (toStartOfHour(run_until) - toIntervalHour(1))
-                  AND k.slot >= toStartOfHour(changed.from_slot) AND k.slot < changed.from_slot
-            )
-            GROUP BY user_id
-        ) AS carried ON changed.user_id = carried.user_id
+            SELECT user_id, toUInt8(0) AS of_slot, hour AS at, toUInt32(hour) + 3600 AS through, run_end_ms,
+                   last_job_id, last_task_id, last_project_id
+            FROM `cvat`.working_time_checkpoints FINAL
+            UNION ALL
+            SELECT user_id, 1, slot, toUInt32(slot) + 60, run_end_ms,
+                   last_job_id, last_task_id, last_project_id
+            FROM `cvat`.working_time_slot_checkpoints FINAL
+            WHERE slot >= (toStartOfHour(run_until) - toIntervalHour(1))
+        ) AS k ON c.user_id = k.user_id
+        GROUP BY c.user_id
     ),
     -- the rule over each changed user's events from their from_slot on
     stage AS
@@ -210,8 +205,7 @@ WITH
             -- filtered before user_id is renamed to its non-Nullable self
             SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
             FROM `cvat`.events
-            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM users)
-                  AND timestamp >= (SELECT min(from_slot) FROM users))
+            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
         )) AS e
               INNER JOIN users AS s ON e.user_id = s.user_id
               WHERE e.timestamp >= s.from_slot) AS e
@@ -226,73 +220,63 @@ WITH
 SELECT *
 FROM
 (
-    -- totals, per (user, slot or hour, credited ids): to each slot from from_slot on, new
-    -- minus stored; to each hour from from_hour on, new (plus, in from_hour, the stored
-    -- slots before from_slot) minus stored
+    -- One pass over `stage` (each reference to it would recompute it), fanned out to 1 the
+    -- per-slot totals, 2 the hourly ones (per credited ids), 3 the per-slot checkpoints and
+    -- 4 the hourly ones (per user and slot or hour: the running end after it, its last ids).
+    -- Totals: to each slot from from_slot on, new minus stored; to each hour from from_hour
+    -- on, new (plus, in from_hour, the stored slots before from_slot) minus stored.
     SELECT
-        if(x.1 = 1, 'slot_total', 'total') AS kind, user_id, x.2 AS hour, project_id, task_id, job_id,
-        sum(x.3) AS working_time_ms,
-        0 AS run_end_ms, 0 AS version, run_until AS watermark, '' AS rule, toUInt8(bucket >= 0) AS full,
+        multiIf(x.1 = 1, 'slot_total', x.1 = 2, 'total', x.1 = 3, 'slot_checkpoint', 'checkpoint') AS kind,
+        user_id, x.2 AS hour,
+        if(x.1 <= 2, x.4, argMax((ev_job, ev_task, ev_project), rn).3) AS project_id,
+        if(x.1 <= 2, x.5, argMax((ev_job, ev_task, ev_project), rn).2) AS task_id,
+        if(x.1 <= 2, x.6, argMax((ev_job, ev_task, ev_project), rn).1) AS job_id,
+        if(x.1 <= 2, sum(x.3), 0) AS working_time_ms,
+        if(x.1 <= 2, 0, greatest(max(start_end),
+            max(max(end_ms)) OVER (PARTITION BY x.1, user_id ORDER BY x.2 ROWS UNBOUNDED PRECEDING))) AS run_end_ms,
+        if(x.1 <= 2, 0, toUInt64(toUnixTimestamp64Micro(run_until))) AS version,
+        run_until AS watermark, '' AS rule, toUInt8(bucket >= 0) AS full,
         0 AS users, toInt32(-1) AS full_bucket, toUInt32(0) AS full_buckets, toUInt32(0) AS failures, '' AS error,
         toUInt64(0) AS recomputed_events
     FROM
     (
-        SELECT user_id, credited_project_id AS project_id, credited_task_id AS task_id,
-               credited_job_id AS job_id, toStartOfInterval(toDateTime(timestamp, 'Etc/UTC'), toIntervalSecond(60)) AS slot,
-               [(toUInt8(1), toDateTime(slot, 'Etc/UTC'), toInt64(working_time_ms)), (toUInt8(2), toDateTime(toStartOfHour(slot), 'Etc/UTC'), toInt64(working_time_ms))] AS targets
+        SELECT user_id, rn, end_ms, job_id AS ev_job, task_id AS ev_task, project_id AS ev_project,
+               if(has_prev = 1, ifNull(c_end, 0), toInt64(0)) AS start_end,
+               toStartOfInterval(toDateTime(timestamp, 'Etc/UTC'), toIntervalSecond(60)) AS slot,
+               [(toUInt8(1), toDateTime(slot, 'Etc/UTC'), toInt64(working_time_ms), CAST(credited_project_id, 'Nullable(UInt64)'), CAST(credited_task_id, 'Nullable(UInt64)'), CAST(credited_job_id, 'Nullable(UInt64)')),
+                (toUInt8(2), toDateTime(toStartOfHour(slot), 'Etc/UTC'), toInt64(working_time_ms), CAST(credited_project_id, 'Nullable(UInt64)'), CAST(credited_task_id, 'Nullable(UInt64)'), CAST(credited_job_id, 'Nullable(UInt64)')),
+                (toUInt8(3), toDateTime(slot, 'Etc/UTC'), toInt64(0), CAST(NULL, 'Nullable(UInt64)'), CAST(NULL, 'Nullable(UInt64)'), CAST(NULL, 'Nullable(UInt64)')), (toUInt8(4), toDateTime(toStartOfHour(slot), 'Etc/UTC'), toInt64(0), CAST(NULL, 'Nullable(UInt64)'), CAST(NULL, 'Nullable(UInt64)'), CAST(NULL, 'Nullable(UInt64)'))] AS targets
         FROM stage
         UNION ALL
-        SELECT t.user_id, t.project_id, t.task_id, t.job_id, t.slot,
-               if(t.slot >= s.from_slot, [(toUInt8(1), toDateTime(t.slot, 'Etc/UTC'), toInt64(-t.working_time_ms))],
-                  [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms))])
+        SELECT t.user_id, toUInt64(0), toInt64(0), NULL, NULL, NULL, toInt64(0), t.slot,
+               if(t.slot >= s.from_slot,
+                  [(toUInt8(1), toDateTime(t.slot, 'Etc/UTC'), toInt64(-t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))],
+                  [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))])
         FROM `cvat`.working_time_slot_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
         WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(1)) AND t.slot >= s.from_hour
         UNION ALL
-        SELECT t.user_id, t.project_id, t.task_id, t.job_id, t.hour, [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms))]
+        SELECT t.user_id, toUInt64(0), toInt64(0), NULL, NULL, NULL, toInt64(0), t.hour,
+               [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))]
         FROM `cvat`.working_time_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
         WHERE t.hour >= s.from_hour
     )
     ARRAY JOIN targets AS x
-    GROUP BY x.1, user_id, x.2, project_id, task_id, job_id
-    HAVING working_time_ms != 0
-    UNION ALL
-    -- checkpoints: per user and recomputed slot, the running end after it and its last ids;
-    -- the same for each recomputed hour, at its last slot
-    SELECT
-        if(k = 1, 'slot_checkpoint', 'checkpoint'), c.user_id, if(k = 1, c.slot, toStartOfHour(c.slot)),
-        c.last.3, c.last.2, c.last.1, 0, c.run_end,
-        toUInt64(toUnixTimestamp64Micro(run_until)), run_until, '', toUInt8(bucket >= 0), 0, -1, 0, 0, '', 0
-    FROM
-    (
-        SELECT
-            h.user_id AS user_id, h.slot AS slot, h.last AS last,
-            greatest(if(s.has_prev = 1, s.c_end, 0),
-                     max(h.slot_end) OVER (PARTITION BY h.user_id ORDER BY h.slot ROWS UNBOUNDED PRECEDING)) AS run_end,
-            h.slot = max(h.slot) OVER (PARTITION BY h.user_id, toStartOfHour(h.slot)) AS last_of_hour
-        FROM
-        (
-            SELECT user_id, toStartOfInterval(toDateTime(timestamp, 'Etc/UTC'), toIntervalSecond(60)) AS slot, max(end_ms) AS slot_end,
-                   argMax((job_id, task_id, project_id), rn) AS last
-            FROM stage
-            GROUP BY user_id, slot
-        ) AS h
-        INNER JOIN users AS s ON h.user_id = s.user_id
-    ) AS c
-    ARRAY JOIN if(c.last_of_hour, [1, 2], [1]) AS k
+    GROUP BY x.1, user_id, x.2, x.4, x.5, x.6
+    HAVING x.1 >= 3 OR sum(x.3) != 0
     UNION ALL
     -- the run: how far it got, under which rule, which bucket of a full recompute, how many
-    -- events it recomputed; or the failure of the attempt before it (nothing while a
+    -- events it read to recompute; or the failure of the attempt before it (nothing while a
     -- back-off is waited out)
     SELECT
         'run', 0, toDateTime(0, 'Etc/UTC'), NULL, NULL, NULL, 0, 0, 0,
         if(action = 'work', run_until, logged),
         if(action = 'work', '[100000, ["change:frame"], 60]', logged_rule), toUInt8(bucket >= 0),
-        (SELECT count() FROM users),
+        (SELECT count() FROM changed),
         if(action = 'work', bucket, logged_bucket), if(action = 'work', buckets, logged_buckets),
         if(action = 'work', 0, logged_failures + 1), if(action = 'work', '', last_error),
-        if(action = 'work', (SELECT count() FROM (SELECT e.* FROM (SELECT
+        if(action = 'work', (SELECT count() FROM (SELECT
     assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
     toUnixTimestamp64Milli(timestamp) AS ts,
     ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
@@ -301,11 +285,8 @@ FROM
     -- filtered before user_id is renamed to its non-Nullable self
     SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
     FROM `cvat`.events
-    WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM users)
-          AND timestamp >= (SELECT min(from_slot) FROM users))
-)) AS e
-      INNER JOIN users AS s ON e.user_id = s.user_id
-      WHERE e.timestamp >= s.from_slot)), 0)
+    WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
+))), 0)
     WHERE action != 'wait'
 )
 SETTINGS
