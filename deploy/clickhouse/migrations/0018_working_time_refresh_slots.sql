@@ -254,13 +254,15 @@ FROM
                   [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))])
         FROM `cvat`.working_time_slot_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
-        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(1)) AND t.slot >= s.from_hour
+        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(2)) AND t.slot >= s.from_hour
         UNION ALL
         SELECT t.user_id, toUInt64(0), toInt64(0), NULL, NULL, NULL, toInt64(0), t.hour,
                [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))]
         FROM `cvat`.working_time_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
-        WHERE t.hour >= s.from_hour
+        -- the first two conditions only let the primary key skip the other users and hours
+        WHERE t.user_id IN (SELECT user_id FROM changed) AND t.hour >= (SELECT toStartOfHour(min(from_slot)) FROM changed)
+          AND t.hour >= s.from_hour
     )
     ARRAY JOIN targets AS x
     GROUP BY x.1, user_id, x.2, x.4, x.5, x.6
