@@ -73,7 +73,7 @@ def main() -> None:
             _refresh(s)
             bucket, buckets, failed, rule = _q(s, f"SELECT full_bucket, full_buckets, failures, rule "
                                                   f"FROM {DB}.working_time_refresh_log ORDER BY watermark DESC, refreshed_at DESC LIMIT 1").split("\t")
-            assert int(failed) == 0, "a run failed"
+            assert int(failed) == 0, _q(s, f"SELECT error FROM {DB}.working_time_refresh_log WHERE failures > 0 LIMIT 1")
             if rule != "recompute all" and (int(bucket) < 0 or int(bucket) + 1 >= int(buckets)):
                 break
         counted = time.monotonic() - started
