@@ -29,7 +29,7 @@ CONFIG_D = "clickhouse/config.d/"
 DATASOURCES = "grafana/provisioning/datasources/"
 DASHBOARDS = "grafana/dashboards/"
 VECTOR = "vector/vector.yaml"
-REFRESH_VIEW = "clickhouse/migrations/0017_working_time_refresh_limits.sql"
+REFRESH_VIEW = "clickhouse/migrations/0018_working_time_refresh_slots.sql"
 # The refresh takes events inserted since its last run minus this margin (queries/working_time.jinja).
 COMMIT_MARGIN = re.compile(r"logged - toIntervalSecond\((\d+)\), run_until\) AS run_since")
 PLUGIN = "grafana-clickhouse-datasource"

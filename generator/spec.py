@@ -184,6 +184,9 @@ def _semantic_problems(spec: dict):
     if wt["refresh_spill_mb"] >= wt["refresh_max_memory_mb"]:
         yield (["working_time", "refresh_spill_mb"],
                f"less than working_time.refresh_max_memory_mb ({wt['refresh_max_memory_mb']}), got {wt['refresh_spill_mb']}")
+    # Slots start on the hour, so a recompute from a slot's hour needs no per-slot row.
+    if 3600 % wt["refresh_slot_s"]:
+        yield ["working_time", "refresh_slot_s"], f"a divisor of 3600 (60, 300, 600, ...), got {wt['refresh_slot_s']}"
     users = spec["clickhouse"]["users"]
     if len(set(users.values())) != len(users):
         yield ["clickhouse", "users"], "a different user name for each role"

@@ -18,6 +18,7 @@ def test_migrations_are_ordered_and_split_into_statements():
                                                               "0009_working_time_refresh",
                                                               "0013_working_time_refresh",
                                                               "0017_working_time_refresh_limits",
+                                                              "0018_working_time_refresh_slots",
                                                               "0020_vector_metrics_retention"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"

@@ -152,3 +152,17 @@ def test_a_refresh_cap_that_could_not_record_its_own_failure_is_refused(tmp_path
     with pytest.raises(SpecError) as excinfo:
         load_spec(path)
     assert key in str(excinfo.value) and expected in str(excinfo.value)
+
+
+@pytest.mark.parametrize("slot_s, ok", [(60, True), (300, True), (3600, True), (7, False), (1000, False), (0, False)])
+def test_a_refresh_slot_must_divide_the_hour(tmp_path, slot_s, ok):
+    """Slots start on the hour, so a recompute from a slot's hour needs no per-slot row."""
+    _, path = write_spec(tmp_path, **{"working_time.refresh_slot_s": slot_s})
+    if ok:
+        assert load_spec(path)["working_time"]["refresh_slot_s"] == slot_s
+        return
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(path)
+    assert "working_time.refresh_slot_s" in str(excinfo.value)
+    if slot_s:
+        assert f"a divisor of 3600 (60, 300, 600, ...), got {slot_s}" in str(excinfo.value)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cvat_analytics import store as store_module
 from cvat_analytics import working_time as wt
@@ -17,7 +20,8 @@ from cvat_analytics_generator.grafana_macros import expand
 from cvat_analytics_generator.spec import load_spec
 from tests.conftest import write_spec
 from tests.test_operate import call, samples
-from tests.test_working_time import _as_rows, query_time_hourly, random_stream, stored_totals
+from tests import working_time_oracle as oracle
+from tests.test_working_time import BASE, _as_rows, ev, query_time_hourly, random_stream, stored_totals
 
 LAG = ("cvat_analytics_working_time_refresh_lag_seconds", ())
 FAILURES = ("cvat_analytics_working_time_refresh_failures", ())
@@ -110,3 +114,93 @@ def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(databa
     page = samples(call(srv, "GET", "/metrics")[1].decode())
     assert page[FAILURES] == 0 and page[LAG] < 30
     assert not [n for n, _ in page if n == "cvat_analytics_working_time_refresh_last_error"]
+
+
+# ---- a run recomputes from the slot of the earliest new event (migration 0018) -----
+
+@pytest.mark.clickhouse
+def test_a_run_after_a_few_new_events_recomputes_a_few_slots_not_the_hour(database, tmp_path):
+    """The previous hour's first 55 minutes stored (4 users, an event every 100 ms each),
+    counted and past the commit margin; then 6 events in minute 55 for 2 users: the run
+    recomputes those users from their slot, a minute or two of their events, not the hour
+    (the bound does not depend on the minute)."""
+    client, db = database
+    minute = 55
+    spec = _spec(tmp_path, db, **{"working_time.refresh_interval_s": 3600,
+                                  "alerts.working_time_stale.max_age_minutes": 121})
+    migrate(client, spec, log=lambda *_: None)
+    hour = client.command("SELECT toString(toStartOfHour(now('UTC')) - INTERVAL 1 HOUR)")
+    per_user = minute * 60 * 10
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
+                   f"SELECT 'click:element', 'client', toDateTime64('{hour}', 3, 'UTC') "
+                   f"+ toIntervalMillisecond(intDiv(number, 4) * 100), number % 4 + 1, number % 7 + 1 "
+                   f"FROM numbers({per_user * 4})")
+    wt.wait_current(client, spec, timeout_s=180)
+    wt.wait_past_commit_margin(client, spec)
+    wt.wait_current(client, spec)  # the last run that takes the stored events again
+    assert stored_totals(client, db) == query_time_hourly(client, spec)
+
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
+                   f"SELECT 'click:element', 'client', toDateTime64('{hour}', 3, 'UTC') "
+                   f"+ toIntervalSecond({minute * 60 - 20} + number), number % 2 + 1, 3 FROM numbers(6)")
+    wt.wait_current(client, spec)
+    recomputed, full = client.query(f"SELECT recomputed_events, full FROM `{db}`.working_time_refresh_log "
+                                     "ORDER BY watermark DESC LIMIT 1").result_rows[0]
+    assert full == 0
+    # 2 users from the slot of their new events: at most 2 minutes of their events each
+    assert recomputed <= 2 * 2 * 60 * 10 + 6
+    assert stored_totals(client, db) == query_time_hourly(client, spec)
+
+
+def _slot_sums_by_hour(client, db):
+    """The per-slot totals of the hours a run reads them for, summed per hour."""
+    rows = client.query(
+        f"SELECT user_id, project_id, task_id, job_id, toStartOfHour(slot) AS hour, sum(working_time_ms) AS ms "
+        f"FROM `{db}`.working_time_slot_totals WHERE slot >= toStartOfHour(now('UTC')) - INTERVAL 1 HOUR "
+        "GROUP BY user_id, project_id, task_id, job_id, hour HAVING ms != 0").result_rows
+    return {tuple(r[:5]): r[5] for r in rows}
+
+
+recent_events = st.lists(
+    st.tuples(st.integers(1, 3),  # user
+              st.integers(0, 2 * 3600 * 1000 - 1),  # ms from the start of the previous hour
+              st.sampled_from(["click:element", "change:frame", "zoom:image"]),
+              st.sampled_from([0, 1, 800, 3000, 120_000]),  # duration
+              st.sampled_from([None, 1, 2, 3])),  # job
+    min_size=1, max_size=60)
+
+
+@pytest.mark.slow
+@pytest.mark.clickhouse
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(first=recent_events, later=st.lists(recent_events, min_size=1, max_size=3))
+def test_late_and_out_of_order_events_across_slots_and_hours_stay_exact(chdb_dsn, tmp_path_factory, first, later):
+    """Events of the previous and the current hour (where runs start at a slot), inserted in
+    batches that go back in time, across slots and hours: after each run the hourly totals
+    equal the query-time figure, the per-slot totals add up to them, and at the end they
+    equal the oracle's."""
+    tmp = tmp_path_factory.mktemp("slots")
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    spec = _spec(tmp, db, **{"working_time.refresh_interval_s": 3600,
+                             "alerts.working_time_stale.max_age_minutes": 121})
+    client = store_module.connect(chdb_dsn)
+    try:
+        migrate(client, spec, log=lambda *_: None)
+        base_s = client.command("SELECT toUnixTimestamp(toStartOfHour(now('UTC')) - INTERVAL 1 HOUR)")
+        events = []
+        for batch in [first, *later]:
+            rows = [ev(int(base_s) * 1000 + ms - BASE, scope, duration, user_id=user, job_id=job, task_id=job,
+                       project_id=1) for user, ms, scope, duration, job in batch]
+            events += rows
+            store_module.insert_json_rows(client, db, _as_rows(rows))
+            wt.wait_current(client, spec)
+            hourly = stored_totals(client, db)
+            assert hourly == query_time_hourly(client, spec)
+            assert _slot_sums_by_hour(client, db) == {k: v for k, v in hourly.items()
+                                                      if k[4] >= datetime.fromtimestamp(int(base_s), timezone.utc).replace(tzinfo=None)}
+        got = defaultdict(int)
+        for (user, project, task, job, _hour), ms in stored_totals(client, db).items():
+            got[(user, project, task, job)] += ms
+        assert {k: v for k, v in got.items() if v} == oracle.totals(events)
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")

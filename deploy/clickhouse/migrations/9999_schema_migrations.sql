@@ -21,5 +21,6 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0014_ingest_requests_key_value', '6f7a6a9f68af08b2cf719631b82f8460f037eb5d584301a3cc6e2071c112a232'),
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
-    ('0017_working_time_refresh_limits', 'dc21ed386b1058740d14bddaf00b413b97ab730b08675becebe19181d0b6c982'),
+    ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
+    ('0018_working_time_refresh_slots', '9b7e8075a724b52f43c7c87047650ddffada5cdb226afe25f861744f6eb754a0'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74');
