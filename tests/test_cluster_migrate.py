@@ -134,7 +134,7 @@ def test_a_changed_refresh_interval_is_applied_again(tmp_path):
     applied = applied_by(fresh_plan(spec))
     slower, _ = cluster_spec(tmp_path / "b", **{"working_time.refresh_interval_s": 300})
     steps = plan(slower, State(applied))
-    assert {s.source for s in steps if s.kind == "schema"} == {"0017_working_time_refresh_limits"}
+    assert {s.source for s in steps if s.kind == "schema"} == {"0018_working_time_refresh_slots"}
     assert any("REFRESH EVERY 300 SECOND" in s.sql for s in steps)
 
 
