@@ -12,11 +12,10 @@ from pathlib import PurePosixPath
 import yaml
 
 from . import grafana
-from .render import _render_templates, context, environment, render_template
+from .render import _render_templates, context, environment, ledger_statements
 from .sql import checksum, parse
 
 MANIFESTS = ["clickhouse.yaml", "keeper.yaml", "migrate.yaml", "vector.yaml", "grafana.yaml"]
-LEDGER_TEMPLATE = "clickhouse/runtime/schema_migrations.sql.j2"  # the ledger `migrate` keeps
 CONFIGMAP_MAX_BYTES = 1024 * 1024  # the API server refuses a larger ConfigMap (etcd's value limit)
 
 
@@ -50,8 +49,7 @@ def render_k8s(spec: dict) -> dict[str, str]:
         "grafana_dashboards": sorted(PurePosixPath(rel).name for rel in files if rel.startswith("grafana/dashboards/")),
         "resources": MANIFESTS,
     }
-    statements = {s.name: s.sql for s in parse(render_template(spec, LEDGER_TEMPLATE), LEDGER_TEMPLATE).statements}
-    ctx["ledger_record"] = statements["record"]
+    ctx["ledger_record"] = ledger_statements(spec)["record"]
     ctx["ledger_lookup"] = (f"SELECT count() FROM clusterAllReplicas({ctx['cluster']['name']}, {ctx['db']}.schema_migrations)"
                             " WHERE name = {name:String}")
     env = environment()

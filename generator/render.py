@@ -31,6 +31,9 @@ SINGLE_SERVER_ONLY = ("docker-compose.yml.j2", "cvat-compose.override.yml.j2", "
 # Rendered after them, from their text.
 INIT_LEDGER_TEMPLATE = "clickhouse/initdb/schema_migrations.sql.j2"
 INIT_LEDGER = "clickhouse/migrations/9999_schema_migrations.sql"
+# The ledger's statements `migrate` runs (`record` among them): the cluster's first-start
+# script and the Kubernetes Job record a migration with the same INSERT.
+LEDGER_TEMPLATE = "clickhouse/runtime/schema_migrations.sql.j2"
 # The cluster's first start (docs/cluster.md): the first server's init script applies the
 # migrations not yet in the ledger, and every server's healthcheck requires the schema they
 # leave. Rendered after the migrations, from their text (checksums, the objects they create).
@@ -125,12 +128,17 @@ def render_all(spec: dict) -> dict[str, str]:
         for template in (CLUSTER_INIT_TEMPLATE, CLUSTER_HEALTH_TEMPLATE):
             out[template[: -len(".j2")].removeprefix(CLUSTER)] = environment().get_template(template).render(
                 {**context(spec), "migrations": _applied(out), "objects": _schema_objects(out),
-                 "shards_row": shards_ledger_row(spec)})
+                 "shards_row": shards_ledger_row(spec), "ledger_record": ledger_statements(spec)["record"]})
     else:
         # The alert rules read one server's tables: a cluster's are per shard (docs/cluster.md).
         from .alerts import PROVISIONING, provisioning_yaml  # alerts renders through this module
         out[PROVISIONING] = provisioning_yaml(spec)
     return out
+
+
+def ledger_statements(spec: dict) -> dict[str, str]:
+    """The ledger's named statements (LEDGER_TEMPLATE), by name."""
+    return {s.name: s.sql for s in parse(render_template(spec, LEDGER_TEMPLATE), LEDGER_TEMPLATE).statements}
 
 
 def _applied(out: dict[str, str]) -> list[dict]:

@@ -144,7 +144,7 @@ def test_a_first_start_resumes_where_it_stopped_and_a_server_is_healthy_only_wit
                         if p.startswith("clickhouse/migrations/") and p != INIT_LEDGER)
     assert [n for n, _ in listed] == migrations
     # and then the shard count `migrate` compares, as the ledger it renders records it
-    assert "--param_name='cluster:shards' --param_checksum='2'" in script
+    assert "record 'cluster:shards' '2'" in script
     job = render_k8s(spec)["migrate.yaml"]
     assert all(f"apply '{n}' '{c}'" in job for n, c in listed)
     # both scripts parse as the shells that run them (the entrypoint's bash, the healthcheck's sh)
