@@ -110,8 +110,8 @@ WITH
     changed AS
     (
         SELECT user_id,
-               if(bucket < 0 AND toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC')) >= (toStartOfHour(run_until) - toIntervalHour(1)),
-                  toStartOfInterval(toDateTime(min(timestamp), 'Etc/UTC'), toIntervalSecond(60)), toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC'))) AS from_slot
+               if(bucket < 0 AND (toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC')) AS first_hour) >= (toStartOfHour(run_until) - toIntervalHour(1)),
+                  toStartOfInterval(toDateTime(min(timestamp), 'Etc/UTC'), toIntervalSecond(60)), first_hour) AS from_slot
         FROM
         (
             -- two reads, not one with OR: the first skips by the inserted_at index, the
@@ -151,13 +151,11 @@ WITH
     (
         SELECT
             c.user_id AS user_id, any(c.from_slot) AS from_slot, toStartOfHour(from_slot) AS from_hour,
-            toUInt8(countIf(k.through > 0 AND if(k.of_slot = 1,
+            -- a checkpoint before from_slot: a slot's earlier in its hour, or an hour's before it
+            toUInt8(countIf((k.through > 0 AND if(k.of_slot = 1,
                 k.at >= toStartOfHour(c.from_slot) AND k.at < c.from_slot,
-                k.at < toStartOfHour(c.from_slot))) > 0) AS has_prev,
-            argMaxIf((k.run_end_ms, k.last_job_id, k.last_task_id, k.last_project_id), k.through,
-                     k.through > 0 AND if(k.of_slot = 1,
-                         k.at >= toStartOfHour(c.from_slot) AND k.at < c.from_slot,
-                         k.at < toStartOfHour(c.from_slot))) AS last,
+                k.at < toStartOfHour(c.from_slot))) AS before_start) > 0) AS has_prev,
+            argMaxIf((k.run_end_ms, k.last_job_id, k.last_task_id, k.last_project_id), k.through, before_start) AS last,
             if(has_prev = 1, last.1, 0) AS c_end, last.2 AS c_job, last.3 AS c_task, last.4 AS c_project
         FROM changed AS c
         LEFT JOIN
@@ -228,9 +226,9 @@ FROM
     SELECT
         multiIf(x.1 = 1, 'slot_total', x.1 = 2, 'total', x.1 = 3, 'slot_checkpoint', 'checkpoint') AS kind,
         user_id, x.2 AS hour,
-        if(x.1 <= 2, x.4, argMax((ev_job, ev_task, ev_project), rn).3) AS project_id,
-        if(x.1 <= 2, x.5, argMax((ev_job, ev_task, ev_project), rn).2) AS task_id,
-        if(x.1 <= 2, x.6, argMax((ev_job, ev_task, ev_project), rn).1) AS job_id,
+        if(x.1 <= 2, x.4, (argMax((ev_job, ev_task, ev_project), rn) AS last_ids).3) AS project_id,
+        if(x.1 <= 2, x.5, last_ids.2) AS task_id,
+        if(x.1 <= 2, x.6, last_ids.1) AS job_id,
         if(x.1 <= 2, sum(x.3), 0) AS working_time_ms,
         if(x.1 <= 2, 0, greatest(max(start_end),
             max(max(end_ms)) OVER (PARTITION BY x.1, user_id ORDER BY x.2 ROWS UNBOUNDED PRECEDING))) AS run_end_ms,
