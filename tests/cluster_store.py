@@ -7,8 +7,8 @@ a database of its own in the session's chdb path, named in a copy of the spec.
         as the engine evaluates each key of `keys` (by prefix) over the stored rows
     shard(client, spec, rows, panels=True) -> dict
         one shard: the cluster render's migrations as one server runs them (their
-        single-node equivalents, as `check` executes them), the shard's events inserted into
-        events_local
+        single-node equivalents, as `check` executes them: migrate_shard), the shard's
+        events inserted into events_local
 
 A result holds the working-time totals (read through `working_time_totals`, the name readers
 use), the users stored, the count of events and (when asked) every dashboard panel's rows
@@ -81,13 +81,19 @@ def single(client, spec: dict, rows: bytes, shards: int, keys: dict[str, str], o
     return found
 
 
-def shard(client, spec: dict, rows: bytes, window) -> dict:
-    db = spec["clickhouse"]["database"]
+def migrate_shard(client, spec: dict) -> None:
+    """The cluster render's migrations as one server of a shard runs them (their
+    single-node equivalents, as `check` executes them)."""
     for name, text in sorted(render_sql(spec, "clickhouse/migrations").items()):
         for statement in parse(text, name).statements:
             equivalent, checks = single_node_equivalent(statement.sql)
             for sql in (equivalent, *checks):
                 client.command(sql)
+
+
+def shard(client, spec: dict, rows: bytes, window) -> dict:
+    db = spec["clickhouse"]["database"]
+    migrate_shard(client, spec)
     client.raw_insert(f"`{db}`.events_local", None, rows, settings=dict(store.INSERT_SETTINGS),
                       fmt="JSONEachRow")
     settle(client, spec)

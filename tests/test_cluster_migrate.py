@@ -134,8 +134,11 @@ def test_a_changed_refresh_interval_is_applied_again(tmp_path):
     applied = applied_by(fresh_plan(spec))
     slower, _ = cluster_spec(tmp_path / "b", **{"working_time.refresh_interval_s": 300})
     steps = plan(slower, State(applied))
-    assert {s.source for s in steps if s.kind == "schema"} == {"0018_working_time_refresh_slots"}
-    assert any("REFRESH EVERY 300 SECOND" in s.sql for s in steps)
+    # 0023 after 0018: the view it leaves is the one with the lag guard
+    assert {s.source for s in steps if s.kind == "schema"} == {"0018_working_time_refresh_slots",
+                                                               "0023_working_time_refresh_guard"}
+    last_view = [s for s in steps if "REFRESH EVERY" in s.sql][-1]
+    assert "REFRESH EVERY 300 SECOND" in last_view.sql and "'behind'" in last_view.sql
 
 
 def test_an_applied_migration_that_changed_is_drift(tmp_path):
