@@ -244,3 +244,27 @@ def test_render_warns_of_a_quorum_that_one_restart_stops(tmp_path, replicas, quo
     assert ("one replica's restart (an upgrade, a crash) stops all ingest" in run.stderr) == warned, run.stderr
     if warned:
         assert f"insert_quorum {quorum} of {replicas} replicas" in run.stderr
+
+
+@pytest.mark.clickhouse
+def test_a_part_a_replica_fetches_is_fsynced_as_one_it_writes(tmp_path, chdb_dsn):
+    """The quorum's other copies are fetched: events_local fsyncs a fetched part's files
+    (min_compressed_bytes_to_fsync_after_fetch = 1: every part) and its directory
+    (fsync_part_directory), as an inserted one (ClickHouse DataPartsExchange.cpp)."""
+    from cvat_analytics import store
+    from tests import cluster_store
+    from tests.conftest import new_database_name
+
+    spec, _ = cluster_spec(tmp_path)
+    spec["clickhouse"]["database"] = database = new_database_name()
+    client = store.connect(chdb_dsn)
+    try:
+        cluster_store.migrate_shard(client, spec)
+        engine = client.command(f"SELECT engine_full FROM system.tables WHERE database = '{database}' "
+                                "AND name = 'events_local'")
+        settings = dict(re.findall(r"(\w+) = (\w+)", engine.split(" SETTINGS ", 1)[1]))
+        assert {k: settings.get(k) for k in ("fsync_after_insert", "fsync_part_directory",
+                                             "min_compressed_bytes_to_fsync_after_fetch")} == \
+            {"fsync_after_insert": "1", "fsync_part_directory": "1", "min_compressed_bytes_to_fsync_after_fetch": "1"}
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")

@@ -253,7 +253,7 @@ def test_a_data_step_through_a_distributed_table_is_refused(tmp_path):
 
     spec, _ = cluster_spec(tmp_path)
     spread = _distributed_tables(migrations(spec))
-    assert spread == {"events", "working_time_totals", "vector_metrics"}
+    assert spread == {"events", "working_time_totals", "vector_metrics", "imports"}
     _refuse_spread_reads("INSERT INTO `cvat`.working_time_refresh_log SELECT count() FROM `cvat`.events_local", spread, "f:3")
     for sql in ("INSERT INTO `cvat`.working_time_refresh_log SELECT count() FROM `cvat`.events WHERE 1",
                 "INSERT INTO `cvat`.`working_time_totals` SELECT * FROM `cvat`.working_time_totals_local"):
