@@ -12,7 +12,8 @@ from pathlib import PurePosixPath
 import yaml
 
 from . import grafana
-from .render import _render_templates, context, environment, ledger_statements
+from .cluster_ddl import shards_ledger_row
+from .render import CLUSTER_INIT_TEMPLATE, _applied, _render_templates, context, environment, ledger_statements
 from .sql import checksum, parse
 
 MANIFESTS = ["clickhouse.yaml", "keeper.yaml", "migrate.yaml", "vector.yaml", "grafana.yaml"]
@@ -50,9 +51,10 @@ def render_k8s(spec: dict) -> dict[str, str]:
         "resources": MANIFESTS,
     }
     ctx["ledger_record"] = ledger_statements(spec)["record"]
-    ctx["ledger_lookup"] = (f"SELECT count() FROM clusterAllReplicas({ctx['cluster']['name']}, {ctx['db']}.schema_migrations)"
-                            " WHERE name = {name:String}")
     env = environment()
+    # The compose cluster's first-start script, as it renders it: the Job runs the same file.
+    ctx["apply_script"] = env.get_template(CLUSTER_INIT_TEMPLATE).render(
+        {**ctx, "migrations": _applied(files), "shards_row": shards_ledger_row(spec)})
     ctx["create_database_on_cluster"] = env.from_string(
         "{% import 'cluster/clickhouse/cluster.jinja' as cl with context %}{{ cl.create_database(on_cluster=true) }}"
     ).render(ctx)

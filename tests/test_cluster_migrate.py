@@ -224,9 +224,10 @@ def test_dry_run_reads_the_ledger_over_http_prints_the_plan_per_server_and_sends
                           "    ('cluster:shards', '2');"]
 
 
-def test_after_the_kubernetes_job_migrate_target_k8s_has_only_the_shard_count_to_record(tmp_path):
-    """The Job (deploy-k8s/migrate.yaml) records each migration with migrate's checksum; on a
-    1 x 1 Kubernetes install the schema is still the cluster's (--target k8s)."""
+def test_after_the_kubernetes_job_migrate_target_k8s_has_nothing_to_send(tmp_path):
+    """The Job (deploy-k8s/migrate.yaml) runs the compose cluster's first-start script: it
+    records each migration with migrate's checksum, and the shard count; on a 1 x 1
+    Kubernetes install the schema is still the cluster's (--target k8s)."""
     import yaml
 
     from cvat_analytics_generator.k8s import render_k8s
@@ -235,8 +236,11 @@ def test_after_the_kubernetes_job_migrate_target_k8s_has_only_the_shard_count_to
     _, path = write_spec(tmp_path / "k")
     spec = load_spec(path)
     configmap = next(d for d in yaml.safe_load_all(render_k8s(spec)["migrate.yaml"]) if d["kind"] == "ConfigMap")
-    job_ledger = dict(re.findall(r"^apply '([^']+)' '([0-9a-f]{64})'$", configmap["data"]["migrate.sh"], re.M))
+    job_ledger = dict(re.findall(r"^(\d{4}_\w+) ([0-9a-f]{64})$", configmap["data"]["apply-migrations.sh"], re.M))
     assert job_ledger  # the Job's own record of what it applied
+    assert f"record '{SHARDS_ROW}' '1'" in configmap["data"]["apply-migrations.sh"]  # and the shard count
+    assert plan(spec, State({**job_ledger, SHARDS_ROW: "1"}), k8s=True) == []
+    # Without the shard count (a Job of an older render), that is all migrate records.
     steps = plan(spec, State(job_ledger), k8s=True)
     assert [(s.node, s.kind) for s in steps] == [(shard(1), "sync"), (shard(1), "ledger")]
     assert LEDGER_ROW.findall(steps[1].sql) == [(SHARDS_ROW, "1")]

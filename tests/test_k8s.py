@@ -14,6 +14,7 @@ No Kubernetes API server runs here; what decides whether a manifest is accepted 
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 from pathlib import Path
 
@@ -180,20 +181,36 @@ def test_the_operator_gets_the_compose_renders_own_files(tmp_path):
     assert "cvat_cluster" not in chi_files["users.d/cvat-cluster.xml"]
 
 
-def test_the_migrate_job_applies_each_migration_once_in_order_with_migrates_checksum(rendered):
-    _, files = rendered
+def test_the_migrate_job_runs_the_compose_clusters_first_start_script(rendered, tmp_path):
+    """One script, two callers: the Job's ConfigMap carries apply-migrations.sh as the compose
+    cluster render writes it, byte for byte (each migration once, in order, with migrate's
+    checksum, then the shard count); the Job creates the database ON CLUSTER and sources it
+    against shard 1's first replica."""
+    spec, files = rendered
     docs = dict(((d["kind"], d["metadata"]["name"]), d) for _, d in k8s.documents(files))
     data = docs[("ConfigMap", "cvat-analytics-migrations")]["data"]
-    script = data["migrate.sh"]
-    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # bash parses it
-    applied = [line.split()[1:] for line in script.splitlines() if line.startswith("apply ")]
+    shards = spec["clickhouse"]["cluster"]["shards"]
+    # the compose render of the same shards (1 x 1 has no cluster files there: 1 x 2)
+    compose = render_all({**spec, "clickhouse": {**spec["clickhouse"], "cluster": (
+        spec["clickhouse"]["cluster"] if shards > 1 else {"shards": 1, "replicas": 2, "insert_quorum": 2})}})
+    script = data["apply-migrations.sh"]
+    assert script == compose["clickhouse/initdb-first/apply-migrations.sh"]
+    listed = re.findall(r"^(\d{4}_\w+) ([0-9a-f]{64})$", script, re.M)
     names = sorted(n for n in data if n.endswith(".sql"))
-    assert [name.strip("'") for name, _ in applied] == [n.removesuffix(".sql") for n in names]
-    for name, checksum in applied:
-        assert checksum.strip("'") == Migration(name.strip("'"), data[name.strip("'") + ".sql"]).checksum
-    assert "CREATE DATABASE IF NOT EXISTS `cvat` ON CLUSTER cvat\nENGINE = Replicated(" in script
+    assert [name for name, _ in listed] == [n.removesuffix(".sql") for n in names]
+    for name, checksum in listed:
+        assert checksum == Migration(name, data[name + ".sql"]).checksum
+    assert f"record 'cluster:shards' '{shards}'" in script
+    job_script = data["migrate.sh"]
+    for text in (job_script, script):
+        subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # bash parses both
+    assert "CREATE DATABASE IF NOT EXISTS `cvat` ON CLUSTER cvat\nENGINE = Replicated(" in job_script
+    assert "export CVAT_MIGRATE_HOST='chi-cvat-analytics-cvat-0-0'" in job_script
+    assert job_script.rstrip().splitlines()[-2:] == ["source /migrations/apply-migrations.sh", 'echo "schema up to date"']
+    assert '--host "${CVAT_MIGRATE_HOST:-127.0.0.1}"' in script
     job = next(d for (kind, _), d in docs.items() if kind == "Job")
     assert job["metadata"]["name"].startswith("cvat-analytics-migrate-")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["bash", "/migrations/migrate.sh"]
 
 
 def test_a_changed_schema_renders_a_new_job_name(tmp_path):
