@@ -141,6 +141,17 @@ def test_a_changed_refresh_interval_is_applied_again(tmp_path):
     assert "REFRESH EVERY 300 SECOND" in last_view.sql and "'behind'" in last_view.sql
 
 
+def test_a_changed_vector_metrics_retention_is_applied_to_every_shards_table(tmp_path):
+    spec, _ = cluster_spec(tmp_path / "a")
+    applied = applied_by(fresh_plan(spec))
+    assert spec["vector"]["metrics"]["retention_days"] != 30
+    shorter, _ = cluster_spec(tmp_path / "b", **{"vector.metrics.retention_days": 30})
+    steps = [s for s in plan(shorter, State(applied)) if s.kind == "schema"]
+    assert [(s.source, s.sql) for s in steps] == [
+        ("0020_vector_metrics_retention",
+         "ALTER TABLE `cvat`.vector_metrics_local MODIFY TTL toDateTime(timestamp) + toIntervalDay(30)")]
+
+
 def test_an_applied_migration_that_changed_is_drift(tmp_path):
     spec, _ = cluster_spec(tmp_path)
     applied = applied_by(fresh_plan(spec))
