@@ -16,6 +16,7 @@ import pytest
 
 from cvat_analytics.bench import statements
 from cvat_analytics.bench.cvat_baselines import python_baseline
+from tests.conftest import write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
@@ -62,10 +63,15 @@ def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
 @pytest.mark.clickhouse
 @pytest.mark.slow
 def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
+    # The bench starts every refresh it times (working_time.wait_current); scheduled ones every
+    # 10 s in each of its stores (the load waits a minute, the ceiling migrates seven databases)
+    # would only cost CPU, so the spec schedules them hourly.
+    _, spec = write_spec(tmp_path, **{"working_time.refresh_interval_s": 3600,
+                                      "alerts.working_time_stale.max_age_minutes": 121})
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--json", str(out),
-         "--workdir", str(tmp_path / "work")],
+        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--spec", str(spec),
+         "--json", str(out), "--workdir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[1/11]" in proc.stderr  # the progress display

@@ -60,6 +60,7 @@ def test_init_writes_the_default_spec_and_never_overwrites(tmp_path):
     assert "9999" in written.read_text()
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_the_spec_is_flag_then_environment_then_here_then_packaged(tmp_path):
     write_spec(tmp_path, **{"vector.port": 8301})                     # ./analytics.yaml
     (tmp_path / "other").mkdir()

@@ -204,6 +204,7 @@ def test_upgrading_cvat_fails_check_until_adopt_renders_for_the_new_release(tmp_
     assert "/home/django/share" in [v["target"] for v in config["services"]["cvat_server"]["volumes"]]
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_check_fails_when_compose_file_no_longer_lists_ours(tmp_path, spec_path, capsys):
     cvat = make_checkout(tmp_path / "cvat", "v2.48.0")
     assert adopt(cvat, spec_path) == 0

@@ -58,7 +58,10 @@ pytestmark = [pytest.mark.clickhouse, pytest.mark.slow, pytest.mark.xdist_group(
 def service(tmp_path_factory):
     """`serve` on a chdb path holding 7 days of demo traffic, working time refreshed."""
     work = tmp_path_factory.mktemp("pages")
-    _, spec_path = write_spec(work, custom_dashboards_dir="mine")
+    # The refresh runs as each process opens the store (migrate, demo, serve) and then once an
+    # hour, not every 10 s for the module's life: each run costs CPU, and the pages need only the first.
+    _, spec_path = write_spec(work, custom_dashboards_dir="mine", **{
+        "working_time.refresh_interval_s": 3600, "alerts.working_time_stale.max_age_minutes": 121})
     (work / "mine").mkdir()
     (work / "mine" / "errors_by_user.yaml").write_text(ERRORS_BY_USER)
     # A dashboard edited in Grafana and saved as JSON, imported as the README says.

@@ -77,7 +77,10 @@ def seeded(chdb_dsn, tmp_path_factory):
     """A database with 7 days of demo traffic ending at NOW, and its working time."""
     from cvat_analytics.migrate import migrate
 
-    _, path = write_spec(tmp_path_factory.mktemp("spec"), **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}"})
+    # Refreshed when asked (wait_current) and hourly, not every 10 s while the module runs: each run costs CPU.
+    _, path = write_spec(tmp_path_factory.mktemp("spec"), **{
+        "clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
+        "working_time.refresh_interval_s": 3600, "alerts.working_time_stale.max_age_minutes": 121})
     spec = load_spec(path)
     client = store_module.connect(chdb_dsn)
     migrate(client, spec, log=lambda *_: None)

@@ -68,12 +68,14 @@ def test_render_of_the_default_spec_reproduces_deploy_byte_for_byte(tmp_path):
     assert (mismatch, errors) == ([], []), f"deploy/ is stale ({mismatch + errors}): run `make render` and commit it"
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_check_passes_on_the_committed_deploy_tree():
     run = cli("check", "--out", DEPLOY)
     assert run.returncode == 0, run.stderr
     assert "every rendered file is valid" in run.stdout
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_check_fails_and_names_an_edited_file_and_a_stale_file(tmp_path):
     out = tmp_path / "deploy"
     shutil.copytree(DEPLOY, out)
@@ -88,6 +90,7 @@ def test_check_fails_and_names_an_edited_file_and_a_stale_file(tmp_path):
 
 # --- each tool's own rules ---------------------------------------------------------
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_the_rendered_tree_is_valid(files):
     assert validate_tree(files) == []
 
@@ -159,6 +162,7 @@ def test_unparsable_files_are_reported(files, rel, old, new, expected):
     assert problems and problems[0].startswith(f"{rel}: {expected}"), problems
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_every_rendered_sql_statement_executes_on_chdb_and_a_broken_one_is_named(files):
     sql = {rel: text for rel, text in files.items() if rel.endswith(".sql")}
     assert any(rel.startswith("clickhouse/migrations/") for rel in sql)
@@ -188,6 +192,7 @@ def test_the_schema_refuses_values_that_could_break_out(tmp_path, key, value):
         load_spec(path)
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_values_the_schema_accepts_arrive_intact(tmp_path):
     changes = {
         "grafana.root_url": "https://cvat.example.org:8443/team-a/analytics_~x",

@@ -91,6 +91,7 @@ def test_a_wrong_password_is_not_taken_for_a_server_that_is_up():
     assert run.returncode == 1 and "did not answer" in run.stderr
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_make_up_writes_an_sql_token_starts_serve_with_it_and_says_how_to_use_it(tmp_path):
     """The embedded `make up`, for real: .env gets CVAT_ANALYTICS_TOKEN_SQL, serve reads it,
     /clickhouse answers with it and 401 without, and the output says where it is and how

@@ -53,6 +53,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 @pytest.mark.parametrize("seed", range(2))
 def test_udf_in_engine_matches_sql_and_oracle(tmp_path, seed):
     code = CHILD.format(repo=str(REPO), tests=str(REPO / "tests"), path=str(tmp_path / "db"), seed=seed)
@@ -69,6 +70,7 @@ def _csv_totals(text):
     return {(int(r[0]), as_id(r[1]), as_id(r[2]), as_id(r[3])): int(r[4]) for r in rows[1:]}
 
 
+@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_cli_csv_after_shuffled_import_equals_the_rule(tmp_path):
     events = random_stream(21)
     dsn = f"chdb://{tmp_path / 'db'}"

@@ -208,6 +208,7 @@ class Soak:
         for th in threads[:-1]:
             th.join()
         self.stop.set()
+        threads[-1].join()  # the watcher's connection is ours again (http.client: one request at a time)
         if self.error:
             raise RuntimeError(f"soak ingest failed: {self.error}")
         return minutes
