@@ -57,10 +57,34 @@ def status(pid: int) -> dict:
     return out
 
 
-def measure(work: Path, spec: Path, load: dict, dashboards: int) -> dict:
-    db = load_spec(spec)["clickhouse"]["database"]
+def late_events(svc: ServeProcess, db: str, days_ago: float) -> int:
+    """One event per user `days_ago` days back: the refresh recomputes every user from then."""
+    users = [int(u) for u in sql(svc, f"SELECT DISTINCT user_id FROM {db}.events WHERE user_id IS NOT NULL").split()]
+    ts = time.time() - days_ago * 86400
+    events = [{"scope": "update:job", "source": "server", "timestamp": f"{ts + i / 1000:.6f}", "user_id": u,
+               "user_name": f"u{u}", "job_id": 1, "task_id": 1, "project_id": 1, "payload": "{}"} for i, u in enumerate(users)]
+    request = urllib.request.Request(svc.url + "/", data=json.dumps(events).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        resp.read()
+    return len(users)
+
+
+ENGINE = ("SELECT (SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'), "
+          "(SELECT sum(memory_usage) FROM system.processes), "
+          "(SELECT arrayStringConcat(groupArray(concat(substring(replaceRegexpAll(query, '\\s+', ' '), 1, 60), "
+          "'=', toString(intDiv(memory_usage, 1048576)), 'MB')), ' | ') FROM system.processes), "
+          "(SELECT arrayStringConcat(groupArray(concat(status, ':', toString(last_success_duration_ms))), ',') "
+          "FROM system.view_refreshes)")
+
+
+def measure(work: Path, spec: Path, load: dict, days_ago: float) -> dict:
+    loaded = load_spec(spec)
+    db = loaded["clickhouse"]["database"]
+    paths = ["/dashboards/"] + [f"/dashboards/{uid}" for uid in loaded["dashboards"].values() if isinstance(uid, str)]
     svc = ServeProcess(f"chdb://{work / 'store'}", spec, work / "serve.log")
     samples: list[dict] = []
+    engine: list[dict] = []
     stop = threading.Event()
 
     def sample():
@@ -70,45 +94,48 @@ def measure(work: Path, spec: Path, load: dict, dashboards: int) -> dict:
             except OSError:
                 return
 
-    errors: list[str] = []
+    def sample_engine():
+        while not stop.wait(0.5):
+            try:
+                tracked, in_queries, queries, refresh = sql(svc, ENGINE).rstrip("\n").split("\t")
+                engine.append({"t": time.monotonic(), "tracked_mb": int(tracked) // 1048576,
+                               "queries_mb": int(float(in_queries or 0)) // 1048576, "queries": queries,
+                               "refresh": refresh, "rss": samples[-1]["VmRSS"] if samples else 0})
+            except Exception as exc:
+                engine.append({"error": str(exc)[:200]})
 
-    def refresh():
-        try:
-            sql(svc, f"SYSTEM REFRESH VIEW {db}.working_time_refresh")
-        except Exception as exc:  # the SQL interface may refuse SYSTEM: then the view's own schedule runs
-            errors.append(f"refresh: {exc}")
+    errors: list[str] = []
+    pages_done = threading.Event()
 
     def pages():
-        for _ in range(dashboards):
-            for path in ("/dashboards/", "/dashboards/working-time", "/dashboards/overview"):
-                status_code, _ = svc.get(path)
-                if status_code >= 400:
-                    errors.append(f"GET {path}: {status_code}")
+        while not pages_done.is_set():
+            for path in paths:
+                code, body = svc.get(path)
+                if code >= 400 or b"memory" in body.lower():
+                    errors.append(f"GET {path}: {code} {body[:100]!r}")
 
     try:
+        time.sleep(15)  # serve's start-up work (the first refresh run) done
         idle = status(svc.proc.pid)
         threading.Thread(target=sample, daemon=True).start()
-        threads = [threading.Thread(target=refresh), threading.Thread(target=pages)]
-        for t in threads:
-            t.start()
+        threading.Thread(target=sample_engine, daemon=True).start()
+        users = late_events(svc, db, days_ago) if days_ago else 0
+        page_thread = threading.Thread(target=pages)
+        page_thread.start()
         exp = export_via_service(svc, load["export_from"], load["export_to"], work / "export.csv")
-        for t in threads:
-            t.join()
+        pages_done.set()
+        page_thread.join()
+        time.sleep(20)  # the refresh that recomputes the late events' users, if still running
         stop.set()
-        engine = sql(svc, "SELECT metric, formatReadableSize(value) FROM system.asynchronous_metrics WHERE metric IN "
-                          "('MemoryResident', 'jemalloc.retained', 'jemalloc.resident', 'jemalloc.allocated', "
-                          "'jemalloc.mapped', 'MarkCacheBytes', 'PrimaryIndexCacheBytes', 'UncompressedCacheBytes', "
-                          "'QueryCacheBytes', 'MMapCacheCells', 'PageCacheBytes') ORDER BY metric")
-        tracked = sql(svc, "SELECT formatReadableSize(value) FROM system.metrics WHERE metric = 'MemoryTracking'")
-        queries = sql(svc, "SYSTEM FLUSH LOGS") or sql(
-            svc, "SELECT formatReadableSize(memory_usage) AS m, query_kind, substring(query, 1, 90) FROM system.query_log "
-                 "WHERE type = 'QueryFinish' AND event_time > now() - 600 ORDER BY memory_usage DESC LIMIT 12")
     finally:
         stop.set()
-        svc.stop()
+        pages_done.set()
+        log = svc.stop()
     peak = max(samples, key=lambda s: s["VmRSS"]) if samples else {}
-    return {"idle": idle, "peak_sample": peak, "max": {k: max(s[k] for s in samples) for k in KEYS} if samples else {},
-            "export": exp, "errors": errors, "engine_after": engine, "tracked_after": tracked, "queries": queries}
+    top = sorted((e for e in engine if "tracked_mb" in e), key=lambda e: -e["tracked_mb"])[:3]
+    return {"idle": idle, "peak_sample": peak, "max": {k: max(s[k] for s in samples) for k in KEYS},
+            "late_event_users": users, "export": exp, "errors": errors[:10], "engine_top": top,
+            "released": [l for l in log.splitlines() if "released" in l]}
 
 
 def main() -> None:
@@ -116,13 +143,14 @@ def main() -> None:
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
-    ap.add_argument("--dashboards", type=int, default=3, help="rounds of dashboard pages beside the export")
+    ap.add_argument("--days-ago", type=float, default=20,
+                    help="one late event per user this many days back, so the refresh recomputes them (0: none)")
     ap.add_argument("--build-only", action="store_true")
     args = ap.parse_args()
     load = build(args.workdir.resolve(), args.events, args.spec.resolve())
     if args.build_only:
         return
-    print(json.dumps(measure(args.workdir.resolve(), args.spec.resolve(), load, args.dashboards), indent=1))
+    print(json.dumps(measure(args.workdir.resolve(), args.spec.resolve(), load, args.days_ago), indent=1))
 
 
 if __name__ == "__main__":

@@ -85,3 +85,19 @@ def get(srv, path: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+@pytest.mark.clickhouse
+def test_a_dashboard_panel_runs_under_serves_own_cap_and_past_it_names_the_key(store):
+    from cvat_analytics import store as store_module
+    from cvat_analytics.dashboards import Dashboards
+
+    spec = copy.deepcopy(store.spec)
+    spec["embedded"]["dashboards"]["max_memory_mb"] = 16
+    pages = Dashboards(lambda: store_module.open_handle(store.dsn), spec)
+    assert pages.query("SELECT getSetting('max_memory_usage')")[1] == [(16 * 1048576,)]
+    # Over it, the panel's error names the key (not only the engine's setting).
+    from cvat_analytics.dashboards import memory_message
+    with pytest.raises(Exception) as failed:
+        pages.query("SELECT groupArray(repeat('x', 1000)) FROM numbers(100000)")
+    assert "(embedded.dashboards.max_memory_mb)" in memory_message(failed.value, spec)
