@@ -111,7 +111,7 @@ def measure(work: Path, spec: Path, load: dict, days_ago: float) -> dict:
         while not pages_done.is_set():
             for path in paths:
                 code, body = svc.get(path)
-                if code >= 400 or b"memory" in body.lower():
+                if code >= 400 or b"max_memory" in body or b"MEMORY_LIMIT" in body:
                     errors.append(f"GET {path}: {code} {body[:100]!r}")
 
     try:
