@@ -110,9 +110,9 @@ MADV_PAGEOUT = 21
 def release_library_pages(library: str = "_chdb") -> int:
     """Hand back to the kernel the pages of chdb's library this process has mapped in; MiB released.
 
-    Opening the engine touches ~150 MB of its 555 MB library (registering every function,
-    format and setting) that serving never runs again, and RSS counts them. Pages still in
-    use fault back in from the file on their next use (docs/embedded-service.md, Memory)."""
+    Opening the engine touches ~240 MB of its 555 MB library (registering every function,
+    format and setting), most of which serving never runs again, and RSS counts it all. Pages
+    still in use fault back in from the file on their next use (docs/embedded-service.md, Memory)."""
     import ctypes
 
     def file_mb() -> float:
