@@ -241,6 +241,24 @@ class PageLinks:
 
 # --- running and drawing
 
+def memory_cap(spec: dict) -> int:
+    """Bytes one panel's query may use in serve's engine: the lower of the server's cap
+    (clickhouse.dashboards_max_memory_usage_bytes) and serve's (embedded.dashboards.max_memory_mb)."""
+    return min(spec["clickhouse"]["dashboards_max_memory_usage_bytes"],
+               spec["embedded"]["dashboards"]["max_memory_mb"] * 1048576)
+
+
+def memory_message(exc: Exception, spec: dict) -> str | None:
+    """The engine's MEMORY_LIMIT_EXCEEDED as the spec key that set the limit, else None."""
+    text = str(exc)
+    if "MEMORY_LIMIT_EXCEEDED" not in text:
+        return None
+    if "(total)" in text:
+        return "the engine is at its memory bound (embedded.engine.max_server_memory_mb): try again shortly"
+    return (f"this panel's query needed more than {memory_cap(spec) // 1048576} MiB "
+            "(embedded.dashboards.max_memory_mb): choose a shorter range or narrower filters")
+
+
 class Dashboards:
     """The pages; `client_factory()` gives a clickhouse-connect client of its own."""
 
@@ -257,7 +275,7 @@ class Dashboards:
     def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:
         ch = self.spec["clickhouse"]
         settings = {"max_execution_time": ch["dashboards_max_execution_time_s"],
-                    "max_memory_usage": ch["dashboards_max_memory_usage_bytes"]}
+                    "max_memory_usage": memory_cap(self.spec)}
         if limit:
             settings["limit"] = limit  # caps the outer query's rows, as a LIMIT clause would
         if forced:
@@ -356,7 +374,7 @@ class Dashboards:
         except BadRequest:
             raise
         except Exception as exc:  # one failing panel must not take the page down
-            out["error"] = str(exc).splitlines()[0][:300]
+            out["error"] = memory_message(exc, self.spec) or str(exc).splitlines()[0][:300]
             return out
         if len(rows) > max_rows:
             if p["type"] != "table":  # a chart of the first rows would be a wrong chart

@@ -1,7 +1,11 @@
 """The embedded engine's caches and memory cap are the spec's (embedded.engine), not ClickHouse's
-defaults (5 GiB per cache, 90% of RAM): seen by a real serve's engine through /clickhouse."""
+defaults (5 GiB per cache, 90% of RAM): seen by a real serve's engine through /clickhouse. An export
+query past its own cap (embedded.export.max_memory_mb) fails the export naming that key."""
 from __future__ import annotations
 
+import copy
+import json
+import time
 import urllib.parse
 import urllib.request
 
@@ -10,9 +14,13 @@ import pytest
 from cvat_analytics.bench.service import ServeProcess
 from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
 
-SIZES = {"mark_cache_mb": 48, "primary_index_cache_mb": 24, "uncompressed_cache_mb": 8, "max_server_memory_mb": 900}
+SIZES = {"mark_cache_mb": 48, "primary_index_cache_mb": 24, "uncompressed_cache_mb": 8, "index_mark_cache_mb": 4,
+         "query_condition_cache_mb": 2, "compiled_expression_cache_mb": 3, "max_server_memory_mb": 900}
 SETTINGS = {"mark_cache_mb": "mark_cache_size", "primary_index_cache_mb": "primary_index_cache_size",
-            "uncompressed_cache_mb": "uncompressed_cache_size", "max_server_memory_mb": "max_server_memory_usage"}
+            "uncompressed_cache_mb": "uncompressed_cache_size", "index_mark_cache_mb": "index_mark_cache_size",
+            "query_condition_cache_mb": "query_condition_cache_size",
+            "compiled_expression_cache_mb": "compiled_expression_cache_size",
+            "max_server_memory_mb": "max_server_memory_usage"}
 
 
 def spec_with(tmp_path, **sizes):
@@ -30,9 +38,8 @@ def spec_with(tmp_path, **sizes):
 def test_serve_opens_the_engine_with_the_specs_cache_sizes_and_cap(tmp_path):
     svc = ServeProcess(f"chdb://{tmp_path / 'store'}", spec_with(tmp_path, **SIZES))
     try:
-        query = urllib.parse.urlencode({"query": "SELECT name, value FROM system.server_settings WHERE name IN "
-                                                 "('mark_cache_size', 'primary_index_cache_size', "
-                                                 "'uncompressed_cache_size', 'max_server_memory_usage')"})
+        names = ", ".join(f"'{name}'" for name in SETTINGS.values())
+        query = urllib.parse.urlencode({"query": f"SELECT name, value FROM system.server_settings WHERE name IN ({names})"})
         request = urllib.request.Request(f"{svc.url}/clickhouse/?{query}",
                                          headers={"Authorization": f"Bearer {svc.sql_token}"})
         with urllib.request.urlopen(request, timeout=60) as resp:
@@ -45,3 +52,71 @@ def test_serve_opens_the_engine_with_the_specs_cache_sizes_and_cap(tmp_path):
 def test_a_cap_below_what_ingest_and_the_refresh_need_is_refused_naming_the_key(tmp_path):
     with pytest.raises(SpecError, match="max_server_memory_mb"):
         load_spec(spec_with(tmp_path, max_server_memory_mb=256))
+
+
+@pytest.mark.clickhouse
+def test_an_export_query_past_its_memory_cap_fails_the_export_naming_the_limit(store, make_served):
+    # 8,000 events of 2 KB payloads (16 MB): sorting their window takes ~40 MiB, past a 16 MiB cap;
+    # the same export under the shipped cap goes through.
+    store.client.command(f"INSERT INTO `{store.database}`.events (scope, source, timestamp, user_id, payload) "
+                         "SELECT 'update:task', 'server', now64(3) - number, 2, repeat('x', 2000) FROM numbers(8000)")
+    capped = copy.deepcopy(store.spec)
+    capped["embedded"]["export"]["max_memory_mb"] = 16
+    answers = {}
+    for name, spec in (("capped", capped), ("shipped", store.spec)):
+        srv = make_served(spec=spec, export=True)
+        status, body = get(srv, "/api/events")
+        assert status == 202, body
+        path = f"/api/events?query_id={json.loads(body)['query_id']}"
+        for _ in range(1200):
+            status, body = get(srv, path)
+            if status != 202:
+                break
+            time.sleep(0.05)
+        answers[name] = status, body
+    assert answers["shipped"][0] == 201, answers["shipped"]
+    status, body = answers["capped"]
+    assert status == 500 and "16 MiB (embedded.export.max_memory_mb)" in json.loads(body)["detail"], body
+
+
+def get(srv, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.server_address[1]}{path}", timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.clickhouse
+def test_a_dashboard_panel_runs_under_serves_own_cap_and_past_it_names_the_key(store):
+    from cvat_analytics import store as store_module
+    from cvat_analytics.dashboards import Dashboards
+
+    spec = copy.deepcopy(store.spec)
+    spec["embedded"]["dashboards"]["max_memory_mb"] = 16
+    pages = Dashboards(lambda: store_module.open_handle(store.dsn), spec)
+    assert pages.query("SELECT getSetting('max_memory_usage')")[1] == [(16 * 1048576,)]
+    # Over it, the panel's error names the key (not only the engine's setting).
+    from cvat_analytics.dashboards import memory_message
+    with pytest.raises(Exception) as failed:
+        pages.query("SELECT groupArray(repeat('x', 1000)) FROM numbers(100000)")
+    assert "(embedded.dashboards.max_memory_mb)" in memory_message(failed.value, spec)
+
+
+@pytest.mark.clickhouse
+@pytest.mark.slow
+def test_serve_hands_back_the_library_pages_touched_while_opening_the_engine(tmp_path):
+    # Two serves, the key on and off: the one that releases holds fewer file-backed pages once up
+    # (pages this test's process also maps are left by the kernel, so the margin is kept small).
+    rss_file = {}
+    for release in (True, False):
+        spec = spec_with(tmp_path, release_startup_pages=str(release).lower())
+        svc = ServeProcess(f"chdb://{tmp_path / f'store-{release}'}", spec)
+        try:
+            time.sleep(2)
+            rss_file[release] = svc.rss("RssFile")
+            logged = "released" in svc.output()
+        finally:
+            svc.stop()
+        assert logged == release
+    assert rss_file[True] < rss_file[False] - 50, rss_file

@@ -41,6 +41,7 @@ class ExportLimits:
     max_disk_bytes: int = 4 << 30
     max_rows: int = 20_000_000
     max_seconds: float = 1800
+    max_memory_mb: int = 64
 
     @classmethod
     def from_spec(cls, spec: dict) -> "ExportLimits":

@@ -57,9 +57,25 @@ def column_names(spec: dict) -> list[str]:
     return [c["name"] for c in spec["events"]["columns"] if c["name"] not in NOT_EXPORTED]
 
 
-def _settings(time_left: Callable[[], float] | None) -> dict:
-    """The engine stops a query at the export's deadline too (max_execution_time)."""
-    return {} if time_left is None else {"max_execution_time": max(1, math.ceil(time_left()))}
+def _settings(spec: dict, time_left: Callable[[], float] | None) -> dict:
+    """Every export query is capped in memory (embedded.export.max_memory_mb) and stops at the
+    export's deadline (max_execution_time)."""
+    settings = {"max_memory_usage": spec["embedded"]["export"]["max_memory_mb"] * 1048576}
+    if time_left is not None:
+        settings["max_execution_time"] = max(1, math.ceil(time_left()))
+    return settings
+
+
+def memory_limit(exc: Exception, spec: dict) -> LimitExceeded | None:
+    """The engine's MEMORY_LIMIT_EXCEEDED as the spec key that set the limit, else None."""
+    text = str(exc)
+    if "MEMORY_LIMIT_EXCEEDED" not in text:
+        return None
+    if "(total)" in text:  # the whole engine, not this query
+        return LimitExceeded("the engine is at its memory bound (embedded.engine.max_server_memory_mb): "
+                             "try again when fewer queries run")
+    return LimitExceeded(f"an export query needed more than {spec['embedded']['export']['max_memory_mb']} MiB "
+                         "(embedded.export.max_memory_mb): narrow the filters or raise the limit")
 
 
 def _buckets(client, spec: dict, filters: ExportFilters, unit: str,
@@ -67,7 +83,7 @@ def _buckets(client, spec: dict, filters: ExportFilters, unit: str,
     sql = render(spec, "export_buckets", unit=_UNITS[unit])
     params = dict(filters.params(), lo=fmt_time(lo), hi=fmt_time(hi))
     return [(int(b), int(n)) for b, n in client.query(sql, parameters=params,
-                                                      settings=_settings(time_left)).result_rows]
+                                                      settings=_settings(spec, time_left)).result_rows]
 
 
 def plan_windows(client, spec: dict, filters: ExportFilters,
@@ -104,7 +120,18 @@ def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
     """Write the export to a binary file object; returns the number of rows.
 
     `progress(rows_done, rows_total)` is called after each window; more than `max_rows`
-    rows is LimitExceeded before any row is written; `time_left()` (seconds) bounds each query."""
+    rows is LimitExceeded before any row is written; `time_left()` (seconds) bounds each query;
+    a query past embedded.export.max_memory_mb is LimitExceeded naming it."""
+    try:
+        return _write_csv(client, spec, filters, fileobj, progress, chunk_rows, max_rows, time_left)
+    except Exception as exc:
+        named = memory_limit(exc, spec)
+        if named is None:
+            raise
+        raise named from exc
+
+
+def _write_csv(client, spec, filters, fileobj, progress, chunk_rows, max_rows, time_left) -> int:
     sql = render(spec, "export_window")
     windows = plan_windows(client, spec, filters, chunk_rows, time_left)
     total = sum(n for _, _, n in windows)
@@ -117,7 +144,7 @@ def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
         progress(0, total)
     for lo, hi, n in windows:
         params = dict(filters.params(), lo=fmt_time(lo), hi=fmt_time(hi))
-        stream = client.raw_stream(sql, parameters=params, fmt="CSV", settings=_settings(time_left))
+        stream = client.raw_stream(sql, parameters=params, fmt="CSV", settings=_settings(spec, time_left))
         try:
             shutil.copyfileobj(stream, fileobj, 1 << 16)
         finally:
