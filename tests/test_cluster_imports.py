@@ -1,6 +1,6 @@
 """The imports ledger across shards (issue #30, docs/cluster.md "Imports"): on a cluster,
 `imports` is a Distributed table over every shard's `imports_local` (cluster migration
-0023_imports_ledger_across_shards), so `import` through any shard's server finds a file
+0024_imports_ledger_across_shards), so `import` through any shard's server finds a file
 imported through another's. On split stores: two chdb databases play the two shards, each
 running the cluster render's migrations; each one's `imports` reads both shards' ledgers,
 as the Distributed table reads every shard (chdb has no server to send a query to, so a
