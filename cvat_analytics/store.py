@@ -103,39 +103,6 @@ def engine_settings(spec: dict) -> dict:
     return {setting: int(engine[key]) * 1048576 for key, setting in ENGINE_SETTINGS.items()}
 
 
-# madvise(2) advice: reclaim these pages now (Linux 5.4+). Pages another process maps too are left.
-MADV_PAGEOUT = 21
-
-
-def release_library_pages(library: str = "_chdb") -> int:
-    """Hand back to the kernel the pages of chdb's library this process has mapped in; MiB released.
-
-    Opening the engine touches ~240 MB of its 555 MB library (registering every function,
-    format and setting), most of which serving never runs again, and RSS counts it all. Pages
-    still in use fault back in from the file on their next use (docs/embedded-service.md, Memory)."""
-    import ctypes
-
-    def file_mb() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return 0  # not Linux: nothing to do
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    before = file_mb()
-    for line in maps:
-        fields = line.split()
-        if len(fields) >= 6 and Path(fields[5]).name.startswith(library + "."):
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            libc.madvise(lo, hi - lo, MADV_PAGEOUT)  # an older kernel refuses (EINVAL): no harm
-    return max(0, round(before - file_mb()))
-
-
 def connect(dsn: str, create: bool = True, engine: dict | None = None) -> Client:
     """A client for `dsn`; one per DSN per process (chdb allows only one path anyway).
 

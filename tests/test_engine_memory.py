@@ -101,22 +101,3 @@ def test_a_dashboard_panel_runs_under_serves_own_cap_and_past_it_names_the_key(s
     with pytest.raises(Exception) as failed:
         pages.query("SELECT groupArray(repeat('x', 1000)) FROM numbers(100000)")
     assert "(embedded.dashboards.max_memory_mb)" in memory_message(failed.value, spec)
-
-
-@pytest.mark.clickhouse
-@pytest.mark.slow
-def test_serve_hands_back_the_library_pages_touched_while_opening_the_engine(tmp_path):
-    # Two serves, the key on and off: the one that releases holds fewer file-backed pages once up
-    # (pages this test's process also maps are left by the kernel, so the margin is kept small).
-    rss_file = {}
-    for release in (True, False):
-        spec = spec_with(tmp_path, release_startup_pages=str(release).lower())
-        svc = ServeProcess(f"chdb://{tmp_path / f'store-{release}'}", spec)
-        try:
-            time.sleep(2)
-            rss_file[release] = svc.rss("RssFile")
-            logged = "released" in svc.output()
-        finally:
-            svc.stop()
-        assert logged == release
-    assert rss_file[True] < rss_file[False] - 50, rss_file

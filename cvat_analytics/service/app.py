@@ -10,7 +10,7 @@ import threading
 from cvat_analytics_generator.render import is_cluster
 
 from ..export import ExportJobs
-from ..store import chdb_path, connect, engine_settings, open_handle, redact, release_library_pages
+from ..store import chdb_path, connect, engine_settings, open_handle, redact
 from . import logs
 from .access import AccessError, Token, is_open, load_tokens
 from .http import EventServer
@@ -83,9 +83,6 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
               file=sys.stderr, flush=True)
     server = make_server(client, spec, host, port, dsn, tokens, jobs=jobs,
                          pages=Dashboards(lambda: open_handle(dsn), spec))
-    if data_dir and spec["embedded"]["engine"]["release_startup_pages"]:
-        SERVICE.info("released %d MB of chdb's library pages touched while opening the engine",
-                     release_library_pages())
     if not _is_loopback(host):
         SERVICE.warning("listening on %s with %d access token(s); tokens travel in clear over HTTP: "
                         "put TLS (a reverse proxy) in front on untrusted networks", host, len(tokens))
