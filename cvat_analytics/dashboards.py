@@ -45,7 +45,7 @@ from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
 from cvat_analytics_generator.sql_gate import Refused, check_statement
 
-from . import charts, times
+from . import charts, store, times
 
 TEMPLATES = Path(__file__).with_name("dashboard_templates")
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
@@ -250,11 +250,11 @@ def memory_cap(spec: dict) -> int:
 
 def memory_message(exc: Exception, spec: dict) -> str | None:
     """The engine's MEMORY_LIMIT_EXCEEDED as the spec key that set the limit, else None."""
-    text = str(exc)
-    if "MEMORY_LIMIT_EXCEEDED" not in text:
+    bound = store.memory_exceeded(exc)
+    if bound is None:
         return None
-    if "(total)" in text:
-        return "the engine is at its memory bound (embedded.engine.max_server_memory_mb): try again shortly"
+    if bound == "total":
+        return store.ENGINE_MEMORY_MESSAGE
     return (f"this panel's query needed more than {memory_cap(spec) // 1048576} MiB "
             "(embedded.dashboards.max_memory_mb): choose a shorter range or narrower filters")
 

@@ -97,6 +97,20 @@ ENGINE_SETTINGS = {
 }
 
 
+# What a query past the engine's own bound (embedded.engine.max_server_memory_mb) is told.
+ENGINE_MEMORY_MESSAGE = ("the engine is at its memory bound (embedded.engine.max_server_memory_mb): "
+                         "try again when fewer queries run")
+
+
+def memory_exceeded(exc: Exception) -> str | None:
+    """Which bound the engine's MEMORY_LIMIT_EXCEEDED in `exc` names: "total" (the whole
+    engine's), "query" (the query's max_memory_usage), or None (another error)."""
+    text = str(exc)
+    if "MEMORY_LIMIT_EXCEEDED" not in text:
+        return None
+    return "total" if "(total)" in text else "query"
+
+
 def engine_settings(spec: dict) -> dict:
     """chdb's server settings from the spec's embedded.engine (docs/configuration.md)."""
     engine = spec["embedded"]["engine"]

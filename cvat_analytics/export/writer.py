@@ -32,6 +32,7 @@ from typing import BinaryIO, Callable
 
 from cvat_analytics_generator.render import context, environment
 
+from ..store import ENGINE_MEMORY_MESSAGE, memory_exceeded
 from .filters import UTC, ExportFilters, fmt_time
 
 CHUNK_ROWS = 100_000
@@ -68,12 +69,11 @@ def _settings(spec: dict, time_left: Callable[[], float] | None) -> dict:
 
 def memory_limit(exc: Exception, spec: dict) -> LimitExceeded | None:
     """The engine's MEMORY_LIMIT_EXCEEDED as the spec key that set the limit, else None."""
-    text = str(exc)
-    if "MEMORY_LIMIT_EXCEEDED" not in text:
+    bound = memory_exceeded(exc)
+    if bound is None:
         return None
-    if "(total)" in text:  # the whole engine, not this query
-        return LimitExceeded("the engine is at its memory bound (embedded.engine.max_server_memory_mb): "
-                             "try again when fewer queries run")
+    if bound == "total":  # the whole engine, not this query
+        return LimitExceeded(ENGINE_MEMORY_MESSAGE)
     return LimitExceeded(f"an export query needed more than {spec['embedded']['export']['max_memory_mb']} MiB "
                          "(embedded.export.max_memory_mb): narrow the filters or raise the limit")
 
