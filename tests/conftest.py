@@ -21,6 +21,19 @@ the template's): the same tables, columns, settings, views and ledger as `migrat
 so a second `migrate` applies nothing, for under half the CPU. A test still never
 sees another's rows: every database is new and empty but for its ledger.
 tests/test_conftest.py checks the copy against a real migration.
+
+A store leaves out the refreshable view `working_time_refresh` (what keeps
+working_time_totals current) unless its test is marked `@pytest.mark.refresh`. The view
+is most of what a store costs: a store with it took 1.1-1.2 CPU-s in its first 2 s and
+0.14 CPU-s without it. Its CREATE alone costs ~0.22 CPU-s (the engine analyses its
+10k-character SELECT) and its first run, which starts at creation whatever the statement
+says (`EMPTY`, `REFRESH EVERY 1 HOUR` and `SYSTEM STOP VIEWS` were each tried), another
+0.6-0.8 CPU-s; then it runs again at every 10 s of the clock while the test lives. Some
+600 tests take a store, so that was ~600 of the suite's ~1,400 CPU-s. A test that reads
+the totals, the refresh log or `system.view_refreshes`, waits for a refresh
+(`wait_current`), or checks health and alerts about it, is marked `refresh` and gets the
+view, so the whole schema; without the mark, waiting for a refresh fails at once, naming
+the view that is not there.
 """
 from __future__ import annotations
 
@@ -54,9 +67,24 @@ class Store:
         return self.spec["clickhouse"]["database"]
 
 
+def refreshes(statement: str) -> bool:
+    """Whether a CREATE statement (as system.tables words it) makes a refreshable view."""
+    return re.match(r"CREATE MATERIALIZED VIEW \S+ REFRESH ", statement) is not None
+
+
 def pytest_collection_modifyitems(items):
     """The slow tests first (a stable sort: every module's tests stay in their order)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure about working time in a test whose store has no refresh says how to get one."""
+    report = (yield).get_result()
+    if (report.failed and "store" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("refresh")
+            and "working_time" in report.longreprtext):
+        report.sections.append(("store", "this test's store has no working-time refresh (the view working_time_refresh): "
+                                         "mark the test @pytest.mark.refresh if it needs one (tests/conftest.py)"))
 
 
 @pytest.fixture(scope="session")
@@ -111,13 +139,15 @@ class MigratedTemplate:
     def rename(self, text: str, database: str) -> str:
         return re.sub(rf"\b{self.database}\b", database, text)
 
-    def copy_into(self, client, database: str) -> None:
-        """Create `database` as migrate would have left it, ledger included."""
+    def copy_into(self, client, database: str, refresh: bool = True) -> None:
+        """Create `database` as migrate would have left it, ledger included; without its
+        refreshable views unless `refresh` (see the module's docstring)."""
         from cvat_analytics_generator.sql import checksum
 
         client.command(f"CREATE DATABASE `{database}`")
         for statement in self.ddl:
-            client.command(self.rename(statement, database))
+            if refresh or not refreshes(statement):
+                client.command(self.rename(statement, database))
         rows = [(name, checksum([self.rename(s, database) for s in statements])) for name, statements in self.ledger]
         values = ", ".join(f"({{n{i}:String}}, {{c{i}:String}})" for i in range(len(rows)))
         parameters = {f"{key}{i}": value for i, row in enumerate(rows) for key, value in zip("nc", row)}
@@ -167,9 +197,10 @@ def migrated_template(chdb_dsn, tmp_path_factory) -> MigratedTemplate:
 
 
 @pytest.fixture
-def store(chdb_dsn, tmp_path, migrated_template) -> Store:
+def store(request, chdb_dsn, tmp_path, migrated_template) -> Store:
     """A fresh, migrated database in the shared chdb path (made from `migrated_template`:
-    the same as migrating it, for under half the CPU)."""
+    the same as migrating it, for under half the CPU), without the working-time refresh
+    unless the test is marked `refresh` (see the module's docstring)."""
     database = new_database_name()
     spec_path = tmp_path / "analytics.yaml"
     # The default spec naming this database: what write_spec writes, and what load_spec reads from it.
@@ -177,7 +208,7 @@ def store(chdb_dsn, tmp_path, migrated_template) -> Store:
     spec = copy.deepcopy(migrated_template.spec)
     spec["clickhouse"]["database"] = database
     client = store_module.connect(chdb_dsn)
-    migrated_template.copy_into(client, database)
+    migrated_template.copy_into(client, database, refresh=request.node.get_closest_marker("refresh") is not None)
     yield Store(chdb_dsn, spec, spec_path, client)
     client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
 

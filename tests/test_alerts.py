@@ -55,6 +55,7 @@ def stop_the_refresh(store) -> None:
     store.client.command(f"TRUNCATE TABLE `{store.database}`.working_time_refresh_log")
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_a_fresh_store_fails_no_condition(store):
     assert readings(store) == {"events_lost": (0, False), "vector_silent": (0, False), "ingest_stalled": (0, False),
@@ -139,6 +140,7 @@ def test_ingest_stalled_needs_min_events_before_the_quiet_minutes(store):
     assert "ingest_stalled" in failing(store, spec)
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_working_time_stale_measures_the_oldest_event_after_the_refresh_watermark(store):
     stop_the_refresh(store)
@@ -257,6 +259,7 @@ def get(srv, path: str):
     return response.status, response.read()
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_condition(make_served, store):
     srv = make_served()

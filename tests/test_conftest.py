@@ -1,6 +1,7 @@
 """The `store` fixture makes each test's database from a template migrated once per worker
 (tests/conftest.py): it must be what `migrate` leaves, or every engine test would test
-something else than the product."""
+something else than the product; all of it but the working-time refresh's view, unless the
+test is marked `refresh`."""
 import pytest
 
 from cvat_analytics.migrate import applied, migrate, migrations
@@ -18,16 +19,29 @@ def schema(client, database: str) -> tuple[list, list]:
     return client.query(TABLES, parameters=db).result_rows, client.query(COLUMNS, parameters=db).result_rows
 
 
+def refreshing(client, database: str) -> list[str]:
+    return [view for view, in client.query("SELECT view FROM system.view_refreshes WHERE database = {db:String} "
+                                            "ORDER BY view", parameters={"db": database}).result_rows]
+
+
 @pytest.mark.clickhouse
-def test_a_store_is_what_migrate_leaves_and_a_second_migrate_applies_nothing(store, tmp_path):
+@pytest.mark.parametrize("refresh", [False, pytest.param(True, marks=pytest.mark.refresh)])
+def test_a_store_is_what_migrate_leaves_and_a_second_migrate_applies_nothing(store, tmp_path, refresh):
+    """Without the mark `refresh`, all of it but the refreshable view; with it, all of it."""
     _, path = write_spec(tmp_path, **{"clickhouse.database": new_database_name()})
     migrated = load_spec(path)
     migrate(store.client, migrated, log=lambda *_: None)
     try:
-        tables, columns = schema(store.client, store.database)
-        assert len(tables) > 10 and (tables, columns) == schema(store.client, migrated["clickhouse"]["database"])
+        tables, columns = schema(store.client, migrated["clickhouse"]["database"])
+        views = refreshing(store.client, migrated["clickhouse"]["database"])
     finally:
         store.client.command(f"DROP DATABASE `{migrated['clickhouse']['database']}` SYNC")
+    assert views == ["working_time_refresh"]
+    if not refresh:
+        tables = [row for row in tables if row[0] not in views]
+        columns = [row for row in columns if row[0] not in views]
+    assert len(tables) > 10 and schema(store.client, store.database) == (tables, columns)
+    assert refreshing(store.client, store.database) == (views if refresh else [])
     assert applied(store.client, store.spec) == {m.name: m.checksum for m in migrations(store.spec)}
     assert migrate(store.client, store.spec, log=lambda *_: None) == []
     assert store.client.command(f"SELECT count() FROM `{store.database}`.events") == 0

@@ -172,6 +172,7 @@ def test_selected_values_past_the_bound_are_400_and_cheap(make_served, events):
     assert status == 400 and "users: expected a whole number id" in html.decode()
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_parameters_of_no_panel_are_not_repeated_in_every_link(make_served, events, store):
     """sort-/page-/find- for panels and variables this dashboard does not have, or a long

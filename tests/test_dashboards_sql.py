@@ -215,6 +215,7 @@ def run_panel(store, dashboard: str, title: str, **selected) -> list[tuple]:
 H = 3_600_000  # ms per hour
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_working_time_table_by_hand(hand):
     rows = run_panel(hand, "management", "Working time")
@@ -235,6 +236,7 @@ def test_working_time_table_by_hand(hand):
     assert per_user == [("ann #1", 7_320_000 / H, 9_000_000 / H), ("bob #2", 0.0, 600_000 / H)]
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_activity_panels_count_every_source_as_cvat(hand):
     # Every hand event is in DAY; with one-day intervals the single bucket holds them all.
@@ -247,6 +249,7 @@ def test_activity_panels_count_every_source_as_cvat(hand):
                         "bob #2": sum(e["user_id"] == 2 for e in HAND_EVENTS)}
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_browsers_and_systems_skip_blanks_and_ignore_the_scope_filter(hand):
     for selected in ({}, {"scopes": ["draw:object"]}, {"sources": ["server"]}, {"jobs": ["10"]}):
@@ -271,6 +274,7 @@ def test_active_users_now_is_the_last_15_minutes_before_now_and_buckets_are_15_m
     assert buckets[T0] == 2 and buckets[T0 + timedelta(minutes=15)] == 1 and buckets[T0 - timedelta(minutes=15)] == 0
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_exceptions_table_by_hand(hand):
     rows = run_panel(hand, "monitoring", "Exceptions")
@@ -287,6 +291,7 @@ def test_exceptions_table_by_hand(hand):
     assert run_panel(hand, "monitoring", "Exceptions") and run_panel(hand, "monitoring", "Exceptions", users=["1"])[0][1] == 1
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_the_embedded_pages_use_the_same_numbers(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)
@@ -347,6 +352,7 @@ def test_free_text_must_be_one_of_the_variables_values():
     assert out["errors"].value == ["it\\'s"] and out["users"].value == ["7"] and out["jobs"].value == ALL
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_a_limit_caps_the_rows_of_the_outer_query_only(hand):
     """How a variable's options are capped (MAX_OPTIONS) without appending to its SQL."""
@@ -356,6 +362,7 @@ def test_a_limit_caps_the_rows_of_the_outer_query_only(hand):
     assert len(pages.query(sql)[1]) == 8
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     pages = Dashboards(lambda: hand.client, hand.spec)

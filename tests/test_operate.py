@@ -132,6 +132,7 @@ def test_metrics_count_requests_events_refusals_inserts_and_export_jobs(make_ser
     assert now[("cvat_analytics_export_bytes", ())] > 0  # the finished CSV waits for its download
 
 
+@pytest.mark.refresh
 def test_the_refresh_lag_comes_from_the_engine(make_served, store):
     """The working-time view refreshes inside ClickHouse: the lag is what system.view_refreshes
     says of its last success, small right after one."""

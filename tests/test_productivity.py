@@ -507,6 +507,7 @@ def test_the_embedded_page_draws_the_dashboard(loaded):
     assert "no per-label split" in html  # said where a user looks for per-label figures
 
 
+@pytest.mark.refresh
 @pytest.mark.slow
 @pytest.mark.clickhouse
 def test_demo_traffic_fills_every_panel(store):

@@ -297,6 +297,7 @@ def test_engine_keeps_totals_current_without_any_call(refreshed):
     assert runs[0] == (1,) and runs[-1] == (0,)  # only the first run recomputes everything
 
 
+@pytest.mark.refresh
 @pytest.mark.slow
 @pytest.mark.clickhouse
 @pytest.mark.parametrize("seed", range(3))
@@ -319,6 +320,7 @@ def test_refresh_keeps_totals_equal_to_query_time(store, seed):
     assert stored_totals(store.client, store.database) == before
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_changed_rule_recomputes_everything(store, tmp_path):
     from cvat_analytics.migrate import migrate
@@ -335,6 +337,7 @@ def test_changed_rule_recomputes_everything(store, tmp_path):
     assert first_under_new_rule == 1
 
 
+@pytest.mark.refresh
 @pytest.mark.clickhouse
 def test_reported_beside_computed(store):
     events = [frame(0, 5000, job_id=7), ev(6000, job_id=7),
