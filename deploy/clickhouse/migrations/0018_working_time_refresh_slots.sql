@@ -214,18 +214,25 @@ SETTINGS refresh_retries = 0
 APPEND TO `cvat`.working_time_apply AS
 WITH
     (SELECT argMax((planned_at, action, bucket, buckets, logged, logged_rule, logged_bucket, logged_buckets,
-                    logged_failures, run_error, run_users), planned_at)
+                    logged_failures, run_error, length(run_users)), planned_at)
      FROM `cvat`.working_time_plan) AS plan,
     plan.1 AS run_until,
-    if(run_until > (SELECT max(watermark) FROM `cvat`.working_time_refresh_log), plan.2, 'wait') AS action,
-    plan.3 AS bucket, plan.4 AS buckets, plan.5 AS logged, plan.6 AS logged_rule, plan.7 AS logged_bucket,
-    plan.8 AS logged_buckets, plan.9 AS logged_failures, plan.10 AS last_error,
+    -- the plan's users, read as rows (not in the scalar above: a constant is copied into every
+    -- expression that uses it)
     users AS
     (
         SELECT u.1 AS user_id, u.2 AS from_slot, toStartOfHour(from_slot) AS from_hour, u.3 AS has_prev,
                u.4 AS c_end, u.5 AS c_job, u.6 AS c_task, u.7 AS c_project
-        FROM (SELECT arrayJoin(plan.11) AS u)
+        FROM `cvat`.working_time_plan
+        ARRAY JOIN run_users AS u
+        WHERE planned_at = run_until
     ),
+    -- work only on a plan not applied yet, read whole (the next plan's run may replace the
+    -- table while this one starts: then its users are not all here, and the next run works)
+    if(run_until > (SELECT max(watermark) FROM `cvat`.working_time_refresh_log)
+       AND (SELECT count() FROM users) = plan.11, plan.2, 'wait') AS action,
+    plan.3 AS bucket, plan.4 AS buckets, plan.5 AS logged, plan.6 AS logged_rule, plan.7 AS logged_bucket,
+    plan.8 AS logged_buckets, plan.9 AS logged_failures, plan.10 AS last_error,
     changed AS (SELECT user_id, from_slot FROM users),
     -- the rule over each changed user's events from their from_slot on
     stage AS
