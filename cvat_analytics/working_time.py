@@ -96,17 +96,17 @@ def per_event(client, spec: dict, engine: str | None = None):
 def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
     """Return once working_time_totals counts every event committed before the call.
 
-    Starts refreshes of the view that keeps them current (it runs inside the engine,
-    see migration 0017) until one that started after this call has finished and no full
+    Starts refreshes of the views that keep them current (they run inside the engine,
+    see migration 0018) until one that started after this call has finished and no full
     recompute is midway (it takes a bucket of users per run). Raises WorkingTimeError
     with the refresh's error once a run after the call has failed and it backs off."""
     statements = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
-    now, refresh, wait, done = statements
+    now, *refresh_and_wait, done = statements  # the plan's run, then the applying run
     since = client.query(now).result_rows[0][0]
     deadline = time.monotonic() + timeout_s
     while True:
-        client.command(refresh)
-        client.command(wait)  # raises the refresh's error, if it failed
+        for statement in refresh_and_wait:
+            client.command(statement)  # a WAIT raises the refresh's error, if it failed
         current, failures, error = client.query(done, parameters={"since": since}).result_rows[0]
         if current:
             return

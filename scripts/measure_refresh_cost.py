@@ -5,7 +5,8 @@ Applies the rendered migrations of a deploy/ folder (this branch's, or another c
 `git archive <commit> deploy/clickhouse/migrations`) to a fresh chdb store, stores `minute`
 minutes of the previous hour at `rate` events/s over `users` users, lets the refresh count
 them (the view stopped until they are past the commit margin), then inserts 1,000 events in the last 10 s of that minute
-and reports the next run's duration and rows read (system.view_refreshes), three times.
+and reports the next run's duration and rows read (system.view_refreshes; since 0018 a run is
+two views, the plan and the view that applies it: summed), three times.
 
     .venv/bin/python scripts/measure_refresh_cost.py --migrations deploy/clickhouse/migrations --minute 55
 """
@@ -29,9 +30,18 @@ def _q(s, sql):
     return str(s.query(sql, "TSV")).strip()
 
 
+def _views(s) -> list[str]:
+    """The refresh's views, in the order a run takes them: since 0018's split its plan, then
+    the view that applies it; one view before (or in another commit's deploy/)."""
+    return _q(s, f"SELECT name FROM system.tables WHERE database = '{DB}' "
+                 "AND name IN ('working_time_refresh_plan', 'working_time_refresh') "
+                 "ORDER BY name = 'working_time_refresh'").split()
+
+
 def _refresh(s):
-    s.query(f"SYSTEM REFRESH VIEW {DB}.working_time_refresh")
-    s.query(f"SYSTEM WAIT VIEW {DB}.working_time_refresh")
+    for view in _views(s):
+        s.query(f"SYSTEM REFRESH VIEW {DB}.{view}")
+        s.query(f"SYSTEM WAIT VIEW {DB}.{view}")
 
 
 def main() -> None:
@@ -50,8 +60,9 @@ def main() -> None:
                 s.query(statement)
         # no run until the stored events are past the commit margin: else every run of the full
         # recompute would take the users of the buckets before it again
-        s.query(f"SYSTEM WAIT VIEW {DB}.working_time_refresh")  # its first run, over nothing
-        s.query(f"SYSTEM STOP VIEW {DB}.working_time_refresh")
+        for view in _views(s):
+            s.query(f"SYSTEM WAIT VIEW {DB}.{view}")  # its first run, over nothing
+            s.query(f"SYSTEM STOP VIEW {DB}.{view}")
         hour = _q(s, "SELECT toString(toStartOfHour(now('UTC')) - INTERVAL 1 HOUR)")
         stored = args.minute * 60 * args.rate
         step_us = 1_000_000 // args.rate
@@ -66,7 +77,8 @@ def main() -> None:
         # as after a migration over a stored history, not the whole store as new events at once
         s.query(f"INSERT INTO {DB}.working_time_refresh_log (refreshed_at, watermark, rule, full, users) "
                 "VALUES (now64(6), now64(6), 'recompute all', 0, 0)")
-        s.query(f"SYSTEM START VIEW {DB}.working_time_refresh")
+        for view in _views(s):
+            s.query(f"SYSTEM START VIEW {DB}.{view}")
         started = time.monotonic()
         # the first runs count the store (a full recompute, a bucket of users per run)
         while True:
@@ -86,8 +98,8 @@ def main() -> None:
                     f"+ toIntervalMillisecond({args.minute * 60_000 - 10_000 + i * 100} + number * 10), "
                     f"number % {args.users} + 1, 7, 1, 1 FROM numbers(1000)")
             _refresh(s)
-            ms, read = _q(s, "SELECT last_success_duration_ms, read_rows FROM system.view_refreshes "
-                             f"WHERE database = '{DB}' AND view = 'working_time_refresh'").split("\t")
+            ms, read = _q(s, "SELECT sum(last_success_duration_ms), sum(read_rows) FROM system.view_refreshes "
+                             f"WHERE database = '{DB}' AND view IN ('working_time_refresh_plan', 'working_time_refresh')").split("\t")
             runs.append((int(ms), int(read)))
         failures = _q(s, f"SELECT groupArray((full_bucket, full_buckets, substring(error, 1, 160))) FROM {DB}.working_time_refresh_log WHERE failures > 0")
         exact = _q(s, f"SELECT (SELECT sum(working_time_ms) FROM {DB}.working_time_totals) = "

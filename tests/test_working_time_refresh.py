@@ -204,3 +204,25 @@ def test_late_and_out_of_order_events_across_slots_and_hours_stay_exact(chdb_dsn
         assert {k: v for k, v in got.items() if v} == oracle.totals(events)
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_a_run_is_a_plan_then_its_application_and_a_plan_is_applied_once(database, tmp_path):
+    """The single server's refresh is two views (queries/working_time.jinja, plan_select): the
+    plan view writes one row, the applying view runs after it. Run alone again, the applying
+    view finds its plan applied and writes nothing: no log row, no delta."""
+    client, db = database
+    spec = _spec(tmp_path, db, **{"working_time.refresh_interval_s": 3600,
+                                  "alerts.working_time_stale.max_age_minutes": 121})
+    migrate(client, spec, log=lambda *_: None)
+    store_module.insert_json_rows(client, db, _as_rows(random_stream(7)))
+    wt.wait_current(client, spec)
+    plan = client.query(f"SELECT action, length(run_users) FROM `{db}`.working_time_plan").result_rows
+    assert len(plan) == 1 and plan[0][0] == "work" and plan[0][1] > 0
+    log_rows = f"SELECT count() FROM `{db}`.working_time_refresh_log"
+    apply_rows = f"SELECT count() FROM `{db}`.working_time_totals"
+    before = (client.command(log_rows), client.command(apply_rows), stored_totals(client, db))
+    client.command(f"SYSTEM REFRESH VIEW `{db}`.working_time_refresh")
+    client.command(f"SYSTEM WAIT VIEW `{db}`.working_time_refresh")
+    assert (client.command(log_rows), client.command(apply_rows), stored_totals(client, db)) == before
+    assert stored_totals(client, db) == query_time_hourly(client, spec)

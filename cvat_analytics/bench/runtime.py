@@ -1,6 +1,6 @@
 """The working-time refresh as the bench times it: ClickHouse keeps the totals current
-with a refreshable view (migration 0017); the bench starts a refresh out of schedule,
-waits for it, and reads the view's own cost from system.view_refreshes."""
+with two refreshable views (migration 0018); the bench starts a refresh out of schedule,
+waits for it, and reads the views' own cost from system.view_refreshes."""
 from __future__ import annotations
 
 import time

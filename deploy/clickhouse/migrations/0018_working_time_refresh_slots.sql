@@ -7,6 +7,9 @@
 -- the rule: the first run after this migration recomputes everything, a bucket at a time.
 -- It holds the spec's rule, interval and limits, so it is applied again when they change.
 DROP VIEW IF EXISTS `cvat`.working_time_refresh;
+DROP VIEW IF EXISTS `cvat`.working_time_refresh_plan;
+
+DROP TABLE IF EXISTS `cvat`.working_time_plan;
 
 -- Per user, slot and credited (project, task, job): the ms counted at events in that slot,
 -- as deltas (read as sum ... GROUP BY). What a run subtracts from the slot it starts at on.
@@ -69,10 +72,29 @@ WHERE kind = 'run';
 
 -- refresh_retries = 0: the view's own retries would repeat a failed run at once; the
 -- runs after it record the failure and back off instead.
-CREATE MATERIALIZED VIEW `cvat`.working_time_refresh
+-- In two views (plan_select above): the plan of a run, replaced by each run of
+-- working_time_refresh_plan, then applied by working_time_refresh right after it.
+CREATE TABLE `cvat`.working_time_plan
+(
+    planned_at DateTime64(6, 'UTC'),
+    action String,
+    bucket Int32,
+    buckets UInt32,
+    logged DateTime64(6, 'Etc/UTC'),
+    logged_rule String,
+    logged_bucket Int32,
+    logged_buckets UInt32,
+    logged_failures UInt32,
+    run_error String,
+    run_users Array(Tuple(UInt64, DateTime('Etc/UTC'), UInt8, Int64, Nullable(UInt64), Nullable(UInt64), Nullable(UInt64)))
+)
+ENGINE = MergeTree
+ORDER BY planned_at;
+
+CREATE MATERIALIZED VIEW `cvat`.working_time_refresh_plan
 REFRESH EVERY 10 SECOND
 SETTINGS refresh_retries = 0
-APPEND TO `cvat`.working_time_apply AS
+TO `cvat`.working_time_plan AS
 WITH
     -- the last logged run (a failure's row keeps the watermark of the run before it)
     (SELECT argMax((watermark, rule, full_bucket, full_buckets, failures, refreshed_at), (watermark, refreshed_at))
@@ -173,7 +195,45 @@ WITH
             WHERE slot >= (toStartOfHour(run_until) - toIntervalHour(1))
         ) AS k ON c.user_id = k.user_id
         GROUP BY c.user_id
+    )
+-- one row, even with no user (an aggregate without GROUP BY)
+SELECT
+    run_until AS planned_at, action, bucket, buckets, logged, logged_rule, logged_bucket, logged_buckets,
+    logged_failures, ifNull(last_error, '') AS run_error,
+    groupArray((user_id, from_slot, has_prev, c_end, c_job, c_task, c_project)) AS run_users
+FROM users
+SETTINGS
+    max_memory_usage = 1073741824,
+    max_bytes_before_external_group_by = 134217728,
+    max_bytes_before_external_sort = 134217728;
+
+CREATE MATERIALIZED VIEW `cvat`.working_time_refresh
+REFRESH EVERY 10 SECOND
+DEPENDS ON `cvat`.working_time_refresh_plan
+SETTINGS refresh_retries = 0
+APPEND TO `cvat`.working_time_apply AS
+WITH
+    (SELECT argMax((planned_at, action, bucket, buckets, logged, logged_rule, logged_bucket, logged_buckets,
+                    logged_failures, run_error, length(run_users)), planned_at)
+     FROM `cvat`.working_time_plan) AS plan,
+    plan.1 AS run_until,
+    -- the plan's users, read as rows (not in the scalar above: a constant is copied into every
+    -- expression that uses it)
+    users AS
+    (
+        SELECT u.1 AS user_id, u.2 AS from_slot, toStartOfHour(from_slot) AS from_hour, u.3 AS has_prev,
+               u.4 AS c_end, u.5 AS c_job, u.6 AS c_task, u.7 AS c_project
+        FROM `cvat`.working_time_plan
+        ARRAY JOIN run_users AS u
+        WHERE planned_at = run_until
     ),
+    -- work only on a plan not applied yet, read whole (the next plan's run may replace the
+    -- table while this one starts: then its users are not all here, and the next run works)
+    if(run_until > (SELECT max(watermark) FROM `cvat`.working_time_refresh_log)
+       AND (SELECT count() FROM users) = plan.11, plan.2, 'wait') AS action,
+    plan.3 AS bucket, plan.4 AS buckets, plan.5 AS logged, plan.6 AS logged_rule, plan.7 AS logged_bucket,
+    plan.8 AS logged_buckets, plan.9 AS logged_failures, plan.10 AS last_error,
+    changed AS (SELECT user_id, from_slot FROM users),
     -- the rule over each changed user's events from their from_slot on
     stage AS
     (

@@ -4,7 +4,13 @@
 -- now, as the engine tells it
 SELECT toString(now64(6, 'UTC'));
 
--- start a refresh now, out of schedule, and wait for it (raises its error if it fails)
+-- start a refresh now, out of schedule, and wait for it (raises its error if it fails):
+-- on a single server its plan, then the run that applies it (queries/working_time.jinja,
+-- plan_select); a shard of the cluster has the one view
+SYSTEM REFRESH VIEW `cvat`.working_time_refresh_plan;
+
+SYSTEM WAIT VIEW `cvat`.working_time_refresh_plan;
+
 SYSTEM REFRESH VIEW `cvat`.working_time_refresh;
 
 SYSTEM WAIT VIEW `cvat`.working_time_refresh;
