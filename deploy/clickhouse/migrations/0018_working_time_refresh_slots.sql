@@ -97,16 +97,57 @@ WITH
                 10 * exp2(least(logged_failures, 30) - 1),
                 600))), 'wait',
             'work') AS action,
-    -- the bucket of users of a full recompute this run does (-1: none), and how many there are
+    if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
+    -- the backlog: what this run would recompute besides a bucket of a full recompute,
+    -- each user with client events new since the last run from the hour of their earliest
+    -- (from_slot is in it or later), but the users of a full recompute's buckets still to
+    -- come. Past refresh_chunk_events (a large history loaded since the last run, a
+    -- backfill) the run starts a full recompute instead, whose runs read about that many
+    -- each: one run over it all would need memory in proportion (10M events: past 1 GiB).
+    backlog_users AS
+    (
+        SELECT user_id, toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC')) AS backlog_hour
+        FROM (SELECT
+            assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+            toUnixTimestamp64Milli(timestamp) AS ts,
+            ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+        FROM
+        (
+            -- filtered before user_id is renamed to its non-Nullable self
+            SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+            FROM `cvat`.events
+            WHERE source = 'client' AND user_id IS NOT NULL AND (inserted_at > run_since AND inserted_at <= run_until
+        AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)))
+        ))
+        WHERE NOT (logged_bucket >= 0 AND logged_bucket + 1 < logged_buckets AND cityHash64(user_id) % logged_buckets > logged_bucket)
+        GROUP BY user_id
+    ),
+    (SELECT count()
+     FROM (SELECT
+         assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+         toUnixTimestamp64Milli(timestamp) AS ts,
+         ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+     FROM
+     (
+         -- filtered before user_id is renamed to its non-Nullable self
+         SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+         FROM `cvat`.events
+         WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM backlog_users) AND timestamp >= (SELECT min(backlog_hour) FROM backlog_users))
+     )) AS e
+     INNER JOIN backlog_users AS b ON e.user_id = b.user_id
+     WHERE e.timestamp >= b.backlog_hour) AS backlog,
+    -- the bucket of users of a full recompute this run does (-1: none), and how many there
+    -- are: a new full recompute (bucket 0) after a changed rule or past the backlog bound,
+    -- also midway through one (new events of its done users would be that many)
     toInt32(multiIf(action != 'work', -1,
                     logged_rule != '[100000, ["change:frame"], 60]', 0,
+                    backlog > 1000000, 0,
                     logged_bucket >= 0 AND logged_bucket + 1 < logged_buckets, logged_bucket + 1,
                     -1)) AS bucket,
     toUInt32(multiIf(bucket < 0, 0,
-                     logged_rule != '[100000, ["change:frame"], 60]',
+                     bucket = 0,
                      greatest(1, ceil((SELECT count() FROM `cvat`.events) / 1000000)),
                      logged_buckets)) AS buckets,
-    if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
     -- the users with new client events, from the slot of their earliest one (from its hour
     -- before the slot horizon and in a full recompute); every user of this run's bucket
     -- from their first event; those of later buckets wait for theirs
