@@ -89,12 +89,15 @@ def test_a_history_too_large_for_one_run_is_recomputed_in_buckets_under_the_memo
     wt.wait_past_commit_margin(client, spec)  # as the bench does: no run takes them twice
     wt.wait_current(client, spec, timeout_s=300)
     assert stored_totals(client, db) == query_time_hourly(client, spec)
-    runs = client.query(f"SELECT full_bucket, full_buckets, failures, recomputed_events FROM `{db}`.working_time_refresh_log "
-                        "ORDER BY watermark").result_rows
-    assert not [r for r in runs if r[2]]  # no run failed
-    full = [r for r in runs if r[0] >= 0 and r[1] > 1]
-    assert [b for b, *_ in full] == list(range(full[0][1]))  # one bucket per run, then done
-    assert max(r[3] for r in full) < 300000 // 2  # each run recomputed a part
+    runs = client.query(f"SELECT rule, full_bucket, full_buckets, failures, recomputed_events "
+                        f"FROM `{db}`.working_time_refresh_log ORDER BY refreshed_at").result_rows
+    assert not [r for r in runs if r[3]]  # no run failed
+    # the run that found them recomputed nothing and logged a full recompute to come
+    [started] = [r for r in runs if r[0] == "recompute all"]
+    assert started[4] == 300000
+    full = [r for r in runs if r[1] >= 0 and r[2] > 1]
+    assert [r[1] for r in full] == list(range(full[0][2]))  # one bucket per run, then done
+    assert max(r[4] for r in full) < 300000 // 2  # each run recomputed a part
 
 
 @pytest.mark.clickhouse

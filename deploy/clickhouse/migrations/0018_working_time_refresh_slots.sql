@@ -97,57 +97,16 @@ WITH
                 10 * exp2(least(logged_failures, 30) - 1),
                 600))), 'wait',
             'work') AS action,
-    if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
-    -- the backlog: what this run would recompute besides a bucket of a full recompute,
-    -- each user with client events new since the last run from the hour of their earliest
-    -- (from_slot is in it or later), but the users of a full recompute's buckets still to
-    -- come. Past refresh_chunk_events (a large history loaded since the last run, a
-    -- backfill) the run starts a full recompute instead, whose runs read about that many
-    -- each: one run over it all would need memory in proportion (10M events: past 1 GiB).
-    backlog_users AS
-    (
-        SELECT user_id, toStartOfHour(toDateTime(min(timestamp), 'Etc/UTC')) AS backlog_hour
-        FROM (SELECT
-            assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
-            toUnixTimestamp64Milli(timestamp) AS ts,
-            ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
-        FROM
-        (
-            -- filtered before user_id is renamed to its non-Nullable self
-            SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
-            FROM `cvat`.events
-            WHERE source = 'client' AND user_id IS NOT NULL AND (inserted_at > run_since AND inserted_at <= run_until
-        AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)))
-        ))
-        WHERE NOT (logged_bucket >= 0 AND logged_bucket + 1 < logged_buckets AND cityHash64(user_id) % logged_buckets > logged_bucket)
-        GROUP BY user_id
-    ),
-    (SELECT count()
-     FROM (SELECT
-         assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
-         toUnixTimestamp64Milli(timestamp) AS ts,
-         ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
-     FROM
-     (
-         -- filtered before user_id is renamed to its non-Nullable self
-         SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
-         FROM `cvat`.events
-         WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM backlog_users) AND timestamp >= (SELECT min(backlog_hour) FROM backlog_users))
-     )) AS e
-     INNER JOIN backlog_users AS b ON e.user_id = b.user_id
-     WHERE e.timestamp >= b.backlog_hour) AS backlog,
-    -- the bucket of users of a full recompute this run does (-1: none), and how many there
-    -- are: a new full recompute (bucket 0) after a changed rule or past the backlog bound,
-    -- also midway through one (new events of its done users would be that many)
+    -- the bucket of users of a full recompute this run does (-1: none), and how many there are
     toInt32(multiIf(action != 'work', -1,
                     logged_rule != '[100000, ["change:frame"], 60]', 0,
-                    backlog > 1000000, 0,
                     logged_bucket >= 0 AND logged_bucket + 1 < logged_buckets, logged_bucket + 1,
                     -1)) AS bucket,
     toUInt32(multiIf(bucket < 0, 0,
-                     bucket = 0,
+                     logged_rule != '[100000, ["change:frame"], 60]',
                      greatest(1, ceil((SELECT count() FROM `cvat`.events) / 1000000)),
                      logged_buckets)) AS buckets,
+    if(action = 'work', logged - toIntervalSecond(60), run_until) AS run_since,
     -- the users with new client events, from the slot of their earliest one (from its hour
     -- before the slot horizon and in a full recompute); every user of this run's bucket
     -- from their first event; those of later buckets wait for theirs
@@ -215,6 +174,25 @@ WITH
         ) AS k ON c.user_id = k.user_id
         GROUP BY c.user_id
     ),
+    -- the events this run recomputes (its log row's recomputed_events), and of them those
+    -- besides a full recompute's bucket: the backlog. Past refresh_chunk_events (a large
+    -- history loaded since the last run, a backfill, new events of a full recompute's done
+    -- users) the run recomputes nothing and logs 'recompute all', so the next run starts a
+    -- full recompute, whose runs read about that many each: one run over it all would need
+    -- memory in proportion (10M events: past 1 GiB, failing again after every back-off).
+    (SELECT (count(), countIf(NOT (bucket >= 0 AND cityHash64(user_id) % buckets = bucket)))
+     FROM (SELECT
+         assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+         toUnixTimestamp64Milli(timestamp) AS ts,
+         ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+     FROM
+     (
+         -- filtered before user_id is renamed to its non-Nullable self
+         SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+         FROM `cvat`.events
+         WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
+     ))) AS recompute,
+    recompute.2 > 1000000 AS too_large,
     -- the rule over each changed user's events from their from_slot on
     stage AS
     (
@@ -247,7 +225,7 @@ WITH
             -- filtered before user_id is renamed to its non-Nullable self
             SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
             FROM `cvat`.events
-            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
+            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed) AND NOT too_large)
         )) AS e
               INNER JOIN users AS s ON e.user_id = s.user_id
               WHERE e.timestamp >= s.from_slot) AS e
@@ -296,7 +274,7 @@ FROM
                   [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))])
         FROM `cvat`.working_time_slot_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
-        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(2)) AND t.slot >= s.from_hour
+        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(2)) AND t.slot >= s.from_hour AND NOT too_large
         UNION ALL
         SELECT t.user_id, toUInt64(0), toInt64(0), NULL, NULL, NULL, toInt64(0), t.hour,
                [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))]
@@ -304,7 +282,7 @@ FROM
         INNER JOIN users AS s ON t.user_id = s.user_id
         -- the first two conditions only let the primary key skip the other users and hours
         WHERE t.user_id IN (SELECT user_id FROM changed) AND t.hour >= (SELECT toStartOfHour(min(from_slot)) FROM changed)
-          AND t.hour >= s.from_hour
+          AND t.hour >= s.from_hour AND NOT too_large
     )
     ARRAY JOIN targets AS x
     GROUP BY x.1, user_id, x.2, x.4, x.5, x.6
@@ -315,22 +293,12 @@ FROM
     -- back-off is waited out)
     SELECT
         'run', 0, toDateTime(0, 'Etc/UTC'), NULL, NULL, NULL, 0, 0, 0,
-        if(action = 'work', run_until, logged),
-        if(action = 'work', '[100000, ["change:frame"], 60]', logged_rule), toUInt8(bucket >= 0),
+        if(action = 'work' AND NOT too_large, run_until, logged),
+        if(action = 'work', if(too_large, 'recompute all', '[100000, ["change:frame"], 60]'), logged_rule), toUInt8(bucket >= 0),
         (SELECT count() FROM changed),
         if(action = 'work', bucket, logged_bucket), if(action = 'work', buckets, logged_buckets),
         if(action = 'work', 0, logged_failures + 1), if(action = 'work', '', last_error),
-        if(action = 'work', (SELECT count() FROM (SELECT
-    assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
-    toUnixTimestamp64Milli(timestamp) AS ts,
-    ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
-FROM
-(
-    -- filtered before user_id is renamed to its non-Nullable self
-    SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
-    FROM `cvat`.events
-    WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
-))), 0)
+        if(action = 'work', recompute.1, 0)
     WHERE action != 'wait'
 )
 SETTINGS
