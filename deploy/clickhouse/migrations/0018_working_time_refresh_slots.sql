@@ -174,13 +174,14 @@ WITH
         ) AS k ON c.user_id = k.user_id
         GROUP BY c.user_id
     ),
-    -- the events this run recomputes (its log row's recomputed_events), and of them those
-    -- besides a full recompute's bucket: the backlog. Past refresh_chunk_events (a large
-    -- history loaded since the last run, a backfill, new events of a full recompute's done
-    -- users) the run recomputes nothing and logs 'recompute all', so the next run starts a
-    -- full recompute, whose runs read about that many each: one run over it all would need
-    -- memory in proportion (10M events: past 1 GiB, failing again after every back-off).
-    (SELECT (count(), countIf(NOT (bucket >= 0 AND cityHash64(user_id) % buckets = bucket)))
+    -- the events this run recomputes (its log row's recomputed_events: each changed user's
+    -- from their from_slot on), and of them those besides a full recompute's bucket: the
+    -- backlog. Past refresh_chunk_events (a large history loaded since the last run, a
+    -- backfill, new events of a full recompute's done users) the run recomputes nothing and
+    -- logs 'recompute all', so the next run starts a full recompute, whose runs read about
+    -- that many each: one run over it all would need memory in proportion (10M events: past
+    -- 1 GiB, failing again after every back-off).
+    (SELECT (count(), countIf(NOT (bucket >= 0 AND cityHash64(e.user_id) % buckets = bucket)))
      FROM (SELECT
          assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
          toUnixTimestamp64Milli(timestamp) AS ts,
@@ -191,7 +192,9 @@ WITH
          SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
          FROM `cvat`.events
          WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
-     ))) AS recompute,
+     )) AS e
+     INNER JOIN changed AS c ON e.user_id = c.user_id
+     WHERE e.timestamp >= c.from_slot) AS recompute,
     recompute.2 > 1000000 AS too_large,
     -- the rule over each changed user's events from their from_slot on
     stage AS
