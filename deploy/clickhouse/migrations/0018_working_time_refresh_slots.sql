@@ -175,13 +175,13 @@ WITH
         GROUP BY c.user_id
     ),
     -- the events this run recomputes (its log row's recomputed_events: each changed user's
-    -- from their from_slot on), and of them those besides a full recompute's bucket: the
-    -- backlog. Past refresh_chunk_events (a large history loaded since the last run, a
-    -- backfill, new events of a full recompute's done users) the run recomputes nothing and
-    -- logs 'recompute all', so the next run starts a full recompute, whose runs read about
-    -- that many each: one run over it all would need memory in proportion (10M events: past
-    -- 1 GiB, failing again after every back-off).
-    (SELECT (count(), countIf(NOT (bucket >= 0 AND cityHash64(e.user_id) % buckets = bucket)))
+    -- from their from_slot on), and the backlog: those of users recomputed from before the
+    -- slot horizon (history loaded or backfilled since the last run: steady ingest has
+    -- none), but a full recompute's bucket. Past refresh_chunk_events the run recomputes
+    -- nothing and logs 'recompute all', so the next run starts a full recompute, whose runs
+    -- read about that many each: one run over it all would need memory in proportion (10M
+    -- events: past 1 GiB, failing again after every back-off).
+    (SELECT (count(), countIf(c.from_slot < (toStartOfHour(run_until) - toIntervalHour(1)) AND NOT (bucket >= 0 AND cityHash64(e.user_id) % buckets = bucket)))
      FROM (SELECT
          assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
          toUnixTimestamp64Milli(timestamp) AS ts,
