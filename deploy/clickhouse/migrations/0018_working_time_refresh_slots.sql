@@ -174,14 +174,15 @@ WITH
         ) AS k ON c.user_id = k.user_id
         GROUP BY c.user_id
     ),
-    -- the events this run recomputes (its log row's recomputed_events: each changed user's
-    -- from their from_slot on), and the backlog: those of users recomputed from before the
-    -- slot horizon (history loaded or backfilled since the last run: steady ingest has
-    -- none), but a full recompute's bucket. Past refresh_chunk_events the run recomputes
-    -- nothing and logs 'recompute all', so the next run starts a full recompute, whose runs
-    -- read about that many each: one run over it all would need memory in proportion (10M
-    -- events: past 1 GiB, failing again after every back-off).
-    (SELECT (count(), countIf(c.from_slot < (toStartOfHour(run_until) - toIntervalHour(1)) AND NOT (bucket >= 0 AND cityHash64(e.user_id) % buckets = bucket)))
+    -- the events this run reads to recompute (its log row's recomputed_events), and the
+    -- backlog: those of them before the slot horizon (history loaded or backfilled since the
+    -- last run: steady ingest has none), but a full recompute's bucket's. An upper bound
+    -- (other changed users' events read along with one user's late one count too): each
+    -- user's own, a join with changed, cost +0.5 CPU-s a run. Past refresh_chunk_events the
+    -- run recomputes nothing and logs 'recompute all', so the next run starts a full
+    -- recompute, whose runs read about that many each: one run over it all would need
+    -- memory in proportion (10M events: past 1 GiB, failing again after every back-off).
+    (SELECT (count(), countIf(timestamp < (toStartOfHour(run_until) - toIntervalHour(1)) AND NOT (bucket >= 0 AND cityHash64(user_id) % buckets = bucket)))
      FROM (SELECT
          assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
          toUnixTimestamp64Milli(timestamp) AS ts,
@@ -192,9 +193,7 @@ WITH
          SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
          FROM `cvat`.events
          WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
-     )) AS e
-     INNER JOIN changed AS c ON e.user_id = c.user_id
-     WHERE e.timestamp >= c.from_slot) AS recompute,
+     ))) AS recompute,
     recompute.2 > 1000000 AS too_large,
     -- the rule over each changed user's events from their from_slot on
     stage AS
