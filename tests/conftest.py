@@ -22,18 +22,17 @@ so a second `migrate` applies nothing, for under half the CPU. A test still neve
 sees another's rows: every database is new and empty but for its ledger.
 tests/test_conftest.py checks the copy against a real migration.
 
-A store leaves out the refreshable view `working_time_refresh` (what keeps
-working_time_totals current) unless its test is marked `@pytest.mark.refresh`. The view
-is most of what a store costs: a store with it took 1.1-1.2 CPU-s in its first 2 s and
-0.14 CPU-s without it. Its CREATE alone costs ~0.22 CPU-s (the engine analyses its
-10k-character SELECT) and its first run, which starts at creation whatever the statement
-says (`EMPTY`, `REFRESH EVERY 1 HOUR` and `SYSTEM STOP VIEWS` were each tried), another
-0.6-0.8 CPU-s; then it runs again at every 10 s of the clock while the test lives. Some
-600 tests take a store, so that was ~600 of the suite's ~1,400 CPU-s. A test that reads
-the totals, the refresh log or `system.view_refreshes`, waits for a refresh
-(`wait_current`), or checks health and alerts about it, is marked `refresh` and gets the
-view, so the whole schema; without the mark, waiting for a refresh fails at once, naming
-the view that is not there.
+A store leaves out the refreshable views (`working_time_refresh_plan` and
+`working_time_refresh`, which keep working_time_totals current) unless its test is marked
+`@pytest.mark.refresh`. They were most of what a store cost: measured with the refresh still
+one view, a store took 1.1-1.2 CPU-s in its first 2 s and 0.14 CPU-s without it (its CREATE
+~0.22 CPU-s, the engine analysing a 10k-character SELECT, and its first run, which starts at
+creation whatever the statement says: `EMPTY`, `REFRESH EVERY 1 HOUR` and `SYSTEM STOP VIEWS`
+were each tried, 0.6-0.8 CPU-s; then a run at every 10 s of the clock while the test lives).
+A test that reads the totals, the refresh log or `system.view_refreshes`, waits for a refresh
+(`wait_current`), or checks health and alerts about it, is marked `refresh` and gets the views,
+so the whole schema; without the mark, waiting for a refresh fails at once, naming the view
+that is not there.
 """
 from __future__ import annotations
 
@@ -83,7 +82,7 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if (report.failed and "store" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("refresh")
             and "working_time" in report.longreprtext):
-        report.sections.append(("store", "this test's store has no working-time refresh (the view working_time_refresh): "
+        report.sections.append(("store", "this test's store has no working-time refresh (the views working_time_refresh_plan, working_time_refresh): "
                                          "mark the test @pytest.mark.refresh if it needs one (tests/conftest.py)"))
 
 

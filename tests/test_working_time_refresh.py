@@ -69,6 +69,38 @@ def test_a_full_recompute_takes_a_bucket_of_users_per_run_and_is_exact(database,
 
 
 @pytest.mark.clickhouse
+def test_a_history_too_large_for_one_run_is_recomputed_in_buckets_under_the_memory_cap(database, tmp_path):
+    """Issue 27: events loaded since the last run (a bench load, an import) whose users'
+    recompute one run cannot hold under refresh_max_memory_mb: instead of failing (and
+    failing again after each back-off), the run starts a full recompute, a bucket of users
+    of about refresh_chunk_events events per run, each under the cap; the totals are exact."""
+    client, db = database
+    spec = _spec(tmp_path, db, **{"working_time.refresh_max_memory_mb": 128, "working_time.refresh_spill_mb": 8,
+                                  "working_time.refresh_chunk_events": 30000,
+                                  "working_time.refresh_interval_s": 3600,
+                                  "alerts.working_time_stale.max_age_minutes": 121})
+    migrate(client, spec, log=lambda *_: None)
+    wt.wait_current(client, spec)  # the first run, over the empty store: done
+    # 300,000 client events of 30 users over 10 days: one run over them needs more than 128 MiB
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id, duration) "
+                   "SELECT if(number % 7 = 0, 'change:frame', 'click:element'), 'client', "
+                   "toDateTime64('2026-01-05 00:00:00', 3) + toIntervalMillisecond(intDiv(number, 30) * 86400 + number % 30), "
+                   "number % 30 + 1, number % 50 + 1, number % 5000 FROM numbers(300000)")
+    wt.wait_past_commit_margin(client, spec)  # as the bench does: no run takes them twice
+    wt.wait_current(client, spec, timeout_s=300)
+    assert stored_totals(client, db) == query_time_hourly(client, spec)
+    runs = client.query(f"SELECT rule, full_bucket, full_buckets, failures, recomputed_events "
+                        f"FROM `{db}`.working_time_refresh_log ORDER BY refreshed_at").result_rows
+    assert not [r for r in runs if r[3]]  # no run failed
+    # the run that found them recomputed nothing and logged a full recompute to come
+    [started] = [r for r in runs if r[0] == "recompute all"]
+    assert started[4] == 300000
+    full = [r for r in runs if r[1] >= 0 and r[2] > 1]
+    assert [r[1] for r in full] == list(range(full[0][2]))  # one bucket per run, then done
+    assert max(r[4] for r in full) < 300000 // 2  # each run recomputed a part
+
+
+@pytest.mark.clickhouse
 def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(database, tmp_path, make_served):
     """The memory cap lowered until a run fails: the runs after it record the failure and
     wait longer each time, /metrics and the Monitoring panel show the lag and the error;

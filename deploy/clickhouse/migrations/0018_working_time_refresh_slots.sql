@@ -231,9 +231,35 @@ WITH
     -- table while this one starts: then its users are not all here, and the next run works)
     if(run_until > (SELECT max(watermark) FROM `cvat`.working_time_refresh_log)
        AND (SELECT count() FROM users) = plan.11, plan.2, 'wait') AS action,
-    plan.3 AS bucket, plan.4 AS buckets, plan.5 AS logged, plan.6 AS logged_rule, plan.7 AS logged_bucket,
-    plan.8 AS logged_buckets, plan.9 AS logged_failures, plan.10 AS last_error,
+    -- not Nullable, as in run_decision (a scalar subquery's columns are)
+    assumeNotNull(plan.3) AS bucket, assumeNotNull(plan.4) AS buckets, assumeNotNull(plan.5) AS logged,
+    assumeNotNull(plan.6) AS logged_rule, assumeNotNull(plan.7) AS logged_bucket,
+    assumeNotNull(plan.8) AS logged_buckets, assumeNotNull(plan.9) AS logged_failures,
+    assumeNotNull(plan.10) AS last_error,
     changed AS (SELECT user_id, from_slot FROM users),
+    -- the events this run reads to recompute (its log row's recomputed_events), and the
+    -- backlog: those of them before the slot horizon (history loaded or backfilled since the
+    -- last run: steady ingest has none), but a full recompute's bucket's. An upper bound
+    -- (other changed users' events read along with one user's late one count too): each
+    -- user's own, a join with changed, cost +0.5 CPU-s a run. Past refresh_chunk_events the
+    -- run recomputes nothing and logs 'recompute all', so the next run starts a full
+    -- recompute, whose runs read about that many each: one run over it all would need
+    -- memory in proportion (10M events: past 1 GiB, failing again after every back-off).
+    -- (greatest: with no bucket, buckets is 0, and read from the plan, as in apply_select, the
+    -- engine no longer folds `bucket >= 0 AND` away before it sees a division by zero)
+    (SELECT (count(), countIf(timestamp < (toStartOfHour(run_until) - toIntervalHour(1)) AND NOT (bucket >= 0 AND cityHash64(user_id) % greatest(buckets, 1) = bucket)))
+     FROM (SELECT
+         assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
+         toUnixTimestamp64Milli(timestamp) AS ts,
+         ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
+     FROM
+     (
+         -- filtered before user_id is renamed to its non-Nullable self
+         SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
+         FROM `cvat`.events
+         WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
+     ))) AS recompute,
+    recompute.2 > 1000000 AS too_large,
     -- the rule over each changed user's events from their from_slot on
     stage AS
     (
@@ -266,7 +292,7 @@ WITH
             -- filtered before user_id is renamed to its non-Nullable self
             SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
             FROM `cvat`.events
-            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
+            WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed) AND NOT too_large)
         )) AS e
               INNER JOIN users AS s ON e.user_id = s.user_id
               WHERE e.timestamp >= s.from_slot) AS e
@@ -315,7 +341,7 @@ FROM
                   [(toUInt8(2), toDateTime(toStartOfHour(t.slot), 'Etc/UTC'), toInt64(t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))])
         FROM `cvat`.working_time_slot_totals AS t
         INNER JOIN users AS s ON t.user_id = s.user_id
-        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(2)) AND t.slot >= s.from_hour
+        WHERE t.slot >= (toStartOfHour(run_until) - toIntervalHour(2)) AND t.slot >= s.from_hour AND NOT too_large
         UNION ALL
         SELECT t.user_id, toUInt64(0), toInt64(0), NULL, NULL, NULL, toInt64(0), t.hour,
                [(toUInt8(2), toDateTime(t.hour, 'Etc/UTC'), toInt64(-t.working_time_ms), CAST(t.project_id, 'Nullable(UInt64)'), CAST(t.task_id, 'Nullable(UInt64)'), CAST(t.job_id, 'Nullable(UInt64)'))]
@@ -323,7 +349,7 @@ FROM
         INNER JOIN users AS s ON t.user_id = s.user_id
         -- the first two conditions only let the primary key skip the other users and hours
         WHERE t.user_id IN (SELECT user_id FROM changed) AND t.hour >= (SELECT toStartOfHour(min(from_slot)) FROM changed)
-          AND t.hour >= s.from_hour
+          AND t.hour >= s.from_hour AND NOT too_large
     )
     ARRAY JOIN targets AS x
     GROUP BY x.1, user_id, x.2, x.4, x.5, x.6
@@ -334,22 +360,12 @@ FROM
     -- back-off is waited out)
     SELECT
         'run', 0, toDateTime(0, 'Etc/UTC'), NULL, NULL, NULL, 0, 0, 0,
-        if(action = 'work', run_until, logged),
-        if(action = 'work', '[100000, ["change:frame"], 60]', logged_rule), toUInt8(bucket >= 0),
+        if(action = 'work' AND NOT too_large, run_until, logged),
+        if(action = 'work', if(too_large, 'recompute all', '[100000, ["change:frame"], 60]'), logged_rule), toUInt8(bucket >= 0),
         (SELECT count() FROM changed),
         if(action = 'work', bucket, logged_bucket), if(action = 'work', buckets, logged_buckets),
         if(action = 'work', 0, logged_failures + 1), if(action = 'work', '', last_error),
-        if(action = 'work', (SELECT count() FROM (SELECT
-    assumeNotNull(user_id) AS user_id, timestamp, scope, duration, job_id, task_id, project_id,
-    toUnixTimestamp64Milli(timestamp) AS ts,
-    ts + if(scope IN ('change:frame'), toInt64(duration), 0) AS end_ms
-FROM
-(
-    -- filtered before user_id is renamed to its non-Nullable self
-    SELECT user_id, timestamp, scope, duration, job_id, task_id, project_id
-    FROM `cvat`.events
-    WHERE source = 'client' AND user_id IS NOT NULL AND (user_id IN (SELECT user_id FROM changed) AND timestamp >= (SELECT min(from_slot) FROM changed))
-))), 0)
+        if(action = 'work', recompute.1, 0)
     WHERE action != 'wait'
 )
 SETTINGS
