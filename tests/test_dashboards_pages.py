@@ -78,11 +78,14 @@ def service(tmp_path_factory):
                        capture_output=True, timeout=300)
     srv = ServeProcess(dsn, spec_path)
     srv.spec_path = spec_path
-    # The first working-time refresh runs as serve starts; wait until the table shows it.
+    # The first working-time refresh runs as serve starts; wait until the tables show it: the
+    # working-time table, and the Timesheet (working_time_totals only), which the first alone
+    # did not prove (a fresh-clone run found the Timesheet still empty: "No rows in this range").
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        html = get(srv.url + "/dashboards/w0if6WAVz")[1]
-        if 'id="panel-4" data-panel-type="table" data-empty="false"' in html:
+        html = get(srv.url + "/dashboards/w0if6WAVz")[1] + get(srv.url + "/dashboards/cvat-productivity")[1]
+        if ('id="panel-4" data-panel-type="table" data-empty="false"' in html
+                and 'id="panel-7" data-panel-type="table" data-empty="false"' in html):
             break
         time.sleep(1)
     yield srv
@@ -127,13 +130,23 @@ def shoot(driver, name: str) -> None:
 def click_and_wait(driver, element) -> None:
     """Click a link or a submit button and wait for the next page (a click does not wait)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)  # inside a scrolled table too
     element.click()
-    WebDriverWait(driver, 90).until(expected_conditions.staleness_of(old))
+
+    def left(_driver) -> bool:
+        # staleness_of, but mid-navigation chromedriver may word a stale element as "unknown error:
+        # Node with given id does not belong to the document" (failed a fresh-clone run): gone too
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+
+    WebDriverWait(driver, 90).until(left)
 
 
 def severe_logs(driver) -> list[str]:
