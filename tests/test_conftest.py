@@ -2,6 +2,10 @@
 (tests/conftest.py): it must be what `migrate` leaves, or every engine test would test
 something else than the product; all of it but the working-time refresh's view, unless the
 test is marked `refresh`."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from cvat_analytics.migrate import applied, migrate, migrations
@@ -59,3 +63,25 @@ def test_each_store_is_a_database_of_its_own(store, migrated_template):
     assert store.database != migrated_template.database
     names = store.client.query("SELECT name FROM system.databases").result_rows
     assert (migrated_template.database,) not in names  # the template is dropped: nothing refreshes in it
+
+
+
+def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
+    """`make test` runs `-n 2 --dist loadgroup` so that a module's costly fixture (a demo store, a
+    browser) is built by one worker. pytest-xdist groups by a suffix it writes into each node id;
+    pytest 9.2 ignores that write (xdist issue 1386) and the groups are silently spread over both
+    workers: pyproject.toml pins pytest below 9.2, and this test fails if grouping is lost again."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.xdist_group('one')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_x(i, request):\n"
+        "    with open('workers.txt', 'a') as f:\n"
+        "        f.write(os.environ['PYTEST_XDIST_WORKER'] + ' ' + request.node.nodeid + '\\n')\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "xdist", "-p", "no:cacheprovider", "-q", "-n", "2",
+                          "--dist", "loadgroup", "test_grouped.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})  # xdist alone: under a second
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = (tmp_path / "workers.txt").read_text().splitlines()
+    assert len(lines) == 6 and len({line.split()[0] for line in lines}) == 1, lines

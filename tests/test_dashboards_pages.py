@@ -88,6 +88,9 @@ def service(tmp_path_factory):
                 and 'id="panel-7" data-panel-type="table" data-empty="false"' in html):
             break
         time.sleep(1)
+    else:
+        srv.stop()
+        pytest.fail("the working-time and Timesheet tables were still empty 120 s after serve started")
     yield srv
     srv.stop()
 
