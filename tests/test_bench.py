@@ -61,7 +61,7 @@ def test_cvat_loop_credits_the_previous_events_ids_and_carries_across_batches():
 
 
 @pytest.mark.clickhouse
-@pytest.mark.slow
+@pytest.mark.slow(130)
 def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     # The bench starts every refresh it times (working_time.wait_current); scheduled ones every
     # 10 s in each of its stores (the load waits a minute, the ceiling migrates seven databases)

@@ -22,7 +22,7 @@ def test_bodies_number_every_event_once_in_time_order():
 
 
 @pytest.mark.clickhouse
-@pytest.mark.slow
+@pytest.mark.slow(22)
 def test_soak_runs_15_seconds_and_checks_the_store(tmp_path):
     # 15 s in rows of 3.75 s, the refresh every 3 s: the same checks as an hour's soak, on less CPU.
     _, spec = write_spec(tmp_path, **{"working_time.refresh_interval_s": 3})

@@ -203,7 +203,7 @@ def _keyed(columns: list[str], rows: list[list], values: list[str]) -> dict:
     return merged
 
 
-@pytest.mark.slow
+@pytest.mark.slow(44)
 @pytest.mark.clickhouse
 def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_numbers(tmp_path, chdb_dsn):
     from cvat_analytics import store

@@ -379,7 +379,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(27)
 @pytest.mark.clickhouse
 def test_memory_flat_with_row_count(tmp_path):
     """Peak RSS of an export of 200k rows stays within 30 MB of one of 20k rows (each in its

@@ -207,7 +207,7 @@ def test_every_image_finds_what_it_copies_in_its_context_as_docker_sends_it_and_
         assert ignored(secret_or_bulk, patterns), secret_or_bulk
 
 
-@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
+@pytest.mark.slow(28)  # `check`'s engine run or a subprocess per step: seconds of CPU
 @pytest.mark.wheel
 def test_each_python_image_builds_its_wheel_from_exactly_what_it_copies_and_runs_its_command(all_builds, tmp_path):
     images = python_images(all_builds)

@@ -307,7 +307,7 @@ def SETTINGS(examples: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
-@pytest.mark.slow  # `check`'s engine run or a subprocess per step: seconds of CPU
+@pytest.mark.slow(22)  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_the_rendered_program_decides_every_generated_event_as_the_embedded_contract(capsys):
     seen = []
 

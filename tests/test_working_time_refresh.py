@@ -68,6 +68,7 @@ def test_a_full_recompute_takes_a_bucket_of_users_per_run_and_is_exact(database,
     assert [b for b, _ in runs] == list(range(buckets))  # one bucket per run, then done
 
 
+@pytest.mark.slow(75)  # a minute, mostly waiting for runs or the commit margin
 @pytest.mark.clickhouse
 def test_a_history_too_large_for_one_run_is_recomputed_in_buckets_under_the_memory_cap(database, tmp_path):
     """Issue 27: events loaded since the last run (a bench load, an import) whose users'
@@ -100,6 +101,7 @@ def test_a_history_too_large_for_one_run_is_recomputed_in_buckets_under_the_memo
     assert max(r[4] for r in full) < 300000 // 2  # each run recomputed a part
 
 
+@pytest.mark.slow(65)  # a minute, mostly waiting for runs or the commit margin
 @pytest.mark.clickhouse
 def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(database, tmp_path, make_served):
     """The memory cap lowered until a run fails: the runs after it record the failure and
@@ -150,6 +152,7 @@ def test_a_failing_refresh_backs_off_shows_its_lag_and_error_and_recovers(databa
 
 # ---- a run recomputes from the slot of the earliest new event (migration 0018) -----
 
+@pytest.mark.slow(63)  # a minute, mostly waiting for runs or the commit margin
 @pytest.mark.clickhouse
 def test_a_run_after_a_few_new_events_recomputes_a_few_slots_not_the_hour(database, tmp_path):
     """The previous hour's first 55 minutes stored (4 users, an event every 100 ms each),
