@@ -116,6 +116,8 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     assert len(named("dashboard: ")) == len(statements.panels())
     productivity = named("productivity panel: ")  # each beside the same question from raw events
     assert all(f["detail"]["kind"] == "productivity" for f in productivity)
+    # the precomputed state answers as the raw events do (whatever the time: that is the target's)
+    assert [f["name"] for f in productivity if not f["detail"]["same_answer"]] == []
     rate = named("export: CSV of ")
     assert len(rate) == 2 and rate[0]["detail"]["rows"] == rate[0]["detail"]["baseline_rows"] > 0
     named("storage: bytes on disk per event")
