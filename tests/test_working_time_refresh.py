@@ -267,3 +267,34 @@ def test_a_run_is_a_plan_then_its_application_and_a_plan_is_applied_once(databas
     client.command(f"SYSTEM WAIT VIEW `{db}`.working_time_refresh")
     assert (client.command(log_rows), client.command(apply_rows), stored_totals(client, db)) == before
     assert stored_totals(client, db) == query_time_hourly(client, spec)
+
+
+
+@pytest.mark.slow(40)
+@pytest.mark.clickhouse
+def test_a_failing_plan_is_recorded_backed_off_and_recovers(database, tmp_path):
+    """A run is its plan, then the plan's application (migration 0018). A plan that fails is
+    never applied (the applying view waits for its dependency), so the next plan takes the
+    failure from the plan view's own state and records it as a failed application is recorded:
+    the log's failures and error, the back-off. With the cap back, the totals are exact."""
+    client, db = database
+    migrate(client, _spec(tmp_path, db), log=lambda *_: None)
+    wt.wait_current(client, _spec(tmp_path, db))
+    capped = _spec(tmp_path, db, **{"working_time.refresh_max_memory_mb": 64, "working_time.refresh_spill_mb": 8,
+                                    "working_time.refresh_backoff_initial_s": 1,
+                                    "working_time.refresh_backoff_max_s": 2})
+    migrate(client, capped, log=lambda *_: None)
+    # 300,000 users with an event each: the plan's GROUP BY of the changed users needs more than
+    # 64 MiB (its error names AggregatingTransform), so the plan fails and nothing is applied
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
+                   "SELECT 'click:element', 'client', now64(3) - toIntervalMillisecond(number), number + 1, 1 "
+                   "FROM numbers(300000)")
+    failed = (f"SELECT failures, error FROM `{db}`.working_time_refresh_log WHERE failures > 0 "
+              "ORDER BY refreshed_at")
+    _until(lambda: len(client.query(failed).result_rows) >= 2, 120)
+    rows = client.query(failed).result_rows
+    assert [n for n, _ in rows[:2]] == [1, 2] and all("memory limit" in e.lower() for _, e in rows)
+    fixed = _spec(tmp_path, db)
+    migrate(client, fixed, log=lambda *_: None)
+    wt.wait_current(client, fixed, timeout_s=180)
+    assert stored_totals(client, db) == query_time_hourly(client, fixed)
