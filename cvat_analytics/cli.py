@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -514,9 +515,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """A long command stopped by SIGTERM (`timeout`, `kill`, a CI job cancelled) unwinds as on
+    Ctrl-C: its `finally` blocks stop the servers and phases it started and remove its scratch
+    directory. Python's default is to die at once, leaving them running on their chdb paths."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
+    _exit_on_sigterm()
     if args.events < 1000:
         raise CommandError("--events must be at least 1000")
     bench.run(args.events, json_path=args.json_path, spec_path=str(args.spec), workdir=args.workdir,
@@ -527,6 +536,7 @@ def cmd_bench(args) -> int:
 def cmd_bench_soak(args) -> int:
     from .bench import soak
 
+    _exit_on_sigterm()
     if args.minutes <= 0 or args.rate < 100 or args.interval_s < 1:
         raise CommandError("--minutes must be above 0, --rate at least 100 (one body a second), --interval-s at least 1")
     try:

@@ -125,3 +125,36 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     table = proc.stdout
     for name in figures:
         assert name in table
+
+
+def _running_under(directory: Path) -> list[str]:
+    """The command lines of this machine's processes that name `directory`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if any(str(directory).encode() in a for a in args):
+            found.append(" ".join(a.decode(errors="replace") for a in args))
+    return found
+
+
+@pytest.mark.clickhouse
+def test_a_bench_stopped_by_sigterm_stops_its_phases_and_removes_its_workdir(tmp_path):
+    """SIGTERM (a `timeout`, a cancelled CI job) unwinds the bench as Ctrl-C does: the phases it
+    started end and its scratch directory goes. Python's default died at once, leaving phases and
+    serve running on their chdb paths; a second bench on the same workdir then failed beside them."""
+    import signal
+    import time
+
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", "1000",
+                             "--workdir", str(work)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any("cvat_analytics.bench" in c for c in _running_under(work)):  # a phase is running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert _running_under(work) == [] and not work.exists()

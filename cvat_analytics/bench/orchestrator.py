@@ -32,6 +32,7 @@ class Runner:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.count = 0
+        self.children: list[subprocess.Popen] = []
 
     def start(self, phase: str, cfg: dict) -> tuple[subprocess.Popen, Path]:
         self.count += 1
@@ -40,7 +41,20 @@ class Runner:
         config.write_text(json.dumps(cfg))
         proc = subprocess.Popen([sys.executable, "-m", "cvat_analytics.bench", phase, str(config), str(result)],
                                 cwd=str(Path(__file__).resolve().parents[2]))
+        self.children.append(proc)
         return proc, result
+
+    def stop(self) -> None:
+        """End the phases still running (the bench stopped early): each holds a chdb path."""
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.children:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def wait(self, phase: str, started: tuple[subprocess.Popen, Path]) -> dict:
         proc, result = started
@@ -123,6 +137,7 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
             finally:
                 svc.stop()
     finally:
+        runner.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
