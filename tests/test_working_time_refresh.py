@@ -298,3 +298,30 @@ def test_a_failing_plan_is_recorded_backed_off_and_recovers(database, tmp_path):
     migrate(client, fixed, log=lambda *_: None)
     wt.wait_current(client, fixed, timeout_s=180)
     assert stored_totals(client, db) == query_time_hourly(client, fixed)
+
+
+@pytest.mark.slow(20)
+@pytest.mark.clickhouse
+def test_a_run_stopped_by_an_operator_is_not_a_failure(database, tmp_path):
+    """SYSTEM STOP VIEW (or KILL QUERY) during a run leaves the view's exception 'cancelled':
+    someone stopped it, nothing failed. The next run works, with no failure logged and no
+    back-off, and the totals are exact."""
+    client, db = database
+    spec = _spec(tmp_path, db)
+    migrate(client, spec, log=lambda *_: None)
+    wt.wait_current(client, spec)
+    client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
+                   "SELECT 'click:element', 'client', now64(3) - toIntervalMillisecond(number * 10), "
+                   "number % 50 + 1, 1 FROM numbers(1000000)")
+    running = (f"SELECT count() FROM system.view_refreshes WHERE database = '{db}' "
+               "AND view = 'working_time_refresh' AND status = 'Running'")
+    _until(lambda: client.command(running) == 1, 60)
+    client.command(f"SYSTEM STOP VIEW `{db}`.working_time_refresh")
+    _until(lambda: client.command(running) == 0, 60)
+    [(error,)] = client.query(f"SELECT exception FROM system.view_refreshes WHERE database = '{db}' "
+                              "AND view = 'working_time_refresh'").result_rows
+    client.command(f"SYSTEM START VIEW `{db}`.working_time_refresh")
+    wt.wait_current(client, spec, timeout_s=120)
+    assert error == "cancelled"
+    assert client.command(f"SELECT count() FROM `{db}`.working_time_refresh_log WHERE failures > 0") == 0
+    assert stored_totals(client, db) == query_time_hourly(client, spec)

@@ -116,8 +116,10 @@ WITH
     -- record a failure, wait out the back-off after one, or work. Not a failure: the run a
     -- process starts as it opens the store, before the engine has attached system.view_refreshes,
     -- fails on reading it (UNKNOWN_TABLE, seen in make test and serve's start); nothing of the
-    -- store is wrong, so the next run works instead of backing off.
-    multiIf(last_error != '' AND position(last_error, 'Unknown table expression identifier \'system.view_refreshes\'') = 0, 'record',
+    -- store is wrong, so the next run works instead of backing off. Nor a run stopped by
+    -- someone (SYSTEM STOP VIEW, KILL QUERY: the exception is 'cancelled'): the next run works.
+    multiIf(last_error != '' AND last_error != 'cancelled'
+            AND position(last_error, 'Unknown table expression identifier \'system.view_refreshes\'') = 0, 'record',
             logged_failures > 0 AND run_until < logged_at + toIntervalSecond(toUInt32(least(
                 10 * exp2(least(logged_failures, 30) - 1),
                 600))), 'wait',
