@@ -66,9 +66,8 @@ def test_each_store_is_a_database_of_its_own(store, migrated_template):
     assert (migrated_template.database,) not in names  # the template is dropped: nothing refreshes in it
 
 
-
 def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
-    """`make test` runs `-n 2 --dist loadgroup` so that a module's costly fixture (a demo store, a
+    """`make test` runs `--dist loadgroup` so that a module's costly fixture (a demo store, a
     browser) is built by one worker. pytest-xdist groups by a suffix it writes into each node id;
     pytest 9.2 ignores that write (xdist issue 1386) and the groups are silently spread over both
     workers: pyproject.toml pins pytest below 9.2, and this test fails if grouping is lost again."""

@@ -101,8 +101,8 @@ WITH
      FROM `cvat`.working_time_refresh_log) AS logged_run,
     logged_run.1 AS logged, logged_run.2 AS logged_rule, logged_run.3 AS logged_bucket,
     logged_run.4 AS logged_buckets, logged_run.5 AS logged_failures, logged_run.6 AS logged_at,
-    -- the failure of either view: a plan that failed is never applied (its applying view
-    -- waits for it), so the next plan records it, as it does the application's
+    -- the failure of any of the run's views: a plan that failed is never applied (its
+    -- applying view waits for it), so the next plan records it, as it does the application's
     (SELECT anyIf(exception, exception != '') FROM system.view_refreshes
      WHERE database = 'cvat'
        AND view IN ('working_time_refresh_plan', 'working_time_refresh')) AS last_error,
