@@ -11,7 +11,8 @@ max_rows / page_rows (400 past either), and only this dashboard's own panel and 
 parameters are carried into its links (a page's size does not grow with its URL). A
 panel's or a variable's SQL (a custom or imported definition is the user's text) passes the
 SQL gate (cvat_analytics_generator.sql_gate: one statement, no SETTINGS clause, INTO
-OUTFILE, file() or table function off its list) before it runs; queries run read-only
+OUTFILE, file() or table function off its list) before it runs, and for a caller with forced
+filters, reads only the tables they filter (sql_gate.check_reads); queries run read-only
 (readonly=1) with the time and memory limits the spec gives Grafana's ClickHouse user
 (clickhouse.dashboards_max_execution_time_s, dashboards_max_memory_usage_bytes); a page's
 work is bounded by the spec's embedded.dashboards (points per series, rows per panel).
@@ -43,7 +44,7 @@ from cvat_analytics_generator.grafana import COLUMN_VARIABLES
 from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
 from cvat_analytics_generator.render import render_template
 from cvat_analytics_generator.sql import escape_string
-from cvat_analytics_generator.sql_gate import Refused, check_statement
+from cvat_analytics_generator.sql_gate import ACCESS_DENIED, Refused, check_reads, check_statement, filtered_tables
 
 from . import charts, store, times
 
@@ -268,6 +269,7 @@ class Dashboards:
         self._factory = client_factory
         self._client = None
         self._lock = threading.Lock()  # one chdb handle runs one query at a time
+        self._filtered: frozenset[str] | None = None  # what forced filters cover (gate)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                                       autoescape=True, undefined=jinja2.StrictUndefined)
         self.env.filters["cell"] = _cell
@@ -290,20 +292,26 @@ class Dashboards:
             result = self._client.query(sql, settings=settings)
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
-    def gate(self, sql: str) -> None:
-        """The SQL gate, asked on this service's engine: a definition's SQL is not ours."""
-        def ask(text: str, params: dict) -> str:
-            with self._lock:
-                if self._client is None:
-                    self._client = self._factory()
-                return self._client.raw_query(text, parameters=params or None, fmt="TabSeparatedRaw").decode()
+    def _ask(self, text: str, params: dict) -> str:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client.raw_query(text, parameters=params or None, fmt="TabSeparatedRaw").decode()
 
+    def gate(self, sql: str, forced: dict | None = None) -> None:
+        """The SQL gate, asked on this service's engine: a definition's SQL is not ours. For a
+        caller with forced filters, also the tables it reads: only those the filters cover."""
         try:
-            check_statement(ask, sql)
+            check_statement(self._ask, sql)
         except Refused:
             raise
         except Exception as exc:  # the engine's own error (a syntax error): as the query would give it
             raise Refused(62, str(exc).strip().splitlines()[0][:300], "SYNTAX_ERROR") from None
+        if forced:
+            if self._filtered is None:  # the same tables whatever the ids: the template's keys
+                self._filtered = filtered_tables(self.forced_filters({k: 0 for k in forced}))
+            who = "a caller with " + ", ".join(f"{k}={v}" for k, v in sorted(forced.items()))
+            check_reads(self._ask, sql, self._filtered, who)
 
     def forced_filters(self, forced: dict) -> str:
         """A caller limited to an org or a user (service/access.py) sees only those rows."""
@@ -331,7 +339,7 @@ class Dashboards:
         controls = []
         for v in d["variables"]:
             sql = expand(v["sql"], sel.time_from, sel.time_to, sel.interval, state)
-            self.gate(sql)
+            self.gate(sql, forced)
             _, rows = self.query(sql, forced, limit=MAX_OPTIONS)
             options[v["name"]] = [str(r[0]) for r in rows if r[0] is not None]
             state.update(variables_for(Selection(sel.range_key, sel.time_from, sel.time_to,
@@ -361,7 +369,7 @@ class Dashboards:
         max_rows = bounds["max_rows"]
         sort = links.param(f"sort-{p['id']}") if links and p["type"] == "table" else ""
         try:
-            self.gate(sql)  # before the sort and column wrappers (ours) go around it
+            self.gate(sql, forced)  # before the sort and column wrappers (ours) go around it
             if sort:
                 # The whitelist: the panel's own columns, as ClickHouse names them (no execution).
                 described = render_template(self.spec, "clickhouse/runtime/panel_columns.sql.j2", sql=sql)
@@ -474,7 +482,9 @@ def handle(pages: Dashboards, path: str, query: dict[str, list[str]],
         return 200, pages.dashboard_page(uid, query, forced=forced)
     except BadRequest as exc:
         return 400, _message(pages, "Bad filter", str(exc))
-    except Refused as exc:  # a variable's SQL: its definition must change
+    except Refused as exc:  # a variable's SQL: its definition must change, or the caller may not read it
+        if exc.code == ACCESS_DENIED:
+            return 403, _message(pages, "Dashboard refused", f"A filter's SQL is refused: {exc}")
         return 500, _message(pages, "Dashboard refused", f"A filter's SQL is refused: {exc}")
 
 

@@ -24,6 +24,8 @@ dashboards') also url(), remote(), file() as a table and a SETTINGS clause. So:
   Its value is SQL an editor of the dashboard types, so the condition may only be columns and
   literals joined by FILTER_FUNCTIONS (no subquery, no table, no other function: it cannot read
   another table); it is then set on the session, and the query runs without the clause.
+- a caller with forced filters (dashboards; /clickhouse refuses them): check_reads, only a
+  SELECT whose every table, as the engine's analyser resolves it, is one the filter names.
 """
 from __future__ import annotations
 
@@ -259,6 +261,58 @@ def check_statement(ask: Callable[[str, dict], str], sql: str, bind: dict | None
             else:
                 output_format = check_format(words[1])
     return output_format
+
+
+# -- what a caller with forced filters reads --------------------------------------------
+
+ACCESS_DENIED = 497
+# Table functions that make rows from their arguments alone (merge() and view() read tables).
+ROW_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
+                           "values", "null", "primes"})
+# Lines of EXPLAIN QUERY TREE naming what is read; the analyser names every table `__tableN`,
+# so a user's alias cannot print a second name on the line.
+_TABLE = re.compile(r"\s*TABLE id: \d+, alias: __table\d+, table_name: ([^,\s]+)(?:, .*)?")
+_TABLE_FUNCTION = re.compile(r"\s*TABLE_FUNCTION id: \d+, alias: __table\d+, table_function_name: (\w+)(?:, .*)?")
+_FUNCTION = re.compile(r"\s*FUNCTION id: \d+, function_name: (\w+), .*")
+
+
+def filtered_tables(filters: str) -> frozenset[str]:
+    """The tables ("db.table") an additional_table_filters value names: its map's keys. A key
+    with a quote or backslash escaped in it is not read, so it stays off the list (fail closed)."""
+    pairs = re.findall(r"'((?:[^'\\]|\\.)*)'\s*:\s*'(?:[^'\\]|\\.)*'", filters)
+    return frozenset(key for key in pairs if "\\" not in key)
+
+
+def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[str], who: str) -> None:
+    """Refuse (ACCESS_DENIED) a query of a caller with forced filters that reads anything their
+    filters do not cover: an allow-list, because ClickHouse adds a filter only to the tables it
+    names and a custom panel's SQL may read any other. `filtered`: filtered_tables(); system.one
+    is a SELECT without FROM. Names as the engine's analyser resolves them (a CTE, a table of the
+    current database), so it must be a SELECT over tables that exist; check_statement first."""
+    if not _STATEMENTS:
+        _STATEMENTS.update(statements())
+
+    def denied(what: str) -> Refused:
+        return Refused(ACCESS_DENIED, f"{who} has forced filters, which cover only {', '.join(sorted(filtered))}: "
+                                      f"{what}", "ACCESS_DENIED")
+
+    try:
+        tree = ask(f"{_STATEMENTS['explain_query_tree']} {sql}", {})
+    except Exception as exc:  # not a SELECT, or a name the engine cannot resolve
+        raise denied("only a SELECT over them runs (" + (str(exc).strip().splitlines() or [""])[0][:200] + ")") from None
+    for line in tree.splitlines():
+        if line.lstrip().startswith("TABLE id: "):
+            found = _TABLE.fullmatch(line)
+            if not found or (found[1] not in filtered and found[1] != "system.one"):
+                raise denied(f"the query reads {found[1] if found else line.strip()[:100]}")
+        elif line.lstrip().startswith("TABLE_FUNCTION id: "):
+            found = _TABLE_FUNCTION.fullmatch(line)
+            if not found or found[1].lower() not in ROW_FUNCTIONS:
+                raise denied(f"the query reads table function {found[1] if found else line.strip()[:100]}()")
+        elif line.lstrip().startswith("FUNCTION id: "):
+            found = _FUNCTION.fullmatch(line)
+            if not found or found[1].startswith(("dict", "joinGet")):  # a dictionary or Join table by name
+                raise denied(f"the query calls {found[1] if found else line.strip()[:100]}()")
 
 
 # -- Grafana's ad hoc filters ---------------------------------------------------------

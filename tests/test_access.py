@@ -3,9 +3,11 @@ loopback-only without tokens; and what the rendered ClickHouse users may do, on 
 from __future__ import annotations
 
 import csv
+import html
 import http.client
 import io
 import json
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -254,3 +256,57 @@ def test_a_forced_caller_reads_none_of_the_services_own_tables_on_the_monitoring
     status, org7 = call(secured, "GET", path, "org7")
     assert status == 200 and b"4,242" not in org7 and b"only the operator may read" not in org7
     assert b"Query failed" not in org7
+
+
+# A custom dashboard (operator SQL) whose panels read tables the forced filters do not cover,
+# beside one that reads events only; and a variable over such a table.
+UNFILTERED = """\
+uid: unfiltered
+title: Unfiltered
+variables: []
+panels:
+  - {id: 1, title: Events, type: stat, gridPos: {x: 0, y: 0, w: 6, h: 4},
+     sql: "SELECT count() AS events FROM {{ db }}.events"}
+  - {id: 2, title: Migrations, type: table, gridPos: {x: 6, y: 0, w: 6, h: 4},
+     sql: "SELECT * FROM {{ db }}.schema_migrations"}
+  - {id: 3, title: Shadowed, type: stat, gridPos: {x: 0, y: 4, w: 6, h: 4},
+     sql: "WITH slots AS (SELECT user_id FROM {{ db }}.events) SELECT count() AS n FROM slots WHERE user_id IN (SELECT user_id FROM {{ db }}.working_time_slot_totals)"}
+  - {id: 4, title: Merged, type: stat, gridPos: {x: 6, y: 4, w: 6, h: 4},
+     sql: "SELECT count() AS n FROM merge('DATABASE', '^working_time_slot')"}
+"""
+
+
+@pytest.mark.clickhouse
+def test_a_forced_caller_gets_no_panel_that_reads_a_table_their_filters_do_not_cover(make_served, store, tmp_path):
+    """ClickHouse filters only the tables additional_table_filters names, and a custom panel's SQL
+    may read any other: a forced caller gets such a panel refused, naming the table (the engine's
+    analyser says what is read: a CTE over events passes), while an unforced one sees its rows."""
+    (tmp_path / "mine").mkdir()
+    definition = UNFILTERED.replace("DATABASE", store.database)
+    (tmp_path / "mine" / "unfiltered.yaml").write_text(definition)
+    spec = {**store.spec, "custom_dashboards_dir": str(tmp_path / "mine")}
+    srv = make_served(spec=spec, tokens=TOKENS, dashboards=True)
+    events = [{**e, "org_id": 8, "user_id": 9} for e in cvat_batch("other org", 30)]
+    assert call(srv, "POST", "/", "ingest", json.dumps(events).encode())[0] == 200
+
+    status, admin = call(srv, "GET", "/dashboards/unfiltered", "admin")
+    assert status == 200 and b"has forced filters" not in admin
+    assert re.search(r'id="panel-2"[^>]*data-empty="false"', admin.decode())  # the migrations' rows
+    status, org7 = call(srv, "GET", "/dashboards/unfiltered", "org7")
+    text = html.unescape(org7.decode())
+    assert status == 200
+    db = store.database
+    assert f"the query reads {db}.working_time_slot_totals" in text
+    assert f"the query reads {db}.schema_migrations" in text
+    assert "the query reads table function merge()" in text
+    assert text.count("ACCESS_DENIED") == 3  # the events panel runs, filtered: org 7 has none of it
+    assert re.search(r'id="panel-1"[^>]*data-empty="false"', text)
+
+    # A variable over such a table refuses the page: 403, naming the table.
+    (tmp_path / "mine" / "unfiltered.yaml").write_text(definition.replace("variables: []", (
+        "variables:\n  - {name: users, label: User, kind: id, sql: \"SELECT DISTINCT user_id FROM "
+        "{{ db }}.working_time_slot_checkpoints\"}")))
+    srv = make_served(spec=spec, tokens=TOKENS, dashboards=True)
+    status, page = call(srv, "GET", "/dashboards/unfiltered", "org7")
+    assert status == 403 and f"reads {db}.working_time_slot_checkpoints" in html.unescape(page.decode())
+    assert call(srv, "GET", "/dashboards/unfiltered", "admin")[0] == 200

@@ -374,6 +374,9 @@ def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     # working_time_totals has no org_id: an org-limited caller sees none of it, not everyone's.
     org = pages.dashboard_page("w0if6WAVz", query, forced={"org_id": 99})
     assert "ann" not in org and "Query failed" not in org
+    # Every built-in panel reads only the tables forced filters cover (sql_gate.check_reads).
+    for uid in pages.definitions:
+        assert "ACCESS_DENIED" not in pages.dashboard_page(uid, query, forced={"org_id": 7, "user_id": 1}), uid
 
 
 # --- hand-computed: the exceptions dashboard (current range = DAY, previous = the day before)

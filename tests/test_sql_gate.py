@@ -300,3 +300,42 @@ def test_every_ai_function_is_refused(served):
     for function in ("aiGenerate('x')", "aiClassify('x', ['a'])", "aiEmbed('x')"):
         status, _, body = sql(served, f"SELECT {function}")
         assert status == 403 and b"refused" in body, (function, body)
+
+
+# --- what a caller with forced filters may read (check_reads) --------------------------------
+
+@pytest.mark.parametrize("query, verdict", [
+    ("SELECT count() FROM {db}.events", None),
+    ("SELECT 1", None),  # system.one
+    ("SELECT number FROM numbers(3)", None),
+    ("WITH working_time_slot_totals AS (SELECT user_id FROM {db}.events) SELECT * FROM working_time_slot_totals",
+     None),  # a CTE shadowing a table's name: the analyser resolves it to events
+    ("SELECT * FROM {db}.working_time_totals WHERE user_id IN (SELECT user_id FROM {db}.events)", None),
+    ("SELECT * FROM {db}.working_time_slot_totals", "reads {db}.working_time_slot_totals"),
+    ("SELECT 1 FROM {db}.events WHERE user_id GLOBAL IN (SELECT user_id FROM {db}.working_time_checkpoints)",
+     "reads {db}.working_time_checkpoints"),
+    ("SELECT * FROM (WITH t AS (SELECT 1 AS user_id) SELECT user_id FROM t) AS x, {db}.imports",
+     "reads {db}.imports"),
+    ("SELECT (scope, timestamp) IN {db}.ingest_requests FROM {db}.events", "reads {db}.ingest_requests"),
+    ("SELECT name FROM system.tables", "reads system.tables"),
+    ("SELECT * FROM view(SELECT 1)", "table function view()"),
+    ("SELECT * FROM merge('{db}', '^working')", "table function merge()"),
+    ("SELECT dictGet('{db}.nothing', 'x', 1)", "only a SELECT over them runs"),  # no such dictionary
+    ("SHOW TABLES", "only a SELECT over them runs"),
+    ("EXPLAIN SELECT * FROM {db}.working_time_slot_totals", "only a SELECT over them runs"),
+])
+def test_a_caller_with_forced_filters_reads_only_the_tables_they_cover(store, query, verdict):
+    from cvat_analytics.dashboards import Dashboards
+    from cvat_analytics_generator.sql_gate import Refused, check_reads, filtered_tables
+
+    db = store.database
+    pages = Dashboards(lambda: store.client, store.spec)
+    filtered = filtered_tables(pages.forced_filters({"org_id": 7}))
+    assert filtered == {f"{db}.{t}" for t in ("events", "working_time_totals", "vector_metrics",
+                                               "working_time_refresh_log")}
+    sql_text = query.format(db=db)
+    if verdict is None:
+        check_reads(pages._ask, sql_text, filtered, "org 7")
+    else:
+        with pytest.raises(Refused, match=r"org 7 has forced filters, which cover only .*" + verdict.format(db=db)):
+            check_reads(pages._ask, sql_text, filtered, "org 7")
