@@ -26,10 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import yaml
-
 from .render import context, environment
 from .sql import parse
+from .yaml_load import safe_load
 
 QUERIES = "clickhouse/queries/alerts.sql.j2"
 TEMPLATE = "grafana/provisioning/alerting/cvat.yaml.jinja"  # not .j2: render_all renders it with the conditions
@@ -100,7 +99,7 @@ def alert_queries(files: dict[str, str]) -> list[tuple[str, str, str]]:
     `check` gates, grant-checks and runs them read-only as it does the dashboards' queries."""
     out = []
     for rel in sorted(r for r in files if r.startswith("grafana/provisioning/alerting/") and r.endswith((".yaml", ".yml"))):
-        for group in (yaml.safe_load(files[rel]) or {}).get("groups") or []:
+        for group in (safe_load(files[rel]) or {}).get("groups") or []:
             for rule in group.get("rules") or []:
                 for query in rule.get("data") or []:
                     sql = (query.get("model") or {}).get("rawSql")
@@ -115,13 +114,13 @@ def alerting_problems(files: dict[str, str]) -> list[str]:
     """"relpath: what is wrong" for every alerting file of a rendered tree."""
     uids = set()
     for rel in sorted(r for r in files if r.startswith(DATASOURCES) and r.endswith((".yaml", ".yml"))):
-        uids |= {ds.get("uid") for ds in (yaml.safe_load(files[rel]) or {}).get("datasources") or []}
+        uids |= {ds.get("uid") for ds in (safe_load(files[rel]) or {}).get("datasources") or []}
     problems = []
     for rel in sorted(r for r in files if r.startswith("grafana/provisioning/alerting/")):
         if not rel.endswith((".yaml", ".yml", ".json")):
             problems.append(f"{rel}: Grafana refuses the whole folder: only .yaml, .yml and .json files")
             continue
-        problems += [f"{rel}: {p}" for p in _file_problems(yaml.safe_load(files[rel]) or {}, uids)]
+        problems += [f"{rel}: {p}" for p in _file_problems(safe_load(files[rel]) or {}, uids)]
     return problems
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .alerts import alerting_problems, alert_queries
+from .yaml_load import safe_load
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = "docker-compose.yml"
@@ -245,7 +246,7 @@ def grafana_settings_problems(files: dict[str, str], users: ClickHouseUsers) -> 
 
 def _clickhouse_datasources(files: dict[str, str]):
     for rel in sorted(r for r in files if r.startswith(DATASOURCES) and r.endswith((".yaml", ".yml"))):
-        for ds in (yaml.safe_load(files[rel]) or {}).get("datasources") or []:
+        for ds in (safe_load(files[rel]) or {}).get("datasources") or []:
             if ds.get("type") == PLUGIN:
                 yield rel, ds
 
@@ -256,7 +257,7 @@ def vector_problems(files: dict[str, str], users: ClickHouseUsers) -> list[str]:
     if VECTOR not in files:
         return []
     problems = []
-    config = yaml.safe_load(files[VECTOR]) or {}
+    config = safe_load(files[VECTOR]) or {}
     for name, sink in (config.get("sinks") or {}).items():
         if sink.get("type") != "clickhouse":
             continue
@@ -320,7 +321,7 @@ def vector_drop_problems(files: dict[str, str]) -> list[str]:
     for rel in (VECTOR, VECTOR_CVAT):
         if rel not in files:
             continue
-        config = yaml.safe_load(files[rel]) or {}
+        config = safe_load(files[rel]) or {}
         sinks = {n: s for n, s in (config.get("sinks") or {}).items() if s.get("type") == "clickhouse"}
         metrics = {n: s for n, s in sinks.items() if "internal_metrics" in _source_types(config, s)}
         events = {n: s for n, s in sinks.items() if n not in metrics}
@@ -434,7 +435,7 @@ def tables_read(queries: list[str]) -> list[dict]:
 
 def healthcheck_problems(files: dict[str, str]) -> list[str]:
     problems = []
-    compose = yaml.safe_load(files[COMPOSE]) or {}
+    compose = safe_load(files[COMPOSE]) or {}
     for name, service in (compose.get("services") or {}).items():
         test = (service.get("healthcheck") or {}).get("test")
         if not test:
@@ -471,7 +472,7 @@ _LOOPBACK = re.compile(r"//(127\.[0-9.]+|localhost|\[::1\])[:/]")
 def clickhouse_health_problems(files: dict[str, str]) -> list[str]:
     """ClickHouse is healthy only once the real server listens: its healthcheck must not
     probe loopback, where the init-phase server already answers."""
-    compose = yaml.safe_load(files[COMPOSE]) or {}
+    compose = safe_load(files[COMPOSE]) or {}
     problems = []
     for name, service in (compose.get("services") or {}).items():
         if not _base_image(service).startswith("clickhouse/clickhouse-server"):
@@ -756,7 +757,7 @@ def _cvat_dashboards_provider_problems(files: dict[str, str], grafana: dict, nam
         mounts[target.rstrip("/")] = source
     problems = []
     for rel in sorted(r for r in files if r.startswith("grafana/provisioning/dashboards/") and r.endswith((".yaml", ".yml"))):
-        for provider in (yaml.safe_load(files[rel]) or {}).get("providers") or []:
+        for provider in (safe_load(files[rel]) or {}).get("providers") or []:
             path = str((provider.get("options") or {}).get("path") or "").rstrip("/")
             under = [t for t in mounts if path == t or path.startswith(t + "/")]
             source = mounts[max(under, key=len)] if under else ""  # the innermost mount is what it reads

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import PurePosixPath
 
-import yaml
 
 from . import grafana
 from .cluster_ddl import shards_ledger_row
 from .render import CLUSTER_INIT_TEMPLATE, _applied, _render_templates, context, environment, ledger_statements
 from .sql import checksum, parse
+from .yaml_load import safe_load, safe_load_all
 
 MANIFESTS = ["clickhouse.yaml", "keeper.yaml", "migrate.yaml", "vector.yaml", "grafana.yaml"]
 CONFIGMAP_MAX_BYTES = 1024 * 1024  # the API server refuses a larger ConfigMap (etcd's value limit)
@@ -34,7 +34,7 @@ def render_k8s(spec: dict) -> dict[str, str]:
         files[f"grafana/dashboards/{d['name']}.json"] = grafana.definition_json(d, spec)
     migrations = sorted((PurePosixPath(rel).name, text) for rel, text in files.items()
                         if rel.startswith("clickhouse/migrations/") and rel.endswith(".sql"))
-    compose_grafana = yaml.safe_load(files["docker-compose.yml"])["services"]["grafana"]
+    compose_grafana = safe_load(files["docker-compose.yml"])["services"]["grafana"]
     ctx = {
         **context(spec, k8s=True),
         "files": files,
@@ -67,7 +67,7 @@ def render_k8s(spec: dict) -> dict[str, str]:
 def documents(files: dict[str, str]) -> list[tuple[str, dict]]:
     """Every manifest of the render, with the file it is in."""
     return [(name, doc) for name, text in sorted(files.items()) if name != "kustomization.yaml"
-            for doc in yaml.safe_load_all(text) if doc]
+            for doc in safe_load_all(text) if doc]
 
 
 def problems(files: dict[str, str]) -> list[str]:
@@ -101,7 +101,7 @@ def problems(files: dict[str, str]) -> list[str]:
         claims = {c["metadata"]["name"] for c in vector[1]["spec"].get("volumeClaimTemplates", [])}
         mounts = {m["mountPath"]: m["name"] for c in vector[1]["spec"]["template"]["spec"]["containers"]
                   for m in c.get("volumeMounts", [])}
-        data_dir = yaml.safe_load(yaml.safe_load_all(files["vector.yaml"]).__next__()["data"]["vector.yaml"])["data_dir"]
+        data_dir = safe_load(safe_load_all(files["vector.yaml"]).__next__()["data"]["vector.yaml"])["data_dir"]
         if mounts.get(data_dir) not in claims:
             found.append(f"vector.yaml: Vector's data_dir {data_dir} is not on a volume claim of its StatefulSet")
     for (kind, name), (file, doc) in kinds.items():

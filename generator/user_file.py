@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .yaml_load import SafeLoader
+
 # A spec, definition or Grafana dashboard is tens of kilobytes (the shipped spec is 16 KB);
 # the bound keeps parsing under a few seconds.
 MAX_BYTES = 1024 * 1024
@@ -90,9 +92,9 @@ def parse_yaml(text: str, source: Path | str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
-# libyaml's parser when PyYAML has it (ten times faster than the pure-Python one, and it
-# refuses nesting past 1000 levels); the mappings are built in Python either way.
-_PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's parser when PyYAML has it (yaml_load: and it refuses nesting past 1000 levels);
+# the mappings are built in Python either way.
+_PARSER = SafeLoader
 
 
 class _Loader(_PARSER):

@@ -31,6 +31,7 @@ import jsonschema
 import yaml
 
 from .contracts import contract_problems
+from .yaml_load import SafeLoader
 
 VECTOR_SCHEMA = Path(__file__).with_name("schemas") / "vector-0.54.0.schema.json"
 VECTOR_CONFIGS = ("vector/vector.yaml", "vector/vector-cvat.yaml")
@@ -40,7 +41,7 @@ _REQUIRED_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?")
 MAX_SCHEMA_ERRORS = 5
 
 
-class _ComposeLoader(yaml.SafeLoader):
+class _ComposeLoader(SafeLoader):
     """SafeLoader that reads compose's merge tags (!reset, !override) as plain values."""
 
 

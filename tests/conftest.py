@@ -49,6 +49,7 @@ import yaml
 
 from cvat_analytics import store as store_module
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.yaml_load import safe_load
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,7 +108,7 @@ def _block_clickhouse_unless_marked(request, monkeypatch):
 
 @functools.cache
 def _default_spec_data(path: Path, mtime_ns: int, size: int) -> dict:
-    return yaml.safe_load(path.read_text())
+    return safe_load(path.read_text())
 
 
 def write_spec(directory: Path, **changes) -> tuple[dict, Path]:

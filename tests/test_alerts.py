@@ -21,6 +21,7 @@ from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import parse_yaml
 from cvat_analytics_generator.sql import string_literal
+from cvat_analytics_generator.yaml_load import safe_load
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = load_spec(REPO / "analytics.yaml")
@@ -173,7 +174,7 @@ def test_exception_spike_counts_recent_client_and_server_exceptions_without_nois
 # --- the Grafana rule file ------------------------------------------------------------------
 
 def rule_file() -> dict:
-    return yaml.safe_load((REPO / "deploy" / PROVISIONING).read_text())
+    return safe_load((REPO / "deploy" / PROVISIONING).read_text())
 
 
 def test_the_rules_carry_the_sql_and_thresholds_serve_uses():
@@ -191,9 +192,9 @@ def test_the_rules_carry_the_sql_and_thresholds_serve_uses():
 def test_the_rule_file_holds_to_grafanas_provisioning_structure_and_no_secret():
     files = render_all(SPEC)
     assert alerting_problems(files) == []
-    doc = yaml.safe_load(files[PROVISIONING])
+    doc = safe_load(files[PROVISIONING])
     assert set(doc) == {"apiVersion", "groups"}  # no contact point, policy or template: nothing secret
-    datasource = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    datasource = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     for rule in doc["groups"][0]["rules"]:
         assert rule["data"][0]["datasourceUid"] == datasource["uid"]
 
@@ -212,7 +213,7 @@ def test_the_rule_file_holds_to_grafanas_provisioning_structure_and_no_secret():
 ])
 def test_a_broken_rule_file_is_named_by_check(break_it, named):
     files = render_all(SPEC)
-    doc = yaml.safe_load(files[PROVISIONING])
+    doc = safe_load(files[PROVISIONING])
     break_it(doc, doc["groups"][0]["rules"][1])
     files[PROVISIONING] = yaml.safe_dump(doc)
     problems = contract_problems(files)
@@ -220,7 +221,7 @@ def test_a_broken_rule_file_is_named_by_check(break_it, named):
 
 
 def with_alert_sql(files: dict, sql: str) -> dict:
-    doc = yaml.safe_load(files[PROVISIONING])
+    doc = safe_load(files[PROVISIONING])
     doc["groups"][0]["rules"][0]["data"][0]["model"]["rawSql"] = sql
     return {**files, PROVISIONING: yaml.safe_dump(doc)}
 

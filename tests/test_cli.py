@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cvat_analytics_generator.spec import DEFAULT_SPEC
+from cvat_analytics_generator.yaml_load import safe_load
 from tests import conftest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_the_spec_is_flag_then_environment_then_here_then_packaged(tmp_path):
         out = tmp_path / "out"
         result = cli("render", "--out", out, *args, cwd=cwd, env=env)
         assert result.returncode == 0, result.stderr
-        return yaml.safe_load((out / "vector" / "vector.yaml").read_text())["sources"]["cvat_events"]["address"]
+        return safe_load((out / "vector" / "vector.yaml").read_text())["sources"]["cvat_events"]["address"]
 
     packaged = vector_port(tmp_path / "empty")
     assert packaged.endswith(":8282")

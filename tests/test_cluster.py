@@ -24,13 +24,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cvat_analytics.demo import Demo, to_row
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import SpecError, load_spec
 from cvat_analytics_generator.validate import sql_problems
 from cvat_analytics_generator.validate_sql import _DISTRIBUTED
+from cvat_analytics_generator.yaml_load import safe_load
 from tests import cluster_store
 from tests.conftest import REPO, new_database_name, write_spec
 
@@ -114,7 +114,7 @@ def test_check_names_a_replicated_statement_that_does_not_parse_and_one_whose_eq
 
 
 def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_servers_entry(cluster_files):
-    compose = yaml.safe_load(cluster_files["docker-compose.yml"])
+    compose = safe_load(cluster_files["docker-compose.yml"])
     services = compose["services"]
     servers = sorted(n for n in services if n.startswith("clickhouse-s"))
     assert servers == ["clickhouse-s1-r1", "clickhouse-s1-r2", "clickhouse-s2-r1", "clickhouse-s2-r2"]
@@ -150,7 +150,7 @@ def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_server
     # off, and those before Vector sends the batch again.
     quorum_s = int(users.findtext("profiles/cvat_ingest/insert_quorum_timeout")) / 1000
     ingest = ET.fromstring(cluster_files["clickhouse/users.d/cvat-users.xml"])
-    vector = yaml.safe_load(cluster_files["vector/vector.yaml"])["sinks"]["clickhouse"]
+    vector = safe_load(cluster_files["vector/vector.yaml"])["sinks"]["clickhouse"]
     assert quorum_s < int(ingest.findtext("profiles/cvat_ingest/max_execution_time")) < vector["request"]["timeout_secs"]
     assert ingest.findall("users/cvat_ingest/grants/query")[1].text == "GRANT INSERT ON `cvat`.`events_local`"
 

@@ -21,10 +21,10 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 
 from cvat_analytics_generator.render import INIT_LEDGER, render_all
 from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.yaml_load import safe_load, safe_load_all
 from tests.conftest import REPO, write_spec
 
 SERVERS = ["clickhouse-s1-r1", "clickhouse-s1-r2", "clickhouse-s2-r1", "clickhouse-s2-r2"]
@@ -123,7 +123,7 @@ def test_every_user_that_inserts_waits_for_the_shards_and_ddl_returns_once_appli
 
 def test_a_first_start_resumes_where_it_stopped_and_a_server_is_healthy_only_with_the_schema(cluster, tmp_path):
     spec, _, files = cluster
-    compose = yaml.safe_load(files["docker-compose.yml"])["services"]
+    compose = safe_load(files["docker-compose.yml"])["services"]
     assert sorted(n for n in compose if n.startswith("clickhouse-s")) == SERVERS
     for name in SERVERS:
         service = compose[name]
@@ -145,7 +145,7 @@ def test_a_first_start_resumes_where_it_stopped_and_a_server_is_healthy_only_wit
     assert [n for n, _ in listed] == migrations
     # and then the shard count `migrate` compares, as the ledger it renders records it
     assert "record 'cluster:shards' '2'" in script
-    job = next(d for d in yaml.safe_load_all(render_k8s(spec)["migrate.yaml"]) if d["kind"] == "ConfigMap")
+    job = next(d for d in safe_load_all(render_k8s(spec)["migrate.yaml"]) if d["kind"] == "ConfigMap")
     assert job["data"]["apply-migrations.sh"] == script  # the Kubernetes Job runs this same script
     # both scripts parse as the shells that run them (the entrypoint's bash, the healthcheck's sh)
     for path, shell in (("clickhouse/initdb-first/apply-migrations.sh", "bash"), ("clickhouse/healthcheck.sh", "sh")):
@@ -162,7 +162,7 @@ def test_a_first_start_resumes_where_it_stopped_and_a_server_is_healthy_only_wit
 
 def test_every_server_has_a_memory_limit_that_holds_its_queries(cluster, tmp_path):
     spec, _, files = cluster
-    compose = yaml.safe_load(files["docker-compose.yml"])["services"]
+    compose = safe_load(files["docker-compose.yml"])["services"]
     limit = spec["clickhouse"]["server"]["cluster_memory_limit_bytes"]
     assert {name: compose[name].get("mem_limit") for name in SERVERS} == {name: limit for name in SERVERS}
     assert "<max_server_memory_usage_to_ram_ratio>0.5<" in files["clickhouse/config.d/cvat.xml"]
@@ -197,7 +197,7 @@ def test_servers_authenticate_to_each_other_with_secrets_from_the_environment_on
     assert auth.findtext("interserver_http_credentials/user") == "cvat_interserver"
     assert auth.find("interserver_http_credentials/password").get("from_env") == "CLICKHOUSE_INTERSERVER_PASSWORD"
     assert auth.find("zookeeper/identity").get("from_env") == "CLICKHOUSE_KEEPER_IDENTITY"
-    server = yaml.safe_load(files["docker-compose.yml"])["services"][SERVERS[0]]
+    server = safe_load(files["docker-compose.yml"])["services"][SERVERS[0]]
     assert "./clickhouse/config.d/cluster-auth.xml:/etc/clickhouse-server/config.d/cluster-auth.xml:ro" \
         in server["volumes"]
     environment = server["environment"]
@@ -212,7 +212,7 @@ def test_servers_authenticate_to_each_other_with_secrets_from_the_environment_on
     from cvat_analytics_generator.k8s import problems, render_k8s
     manifests = render_k8s(spec)
     assert [(p, v) for p, text in manifests.items() for v in secrets.values() if v in text] == []
-    chi = yaml.safe_load(manifests["clickhouse.yaml"].split("\n---\n")[0])
+    chi = safe_load(manifests["clickhouse.yaml"].split("\n---\n")[0])
     assert chi["spec"]["configuration"]["files"]["config.d/cluster-auth.xml"] == files["clickhouse/config.d/cluster-auth.xml"]
     env = {e["name"]: e for e in chi["spec"]["templates"]["podTemplates"][0]["spec"]["containers"][0]["env"]}
     assert env["CLICKHOUSE_INTERSERVER_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "interserver-password"

@@ -11,6 +11,7 @@ import yaml
 from cvat_analytics_generator import contracts
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.yaml_load import safe_load
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ USERS = "clickhouse/users.d/cvat-users.xml"
 
 def test_grafanas_query_timeout_plus_the_drivers_slack_stays_within_the_dashboards_constraint(files, users):
     assert contracts.grafana_timeout_problems(files, users) == []
-    ds = yaml.safe_load(files[DATASOURCE])["datasources"][0]
+    ds = safe_load(files[DATASOURCE])["datasources"][0]
     limit = int(users.profile(ds["jsonData"]["username"]).findtext("constraints/max_execution_time/max"))
     assert int(ds["jsonData"]["queryTimeout"]) + contracts.GRAFANA_DRIVER_SLACK_S <= limit
     # One second more and the driver's max_execution_time is refused.
@@ -45,7 +46,7 @@ def test_grafanas_query_timeout_plus_the_drivers_slack_stays_within_the_dashboar
 
 
 def test_an_empty_query_timeout_is_the_plugins_default_of_60_seconds(files, users):
-    ds = yaml.safe_load(files[DATASOURCE])["datasources"][0]
+    ds = safe_load(files[DATASOURCE])["datasources"][0]
     empty = edited(files, DATASOURCE, f'queryTimeout: "{ds["jsonData"]["queryTimeout"]}"', 'queryTimeout: ""')
     problems = contracts.grafana_timeout_problems(empty, users)
     limit = int(users.profile(ds["jsonData"]["username"]).findtext("constraints/max_execution_time/max"))
@@ -60,7 +61,7 @@ def test_a_readonly_profile_must_let_the_driver_change_max_execution_time(files)
 
 def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_request_timeout(files, users):
     assert contracts.vector_problems(files, users) == []
-    sink = yaml.safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]
+    sink = safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]
     profile = users.profile(sink["auth"]["user"])
     assert 0 < int(profile.findtext("max_execution_time")) < sink["request"]["timeout_secs"]
     other_table = edited(files, "vector/vector.yaml", 'table: "events"', 'table: "working_time_totals"')
@@ -80,7 +81,7 @@ ALERTING = "grafana/provisioning/alerting/cvat.yaml"
 
 
 def without_rule(files: dict[str, str], uid: str) -> dict[str, str]:
-    rules = yaml.safe_load(files[ALERTING])
+    rules = safe_load(files[ALERTING])
     for group in rules["groups"]:
         group["rules"] = [r for r in group["rules"] if r["uid"] != uid]
     return {**files, ALERTING: yaml.safe_dump(rules)}
@@ -98,7 +99,7 @@ def test_a_batch_vector_drops_fires_an_alert_in_both_renders(files):
     assert len(uncounted) == 2 and all("component_discarded_events_total" in p for p in uncounted)
     # Metrics written with a login of their own keep coming when the events' password is
     # refused: the drop count then shows it, and no silence rule is needed.
-    config = yaml.safe_load(files[contracts.VECTOR])
+    config = safe_load(files[contracts.VECTOR])
     config["sinks"]["clickhouse_metrics"]["auth"]["user"] = "cvat_metrics"
     own_login = {**files, contracts.VECTOR: yaml.safe_dump(config)}
     assert contracts.vector_drop_problems(without_rule(own_login, "cvat-analytics-vector-silent")) == [
@@ -143,7 +144,7 @@ def test_every_healthcheck_command_exists_in_the_image_it_runs_in(files):
 def test_clickhouse_is_healthy_only_once_the_real_server_listens(files):
     """The init-phase server listens on 127.0.0.1 only: a loopback probe passes too early."""
     assert contracts.clickhouse_health_problems(files) == []
-    test = yaml.safe_load(files["docker-compose.yml"])["services"]["clickhouse"]["healthcheck"]["test"]
+    test = safe_load(files["docker-compose.yml"])["services"]["clickhouse"]["healthcheck"]["test"]
     url = next(part for part in test if part.startswith("http"))
     assert not re.match(r"http://(127\.|localhost|\[::1\])", url)
     loopback = edited(files, "docker-compose.yml", url, "http://127.0.0.1:8123/ping")

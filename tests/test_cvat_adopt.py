@@ -18,13 +18,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cvat_analytics import cvat_checkout
 from cvat_analytics.cli import main
 from cvat_analytics.cvat_backup import backup_name, backup_once
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import compose_binary
+from cvat_analytics_generator.yaml_load import safe_load
 
 from .conftest import write_spec
 from .test_cvat_stack import cvat_create_table
@@ -80,7 +80,7 @@ def plain_compose_config(cvat: Path, home: Path) -> dict:
 def vector_ports(config: dict) -> set[int]:
     vector = config["services"]["cvat_vector"]
     [mount] = [v for v in vector["volumes"] if v["target"] == "/etc/vector/vector.yaml"]
-    sources = yaml.safe_load(Path(mount["source"]).read_text())["sources"].values()
+    sources = safe_load(Path(mount["source"]).read_text())["sources"].values()
     return {int(s["address"].rsplit(":", 1)[1]) for s in sources if s["type"] == "http_server"}
 
 

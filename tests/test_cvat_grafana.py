@@ -24,6 +24,7 @@ from cvat_analytics_generator.contracts import (CVAT_DASHBOARDS, CVAT_STOCK_DASH
                                                 grafana_csrf_refusal, grafana_signs_in)
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.yaml_load import safe_load
 
 from .conftest import REPO, write_spec
 from .test_cvat_stack import FIXTURES, RELEASES, Stack, stacks  # noqa: F401 - the fixture
@@ -79,7 +80,7 @@ def grafana_request(stack: Stack) -> tuple[dict, str, str]:
     """The merged Grafana environment, the Host CVAT's Traefik sends it and the Origin the
     browser sends, all read from the merged configuration (CVAT_HOST unset: CVAT's default)."""
     traefik = stack.services["traefik"]
-    rules = yaml.safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
+    rules = safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
     service = rules["services"]["grafana"]["loadBalancer"]
     assert service["passHostHeader"] is False  # so Grafana sees its upstream's host, not CVAT's
     env_of_traefik = lambda m: str(traefik["environment"][m.group(1)])  # noqa: E731
@@ -154,10 +155,10 @@ def test_check_names_anonymous_access_with_basic_auth_on(tmp_path):
 
 
 def test_the_spec_key_is_documented_with_each_mode():
-    schema = yaml.safe_load((REPO / "generator" / "spec_schema.yaml").read_text())
+    schema = safe_load((REPO / "generator" / "spec_schema.yaml").read_text())
     key = schema["properties"]["cvat_stack"]["properties"]["grafana_auth_mode"]
     assert key["enum"] == MODES and all(m in key["description"] for m in MODES)
-    assert yaml.safe_load((REPO / "analytics.yaml").read_text())["cvat_stack"]["grafana_auth_mode"] == "anonymous_admin"
+    assert safe_load((REPO / "analytics.yaml").read_text())["cvat_stack"]["grafana_auth_mode"] == "anonymous_admin"
     row = next(line for line in (REPO / "docs" / "configuration.md").read_text().splitlines()
                if line.startswith("| `cvat_stack.grafana_auth_mode`"))
     assert all(f"`{m}`" in row for m in MODES)
@@ -178,7 +179,7 @@ def test_no_dashboards_provider_reads_cvats_folder_whose_stock_files_carry_our_u
     provisioning = stack.mounted(grafana, "/etc/grafana/provisioning")
     assert provisioning == stack.deploy / "grafana" / "provisioning"
     for provider_file in (provisioning / "dashboards").glob("*.yaml"):
-        for provider in yaml.safe_load(provider_file.read_text())["providers"]:
+        for provider in safe_load(provider_file.read_text())["providers"]:
             source = stack.mounted(grafana, provider["options"]["path"])
             assert source == stack.deploy / "grafana" / "dashboards"
             uids = {json.loads(p.read_text())["uid"] for p in source.glob("*.json")}

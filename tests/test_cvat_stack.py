@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cvat_analytics import store as store_module
 from cvat_analytics.migrate import migrate
@@ -31,6 +30,7 @@ from cvat_analytics.retention import RetentionRefused
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import compose_binary, vector_problems
+from cvat_analytics_generator.yaml_load import safe_load
 
 from .conftest import write_spec
 
@@ -73,7 +73,7 @@ class Stack:
 
     def cvat_services(self) -> dict[str, dict]:
         """CVAT's own services (not the three the override replaces), as merged."""
-        own = yaml.safe_load(self.cvat_file.read_text())["services"]
+        own = safe_load(self.cvat_file.read_text())["services"]
         return {name: self.services[name] for name in own if name not in REPLACED}
 
     def clickhouse_clients(self) -> dict[str, dict]:
@@ -129,7 +129,7 @@ def test_vector_runs_as_cvats_non_root_user_on_volumes_handed_to_that_user_first
     stack = stacks(release)
     vector = stack.by_alias("vector")
     # CVAT's own hardening (2.44+: user 1000:1000), kept for every release.
-    cvats = yaml.safe_load(stack.cvat_file.read_text())["services"]["cvat_vector"].get("user")
+    cvats = safe_load(stack.cvat_file.read_text())["services"]["cvat_vector"].get("user")
     assert vector["user"] == (cvats or "1000:1000") == "1000:1000"
     uid_gid = vector["user"]
     written = {v["target"]: v["source"] for v in vector["volumes"] if v["type"] == "volume"}
@@ -175,7 +175,7 @@ def vector_config(stack: Stack) -> dict:
     """The config the Vector that answers as `vector` loads."""
     vector = stack.by_alias("vector")
     command = vector["command"]
-    return yaml.safe_load(stack.mounted(vector, command[command.index("--config") + 1]).read_text())
+    return safe_load(stack.mounted(vector, command[command.index("--config") + 1]).read_text())
 
 
 def vector_ports(stack: Stack) -> set[int]:
@@ -215,7 +215,7 @@ def test_vector_listens_on_the_port_cvats_backends_send_to(stacks, release):
     for name, env in senders.items():
         assert int(env["DJANGO_LOG_SERVER_PORT"]) in listening, (release, name, listening)
     # The standalone stack keeps its own port.
-    standalone = yaml.safe_load((stack.deploy / "vector" / "vector.yaml").read_text())
+    standalone = safe_load((stack.deploy / "vector" / "vector.yaml").read_text())
     assert standalone["sources"]["cvat_events"]["address"] == f"0.0.0.0:{stack.spec['vector']['port']}"
 
 
@@ -298,7 +298,7 @@ def test_the_migration_runs_after_clickhouse_is_healthy_and_before_cvats_clickho
 def test_grafana_behind_cvats_forward_auth_is_cvats_anonymous_admin_by_default(stacks, tmp_path, release):
     stack = stacks(release)
     traefik = stack.services["traefik"]
-    rules = yaml.safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
+    rules = safe_load(stack.mounted(traefik, "/etc/traefik/rules/grafana_conf.yml").read_text())["http"]
     router = rules["routers"]["grafana"]
     assert "analytics-auth" in router["middlewares"]
     assert rules["middlewares"]["analytics-auth"]["forwardauth"]["address"] == "http://cvat_server:8080/analytics"
@@ -367,7 +367,7 @@ def test_the_override_publishes_no_port_the_standalone_stack_uses_unless_the_spe
     release = RELEASES[-1]
     stack = Stack(tmp_path, release)
     ours = {n: s for n, s in stack.services.items() if n not in stack.cvat_services()}
-    standalone = yaml.safe_load((stack.deploy / "docker-compose.yml").read_text())["services"]
+    standalone = safe_load((stack.deploy / "docker-compose.yml").read_text())["services"]
     standalone_ports = {int(p.split(":")[1]) for s in standalone.values() for p in s.get("ports") or []}
     assert not {port for _, port in host_ports(ours)} & standalone_ports
     assert host_ports({"c": stack.by_alias("clickhouse")}) == set()

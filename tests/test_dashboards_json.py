@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-import yaml
 
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
+from cvat_analytics_generator.yaml_load import safe_load
 from tests.conftest import write_spec
 
 SPEC = load_spec(DEFAULT_SPEC)
@@ -74,7 +74,7 @@ def test_panel_ids_unique_and_grid_positions_do_not_overlap(name):
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_datasource_is_the_provisioned_one_everywhere(name):
-    provisioned = yaml.safe_load(FILES["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    provisioned = safe_load(FILES["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     expected = {"type": provisioned["type"], "uid": provisioned["uid"]}
     assert provisioned["uid"] == SPEC["grafana"]["datasource_uid"]
     d = DASHBOARDS[name]
@@ -156,10 +156,10 @@ def test_refresh_choices_and_ad_hoc_filters(name):
 
 
 def test_grafana_home_dashboard_and_sub_path_match_the_files():
-    compose = yaml.safe_load(FILES["docker-compose.yml"])
+    compose = safe_load(FILES["docker-compose.yml"])
     env = compose["services"]["grafana"]["environment"]
     home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    provider = yaml.safe_load(FILES["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
+    provider = safe_load(FILES["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
     assert home == provider["options"]["path"] + "/all_events.json"
     assert "grafana/dashboards/all_events.json" in FILES
     assert env["GF_SERVER_ROOT_URL"] == SPEC["grafana"]["root_url"] and env["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"

@@ -28,6 +28,7 @@ from cvat_analytics.migrate import Migration
 from cvat_analytics_generator import k8s
 from cvat_analytics_generator.render import INIT_LEDGER, render_all
 from cvat_analytics_generator.spec import load_spec
+from cvat_analytics_generator.yaml_load import safe_load, safe_load_all
 from tests.conftest import REPO, write_spec
 
 KUBERNETES_VERSIONS = ["1.31.0", "1.37.0"]  # docs/kubernetes.md: the releases the manifests are validated against
@@ -58,7 +59,7 @@ def two_by_two(tmp_path_factory) -> dict[str, str]:
 def crd_schemas() -> dict[str, dict]:
     """kind -> a strict JSON Schema of the CRD's served version."""
     out = {}
-    for crd in yaml.safe_load_all(CRDS.read_text()):
+    for crd in safe_load_all(CRDS.read_text()):
         version = next(v for v in crd["spec"]["versions"] if v.get("served"))
         out[crd["spec"]["names"]["kind"]] = _strict(version["schema"]["openAPIV3Schema"])
     return out
@@ -138,7 +139,7 @@ def test_the_validation_catches_what_the_api_server_would_refuse(rendered):
 
 def test_the_kustomization_lists_every_manifest_and_the_namespace(rendered):
     spec, files = rendered
-    kustomization = yaml.safe_load(files["kustomization.yaml"])
+    kustomization = safe_load(files["kustomization.yaml"])
     assert sorted(kustomization["resources"]) == sorted(n for n in files if n != "kustomization.yaml")
     assert kustomization["namespace"] == spec["kubernetes"]["namespace"]
 
@@ -216,9 +217,9 @@ def test_the_migrate_job_runs_the_compose_clusters_first_start_script(rendered, 
 def test_a_changed_schema_renders_a_new_job_name(tmp_path):
     """An applied Job cannot be changed: a new schema must be a new Job."""
     spec = spec_for(tmp_path, 2, 2)
-    first = yaml.safe_load_all(k8s.render_k8s(spec)["migrate.yaml"])
+    first = safe_load_all(k8s.render_k8s(spec)["migrate.yaml"])
     spec["clickhouse"]["retention_days"] += 1
-    second = yaml.safe_load_all(k8s.render_k8s(spec)["migrate.yaml"])
+    second = safe_load_all(k8s.render_k8s(spec)["migrate.yaml"])
     job_name = lambda docs: next(d for d in docs if d["kind"] == "Job")["metadata"]["name"]  # noqa: E731
     assert job_name(first) != job_name(second)
 
@@ -226,7 +227,7 @@ def test_a_changed_schema_renders_a_new_job_name(tmp_path):
 # --- the faults check catches ------------------------------------------------------------
 
 def edit(files: dict, name: str, change) -> dict:
-    docs = list(yaml.safe_load_all(files[name]))
+    docs = list(safe_load_all(files[name]))
     for doc in docs:
         change(doc)
     return {**files, name: yaml.safe_dump_all(docs)}
@@ -305,7 +306,7 @@ def test_render_and_check_with_target_k8s(tmp_path, run_cli):
 
 def test_a_spec_without_a_kubernetes_section_is_refused_by_name(tmp_path, run_cli):
     text = (REPO / "analytics.yaml").read_text()
-    spec = yaml.safe_load(text)
+    spec = safe_load(text)
     del spec["kubernetes"]
     path = tmp_path / "analytics.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -14,13 +14,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import given, settings, strategies as st
 
 from cvat_analytics_generator import validate
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import SpecError, load_spec
 from cvat_analytics_generator.validate import compose_binary, compose_problems, parse_yaml, sql_problems, validate_tree
+from cvat_analytics_generator.yaml_load import safe_load
 from tests.conftest import REPO, write_spec
 
 DEPLOY = REPO / "deploy"
@@ -117,7 +117,7 @@ def test_a_misspelt_vector_option_is_reported_with_its_path(files, old, new, exp
 
 
 def test_vector_source_takes_a_json_array_body_and_the_sink_keeps_only_event_columns(files):
-    config = yaml.safe_load(files["vector/vector.yaml"])
+    config = safe_load(files["vector/vector.yaml"])
     spec = load_spec()
     source = config["sources"]["cvat_events"]
     assert source["type"] == "http_server" and "encoding" not in source
@@ -207,7 +207,7 @@ def test_values_the_schema_accepts_arrive_intact(tmp_path):
     spec = load_spec(path)
     files = render_all(spec)
     assert validate_tree(files) == []
-    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    ds = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     assert (ds["name"], ds["uid"], ds["jsonData"]["username"], ds["jsonData"]["defaultDatabase"]) == (
         "CVAT events - Team_1", "ds-team_1", "grafana_ro", "cvat_team1")
     write_tree(files, tmp_path / "d")
@@ -218,7 +218,7 @@ def test_values_the_schema_accepts_arrive_intact(tmp_path):
     assert health == "http://127.0.0.1:3000/team-a/analytics_~x/api/health"
     users = ET.fromstring(files["clickhouse/users.d/cvat-users.xml"]).find("users")
     assert {u.tag for u in users} == {"grafana_ro", "vector_w"}
-    vector = yaml.safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]
+    vector = safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]
     assert (vector["database"], vector["auth"]["user"]) == ("cvat_team1", "vector_w")
 
 
@@ -232,7 +232,7 @@ def test_even_without_the_schema_escaping_keeps_hostile_values_inert(tmp_path):
     spec["grafana"]["datasource_name"] = NASTY
     spec["clickhouse"]["server"]["log_level"] = NASTY
     files = render_all(spec)
-    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    ds = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     assert ds["name"] == NASTY
     config_xml = ET.fromstring(files["clickhouse/config.d/cvat.xml"])
     assert config_xml.findtext("logger/level") == NASTY
@@ -268,7 +268,7 @@ def test_any_accepted_name_and_sub_path_render_to_parsable_files(name, path):
             parse_yaml(text)
         elif rel.endswith(".xml"):
             ET.fromstring(text)
-    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    ds = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     assert ds["name"] == name
     compose = parse_yaml(files["docker-compose.yml"])
     assert compose["services"]["grafana"]["environment"]["GF_SERVER_ROOT_URL"] == spec["grafana"]["root_url"]
@@ -300,9 +300,9 @@ def test_no_rendered_file_holds_a_secret_and_every_password_is_referenced_by_nam
         passwords = [e for e in user.iter() if e.tag.startswith("password")]
         assert len(passwords) == 1 and passwords[0].tag == "password"
         assert passwords[0].get("from_env") in SECRET_NAMES and not (passwords[0].text or "").strip()
-    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    ds = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     assert ds["secureJsonData"] == {"password": "$CLICKHOUSE_DASHBOARDS_PASSWORD"}
-    assert yaml.safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]["auth"]["password"] == \
+    assert safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]["auth"]["password"] == \
         "SECRET[compose.clickhouse_ingest_password]"
 
     # ...and compose wires each value from .env to the right place.
@@ -457,12 +457,12 @@ def test_grafana_never_downloads_a_plugin_at_start_and_is_never_anonymous_admin(
 
 def test_grafana_provisioning(files):
     spec = load_spec()
-    ds = yaml.safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
+    ds = safe_load(files["grafana/provisioning/datasources/clickhouse.yaml"])["datasources"][0]
     assert ds["type"] == "grafana-clickhouse-datasource" and ds["editable"] is False
     assert ds["uid"] == spec["grafana"]["datasource_uid"] and ds["name"] == spec["grafana"]["datasource_name"]
     assert ds["jsonData"]["host"] == "clickhouse" and ds["jsonData"]["port"] == 8123
     assert ds["jsonData"]["protocol"] == "http"
-    provider = yaml.safe_load(files["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
+    provider = safe_load(files["grafana/provisioning/dashboards/cvat.yaml"])["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from cvat_analytics_generator.spec import DEFAULT_SPEC, SpecError, load_spec
+from cvat_analytics_generator.yaml_load import safe_load
 from tests.conftest import REPO, write_spec
 
 
@@ -48,12 +49,12 @@ def test_a_bad_value_names_its_key_and_what_was_expected(tmp_path, key, value, e
 
 
 def test_unknown_and_missing_keys(tmp_path):
-    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    data = safe_load(DEFAULT_SPEC.read_text())
     data["vector"]["batch"]["max_event"] = 5
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(SpecError, match=r"vector\.batch\.max_event: unknown key; expected one of: max_events, timeout_secs"):
         load_spec(tmp_path / "a.yaml")
-    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    data = safe_load(DEFAULT_SPEC.read_text())
     del data["clickhouse"]["server"]["log_level"]
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(SpecError, match=r"clickhouse\.server\.log_level: missing key"):
@@ -69,7 +70,7 @@ def test_the_message_points_at_the_line_of_the_key(tmp_path):
 
 
 def test_columns_must_keep_cvats_names_and_order(tmp_path):
-    data = yaml.safe_load(DEFAULT_SPEC.read_text())
+    data = safe_load(DEFAULT_SPEC.read_text())
     cols = data["events"]["columns"]
     cols[0], cols[1] = cols[1], cols[0]
     _, path = write_spec(tmp_path, **{"events.columns": cols})

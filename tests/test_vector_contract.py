@@ -16,7 +16,6 @@ import re
 import time
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from vrl_python import VRLRuntime
@@ -26,12 +25,13 @@ from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import vector_problems
 from cvat_analytics.importer import run_import
+from cvat_analytics_generator.yaml_load import safe_load
 from tests.test_fuzz_ingest import not_events, not_json, one_bad_event
 from tests.test_serve import cvat_batch
 
 SPEC = load_spec()
 RENDERS = ("vector/vector.yaml", "vector/vector-cvat.yaml")
-CONFIGS = {path: yaml.safe_load(text) for path, text in render_all(SPEC).items() if path in RENDERS}
+CONFIGS = {path: safe_load(text) for path, text in render_all(SPEC).items() if path in RENDERS}
 PROGRAM = CONFIGS["vector/vector.yaml"]["transforms"]["cvat_contract"]["source"]
 # The program, preceded by what Vector's source does to an event without `timestamp`
 # (lib/codecs/src/decoding/format/json.rs at v0.54.0: it inserts its receipt time).
@@ -461,7 +461,7 @@ def test_events_reach_clickhouse_only_through_the_contract_and_refusals_reach_th
 
 def test_the_dead_letter_volume_is_mounted_where_the_file_sink_writes():
     files = render_all(SPEC)
-    standalone = yaml.safe_load(files["docker-compose.yml"])
+    standalone = safe_load(files["docker-compose.yml"])
     assert "vector-dead-letters:/var/lib/vector-dead-letters" in standalone["services"]["vector"]["volumes"]
     assert "vector-dead-letters" in standalone["volumes"]
     override = files["cvat-compose.override.yml"]
@@ -539,4 +539,4 @@ def test_vectors_metrics_are_scraped_as_often_as_the_spec_says_in_both_renders()
     spec["vector"]["metrics"]["scrape_interval_secs"] = 37
     for path, text in render_all(spec).items():
         if path in RENDERS:
-            assert yaml.safe_load(text)["sources"]["vector_metrics"]["scrape_interval_secs"] == 37, path
+            assert safe_load(text)["sources"]["vector_metrics"]["scrape_interval_secs"] == 37, path
