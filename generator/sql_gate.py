@@ -269,11 +269,11 @@ ACCESS_DENIED = 497
 # Table functions that make rows from their arguments alone (merge() and view() read tables).
 ROW_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
                            "values", "null", "primes"})
-# Lines of EXPLAIN QUERY TREE naming what is read; the analyser names every table `__tableN`,
-# so a user's alias cannot print a second name on the line.
-_TABLE = re.compile(r"\s*TABLE id: \d+, alias: __table\d+, table_name: ([^,\s]+)(?:, .*)?")
-_TABLE_FUNCTION = re.compile(r"\s*TABLE_FUNCTION id: \d+, alias: __table\d+, table_function_name: (\w+)(?:, .*)?")
-_FUNCTION = re.compile(r"\s*FUNCTION id: \d+, function_name: (\w+), .*")
+# Names on the lines of EXPLAIN QUERY TREE. Every one on a line is checked: an alias (the
+# query author's text, printed before the name) could only add a name, never hide one.
+_NAMES = {"TABLE": re.compile(r"table_name: ([^,\s]+)"),
+          "TABLE_FUNCTION": re.compile(r"table_function_name: (\w+)"),
+          "FUNCTION": re.compile(r"function_name: (\w+)")}
 
 
 def filtered_tables(filters: str) -> frozenset[str]:
@@ -283,36 +283,49 @@ def filtered_tables(filters: str) -> frozenset[str]:
     return frozenset(key for key in pairs if "\\" not in key)
 
 
-def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[str], who: str) -> None:
+def check_reads(explain: Callable[[str], str], sql: str, filtered: frozenset[str], who: str) -> None:
     """Refuse (ACCESS_DENIED) a query of a caller with forced filters that reads anything their
     filters do not cover: an allow-list, because ClickHouse adds a filter only to the tables it
     names and a custom panel's SQL may read any other. `filtered`: filtered_tables(); system.one
-    is a SELECT without FROM. Names as the engine's analyser resolves them (a CTE, a table of the
-    current database), so it must be a SELECT over tables that exist; check_statement first."""
+    is a SELECT without FROM. What is read is what the engine's analyser resolves (a CTE, a
+    table of the current database, IN table, a subquery), so it must be a SELECT over tables
+    that exist; check_statement first.
+
+    `explain(text)` runs one statement as the caller's query would run, with their filters,
+    read-only and within the dashboards' limits, and with enable_scalar_subquery_optimization
+    off: analysing executes scalar subqueries, and with it on, a subquery returning an array
+    becomes __getScalar('<hash>') and its table leaves the tree (red-teamed: the rows of any
+    table, and any file, through one such subquery run unfiltered at readonly=0)."""
     if not _STATEMENTS:
         _STATEMENTS.update(statements())
 
     def denied(what: str) -> Refused:
-        return Refused(ACCESS_DENIED, f"{who} has forced filters, which cover only {', '.join(sorted(filtered))}: "
-                                      f"{what}", "ACCESS_DENIED")
+        return Refused(ACCESS_DENIED, f"{who} may not run this query: {what}; their forced filters cover only "
+                                      f"{', '.join(sorted(filtered))}", "ACCESS_DENIED")
 
     try:
-        tree = ask(f"{_STATEMENTS['explain_query_tree']} {sql}", {})
-    except Exception as exc:  # not a SELECT, or a name the engine cannot resolve
-        raise denied("only a SELECT over them runs (" + (str(exc).strip().splitlines() or [""])[0][:200] + ")") from None
+        tree = explain(f"{_STATEMENTS['explain_query_tree']} {sql}")
+    except Exception as exc:  # not a SELECT, a name the engine cannot resolve, a limit
+        # Only the code: the message can quote a value of a row the caller may not read (a
+        # failed cast in a subquery the analysis ran).
+        code = re.search(r"Code: (\d+)", str(exc))
+        raise denied("it could not be checked, and only a SELECT over the tables below runs "
+                     f"(error code {code[1] if code else '?'})") from None
     for line in tree.splitlines():
-        if line.lstrip().startswith("TABLE id: "):
-            found = _TABLE.fullmatch(line)
-            if not found or (found[1] not in filtered and found[1] != "system.one"):
-                raise denied(f"the query reads {found[1] if found else line.strip()[:100]}")
-        elif line.lstrip().startswith("TABLE_FUNCTION id: "):
-            found = _TABLE_FUNCTION.fullmatch(line)
-            if not found or found[1].lower() not in ROW_FUNCTIONS:
-                raise denied(f"the query reads table function {found[1] if found else line.strip()[:100]}()")
-        elif line.lstrip().startswith("FUNCTION id: "):
-            found = _FUNCTION.fullmatch(line)
-            if not found or found[1].startswith(("dict", "joinGet")):  # a dictionary or Join table by name
-                raise denied(f"the query calls {found[1] if found else line.strip()[:100]}()")
+        kind = line.lstrip().split(" id: ", 1)[0]
+        if kind not in _NAMES:
+            continue
+        names = _NAMES[kind].findall(line)
+        if not names:
+            raise denied(f"the query reads something this check cannot name: {line.strip()[:100]}")
+        for name in names:
+            if kind == "TABLE" and name not in filtered and name != "system.one":
+                raise denied(f"the query reads {name}")
+            if kind == "TABLE_FUNCTION" and name.lower() not in ROW_FUNCTIONS:
+                raise denied(f"the query reads table function {name}()")
+            # a dictionary or a Join table by name; a scalar subquery the analysis ran and hid
+            if kind == "FUNCTION" and (name.startswith(("dict", "joinGet")) or name == "__getScalar"):
+                raise denied(f"the query calls {name}()")
 
 
 # -- Grafana's ad hoc filters ---------------------------------------------------------

@@ -376,7 +376,7 @@ def test_forced_filters_of_an_access_token_hold_on_every_panel(hand):
     assert "ann" not in org and "Query failed" not in org
     # Every built-in panel reads only the tables forced filters cover (sql_gate.check_reads).
     for uid in pages.definitions:
-        assert "ACCESS_DENIED" not in pages.dashboard_page(uid, query, forced={"org_id": 7, "user_id": 1}), uid
+        assert "Query failed" not in pages.dashboard_page(uid, query, forced={"org_id": 7, "user_id": 1}), uid
 
 
 # --- hand-computed: the exceptions dashboard (current range = DAY, previous = the day before)

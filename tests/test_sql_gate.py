@@ -4,8 +4,10 @@ and a query_id that would break the response head. Real `serve` on 127.0.0.1, re
 from __future__ import annotations
 
 import copy
+import json
 import http.client
 import logging
+import re
 import time
 import textwrap
 import urllib.error
@@ -311,6 +313,8 @@ def test_every_ai_function_is_refused(served):
     ("WITH working_time_slot_totals AS (SELECT user_id FROM {db}.events) SELECT * FROM working_time_slot_totals",
      None),  # a CTE shadowing a table's name: the analyser resolves it to events
     ("SELECT * FROM {db}.working_time_totals WHERE user_id IN (SELECT user_id FROM {db}.events)", None),
+    ("SELECT (SELECT groupArray(user_id) FROM {db}.events) AS users", None),  # a scalar subquery, filtered
+    ("SELECT arrayFilter(x -> x > 0, [1, 2]) AS before", None),  # an alias on a function's line
     ("SELECT * FROM {db}.working_time_slot_totals", "reads {db}.working_time_slot_totals"),
     ("SELECT 1 FROM {db}.events WHERE user_id GLOBAL IN (SELECT user_id FROM {db}.working_time_checkpoints)",
      "reads {db}.working_time_checkpoints"),
@@ -318,24 +322,59 @@ def test_every_ai_function_is_refused(served):
      "reads {db}.imports"),
     ("SELECT (scope, timestamp) IN {db}.ingest_requests FROM {db}.events", "reads {db}.ingest_requests"),
     ("SELECT name FROM system.tables", "reads system.tables"),
+    # Scalar subqueries the analysis executes (an array, a LowCardinality): found by red-teaming,
+    # they had left only __getScalar in the tree and read any table, file and org.
+    ("SELECT arrayJoin((SELECT groupArray(toString(tuple(*))) FROM {db}.working_time_slot_totals)) AS leaked",
+     "reads {db}.working_time_slot_totals"),
+    ("SELECT (SELECT toLowCardinality(any(name)) FROM system.tables)", "reads system.tables"),
+    ("SELECT x FROM {db}.events ARRAY JOIN (SELECT groupArray(name) FROM system.tables) AS x", "reads system.tables"),
+    ("SELECT arrayJoin((SELECT groupArray(c1) FROM `/etc/hostname`)) AS leaked", "could not be checked"),
     ("SELECT * FROM view(SELECT 1)", "table function view()"),
     ("SELECT * FROM merge('{db}', '^working')", "table function merge()"),
-    ("SELECT dictGet('{db}.nothing', 'x', 1)", "only a SELECT over them runs"),  # no such dictionary
-    ("SHOW TABLES", "only a SELECT over them runs"),
-    ("EXPLAIN SELECT * FROM {db}.working_time_slot_totals", "only a SELECT over them runs"),
+    ("SELECT dictGet('{db}.nothing', 'x', 1)", "could not be checked"),  # no such dictionary
+    ("SELECT joinGetOrNull('{db}.nothing', 'x', 1)", "could not be checked"),
+    ("SHOW TABLES", "could not be checked"),
+    ("EXPLAIN SELECT * FROM {db}.working_time_slot_totals", "could not be checked"),
 ])
 def test_a_caller_with_forced_filters_reads_only_the_tables_they_cover(store, query, verdict):
     from cvat_analytics.dashboards import Dashboards
-    from cvat_analytics_generator.sql_gate import Refused, check_reads, filtered_tables
+    from cvat_analytics_generator.sql_gate import Refused, filtered_tables
 
     db = store.database
     pages = Dashboards(lambda: store.client, store.spec)
-    filtered = filtered_tables(pages.forced_filters({"org_id": 7}))
-    assert filtered == {f"{db}.{t}" for t in ("events", "working_time_totals", "vector_metrics",
-                                               "working_time_refresh_log")}
+    assert filtered_tables(pages.forced_filters({"org_id": 7})) == {
+        f"{db}.{t}" for t in ("events", "working_time_totals", "vector_metrics", "working_time_refresh_log")}
     sql_text = query.format(db=db)
+    pages.gate(sql_text)  # every one passes the gate of a caller without forced filters
     if verdict is None:
-        check_reads(pages._ask, sql_text, filtered, "org 7")
+        pages.gate(sql_text, forced={"org_id": 7})
     else:
-        with pytest.raises(Refused, match=r"org 7 has forced filters, which cover only .*" + verdict.format(db=db)):
-            check_reads(pages._ask, sql_text, filtered, "org 7")
+        with pytest.raises(Refused, match=r"a caller with org_id=7 may not run this query: .*"
+                                          + re.escape(verdict.format(db=db)) + ".*; their forced filters cover only"):
+            pages.gate(sql_text, forced={"org_id": 7})
+
+
+def test_a_refused_query_of_a_forced_caller_leaks_no_value_and_registers_no_file(store):
+    """The check's analysis runs filtered and read-only: a cast that fails on another org's
+    value refuses the query with the error code only, and a file named in a refused query is
+    not left registered as a table (chdb keeps a file the engine opened at readonly=0, which
+    readonly=1 then no longer refuses)."""
+    from cvat_analytics.dashboards import Dashboards
+    from cvat_analytics_generator.sql_gate import Refused
+    from cvat_analytics.store import insert_json_rows
+
+    db = store.database
+    insert_json_rows(store.client, db, json.dumps({"scope": "create:job", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                   "source": "server", "org_id": 8,
+                                                   "obj_name": "SECRET_OF_ORG_8"}).encode())
+    pages = Dashboards(lambda: store.client, store.spec)
+    leak = f"SELECT (SELECT toUInt8(assumeNotNull(any(obj_name))) FROM {db}.events WHERE org_id = 8)"
+    with pytest.raises(Refused) as refused:
+        pages.gate(leak, forced={"org_id": 7})
+    assert "SECRET" not in str(refused.value) and "error code" in str(refused.value)
+    assert pages.query(f"SELECT any(obj_name) FROM {db}.events WHERE org_id = 8")[1] == [("SECRET_OF_ORG_8",)]
+
+    with pytest.raises(Refused, match="could not be checked"):
+        pages.gate("SELECT * FROM `/etc/hostname`", forced={"org_id": 7})
+    with pytest.raises(Exception, match="READONLY|readonly"):
+        pages.query("SELECT * FROM `/etc/hostname`")
