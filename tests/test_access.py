@@ -296,9 +296,9 @@ def test_a_forced_caller_gets_no_panel_that_reads_a_table_their_filters_do_not_c
     text = html.unescape(org7.decode())
     assert status == 200
     db = store.database
-    assert f"the query reads {db}.working_time_slot_totals" in text
-    assert f"the query reads {db}.schema_migrations" in text
-    assert "the query reads table function merge()" in text
+    assert f"it reads {db}.working_time_slot_totals" in text
+    assert f"it reads {db}.schema_migrations" in text
+    assert "it reads table function merge()" in text
     assert text.count("may not run this query") == 3  # the events panel runs, filtered: org 7 has none of it
     assert re.search(r'id="panel-1"[^>]*data-empty="false"', text)
 
