@@ -269,9 +269,12 @@ ACCESS_DENIED = 497
 # Table functions that make rows from their arguments alone (merge() and view() read tables).
 ROW_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
                            "values", "null", "primes"})
-# The functions whose second argument, a bare name, is a table (x IN t).
-_IN_TABLE = frozenset({"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn",
-                       "globalNotNullIn"})
+# The functions whose second argument, a bare name, is a table (x IN t): in, notIn, globalIn,
+# nullIn, ... and their *IgnoreSet forms (red-teamed: inIgnoreSet read a table whole).
+_IN_TABLE = re.compile(r"(global)?(not)?(null)?in(ignoreset)?", re.IGNORECASE)
+# Functions that read a dictionary, a Join table or the server's settings by name.
+_NAMED_READS = ("dict", "joinget", "naivebayesclassifier", "getserversetting", "getmergetreesetting", "getmacro",
+                "globalvariable", "hascolumnintable")
 _CTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -291,7 +294,9 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
     FROM and JOIN, in subqueries and as `x IN t`. A qualified name must be one of `filtered`
     (filtered_tables()) or system.one; a bare name is a CTE's (the tree does not print CTE
     names), so it must be a plain name and not a table of the current database. Table functions
-    only from ROW_FUNCTIONS; no dict*() or joinGet*() (a dictionary or a Join table by name).
+    only from ROW_FUNCTIONS; no function that reads by name (_NAMED_READS: a dictionary, a Join
+    table, the server's settings); any other dotted name that is a table must be one of
+    `filtered` too (a function taking a table, as inIgnoreSet does).
     An analyser's tree (EXPLAIN QUERY TREE) resolves names better but runs scalar subqueries
     while analysing: red-teamed, that read any table unfiltered through the refusal's error
     code, and its dump of expanded aliases took gigabytes."""
@@ -310,6 +315,7 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
             raise denied(f"it reads {name}{how}, a table of the current database (qualify it, or name "
                          "the CTE differently)" if _CTE_NAME.fullmatch(name) else f"it reads {name!r}{how}")
 
+    dotted: set[str] = set()
     lines = ask(f"{_STATEMENTS['explain_ast']} {sql}", {}).splitlines()
     if not lines or lines[0].split()[0] != "SelectWithUnionQuery" or not _whole_tree(lines):
         raise denied("only a SELECT runs")
@@ -325,14 +331,20 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
         function = ancestors[-2][1] if len(ancestors) >= 2 and ancestors[-2][0] == "Function" else ""
         if kind == "TableIdentifier":
             check_table(name, "")
-        elif kind == "Identifier" and function in _IN_TABLE and position == 1:
+        elif kind == "Identifier" and _IN_TABLE.fullmatch(function) and position == 1:
             check_table(name, " (IN)")
+        elif kind == "Identifier" and "." in name:
+            dotted.add(name)  # a column (t.c), or a table where a function takes one
         elif kind == "Function":
             if ancestors and ancestors[-1][0] == "TableExpression" and name.lower() not in ROW_FUNCTIONS:
                 raise denied(f"it reads table function {name}()")
-            if name.lower().startswith(("dict", "joinget")):
+            if name.lower().startswith(_NAMED_READS):
                 raise denied(f"it calls {name}()")
         ancestors.append([kind, name, 0])
+    # Any other name that is a table: wherever a function takes one, it reads it unfiltered.
+    for name in sorted(dotted):
+        if ask(_STATEMENTS["qualified_table_exists"], {"name": name}).strip() != "0":
+            check_table(name, "")
 
 
 # -- Grafana's ad hoc filters ---------------------------------------------------------

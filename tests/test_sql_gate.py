@@ -339,6 +339,15 @@ def test_every_ai_function_is_refused(served):
     ("SELECT * FROM merge('{db}', '^working')", "table function merge()"),
     ("SELECT dictGet('{db}.nothing', 'x', 1)", "it calls dictGet()"),
     ("SELECT joinGetOrNull('{db}.nothing', 'x', 1)", "it calls joinGetOrNull()"),
+    # Found by the third red-team: the *IgnoreSet forms of IN read their table whole, and
+    # functions that read the server's settings or a table's columns by name.
+    ("SELECT inIgnoreSet(toUInt64(80), {db}.working_time_checkpoints)",
+     "it reads {db}.working_time_checkpoints (IN)"),
+    ("SELECT globalNotNullInIgnoreSet(toUInt64(80), {db}.imports)", "it reads {db}.imports (IN)"),
+    ("SELECT hasColumnInTable('{db}', 'working_time_checkpoints', 'run_end_ms')", "it calls hasColumnInTable()"),
+    ("SELECT getServerSetting('path')", "it calls getServerSetting()"),
+    ("SELECT w.user_id FROM {db}.working_time_totals AS w", None),  # a dotted column, not a table
+    ("SELECT identity({db}.imports)", "it reads {db}.imports"),  # any function given a table's name
     ("SHOW TABLES", "only a SELECT runs"),
     ("EXPLAIN SELECT * FROM {db}.working_time_slot_totals", "only a SELECT runs"),
 ])
