@@ -89,8 +89,10 @@ def service(tmp_path_factory):
             break
         time.sleep(1)
     else:
+        log = srv.log_path.read_text(errors="replace")[-3000:]
         srv.stop()
-        pytest.fail("the working-time and Timesheet tables were still empty 120 s after serve started")
+        pytest.fail("the working-time and Timesheet tables were still empty 120 s after serve started; "
+                    f"serve's log ends:\n{log}")
     yield srv
     srv.stop()
 

@@ -69,8 +69,10 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     # view the migrations create (see docs/architecture.md, Working time).
     client = connect(dsn, engine=engine_settings(spec))  # the engine's caches and cap, as the spec sizes them
     if chdb_path(dsn) is not None:
+        from .. import working_time
         from ..migrate import migrate
         migrate(client, spec, log=SERVICE.info)
+        working_time.refresh_once_the_engine_is_up(client, spec)
     from ..dashboards import Dashboards
 
     # Exports and the dashboards get engine handles of their own: an open export stream
