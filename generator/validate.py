@@ -265,8 +265,9 @@ def compose_problems(files: dict[str, str]) -> list[str]:
 
 
 def sql_problems(files: dict[str, str], parse_only: bool = False) -> list[str]:
-    # The .sql files, and the dashboards whose queries run on the schema they make.
-    sql = {rel: text for rel, text in files.items() if rel.endswith(".sql") or rel.startswith("grafana/dashboards/")}
+    # The .sql files, and the dashboards' and alert rules' queries, which run on the schema they make.
+    sql = {rel: text for rel, text in files.items()
+           if rel.endswith(".sql") or rel.startswith(("grafana/dashboards/", "grafana/provisioning/alerting/"))}
     if not sql:
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:

@@ -19,7 +19,7 @@ from cvat_analytics_generator.alerts import PROVISIONING, alerting_problems, con
 from cvat_analytics_generator.contracts import contract_problems
 from cvat_analytics_generator.render import render_all
 from cvat_analytics_generator.spec import load_spec
-from cvat_analytics_generator.validate import parse_yaml
+from cvat_analytics_generator.validate import parse_yaml, sql_problems
 from cvat_analytics_generator.sql import string_literal
 from cvat_analytics_generator.yaml_load import safe_load
 
@@ -249,6 +249,9 @@ def test_check_passes_alert_sql_through_the_gate_and_runs_it(tmp_path):
     assert f"{PROVISIONING}: alert rule cvat-analytics-events-lost is refused" in refused
     failing_sql = check(with_alert_sql(files, "SELECT throwIf(1) AS value"))
     assert f"{PROVISIONING}: alert rule cvat-analytics-events-lost does not execute on ClickHouse" in failing_sql
+    # ... and `check` hands them to it: it had passed only the .sql files and the dashboards.
+    assert any(p.startswith(f"{PROVISIONING}: alert rule cvat-analytics-events-lost is refused")
+               for p in sql_problems(with_alert_sql(files, "SELECT count() AS value FROM file('/etc/passwd')")))
 
 
 # --- serve ----------------------------------------------------------------------------------
