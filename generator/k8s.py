@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import PurePosixPath
 
-
 from . import grafana
 from .cluster_ddl import shards_ledger_row
 from .render import CLUSTER_INIT_TEMPLATE, _applied, _render_templates, context, environment, ledger_statements

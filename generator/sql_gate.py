@@ -25,7 +25,7 @@ dashboards') also url(), remote(), file() as a table and a SETTINGS clause. So:
   literals joined by FILTER_FUNCTIONS (no subquery, no table, no other function: it cannot read
   another table); it is then set on the session, and the query runs without the clause.
 - a caller with forced filters (dashboards; /clickhouse refuses them): check_reads, only a
-  SELECT whose every table, as the engine's analyser resolves it, is one the filter names.
+  SELECT whose every table, as the parser's tree names it, is one the filter names.
 """
 from __future__ import annotations
 
@@ -315,7 +315,7 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
             raise denied(f"it reads {name}{how}, a table of the current database (qualify it, or name "
                          "the CTE differently)" if _CTE_NAME.fullmatch(name) else f"it reads {name!r}{how}")
 
-    dotted: set[str] = set()
+    named: set[str] = set()
     lines = ask(f"{_STATEMENTS['explain_ast']} {sql}", {}).splitlines()
     if not lines or lines[0].split()[0] != "SelectWithUnionQuery" or not _whole_tree(lines):
         raise denied("only a SELECT runs")
@@ -333,17 +333,18 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
             check_table(name, "")
         elif kind == "Identifier" and _IN_TABLE.fullmatch(function) and position == 1:
             check_table(name, " (IN)")
-        elif kind == "Identifier" and "." in name:
-            dotted.add(name)  # a column (t.c), or a table where a function takes one
+        elif kind == "Identifier":
+            named.add(name)  # a column, an alias, or a table where a function or a WITH alias takes one
         elif kind == "Function":
             if ancestors and ancestors[-1][0] == "TableExpression" and name.lower() not in ROW_FUNCTIONS:
                 raise denied(f"it reads table function {name}()")
             if name.lower().startswith(_NAMED_READS):
                 raise denied(f"it calls {name}()")
         ancestors.append([kind, name, 0])
-    # Any other name that is a table: wherever a function takes one, it reads it unfiltered.
-    for name in sorted(dotted):
-        if ask(_STATEMENTS["qualified_table_exists"], {"name": name}).strip() != "0":
+    # Any other name that is a table, wherever it stands: a function given one reads it whole,
+    # and `WITH t AS x ... IN x` reads t (red-teamed); a column sharing a table's name is refused too.
+    if named:
+        for name in ask(_STATEMENTS["names_of_tables"], {"names": sorted(named)}).split():
             check_table(name, "")
 
 

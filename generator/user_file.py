@@ -70,7 +70,7 @@ def parse_yaml(text: str, source: Path | str) -> tuple[Any, yaml.Node | None]:
     loader = _Loader(text)
     loader.source = str(source)
     try:
-        for event in yaml.parse(text, Loader=_PARSER):  # before anything is built from it
+        for event in yaml.parse(text, Loader=SafeLoader):  # before anything is built from it
             if isinstance(event, yaml.AliasEvent):
                 raise UserFileError(f"{source}:{event.start_mark.line + 1}: refused: an alias (*{event.anchor}); write "
                                     f"the value out (an alias can multiply a small file into billions of values)")
@@ -92,12 +92,9 @@ def parse_yaml(text: str, source: Path | str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
-# libyaml's parser when PyYAML has it (yaml_load: and it refuses nesting past 1000 levels);
+# libyaml's parser when PyYAML has it (yaml_load; it also refuses nesting past 1000 levels);
 # the mappings are built in Python either way.
-_PARSER = SafeLoader
-
-
-class _Loader(_PARSER):
+class _Loader(SafeLoader):
     source = "<yaml>"
 
     def construct_mapping(self, node, deep=False):

@@ -45,7 +45,7 @@ class _ComposeLoader(SafeLoader):
     """SafeLoader that reads compose's merge tags (!reset, !override) as plain values."""
 
 
-def _plain(loader: yaml.SafeLoader, node: yaml.Node):
+def _plain(loader: SafeLoader, node: yaml.Node):
     if isinstance(node, yaml.MappingNode):
         return loader.construct_mapping(node, deep=True)
     if isinstance(node, yaml.SequenceNode):

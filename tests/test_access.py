@@ -279,8 +279,8 @@ panels:
 @pytest.mark.clickhouse
 def test_a_forced_caller_gets_no_panel_that_reads_a_table_their_filters_do_not_cover(make_served, store, tmp_path):
     """ClickHouse filters only the tables additional_table_filters names, and a custom panel's SQL
-    may read any other: a forced caller gets such a panel refused, naming the table (the engine's
-    analyser says what is read: a CTE over events passes), while an unforced one sees its rows."""
+    may read any other: a forced caller gets such a panel refused, naming the table, while an
+    unforced one sees its rows."""
     (tmp_path / "mine").mkdir()
     definition = UNFILTERED.replace("DATABASE", store.database)
     (tmp_path / "mine" / "unfiltered.yaml").write_text(definition)

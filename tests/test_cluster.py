@@ -182,7 +182,8 @@ _MERGEABLE = r"(?:count|countIf|sum|sumIf|uniqExact\(\s*user_id|uniqExactIf\(\s*
 # Results that do not add up across shards: a top-N cut, a share or an average of the whole;
 # and a panel reading now() (its stores are queried seconds apart, and "Active users (now)"
 # lost a user between them when the run fell a quarter past the demo's last hour).
-_NOT_MERGEABLE = re.compile(r"\b(?:LIMIT|OVER|avg|quantile|min|max|round|argMax|anyLast|now)\b", re.IGNORECASE)
+_NOT_MERGEABLE = re.compile(r"\b(?:LIMIT|OVER|avg|quantile|min|max|round|argMax|anyLast|now\w*|today|yesterday)\b",
+                            re.IGNORECASE)
 
 
 def _value_columns(sql: str, columns: list[str]) -> list[str] | None:

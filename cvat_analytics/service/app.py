@@ -72,7 +72,11 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
         from .. import working_time
         from ..migrate import migrate
         migrate(client, spec, log=SERVICE.info)
-        working_time.refresh_once_the_engine_is_up(client, spec)
+        try:
+            working_time.refresh_once_the_engine_is_up(client, spec)
+        except Exception as exc:  # the scheduled runs go on: a warning, not a service that will not start
+            SERVICE.warning("the working-time refresh could not be started at once: %s",
+                            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
     from ..dashboards import Dashboards
 
     # Exports and the dashboards get engine handles of their own: an open export stream
