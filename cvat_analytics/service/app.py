@@ -9,6 +9,7 @@ import threading
 
 from cvat_analytics_generator.render import is_cluster
 
+from ..errors import first_line
 from ..export import ExportJobs
 from ..store import chdb_path, connect, engine_settings, open_handle, redact
 from . import logs
@@ -75,8 +76,7 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
         try:
             working_time.refresh_once_the_engine_is_up(client, spec)
         except Exception as exc:  # the scheduled runs go on: a warning, not a service that will not start
-            SERVICE.warning("the working-time refresh could not be started at once: %s",
-                            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+            SERVICE.warning("the working-time refresh could not be started at once: %s", first_line(exc)[:300])
     from ..dashboards import Dashboards
 
     # Exports and the dashboards get engine handles of their own: an open export stream
