@@ -307,15 +307,8 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
         return Refused(ACCESS_DENIED, f"{who} may not run this query: {what}; their forced filters cover only "
                                       f"{', '.join(sorted(filtered))}", "ACCESS_DENIED")
 
-    def check_table(name: str, how: str) -> None:
-        if "." in name:
-            if name not in filtered and name != "system.one":
-                raise denied(f"it reads {name}{how}")
-        elif not _CTE_NAME.fullmatch(name) or ask(_STATEMENTS["table_exists"], {"name": name}).strip() != "0":
-            raise denied(f"it reads {name}{how}, a table of the current database (qualify it, or name "
-                         "the CTE differently)" if _CTE_NAME.fullmatch(name) else f"it reads {name!r}{how}")
-
-    named: set[str] = set()
+    read: list[tuple[str, str]] = []  # (name, how) where the tree has a table
+    named: set[str] = set()  # every other name: a column, an alias, or a table a function takes
     lines = ask(f"{_STATEMENTS['explain_ast']} {sql}", {}).splitlines()
     if not lines or lines[0].split()[0] != "SelectWithUnionQuery" or not _whole_tree(lines):
         raise denied("only a SELECT runs")
@@ -330,22 +323,31 @@ def check_reads(ask: Callable[[str, dict], str], sql: str, filtered: frozenset[s
             ancestors[-1][2] += 1
         function = ancestors[-2][1] if len(ancestors) >= 2 and ancestors[-2][0] == "Function" else ""
         if kind == "TableIdentifier":
-            check_table(name, "")
+            read.append((name, ""))
         elif kind == "Identifier" and _IN_TABLE.fullmatch(function) and position == 1:
-            check_table(name, " (IN)")
+            read.append((name, " (IN)"))
         elif kind == "Identifier":
-            named.add(name)  # a column, an alias, or a table where a function or a WITH alias takes one
+            named.add(name)
         elif kind == "Function":
             if ancestors and ancestors[-1][0] == "TableExpression" and name.lower() not in ROW_FUNCTIONS:
                 raise denied(f"it reads table function {name}()")
             if name.lower().startswith(_NAMED_READS):
                 raise denied(f"it calls {name}()")
         ancestors.append([kind, name, 0])
-    # Any other name that is a table, wherever it stands: a function given one reads it whole,
-    # and `WITH t AS x ... IN x` reads t (red-teamed); a column sharing a table's name is refused too.
-    if named:
-        for name in ask(_STATEMENTS["names_of_tables"], {"names": sorted(named)}).split():
-            check_table(name, "")
+    # Which names are tables ("db.table", or a table of the current database), in one question.
+    tables = set(ask(_STATEMENTS["names_of_tables"], {"names": sorted(named | {n for n, _ in read})}).splitlines())
+    # Any other name that is a table, wherever it stands, is read too: a function given one reads
+    # it whole, and `WITH t AS x ... IN x` reads t (red-teamed); a column sharing a table's name
+    # is refused with them.
+    for name, how in read + [(n, "") for n in sorted(named & tables)]:
+        if "." in name:
+            if name not in filtered and name != "system.one":
+                raise denied(f"it reads {name}{how}")
+        elif not _CTE_NAME.fullmatch(name):
+            raise denied(f"it reads {name!r}{how}")
+        elif name in tables:  # a bare name is a CTE's, unless the current database has it
+            raise denied(f"it reads {name}{how}, a table of the current database (qualify it, or name "
+                         "the CTE differently)")
 
 
 # -- Grafana's ad hoc filters ---------------------------------------------------------
