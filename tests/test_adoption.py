@@ -17,7 +17,7 @@ from cvat_analytics import store as store_module
 from cvat_analytics import working_time as wt
 from cvat_analytics.migrate import migrate
 from cvat_analytics_generator.spec import load_spec
-from tests.conftest import REPO, write_spec
+from tests.conftest import HOURLY_REFRESH, REPO, write_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import working_time_oracle as oracle  # noqa: E402
@@ -80,8 +80,7 @@ def last_run(client, db):
 @pytest.mark.clickhouse
 def test_adopting_cvats_table_rewrites_no_part_and_the_refresh_takes_only_what_is_new(chdb_dsn, tmp_path):
     db = f"cvat_{uuid.uuid4().hex[:10]}"
-    _, path = write_spec(tmp_path, **{"clickhouse.database": db, "working_time.refresh_interval_s": 3600,
-                                         "alerts.working_time_stale.max_age_minutes": 121})
+    _, path = write_spec(tmp_path, **{"clickhouse.database": db, **HOURLY_REFRESH})
     spec = load_spec(path)
     client = store_module.connect(chdb_dsn)
     client.command(f"CREATE DATABASE `{db}`")
@@ -155,8 +154,7 @@ def retry_after_a_timeout(data: str, spec_path: str) -> None:
 def test_a_retry_after_a_migrate_that_timed_out_stops_the_rewrite_it_left_queued(tmp_path):
     """An earlier migrate queued 0012's MATERIALIZE and timed out before it ran: the next
     one kills it, so it never rewrites CVAT's parts, and adopts them as they are."""
-    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": "cvat", "working_time.refresh_interval_s": 3600,
-                                         "alerts.working_time_stale.max_age_minutes": 121})
+    _, spec_path = write_spec(tmp_path, **{"clickhouse.database": "cvat", **HOURLY_REFRESH})
     code = f"from tests.test_adoption import retry_after_a_timeout as r; r({str(tmp_path / 'db')!r}, {str(spec_path)!r})"
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -16,7 +16,7 @@ import pytest
 
 from cvat_analytics.bench import statements
 from cvat_analytics.bench.cvat_baselines import python_baseline
-from tests.conftest import write_spec
+from tests.conftest import HOURLY_REFRESH, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
@@ -66,8 +66,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     # The bench starts every refresh it times (working_time.wait_current); scheduled ones every
     # 10 s in each of its stores (the load waits a minute, the ceiling migrates seven databases)
     # would only cost CPU, so the spec schedules them hourly.
-    _, spec = write_spec(tmp_path, **{"working_time.refresh_interval_s": 3600,
-                                      "alerts.working_time_stale.max_age_minutes": 121})
+    _, spec = write_spec(tmp_path, **HOURLY_REFRESH)
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--spec", str(spec),

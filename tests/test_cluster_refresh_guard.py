@@ -17,7 +17,7 @@ from cvat_analytics.demo import Demo, to_row
 from cvat_analytics_generator.render import render_all
 from tests import cluster_store
 from cvat_analytics_generator.spec import load_spec
-from tests.conftest import new_database_name, write_spec
+from tests.conftest import HOURLY_REFRESH, new_database_name, write_spec
 from tests.test_cluster_faults import cluster_spec
 
 KEY = "user_id, toString(hour), ifNull(project_id, 0), ifNull(task_id, 0), ifNull(job_id, 0)"
@@ -52,8 +52,7 @@ def _fetch(client, src: str, dst: str, tables: list[str]) -> None:
 def test_a_refresh_on_a_replica_missing_the_last_runs_totals_refuses_and_nothing_counts_twice(tmp_path, chdb_dsn):
     # refreshes once an hour: none runs but those the test starts (and the first, at creation)
     spec = load_spec(write_spec(tmp_path, **{"clickhouse.cluster": {"shards": 1, "replicas": 2, "insert_quorum": 2},
-                                             "working_time.refresh_interval_s": 3600,
-                                             "alerts.working_time_stale.max_age_minutes": 121})[1])
+                                             **HOURLY_REFRESH})[1])
     now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
     events = list(Demo(seed=3, days=1, now_ms=now_ms).events(4_000))
     first, second = (b"".join(to_row(e) for e in part) for part in (events[:2_000], events[2_000:]))

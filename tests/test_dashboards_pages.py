@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO, write_spec
+from tests.conftest import HOURLY_REFRESH, REPO, write_spec
 from cvat_analytics.bench.service import ServeProcess
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -60,8 +60,7 @@ def service(tmp_path_factory):
     work = tmp_path_factory.mktemp("pages")
     # The refresh runs as each process opens the store (migrate, demo, serve) and then once an
     # hour, not every 10 s for the module's life: each run costs CPU, and the pages need only the first.
-    _, spec_path = write_spec(work, custom_dashboards_dir="mine", **{
-        "working_time.refresh_interval_s": 3600, "alerts.working_time_stale.max_age_minutes": 121})
+    _, spec_path = write_spec(work, custom_dashboards_dir="mine", **HOURLY_REFRESH)
     (work / "mine").mkdir()
     (work / "mine" / "errors_by_user.yaml").write_text(ERRORS_BY_USER)
     # A dashboard edited in Grafana and saved as JSON, imported as the README says.

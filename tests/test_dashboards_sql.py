@@ -18,7 +18,7 @@ from cvat_analytics.store import insert_json_rows
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 from cvat_analytics_generator.sql import escape_string
-from tests.conftest import Store, write_spec
+from tests.conftest import HOURLY_REFRESH, Store, write_spec
 
 # Recent days: events older than the spec's retention are dropped at once.
 NOW = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -80,7 +80,7 @@ def seeded(chdb_dsn, tmp_path_factory):
     # Refreshed when asked (wait_current) and hourly, not every 10 s while the module runs: each run costs CPU.
     _, path = write_spec(tmp_path_factory.mktemp("spec"), **{
         "clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
-        "working_time.refresh_interval_s": 3600, "alerts.working_time_stale.max_age_minutes": 121})
+        **HOURLY_REFRESH})
     spec = load_spec(path)
     client = store_module.connect(chdb_dsn)
     migrate(client, spec, log=lambda *_: None)

@@ -18,7 +18,7 @@ import pytest
 from cvat_analytics import store as store_module
 from cvat_analytics import working_time as wt
 from cvat_analytics_generator.spec import load_spec
-from tests.conftest import write_spec
+from tests.conftest import HOURLY_REFRESH, write_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 import working_time_oracle as oracle  # noqa: E402
@@ -411,8 +411,7 @@ def test_a_store_migrated_to_0012_keeps_its_old_rows_and_counts_what_the_trigger
     from cvat_analytics.migrate import migrate
 
     _, spec_path = write_spec(tmp_path, **{"clickhouse.database": f"t_{uuid.uuid4().hex[:12]}",
-                                           "working_time.refresh_interval_s": 3600,
-                                           "alerts.working_time_stale.max_age_minutes": 121})
+                                           **HOURLY_REFRESH})
     spec = load_spec(spec_path)
     db = spec["clickhouse"]["database"]
     client = store_module.connect(chdb_dsn)
