@@ -101,7 +101,7 @@ def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
     recompute is midway (it takes a bucket of users per run). Raises WorkingTimeError
     with the refresh's error once a run after the call has failed and it backs off."""
     statements = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
-    now, *refresh_and_wait, done = statements  # the plan's run, then the applying run
+    now, *refresh_and_wait, done = statements  # the plan's run, the applying run, productivity's
     since = client.query(now).result_rows[0][0]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -118,16 +118,14 @@ def wait_current(client, spec: dict, timeout_s: float = 60) -> None:
 
 
 def refresh_once_the_engine_is_up(client, spec: dict) -> None:
-    """Start one run of the refresh out of schedule, once the run in progress (if any) has ended.
+    """Start one run of each refresh out of schedule, once the run in progress (if any) has ended.
 
     chdb starts each refreshable view as a process opens the store, sometimes before it has
     attached system.view_refreshes, which the plan reads: that run fails (UNKNOWN_TABLE) and the
     next one is an interval away, up to an hour (seen: serve's totals still empty 120 s after it
-    started, with refresh_interval_s 3600). `serve` calls this once the store is open."""
-    _, *refresh_and_wait, _ = split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2"))
-    # The views as wait_current runs them (a plan, then its application: a refresh started
-    # by hand does not start the view that depends on it), without waiting for the last.
-    for statement in [refresh_and_wait[1], *refresh_and_wait[:-1]]:  # WAIT for the run at open first
+    started, with refresh_interval_s 3600). `serve` calls this once the store is open. The
+    statements are the wait template's `startup` form; the last refresh is started, not waited for."""
+    for statement in split_statements(render(spec, "clickhouse/queries/working_time_wait.sql.j2", startup=True)):
         try:
             client.command(statement)
         except Exception:  # a WAIT raises a failed run's error: the next run records it

@@ -26,13 +26,15 @@ PLUGIN = "grafana-clickhouse-datasource"
 OTHER_CATEGORY = "Other / uncategorized"  # an exception no category of the spec matches (CVAT's draft's name)
 
 
-def load(name: str, spec: dict, path: Path | None = None) -> dict:
+def load(name: str, spec: dict, path: Path | None = None, from_events: bool = False) -> dict:
     """The definition of dashboard `name` with its SQL completed for this spec: a built-in's
     uid is the spec's, a custom one's (`path`, from custom_dashboards_dir) its own;
     `filters` and every `*_filters` list become one ANDed condition each; `fragments` are
     filled in order, each able to use the ones before it. A built-in's SQL is a Jinja template
     (rendered in a sandbox); a custom one's only has its {{ names }} replaced (fill), and SQL
-    marked `verbatim` (what `dashboards import` writes) is taken as written."""
+    marked `verbatim` (what `dashboards import` writes) is taken as written. `from_events`:
+    the shared queries read the events instead of the state the engine keeps (the reference
+    `make bench` times them against)."""
     max_points = spec["embedded"]["dashboards"]["max_points"]
     ctx = {"db": db_name(spec), "other": OTHER_CATEGORY}
     if path is None:
@@ -41,7 +43,8 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
         env.filters["sql_str"] = string_literal  # spec values (exception patterns) as string literals
         builtin = {"exceptions": spec["exceptions"], "bucket_s": lambda floor: bucket_s(floor, max_points),
                    "duration_cap_s": spec["working_time"]["duration_cap_s"],
-                   "query": lambda template, **shape: shared_query(spec, ctx, template, **shape)}
+                   "query": lambda template, **shape: shared_query(spec, ctx, template, from_events=from_events,
+                                                                   **shape)}
 
         def complete(text: str) -> str:
             return env.from_string(text).render({**builtin, **ctx})
@@ -84,10 +87,10 @@ def load(name: str, spec: dict, path: Path | None = None) -> dict:
 # The statements of clickhouse/queries/ a built-in panel may be (docs/productivity.md): the
 # panel and the CLI run the same SQL, filtered by the dashboard's variables instead of
 # bound parameters.
-SHARED_QUERIES = ("productivity_speed", "productivity_reviews", "productivity_timesheet")
+SHARED_QUERIES = ("productivity_objects", "productivity_speed", "productivity_reviews", "productivity_timesheet")
 
 
-def shared_query(spec: dict, ctx: dict, template: str, **shape) -> str:
+def shared_query(spec: dict, ctx: dict, template: str, from_events: bool = False, **shape) -> str:
     """{{ query("productivity_speed", level="job") }} in a built-in definition: that
     statement rendered with the definition's `filters` and `job_filters` and Grafana's range."""
     from .render import render_template
@@ -95,7 +98,8 @@ def shared_query(spec: dict, ctx: dict, template: str, **shape) -> str:
     if template not in SHARED_QUERIES:
         raise jinja2.TemplateError(f"query({template!r}): one of {', '.join(SHARED_QUERIES)}")
     dashboard = {"filters": ctx["filters"], "job_filters": ctx.get("job_filters", ctx["filters"])}
-    sql = render_template(spec, f"clickhouse/queries/{template}.sql.j2", db=ctx["db"], dashboard=dashboard, **shape)
+    sql = render_template(spec, f"clickhouse/queries/{template}.sql.j2", db=ctx["db"], dashboard=dashboard,
+                          from_events=from_events, **shape)
     # Without its comment lines: the Grafana plugin's ad hoc filters read a ';' in one as the
     # statement's end (tests/test_grafana_adhoc.py).
     return "\n".join(line for line in sql.strip().splitlines() if not line.lstrip().startswith("--"))

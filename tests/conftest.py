@@ -23,7 +23,8 @@ sees another's rows: every database is new and empty but for its ledger.
 tests/test_conftest.py checks the copy against a real migration.
 
 A store leaves out the refreshable views (`working_time_refresh_plan` and
-`working_time_refresh`, which keep working_time_totals current) unless its test is marked
+`working_time_refresh`, which keep working_time_totals current, and `productivity_refresh`,
+which keeps the productivity state) unless its test is marked
 `@pytest.mark.refresh`. They were most of what a store cost: measured with the refresh still
 one view, a store took 1.1-1.2 CPU-s in its first 2 s and 0.14 CPU-s without it (its CREATE
 ~0.22 CPU-s, the engine analysing a 10k-character SELECT, and its first run, which starts at
@@ -86,8 +87,8 @@ def pytest_runtest_makereport(item, call):
     """A failure about working time in a test whose store has no refresh says how to get one."""
     report = (yield).get_result()
     if (report.failed and "store" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("refresh")
-            and "working_time" in report.longreprtext):
-        report.sections.append(("store", "this test's store has no working-time refresh (the views working_time_refresh_plan, working_time_refresh): "
+            and ("working_time" in report.longreprtext or "productivity" in report.longreprtext)):
+        report.sections.append(("store", "this test's store has no refresh (the views working_time_refresh_plan, working_time_refresh, productivity_refresh): "
                                          "mark the test @pytest.mark.refresh if it needs one (tests/conftest.py)"))
 
 

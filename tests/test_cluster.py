@@ -157,7 +157,11 @@ def test_the_cluster_render_has_four_servers_three_keepers_and_one_remote_server
 
 def test_readers_keep_the_single_server_names(cluster_files):
     """Grafana, the export and CVAT's queries read `events` and `working_time_totals`: in
-    the cluster these are the Distributed tables, and the dashboards are the same files."""
+    the cluster these are the Distributed tables, and the dashboards are the same files, but
+    Productivity's, which reads the events where the single server reads the state its
+    refresh keeps (a job's events are spread over the shards)."""
+    from cvat_analytics_generator import grafana
+
     single = render_all(load_spec())
     migrations = "\n".join(t for p, t in cluster_files.items() if p.startswith("clickhouse/migrations/"))
     assert re.search(r"CREATE TABLE IF NOT EXISTS `cvat`\.events\n\([^;]*\)\nENGINE = Distributed\(cvat, "
@@ -169,9 +173,17 @@ def test_readers_keep_the_single_server_names(cluster_files):
         if path.startswith(("grafana/", "vector/vector.yaml", "clickhouse/queries/working_time")) \
                 and not path.startswith("grafana/provisioning/alerting/"):
             if path == "clickhouse/queries/working_time_wait.sql":
-                # a shard has the one-view refresh, no plan view (queries/working_time.jinja, plan_select)
-                text = re.sub(r"SYSTEM (REFRESH|WAIT) VIEW `cvat`\.working_time_refresh_plan;\n\n", "", text)
+                # a shard has the one-view refresh: no plan view (queries/working_time.jinja,
+                # plan_select), no productivity state
+                views = re.findall(r"SYSTEM (REFRESH|WAIT) VIEW `cvat`\.(\w+);", cluster_files[path])
+                assert views == [("REFRESH", "working_time_refresh"), ("WAIT", "working_time_refresh")]
+                assert "productivity_refresh" not in cluster_files[path]
+                continue
+            if path == "grafana/dashboards/productivity.json":
+                text = grafana.definition_json(grafana.load("productivity", load_spec(), from_events=True), load_spec())
+                assert "productivity_jobs" not in text and "productivity_objects" not in text
             assert cluster_files[path] == text, path
+    assert "productivity_jobs" in single["grafana/dashboards/productivity.json"]
 
 
 # --- the sharding proof -----------------------------------------------------------------

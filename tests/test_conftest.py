@@ -41,7 +41,7 @@ def test_a_store_is_what_migrate_leaves_and_a_second_migrate_applies_nothing(sto
         views = refreshing(store.client, migrated["clickhouse"]["database"])
     finally:
         store.client.command(f"DROP DATABASE `{migrated['clickhouse']['database']}` SYNC")
-    assert views == ["working_time_refresh", "working_time_refresh_plan"]
+    assert views == ["productivity_refresh", "working_time_refresh", "working_time_refresh_plan"]
     if not refresh:
         tables = [row for row in tables if row[0] not in views]
         columns = [row for row in columns if row[0] not in views]

@@ -115,10 +115,10 @@ def test_every_dashboard_panel_and_variable_reads_only_tables_granted_to_the_das
     queries = contracts.dashboard_queries(files)
     assert len(queries) > 30 and any(what.startswith("variable") for _, what, _ in queries)
     assert contracts.dashboard_grant_problems(files, users) == []
-    # Granted only the events table, the working-time panels are refused, by name.
+    # Granted only the events table, the panels on the working-time and productivity state are refused, by name.
     narrowed = edited(files, USERS, "GRANT SELECT ON `cvat`.*", "GRANT SELECT ON `cvat`.`events`")
     problems = contracts.dashboard_grant_problems(narrowed, contracts.ClickHouseUsers.from_files(narrowed))
-    assert problems and all("cvat.working_time_" in p or "cvat.vector_metrics" in p for p in problems)
+    assert problems and all(re.search(r"cvat\.(working_time_|vector_metrics|productivity_)", p) for p in problems)
     assert any(p.startswith("grafana/dashboards/management.json: panel") for p in problems)
 
 

@@ -364,7 +364,8 @@ def test_a_caller_with_forced_filters_reads_only_the_tables_they_cover(store, qu
     store.client.command(f"CREATE TABLE IF NOT EXISTS default.schema_migrations (x UInt8) ENGINE = Memory")
     pages = Dashboards(lambda: store.client, store.spec)
     assert filtered_tables(pages.forced_filters({"org_id": 7})) == {
-        f"{db}.{t}" for t in ("events", "working_time_totals", "vector_metrics", "working_time_refresh_log")}
+        f"{db}.{t}" for t in ("events", "working_time_totals", "productivity_objects", "productivity_jobs",
+                              "vector_metrics", "working_time_refresh_log", "productivity_refresh_log")}
     sql_text = query.format(db=db)
     pages.gate(sql_text)  # every one passes the gate of a caller without forced filters
     if verdict is None:

@@ -53,10 +53,10 @@ def _product_panels(cfg: dict, spec: dict, client, parameters: dict) -> list[dic
 
 def _productivity_panels(cfg: dict, spec: dict, client) -> list[dict]:
     """Each Productivity panel ("All" selected, the last 7 days) against the same question from
-    raw events: the panel's SQL with the precomputed working time (working_time_totals, kept by
-    the refresh) replaced by CVAT's rule run over the events when asked (productivity.jinja's
-    capped_working_time_rows without a cap). A panel that reads no precomputed state is its own
-    baseline (ratio 1): it is answered from raw events already. Both answers must be equal."""
+    raw events: the panel's SQL rendered to read the events instead of the state the engine
+    keeps (productivity_objects, productivity_jobs), with the precomputed working time
+    (working_time_totals) replaced by CVAT's rule run over the events when asked
+    (productivity.jinja's capped_working_time_rows without a cap). Both answers must be equal."""
     from cvat_analytics_generator import grafana
     from cvat_analytics_generator.grafana_macros import expand
     from cvat_analytics_generator.render import context, environment
@@ -66,16 +66,18 @@ def _productivity_panels(cfg: dict, spec: dict, client) -> list[dict]:
     if "productivity" not in spec["dashboards"]:
         return []
     d = grafana.load("productivity", spec)
+    d_raw = grafana.load("productivity", spec, from_events=True)
     rows = environment().get_template("clickhouse/queries/productivity.jinja").make_module(
-        {**context(spec), "db": grafana.db_name(spec), "dashboard": {"filters": "1", "job_filters": "1"}})
+        {**context(spec), "db": grafana.db_name(spec), "dashboard": {"filters": "1", "job_filters": "1"},
+         "from_events": True})
     stored, raw = str(rows.working_time_rows()), str(rows.capped_working_time_rows(0))
     to = datetime.fromtimestamp(cfg["now_ms"] / 1000, timezone.utc)
     since = to - timedelta(days=7)
     interval = interval_for(since, to, spec["embedded"]["dashboards"]["max_points"])
     out = []
-    for p in d["panels"]:
+    for p, p_raw in zip(d["panels"], d_raw["panels"]):
         ours = expand(p["sql"], since, to, interval, all_selected(d))
-        from_events = expand(p["sql"].replace(stored, raw), since, to, interval, all_selected(d))
+        from_events = expand(p_raw["sql"].replace(stored, raw), since, to, interval, all_selected(d))
         precomputed = from_events != ours
         same = sorted(map(repr, client.query(ours).result_rows)) == sorted(map(repr, client.query(from_events).result_rows))
         t_ours = median_time(client, ours)

@@ -23,4 +23,5 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
     ('0018_working_time_refresh_slots', 'baabc902994853ab260cdb44bdf2167bce7bfce499952834458e9e5dde60b15d'),
-    ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74');
+    ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
+    ('0026_productivity_state', '5fa86a98210a16f801f92549024d1875de86fb5e6bae5fbc193748f735e6699c');

@@ -18,20 +18,17 @@ SELECT
 FROM
 (
     SELECT
-        assumeNotNull(user_id) AS user_id,
-        toDate(timestamp) AS day,
+        user_id, day,
 assumeNotNull(job_id) AS key,
-        if(startsWith(scope, 'create:'), toInt64(ifNull(count, 0)), 0) AS n_created,
-        if(startsWith(scope, 'update:'), toInt64(ifNull(count, 0)), 0) AS n_updated,
-        if(startsWith(scope, 'delete:'), toInt64(ifNull(count, 0)), 0) AS n_deleted,
-        if(endsWith(scope, ':tracks'),
-           arraySum(arrayMap(t -> JSONExtractInt(t, 'visible_shapes_count_diff'), JSONExtractArrayRaw(ifNull(payload, ''), 'tracks'))),
-           0) AS n_track_shapes,
+        if(startsWith(scope, 'create:'), objects, 0) AS n_created,
+        if(startsWith(scope, 'update:'), objects, 0) AS n_updated,
+        if(startsWith(scope, 'delete:'), objects, 0) AS n_deleted,
+        track_shapes AS n_track_shapes,
         toInt64(0) AS ms
-    FROM `cvat`.events
-    WHERE scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks') AND source = 'server' AND user_id IS NOT NULL
-AND job_id IS NOT NULL      AND toDate(timestamp) BETWEEN {from_day:Date} AND {to_day:Date}
-      AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)}) AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)})
+    FROM (SELECT user_id, day, org_id, project_id, task_id, job_id, scope, obj_name, objects, track_shapes
+ FROM `cvat`.productivity_objects FINAL
+ WHERE day BETWEEN {from_day:Date} AND {to_day:Date} AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)}) AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)}))
+WHERE job_id IS NOT NULL
     UNION ALL
     SELECT user_id, day,
 assumeNotNull(job_id) AS key,
@@ -39,10 +36,9 @@ assumeNotNull(job_id) AS key,
     FROM (SELECT w.user_id AS user_id, toDate(w.hour) AS day, o.job_org_id AS org_id, w.project_id AS project_id,
        w.task_id AS task_id, w.job_id AS job_id, w.working_time_ms AS ms
 FROM `cvat`.working_time_totals AS w
-LEFT JOIN (SELECT assumeNotNull(job_id) AS job_id, argMax(org_id, timestamp) AS job_org_id
-FROM `cvat`.events
-WHERE source = 'server' AND job_id IS NOT NULL AND org_id IS NOT NULL
-GROUP BY job_id) AS o ON o.job_id = w.job_id
+LEFT JOIN (SELECT job_id, org_id AS job_org_id
+FROM `cvat`.productivity_jobs FINAL
+WHERE org_id IS NOT NULL) AS o ON o.job_id = w.job_id
 WHERE toDate(w.hour) BETWEEN {from_day:Date} AND {to_day:Date})
     WHERE job_id IS NOT NULL      AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)}) AND ({task_id:Nullable(UInt64)} IS NULL OR task_id = {task_id:Nullable(UInt64)}) AND ({job_id:Nullable(UInt64)} IS NULL OR job_id = {job_id:Nullable(UInt64)}) AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)})
 )

@@ -16,10 +16,9 @@ FROM
     FROM (SELECT w.user_id AS user_id, toDate(w.hour) AS day, o.job_org_id AS org_id, w.project_id AS project_id,
        w.task_id AS task_id, w.job_id AS job_id, w.working_time_ms AS ms
 FROM `cvat`.working_time_totals AS w
-LEFT JOIN (SELECT assumeNotNull(job_id) AS job_id, argMax(org_id, timestamp) AS job_org_id
-FROM `cvat`.events
-WHERE source = 'server' AND job_id IS NOT NULL AND org_id IS NOT NULL
-GROUP BY job_id) AS o ON o.job_id = w.job_id
+LEFT JOIN (SELECT job_id, org_id AS job_org_id
+FROM `cvat`.productivity_jobs FINAL
+WHERE org_id IS NOT NULL) AS o ON o.job_id = w.job_id
 WHERE toDate(w.hour) BETWEEN {from_day:Date} AND {to_day:Date})
     WHERE ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)}) AND ({org_id:Nullable(UInt64)} IS NULL OR org_id = {org_id:Nullable(UInt64)}) AND ({project_id:Nullable(UInt64)} IS NULL OR project_id = {project_id:Nullable(UInt64)})
 ) AS t
