@@ -87,7 +87,8 @@ def load(name: str, spec: dict, path: Path | None = None, from_events: bool = Fa
 # The statements of clickhouse/queries/ a built-in panel may be (docs/productivity.md): the
 # panel and the CLI run the same SQL, filtered by the dashboard's variables instead of
 # bound parameters.
-SHARED_QUERIES = ("productivity_objects", "productivity_speed", "productivity_reviews", "productivity_timesheet")
+SHARED_QUERIES = ("productivity_objects", "productivity_speed", "productivity_reviews", "productivity_timesheet",
+                  "productivity_user_names")
 
 
 def shared_query(spec: dict, ctx: dict, template: str, from_events: bool = False, **shape) -> str:

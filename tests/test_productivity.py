@@ -435,16 +435,19 @@ def test_timesheet_command_writes_the_same_csv(loaded, tmp_path):
 
 # --- the dashboard -------------------------------------------------------------------------
 
-def _dashboard_numbers(store, sel_from, sel_to, variables=None):
-    from cvat_analytics.dashboards import all_selected, interval_for
+def _dashboard_numbers(store, sel_from, sel_to, variables=None, forced=None):
+    from cvat_analytics.dashboards import Dashboards, all_selected, interval_for
     from cvat_analytics_generator import grafana
     from cvat_analytics_generator.grafana_macros import expand
 
     d = grafana.load("productivity", store.spec)
     chosen = dict(all_selected(d), **(variables or {}))
+    settings = {"additional_table_filters": Dashboards(lambda: store.client, store.spec).forced_filters(forced)} \
+        if forced else {}
     out = {}
     for p in d["panels"]:
-        result = store.client.query(expand(p["sql"], sel_from, sel_to, interval_for(sel_from, sel_to), chosen))
+        result = store.client.query(expand(p["sql"], sel_from, sel_to, interval_for(sel_from, sel_to), chosen),
+                                    settings=settings)
         out[p["title"]] = (list(result.column_names), [tuple(r) for r in result.result_rows])
     return d, out
 
@@ -490,6 +493,25 @@ def test_dashboard_filters_hold_on_every_panel(loaded):
     assert {r[0] for r in panels["Review cycles per job"][1]} == {11, 12}
     _, panels = _dashboard_numbers(store, sel_from, sel_from + dt.timedelta(days=2), {"users": Variable(["2"])})
     assert {r[0] for r in panels["Timesheet"][1]} == {2}
+
+
+@pytest.mark.clickhouse
+def test_forced_callers_read_the_state_of_their_organisation_or_their_own(loaded):
+    """The state is filtered as the events are: a token forced to org 7 sees its jobs (11, 12),
+    one forced to user 2 its own objects and time, and no job's review figures (those are
+    every user's events on the job)."""
+    store, events = loaded
+    sel_from = dt.datetime.combine(_day(BASE), dt.time(), dt.timezone.utc)
+    sel_to = sel_from + dt.timedelta(days=2)
+    _, everyone = _dashboard_numbers(store, sel_from, sel_to)
+    _, org = _dashboard_numbers(store, sel_from, sel_to, forced={"org_id": 7})
+    assert {r[2] for r in org["Annotation speed"][1]} == {11, 12} < {r[2] for r in everyone["Annotation speed"][1]}
+    assert {r[0] for r in org["Review cycles per job"][1]} == {11, 12}
+    _, user = _dashboard_numbers(store, sel_from, sel_to, forced={"user_id": 2})
+    assert {r[0] for r in user["Annotation speed"][1]} == {2} < {r[0] for r in everyone["Annotation speed"][1]}
+    assert {r[0] for r in user["Timesheet"][1]} == {2}
+    assert user["Review cycles per job"][1] == [] != everyone["Review cycles per job"][1]
+    assert sum(r[1] for r in user["Objects by shape type"][1]) < sum(r[1] for r in everyone["Objects by shape type"][1])
 
 
 @pytest.mark.clickhouse

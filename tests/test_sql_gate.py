@@ -365,7 +365,8 @@ def test_a_caller_with_forced_filters_reads_only_the_tables_they_cover(store, qu
     pages = Dashboards(lambda: store.client, store.spec)
     assert filtered_tables(pages.forced_filters({"org_id": 7})) == {
         f"{db}.{t}" for t in ("events", "working_time_totals", "productivity_objects", "productivity_jobs",
-                              "vector_metrics", "working_time_refresh_log", "productivity_refresh_log")}
+                              "productivity_user_names", "vector_metrics", "working_time_refresh_log",
+                              "productivity_refresh_log")}
     sql_text = query.format(db=db)
     pages.gate(sql_text)  # every one passes the gate of a caller without forced filters
     if verdict is None:

@@ -12,12 +12,20 @@ from . import statements
 __all__ = ["parse_events", "refresh_working_time", "refresh_after_new_events"]
 
 
+WORKING_TIME_VIEWS = ["working_time_refresh_plan", "working_time_refresh"]
+PRODUCTIVITY_VIEWS = ["productivity_refresh"]
+
+
 def _refresh(client, spec: dict) -> dict:
+    """wait_current (every refresh of the store), its wall time, and each refresh's own cost."""
     started = time.monotonic()
     working_time.wait_current(client, spec, timeout_s=3600)
     wall_s = time.monotonic() - started
-    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=spec["clickhouse"]["database"])[0]
-    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
+    db = spec["clickhouse"]["database"]
+    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=db, views=WORKING_TIME_VIEWS)[0]
+    p_ms, p_rows = statements.rows(client, "view_refresh_cost", db=db, views=PRODUCTIVITY_VIEWS)[0]
+    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0),
+            "productivity_view_ms": int(p_ms or 0), "productivity_read_rows": int(p_rows or 0)}
 
 
 def refresh_working_time(client, spec: dict) -> dict:
@@ -29,7 +37,8 @@ def refresh_working_time(client, spec: dict) -> dict:
     return _refresh(client, spec)
 
 
-def refresh_after_new_events(client, spec: dict) -> dict:
-    """1,000 new client events, then the totals exact again: time and the view's own cost."""
-    statements.run(client, "new_client_events", db=spec["clickhouse"]["database"])
+def refresh_after_new_events(client, spec: dict, kind: str = "client") -> dict:
+    """1,000 new `kind` (client, server) events, then the state exact again: time and the views'
+    own cost (client events for the working time, server events for the productivity state)."""
+    statements.run(client, f"new_{kind}_events", db=spec["clickhouse"]["database"])
     return _refresh(client, spec)

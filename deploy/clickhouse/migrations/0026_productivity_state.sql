@@ -44,6 +44,19 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_jobs
 ENGINE = ReplacingMergeTree(version)
 ORDER BY job_id;
 
+-- Per user, day and organisation, the latest user_name their events carry (argMax states: a run that takes
+-- an event again changes nothing, so each run folds in only the events new to it).
+CREATE TABLE IF NOT EXISTS `cvat`.productivity_user_names
+(
+    user_id UInt64,
+    day Date,
+    org_id Nullable(UInt64),
+    last_name AggregateFunction(argMax, String, DateTime64(3, 'Etc/UTC'))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (user_id, day, org_id)
+SETTINGS allow_nullable_key = 1;
+
 -- A row per run: the events inserted up to `watermark` are in the state.
 CREATE TABLE IF NOT EXISTS `cvat`.productivity_refresh_log
 (
@@ -59,7 +72,7 @@ TTL toDateTime(refreshed_at) + INTERVAL 30 DAY;
 
 CREATE TABLE IF NOT EXISTS `cvat`.productivity_apply
 (
-    kind Enum8('object' = 1, 'job' = 2, 'run' = 3),
+    kind Enum8('object' = 1, 'job' = 2, 'name' = 3, 'run' = 4),
     version UInt64,
     user_id UInt64,
     day Date,
@@ -83,6 +96,7 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_apply
     reviewer Nullable(UInt64),
     annotator Nullable(UInt64),
     days Array(Date),
+    last_name AggregateFunction(argMax, String, DateTime64(3, 'Etc/UTC')),
     watermark DateTime64(6, 'UTC'),
     full UInt8,
     changed_days UInt64,
@@ -99,6 +113,11 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS `cvat`.productivity_apply_jobs TO `cvat`.
 SELECT assumeNotNull(job_id) AS job_id, org_id, project_id, task_id, rejections, annotation_ms, validation_ms, acceptance_ms, current_stage, current_since_ms, annotation_to_acceptance_ms, decided_ms, first_pass, reviewer, annotator, days, version
 FROM `cvat`.productivity_apply
 WHERE kind = 'job';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS `cvat`.productivity_apply_names TO `cvat`.productivity_user_names AS
+SELECT user_id, day, org_id, last_name
+FROM `cvat`.productivity_apply
+WHERE kind = 'name';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS `cvat`.productivity_apply_log TO `cvat`.productivity_refresh_log AS
 SELECT now64(6, 'UTC') AS refreshed_at, watermark, full, changed_days, changed_jobs
@@ -122,24 +141,43 @@ WITH
             WHERE database = 'cvat' AND table = 'events'
               AND name = 'inserted_at'), 0) AS adopted_block,
     toUInt64(toUnixTimestamp64Micro(run_until)) AS version,
+    -- no OR of `full` with the window: it would keep the inserted_at index from skipping
+    -- (two reads instead, one of which reads nothing, as in the working-time refresh)
     days_changed AS
     (
-        SELECT DISTINCT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
-        FROM `cvat`.events
-        WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+        SELECT DISTINCT user_id, day
+        FROM
+        (
+            SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
+            FROM `cvat`.events
+            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
 AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block))
-          AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
+              AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
+            UNION ALL
+            SELECT assumeNotNull(user_id), toDate(timestamp)
+            FROM `cvat`.events
+            WHERE full AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
+        )
     ),
     jobs_changed AS
     (
-        SELECT DISTINCT assumeNotNull(job_id) AS job_id
-        FROM `cvat`.events
-        WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+        SELECT DISTINCT job_id
+        FROM
+        (
+            SELECT assumeNotNull(job_id) AS job_id
+            FROM `cvat`.events
+            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
 AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND job_id IS NOT NULL
+            UNION ALL
+            SELECT assumeNotNull(job_id)
+            FROM `cvat`.events
+            WHERE full AND source = 'server' AND job_id IS NOT NULL
+        )
     )
 SELECT *
 FROM
 (
+    -- each changed (user, day): a range of the events' sort key
     SELECT 'object' AS kind, version,
     CAST(user_id, 'UInt64') AS user_id,
     CAST(day, 'Date') AS day,
@@ -163,6 +201,7 @@ FROM
     defaultValueOfTypeName('Nullable(UInt64)') AS reviewer,
     defaultValueOfTypeName('Nullable(UInt64)') AS annotator,
     defaultValueOfTypeName('Array(Date)') AS days,
+    defaultValueOfTypeName('AggregateFunction(argMax, String, DateTime64(3, \'Etc/UTC\'))') AS last_name,
     defaultValueOfTypeName('DateTime64(6, \'UTC\')') AS watermark,
     defaultValueOfTypeName('UInt8') AS full,
     defaultValueOfTypeName('UInt64') AS changed_days,
@@ -177,12 +216,14 @@ FROM
                 0))) AS track_shapes
         FROM `cvat`.events
         WHERE scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks') AND source = 'server' AND user_id IS NOT NULL
-          AND (full OR (user_id IN (SELECT user_id FROM days_changed)
+          AND user_id IN (SELECT user_id FROM days_changed)
                        AND timestamp >= (SELECT min(day) FROM days_changed)
-                       AND (user_id, toDate(timestamp)) IN days_changed))
+                       AND (user_id, toDate(timestamp)) IN days_changed
         GROUP BY user_id, day, org_id, project_id, task_id, job_id, scope, obj_name
     )
     UNION ALL
+    -- each changed job, from all its events (the minmax index on job_id skips the parts of
+    -- the store whose jobs are all others)
     SELECT 'job' AS kind, version,
     defaultValueOfTypeName('UInt64') AS user_id,
     defaultValueOfTypeName('Date') AS day,
@@ -206,6 +247,7 @@ FROM
     CAST(reviewer, 'Nullable(UInt64)') AS reviewer,
     CAST(annotator, 'Nullable(UInt64)') AS annotator,
     CAST(days, 'Array(Date)') AS days,
+    defaultValueOfTypeName('AggregateFunction(argMax, String, DateTime64(3, \'Etc/UTC\'))') AS last_name,
     defaultValueOfTypeName('DateTime64(6, \'UTC\')') AS watermark,
     defaultValueOfTypeName('UInt8') AS full,
     defaultValueOfTypeName('UInt64') AS changed_days,
@@ -257,15 +299,63 @@ FROM
                 -- payloads are most of the bytes, and no figure needs them)
                 SELECT job_id, org_id, project_id, task_id, timestamp, scope, obj_name, obj_val, user_id, count, '' AS old_value
                 FROM `cvat`.events
-                WHERE source = 'server' AND job_id IS NOT NULL AND NOT (scope = 'update:job' AND obj_name = 'stage') AND (full OR job_id IN jobs_changed)
+                WHERE source = 'server' AND job_id IS NOT NULL AND NOT (scope = 'update:job' AND obj_name = 'stage') AND job_id IN jobs_changed
                 UNION ALL
                 SELECT job_id, org_id, project_id, task_id, timestamp, scope, obj_name, obj_val, user_id, count,
                        JSONExtractString(ifNull(payload, ''), 'old_value')
                 FROM `cvat`.events
-                WHERE source = 'server' AND job_id IS NOT NULL AND (scope = 'update:job' AND obj_name = 'stage') AND (full OR job_id IN jobs_changed)
+                WHERE source = 'server' AND job_id IS NOT NULL AND (scope = 'update:job' AND obj_name = 'stage') AND job_id IN jobs_changed
             )
             GROUP BY job_id
         )
+    )
+    UNION ALL
+    -- the names: the states of the new events only
+    SELECT 'name' AS kind, version,
+    CAST(user_id, 'UInt64') AS user_id,
+    CAST(day, 'Date') AS day,
+    defaultValueOfTypeName('LowCardinality(String)') AS scope,
+    defaultValueOfTypeName('Nullable(String)') AS obj_name,
+    CAST(org_id, 'Nullable(UInt64)') AS org_id,
+    defaultValueOfTypeName('Nullable(UInt64)') AS project_id,
+    defaultValueOfTypeName('Nullable(UInt64)') AS task_id,
+    defaultValueOfTypeName('Nullable(UInt64)') AS job_id,
+    defaultValueOfTypeName('Int64') AS objects,
+    defaultValueOfTypeName('Int64') AS track_shapes,
+    defaultValueOfTypeName('UInt64') AS rejections,
+    defaultValueOfTypeName('Int64') AS annotation_ms,
+    defaultValueOfTypeName('Int64') AS validation_ms,
+    defaultValueOfTypeName('Int64') AS acceptance_ms,
+    defaultValueOfTypeName('Nullable(String)') AS current_stage,
+    defaultValueOfTypeName('Nullable(Int64)') AS current_since_ms,
+    defaultValueOfTypeName('Nullable(Int64)') AS annotation_to_acceptance_ms,
+    defaultValueOfTypeName('Nullable(Int64)') AS decided_ms,
+    defaultValueOfTypeName('Nullable(UInt8)') AS first_pass,
+    defaultValueOfTypeName('Nullable(UInt64)') AS reviewer,
+    defaultValueOfTypeName('Nullable(UInt64)') AS annotator,
+    defaultValueOfTypeName('Array(Date)') AS days,
+    CAST(last_name, 'AggregateFunction(argMax, String, DateTime64(3, \'Etc/UTC\'))') AS last_name,
+    defaultValueOfTypeName('DateTime64(6, \'UTC\')') AS watermark,
+    defaultValueOfTypeName('UInt8') AS full,
+    defaultValueOfTypeName('UInt64') AS changed_days,
+    defaultValueOfTypeName('UInt64') AS changed_jobs
+    FROM
+    (
+        SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day, org_id,
+               argMaxState(toString(assumeNotNull(user_name)), timestamp) AS last_name
+        FROM
+        (
+            SELECT user_id, timestamp, org_id, user_name
+            FROM `cvat`.events
+            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+            AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block))
+            UNION ALL
+            SELECT user_id, timestamp, org_id, user_name
+            FROM `cvat`.events
+            WHERE full
+        )
+        WHERE user_id IS NOT NULL AND user_name IS NOT NULL
+        GROUP BY user_id, day, org_id
     )
     UNION ALL
     SELECT 'run' AS kind, version,
@@ -291,6 +381,7 @@ FROM
     defaultValueOfTypeName('Nullable(UInt64)') AS reviewer,
     defaultValueOfTypeName('Nullable(UInt64)') AS annotator,
     defaultValueOfTypeName('Array(Date)') AS days,
+    defaultValueOfTypeName('AggregateFunction(argMax, String, DateTime64(3, \'Etc/UTC\'))') AS last_name,
     CAST(run_until, 'DateTime64(6, \'UTC\')') AS watermark,
     CAST(full, 'UInt8') AS full,
     CAST((SELECT count() FROM days_changed), 'UInt64') AS changed_days,

@@ -24,10 +24,9 @@ WHERE toDate(w.hour) BETWEEN {from_day:Date} AND {to_day:Date})
 ) AS t
 LEFT JOIN
 (
-    SELECT assumeNotNull(user_id) AS user_id, argMax(user_name, timestamp) AS last_name
-    FROM `cvat`.events
-    WHERE user_id IS NOT NULL AND user_name IS NOT NULL AND toDate(timestamp) BETWEEN {from_day:Date} AND {to_day:Date}
-      AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)})
+    SELECT user_id, argMaxMerge(last_name) AS last_name
+    FROM `cvat`.productivity_user_names
+    WHERE day BETWEEN {from_day:Date} AND {to_day:Date} AND ({user_id:Nullable(UInt64)} IS NULL OR user_id = {user_id:Nullable(UInt64)})
     GROUP BY user_id
 ) AS u ON u.user_id = t.user_id
 GROUP BY t.user_id, user_name, t.day
