@@ -9,7 +9,8 @@
   engine, over N separate chdb stores (one process each), each running the cluster's
   per-shard working-time refresh, gives exactly the single server's totals; so do the
   dashboard panels whose results merge (counts, sums, and distinct users, since each user
-  is on one shard).
+  is on one shard). The cluster's productivity statements over the shards' tables together
+  give the single server's figures (which come from the state its refresh keeps).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from cvat_analytics import productivity
 from cvat_analytics.demo import Demo, to_row
 from cvat_analytics_generator.render import render_all, write_tree
 from cvat_analytics_generator.spec import SpecError, load_spec
@@ -298,6 +300,30 @@ def test_a_stream_split_by_the_rendered_sharding_key_gives_the_single_servers_nu
             if any(whole.values()):  # an all-zero panel proves nothing
                 proven.append(name)
         assert len(proven) >= 10, proven
+
+        # Productivity: the cluster render's statements read the events through `events` (a job's
+        # events are on every shard its users are), so over the shards' tables together (a Merge
+        # table stands in for Distributed) they give the single server's figures, which come
+        # from the state its refresh keeps.
+        shard_dbs = databases[1:1 + SHARDS]
+        together = named(spec)
+        db = together["clickhouse"]["database"]
+        client.command(f"CREATE DATABASE `{db}`")
+        for table, local in (("events", "events_local"), ("working_time_totals", "working_time_totals_local")):
+            client.command(f"CREATE TABLE `{db}`.{table} AS `{shard_dbs[0]}`.{local} "
+                           f"ENGINE = Merge(REGEXP('^({'|'.join(shard_dbs)})$'), '^{local}$')")
+        one = json.loads(json.dumps(load_spec(spec_path)))  # the single server cluster_store.single made
+        one["clickhouse"].update(database=databases[0], cluster={"shards": 1, "replicas": 1, "insert_quorum": 1})
+        figures = 0
+        for ask, shapes in ((productivity.speed, [{"level": level} for level in productivity.LEVELS]),
+                            (productivity.reviews, [{"per": per} for per in productivity.REVIEWS_PER]),
+                            (productivity.timesheet, [{"by_project": False}, {"by_project": True}])):
+            for shape in shapes:
+                from_state = ask(client, one, **shape)
+                from_shards = ask(client, together, **shape)
+                assert from_shards == from_state, (ask.__name__, shape)
+                figures += len(from_state[1])
+        assert figures > 100
         print(f"\nevents per shard {[s['events'] for s in shards]}, users per shard {[len(s['users']) for s in shards]}")
         print(f"{len(proven)} mergeable panels equal across {SHARDS} shards:", *proven, sep="\n  ")
     finally:

@@ -105,14 +105,14 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                           round(full["view_ms"] / 1000, 3), "lower", target="< 1 s",
                           met=inc["view_ms"] < 1000, read_rows=inc["read_rows"],
                           baseline_read_rows=full["read_rows"]))
-    if "incremental_server_refresh" in load:  # issue #29: the productivity state's refresh
-        inc_p = load["incremental_server_refresh"]
+    if "productivity_refresh" in load:  # issue #29: the productivity state's refresh
+        inc_p, full_p = load["productivity_refresh"], load["productivity_full_refresh"]
         figures.append(figure("productivity: view refresh after 1,000 new server events (engine's own cost)",
-                              max(round(inc_p["productivity_view_ms"] / 1000, 3), 0.001), "s",
+                              max(round(inc_p["view_ms"] / 1000, 3), 0.001), "s",
                               "the full recompute of every event (same view)",
-                              round(full["productivity_view_ms"] / 1000, 3), "lower", target="< 1 s",
-                              met=inc_p["productivity_view_ms"] < 1000, read_rows=inc_p["productivity_read_rows"],
-                              baseline_read_rows=full["productivity_read_rows"]))
+                              round(full_p["view_ms"] / 1000, 3), "lower", target="< 1 s",
+                              met=inc_p["view_ms"] < 1000, read_rows=inc_p["read_rows"],
+                              baseline_read_rows=full_p["read_rows"]))
     figures.append(figure("working time: totals exact again after 1,000 new events (wall)",
                           round(inc["wall_s"], 3), "s", "the full refresh of every event (wall)",
                           round(full["wall_s"], 3), "lower"))

@@ -1,31 +1,31 @@
-"""The working-time refresh as the bench times it: ClickHouse keeps the totals current
-with two refreshable views (migration 0018); the bench starts a refresh out of schedule,
-waits for it, and reads the views' own cost from system.view_refreshes."""
+"""The refreshes as the bench times them: ClickHouse keeps the working-time totals current
+with two refreshable views (migration 0018) and the productivity state with one (0026); the
+bench starts a refresh out of schedule, waits for it, and reads the views' own cost from
+system.view_refreshes."""
 from __future__ import annotations
 
 import time
+
+from cvat_analytics_generator.sql import ident
 
 from .. import working_time
 from ..service.ingest import parse_events
 from . import statements
 
-__all__ = ["parse_events", "refresh_working_time", "refresh_after_new_events"]
+__all__ = ["parse_events", "refresh_working_time", "refresh_after_new_events", "refresh_productivity"]
 
 
 WORKING_TIME_VIEWS = ["working_time_refresh_plan", "working_time_refresh"]
-PRODUCTIVITY_VIEWS = ["productivity_refresh"]
 
 
 def _refresh(client, spec: dict) -> dict:
-    """wait_current (every refresh of the store), its wall time, and each refresh's own cost."""
+    """wait_current (every refresh of the store), its wall time, and the working-time views' own cost."""
     started = time.monotonic()
     working_time.wait_current(client, spec, timeout_s=3600)
     wall_s = time.monotonic() - started
-    db = spec["clickhouse"]["database"]
-    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=db, views=WORKING_TIME_VIEWS)[0]
-    p_ms, p_rows = statements.rows(client, "view_refresh_cost", db=db, views=PRODUCTIVITY_VIEWS)[0]
-    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0),
-            "productivity_view_ms": int(p_ms or 0), "productivity_read_rows": int(p_rows or 0)}
+    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=spec["clickhouse"]["database"],
+                                         views=WORKING_TIME_VIEWS)[0]
+    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
 
 
 def refresh_working_time(client, spec: dict) -> dict:
@@ -37,8 +37,25 @@ def refresh_working_time(client, spec: dict) -> dict:
     return _refresh(client, spec)
 
 
-def refresh_after_new_events(client, spec: dict, kind: str = "client") -> dict:
-    """1,000 new `kind` (client, server) events, then the state exact again: time and the views'
-    own cost (client events for the working time, server events for the productivity state)."""
-    statements.run(client, f"new_{kind}_events", db=spec["clickhouse"]["database"])
+def refresh_after_new_events(client, spec: dict) -> dict:
+    """1,000 new client events, then the totals exact again: time and the view's own cost."""
+    statements.run(client, "new_client_events", db=spec["clickhouse"]["database"])
     return _refresh(client, spec)
+
+
+def refresh_productivity(client, spec: dict, full: bool = False, new_server_events: bool = False) -> dict:
+    """One run of the productivity state's view (queries/productivity_state.jinja), started and
+    waited for: its wall time and its own cost. `full`: the runs before it forgotten, so it
+    recomputes everything (as its first run on a store does); `new_server_events`: 1,000 of them
+    inserted first."""
+    db = spec["clickhouse"]["database"]
+    if full:
+        statements.run(client, "productivity_forget_runs", db=db)
+    if new_server_events:
+        statements.run(client, "new_server_events", db=db)
+    started = time.monotonic()
+    for action in ("REFRESH", "WAIT"):
+        client.command(f"SYSTEM {action} VIEW {ident(db)}.productivity_refresh")
+    wall_s = time.monotonic() - started
+    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=db, views=["productivity_refresh"])[0]
+    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
