@@ -95,6 +95,9 @@ class _ScrapeTime:
                                 "event inserted before it (absent before the first refresh)")
         failures = GaugeMetricFamily("cvat_analytics_working_time_refresh_failures",
                                      "Working-time refreshes failed in a row (0 when the last one worked)")
+        state_lag = GaugeMetricFamily("cvat_analytics_productivity_refresh_lag_seconds",
+                                      "Seconds from the productivity state's last refresh watermark to now: it "
+                                      "grows while its runs fail (absent before the first run)")
         error = GaugeMetricFamily("cvat_analytics_working_time_refresh_last_error",
                                   "1, labelled with the first line of the last failed refresh's error "
                                   "(absent when the last refresh worked)", labels=["error"])
@@ -115,10 +118,18 @@ class _ScrapeTime:
                 failures.add_metric([], failed)
                 if failed:
                     error.add_metric([text.split("\n", 1)[0][:ERROR_LABEL_CHARS]], 1)
+            try:
+                seconds = m.client.command(m.queries.named("productivity_refresh_lag"))
+            except Exception:  # e.g. a store not migrated yet
+                SERVICE.warning("/metrics: the productivity refresh log cannot be read", exc_info=True)
+            else:
+                if seconds is not None and seconds != "\\N":
+                    state_lag.add_metric([], float(seconds))
         yield up
         yield lag
         yield failures
         yield error
+        yield state_lag
         if m.jobs is None:
             return
         jobs = GaugeMetricFamily("cvat_analytics_export_jobs", "Export jobs kept, by state", labels=["state"])
