@@ -77,6 +77,9 @@ def conditions(spec: dict) -> list[Condition]:
         ("working_time_stale", "Working time stale", "seconds", a["working_time_stale"]["max_age_minutes"] * 60,
          f"Events stored more than {a['working_time_stale']['max_age_minutes']} minutes ago are not yet in the "
          "working-time totals: the refresh fails or lags (system.view_refreshes.exception)"),
+        ("productivity_stale", "Productivity stale", "seconds", a["productivity_stale"]["max_age_minutes"] * 60,
+         f"Events stored more than {a['productivity_stale']['max_age_minutes']} minutes ago are not yet in the "
+         "productivity state: its refresh fails or lags (system.view_refreshes.exception of productivity_refresh)"),
         ("exception_spike", "Exception spike", "exceptions", a["exception_spike"]["max_exceptions"],
          f"More than {a['exception_spike']['max_exceptions']} exceptions in the last "
          f"{a['exception_spike']['window_minutes']} minutes: see the Exceptions dashboard"),

@@ -51,7 +51,8 @@ def failing(store, spec=None) -> set[str]:
 
 
 def stop_the_refresh(store) -> None:
-    """As a refresh that keeps failing: it writes no more log rows."""
+    """As refreshes that keep failing: they write no more log rows."""
+    store.client.command(f"SYSTEM STOP VIEW `{store.database}`.productivity_refresh")
     store.client.command(f"SYSTEM STOP VIEW `{store.database}`.working_time_refresh")
     store.client.command(f"TRUNCATE TABLE `{store.database}`.working_time_refresh_log")
 
@@ -60,7 +61,25 @@ def stop_the_refresh(store) -> None:
 @pytest.mark.clickhouse
 def test_a_fresh_store_fails_no_condition(store):
     assert readings(store) == {"events_lost": (0, False), "vector_silent": (0, False), "ingest_stalled": (0, False),
-                               "working_time_stale": (0, False), "exception_spike": (0, False)}
+                               "working_time_stale": (0, False), "productivity_stale": (0, False),
+                               "exception_spike": (0, False)}
+
+
+@pytest.mark.refresh
+@pytest.mark.clickhouse
+def test_productivity_stale_measures_the_oldest_event_after_the_states_watermark(store):
+    stop_the_refresh(store)
+    store.client.command(f"TRUNCATE TABLE `{store.database}`.productivity_refresh_log")
+    log = f"INSERT INTO `{store.database}`.productivity_refresh_log (refreshed_at, watermark) VALUES "
+    store.client.command(log + f"(now64(6), '{ago(30)}')")
+    add_event(store, 35)  # before the watermark: taken
+    add_event(store, 5)
+    value, fails = readings(store)["productivity_stale"]
+    assert not fails and 5 * 60 - 5 <= value <= 5 * 60 + 60
+    add_event(store, 20)  # inserted after the watermark, waiting 20 minutes > 15
+    assert "productivity_stale" in failing(store)
+    store.client.command(log + "(now64(6), now64(6))")  # the refresh caught up
+    assert readings(store)["productivity_stale"] == (0, False)
 
 
 @pytest.mark.clickhouse
@@ -272,6 +291,8 @@ def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_conditio
     stop_the_refresh(store)  # and say it counted up to now, so the event below is not waiting for it
     store.client.command(f"INSERT INTO `{store.database}`.working_time_refresh_log (refreshed_at, watermark, rule, "
                          "full, users) VALUES (now64(6), now64(6), 'r', 0, 0)")
+    store.client.command(f"INSERT INTO `{store.database}`.productivity_refresh_log (refreshed_at, watermark) "
+                         "VALUES (now64(6), now64(6))")
     add_event(store, 40)  # ingest stalled: the newest event arrived 40 minutes ago
     status, body = get(srv, "/health")
     answer = json.loads(body)
@@ -280,7 +301,8 @@ def test_serve_answers_503_naming_the_failing_condition_and_a_gauge_per_conditio
     status, page = get(srv, "/metrics")
     lines = page.decode().splitlines()
     assert status == 200
-    for name in ("events_lost", "vector_silent", "ingest_stalled", "working_time_stale", "exception_spike"):
+    for name in ("events_lost", "vector_silent", "ingest_stalled", "working_time_stale", "productivity_stale",
+                 "exception_spike"):
         assert f'cvat_analytics_alert_failing{{condition="{name}"}} {1.0 if name == "ingest_stalled" else 0.0}' in lines
     assert 'cvat_analytics_alert_threshold{condition="ingest_stalled"} 1800.0' in lines
     add_event(store, 0)

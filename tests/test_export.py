@@ -356,6 +356,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     # one refresh as the engine opens (it runs then, whatever the schedule), none during the export
     spec["working_time"]["refresh_interval_s"] = 3600
     spec["alerts"]["working_time_stale"]["max_age_minutes"] = 121
+    spec["alerts"]["productivity_stale"]["max_age_minutes"] = 121
     c = connect(sys.argv[1])
     migrate(c, spec, log=lambda *_: None)
     if sys.argv[3] == 'prepare':

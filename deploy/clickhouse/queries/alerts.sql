@@ -56,6 +56,13 @@ SELECT if(count() = 0, 0, dateDiff('second', min(inserted_at), now64(6))) AS val
 FROM `cvat`.events
 WHERE inserted_at > (SELECT max(watermark) FROM `cvat`.working_time_refresh_log);
 
+-- name: productivity_stale
+-- The same for the productivity state (docs/productivity.md, Kept by the engine): its runs
+-- log their watermark, and a run that fails logs nothing.
+SELECT if(count() = 0, 0, dateDiff('second', min(inserted_at), now64(6))) AS value
+FROM `cvat`.events
+WHERE inserted_at > (SELECT max(watermark) FROM `cvat`.productivity_refresh_log);
+
 -- name: exception_spike
 -- Exceptions (send:exception, from clients and the server) with a timestamp in the last
 -- alerts.exception_spike.window_minutes, without exceptions.noise (as the Exceptions dashboard).
