@@ -1,5 +1,7 @@
-"""Productivity (docs/productivity.md): annotation speed, review cycles and timesheets,
-computed by ClickHouse from `<db>.events` and the working-time totals when asked.
+"""Productivity (docs/productivity.md): annotation speed, review cycles and timesheets, read
+from the state ClickHouse keeps (productivity_objects, productivity_jobs, the user names and
+the working-time totals; queries/productivity_state.jinja), or from `<db>.events` in the
+cluster render.
 
 The SQL lives in generator/templates/clickhouse/queries/productivity_*.sql.j2. This module
 picks a template's shape (the level, the grouping) from a closed list, binds every value
