@@ -495,6 +495,53 @@ def test_dashboard_filters_hold_on_every_panel(loaded):
     assert {r[0] for r in panels["Timesheet"][1]} == {2}
 
 
+@pytest.mark.refresh
+@pytest.mark.clickhouse
+def test_a_state_refresh_that_fails_writes_nothing_and_the_next_run_takes_its_events(chdb_dsn, tmp_path):
+    """300,000 users' new objects: the run's sets need more than a 64 MiB cap, so it fails before
+    writing a row (they are sorted first): no log row, no state. With the cap back, the next
+    run takes every one of those events."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import HOURLY_REFRESH, write_spec
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    cap = {"working_time.refresh_max_memory_mb": 64, "working_time.refresh_spill_mb": 8}
+    specs = []
+    for name, extra in (("capped", cap), ("default", {})):
+        (tmp_path / name).mkdir()
+        specs.append(load_spec(write_spec(tmp_path / name, **{"clickhouse.database": db, **HOURLY_REFRESH, **extra})[1]))
+    client = store_module.connect(chdb_dsn)
+    refresh = [f"SYSTEM {action} VIEW `{db}`.productivity_refresh" for action in ("REFRESH", "WAIT")]
+    log = f"SELECT count(), max(watermark) FROM `{db}`.productivity_refresh_log"
+    # objects, and users whose name is right (two runs may each have folded in the same events)
+    state = f"SELECT (SELECT sum(objects) FROM `{db}`.productivity_objects FINAL), " \
+            f"(SELECT countIf(name = concat('user', toString(user_id - 1))) FROM (SELECT user_id, " \
+            f"argMaxMerge(last_name) AS name FROM `{db}`.productivity_user_names GROUP BY user_id))"
+    try:
+        migrate(client, specs[0], log=lambda *_: None)
+        for view in ("working_time_refresh_plan", "working_time_refresh"):
+            client.command(f"SYSTEM STOP VIEW `{db}`.{view}")
+        client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, user_name, job_id, count, obj_name) "
+                       "SELECT 'create:shapes', 'server', now64(3) - toIntervalMillisecond(number), number + 1, "
+                       "concat('user', toString(number)), number % 1000 + 1, 1, 'rectangle' FROM numbers(300000)")
+        before = client.query(log).result_rows
+        with pytest.raises(Exception, match="MEMORY_LIMIT_EXCEEDED"):
+            for statement in refresh:
+                client.command(statement)
+        assert client.query(log).result_rows == before
+        assert client.query(state).result_rows == [(0, 0)]
+        migrate(client, specs[1], log=lambda *_: None)  # the cap back: 0026 applied again
+        for statement in refresh:
+            client.command(statement)
+        assert client.query(state).result_rows == [(300000, 300000)]
+        assert client.query(log).result_rows[0][1] > before[0][1]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
 @pytest.mark.clickhouse
 def test_forced_callers_read_the_state_of_their_organisation_or_their_own(loaded):
     """The state is filtered as the events are: a token forced to org 7 sees its jobs (11, 12),
