@@ -6,19 +6,20 @@
 -- now, as the engine tells it
 SELECT toString(now64(6, 'UTC'));
 
--- start a refresh now, out of schedule, and wait for it (raises its error if it fails):
--- on a single server its plan, then the run that applies it (queries/working_time.jinja,
--- plan_select), and the productivity state's (queries/productivity_state.jinja); a shard
--- of the cluster has the one working-time view
+-- start each refresh now, out of schedule, and wait for it (raises its error if it fails):
+-- on a single server the working time's plan, then the run that applies it
+-- (queries/working_time.jinja, plan_select), beside the productivity state's
+-- (queries/productivity_state.jinja, independent of it); a shard of the cluster has the one
+-- working-time view
 SYSTEM REFRESH VIEW `cvat`.working_time_refresh_plan;
 
 SYSTEM WAIT VIEW `cvat`.working_time_refresh_plan;
 
 SYSTEM REFRESH VIEW `cvat`.working_time_refresh;
 
-SYSTEM WAIT VIEW `cvat`.working_time_refresh;
-
 SYSTEM REFRESH VIEW `cvat`.productivity_refresh;
+
+SYSTEM WAIT VIEW `cvat`.working_time_refresh;
 
 SYSTEM WAIT VIEW `cvat`.productivity_refresh;
 
