@@ -39,11 +39,13 @@ JOB_STATES = ("queued", "running", "finished", "failed")
 ERROR_LABEL_CHARS = 200  # of a refresh's error, in a label: its first line, cut
 
 
-def refresh_state(client, queries) -> tuple[float | None, int, str]:
+def refresh_state(client, queries) -> tuple[float | None, int, str, float | None]:
     """The working-time refresh as its logged runs tell it: seconds from its watermark to
-    now (None before its first run), failed runs in a row, the last one's error."""
-    lag, failures, error = client.query(queries.named("refresh_state")).result_rows[0]
-    return (float(lag) if lag is not None else None), int(failures), error
+    now (None before its first run), failed runs in a row, the last one's error; and the
+    productivity state's refresh: seconds from its watermark to now (None before its first run)."""
+    lag, failures, error, state_lag = client.query(queries.named("refresh_state")).result_rows[0]
+    return (float(lag) if lag is not None else None), int(failures), error, \
+        (float(state_lag) if state_lag is not None else None)
 
 
 class Metrics:
@@ -109,22 +111,17 @@ class _ScrapeTime:
             up.add_metric([], 0)
         else:
             try:
-                seconds, failed, text = refresh_state(m.client, m.queries)
+                seconds, failed, text, state_seconds = refresh_state(m.client, m.queries)
             except Exception:  # e.g. a store not migrated yet: no refresh to tell of
-                SERVICE.warning("/metrics: the working-time refresh log cannot be read", exc_info=True)
+                SERVICE.warning("/metrics: the refresh logs cannot be read", exc_info=True)
             else:
                 if seconds is not None:
                     lag.add_metric([], seconds)
                 failures.add_metric([], failed)
                 if failed:
                     error.add_metric([text.split("\n", 1)[0][:ERROR_LABEL_CHARS]], 1)
-            try:
-                seconds = m.client.command(m.queries.named("productivity_refresh_lag"))
-            except Exception:  # e.g. a store not migrated yet
-                SERVICE.warning("/metrics: the productivity refresh log cannot be read", exc_info=True)
-            else:
-                if seconds is not None and seconds != "\\N":
-                    state_lag.add_metric([], float(seconds))
+                if state_seconds is not None:
+                    state_lag.add_metric([], state_seconds)
         yield up
         yield lag
         yield failures
