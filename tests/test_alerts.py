@@ -65,23 +65,6 @@ def test_a_fresh_store_fails_no_condition(store):
                                "exception_spike": (0, False)}
 
 
-@pytest.mark.refresh
-@pytest.mark.clickhouse
-def test_productivity_stale_measures_the_oldest_event_after_the_states_watermark(store):
-    stop_the_refresh(store)
-    store.client.command(f"TRUNCATE TABLE `{store.database}`.productivity_refresh_log")
-    log = f"INSERT INTO `{store.database}`.productivity_refresh_log (refreshed_at, watermark) VALUES "
-    store.client.command(log + f"(now64(6), '{ago(30)}')")
-    add_event(store, 35)  # before the watermark: taken
-    add_event(store, 5)
-    value, fails = readings(store)["productivity_stale"]
-    assert not fails and 5 * 60 - 5 <= value <= 5 * 60 + 60
-    add_event(store, 20)  # inserted after the watermark, waiting 20 minutes > 15
-    assert "productivity_stale" in failing(store)
-    store.client.command(log + "(now64(6), now64(6))")  # the refresh caught up
-    assert readings(store)["productivity_stale"] == (0, False)
-
-
 @pytest.mark.clickhouse
 def test_events_lost_counts_refused_and_dropped_events_in_the_window(store):
     db = store.database
@@ -160,20 +143,28 @@ def test_ingest_stalled_needs_min_events_before_the_quiet_minutes(store):
     assert "ingest_stalled" in failing(store, spec)
 
 
+# Each refresh's log, and what a row of it holds beside refreshed_at and watermark.
+STALE_LOGS = {"working_time_stale": ("working_time_refresh_log", ", rule, full, users", ", 'r', 0, 0"),
+              "productivity_stale": ("productivity_refresh_log", "", "")}
+
+
 @pytest.mark.refresh
 @pytest.mark.clickhouse
-def test_working_time_stale_measures_the_oldest_event_after_the_refresh_watermark(store):
+@pytest.mark.parametrize("condition", sorted(STALE_LOGS))
+def test_stale_measures_the_oldest_event_after_the_refresh_watermark(store, condition):
+    table, columns, values = STALE_LOGS[condition]
     stop_the_refresh(store)
-    log = f"INSERT INTO `{store.database}`.working_time_refresh_log (refreshed_at, watermark, rule, full, users) VALUES "
-    store.client.command(log + f"(now64(6), '{ago(30)}', 'r', 0, 0)")
+    store.client.command(f"TRUNCATE TABLE `{store.database}`.{table}")
+    log = f"INSERT INTO `{store.database}`.{table} (refreshed_at, watermark{columns}) VALUES "
+    store.client.command(log + f"(now64(6), '{ago(30)}'{values})")
     add_event(store, 35)  # before the watermark: counted
     add_event(store, 5)
-    value, fails = readings(store)["working_time_stale"]
+    value, fails = readings(store)[condition]
     assert not fails and 5 * 60 - 5 <= value <= 5 * 60 + 60
     add_event(store, 20)  # inserted after the watermark, waiting 20 minutes > 15
-    assert "working_time_stale" in failing(store)
-    store.client.command(log + "(now64(6), now64(6), 'r', 0, 0)")  # the refresh caught up
-    assert readings(store)["working_time_stale"] == (0, False)
+    assert condition in failing(store)
+    store.client.command(log + f"(now64(6), now64(6){values})")  # the refresh caught up
+    assert readings(store)[condition] == (0, False)
 
 
 @pytest.mark.clickhouse

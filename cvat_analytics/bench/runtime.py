@@ -18,14 +18,17 @@ __all__ = ["parse_events", "refresh_working_time", "refresh_after_new_events", "
 WORKING_TIME_VIEWS = ["working_time_refresh_plan", "working_time_refresh"]
 
 
+def _timed(client, db: str, views: list[str], wall_s: float) -> dict:
+    """A refresh's wall time beside its views' own cost of their last runs, as the engine tells it."""
+    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=db, views=views)[0]
+    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
+
+
 def _refresh(client, spec: dict) -> dict:
     """wait_current (every refresh of the store), its wall time, and the working-time views' own cost."""
     started = time.monotonic()
     working_time.wait_current(client, spec, timeout_s=3600)
-    wall_s = time.monotonic() - started
-    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=spec["clickhouse"]["database"],
-                                         views=WORKING_TIME_VIEWS)[0]
-    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
+    return _timed(client, spec["clickhouse"]["database"], WORKING_TIME_VIEWS, time.monotonic() - started)
 
 
 def refresh_working_time(client, spec: dict) -> dict:
@@ -56,6 +59,4 @@ def refresh_productivity(client, spec: dict, full: bool = False, new_server_even
     started = time.monotonic()
     for action in ("REFRESH", "WAIT"):
         client.command(f"SYSTEM {action} VIEW {ident(db)}.productivity_refresh")
-    wall_s = time.monotonic() - started
-    cost_ms, read_rows = statements.rows(client, "view_refresh_cost", db=db, views=["productivity_refresh"])[0]
-    return {"wall_s": wall_s, "view_ms": int(cost_ms or 0), "read_rows": int(read_rows or 0)}
+    return _timed(client, db, ["productivity_refresh"], time.monotonic() - started)
