@@ -141,8 +141,6 @@ WITH
             WHERE database = 'cvat' AND table = 'events'
               AND name = 'inserted_at'), 0) AS adopted_block,
     toUInt64(toUnixTimestamp64Micro(run_until)) AS version,
-    -- no OR of `full` with the window: it would keep the inserted_at index from skipping
-    -- (two reads instead, one of which reads nothing, as in the working-time refresh)
     days_changed AS
     (
         SELECT DISTINCT user_id, day
@@ -151,10 +149,9 @@ WITH
             SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
             FROM `cvat`.events
             WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
-AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block))
-              AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
+            AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
             UNION ALL
-            SELECT assumeNotNull(user_id), toDate(timestamp)
+            SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
             FROM `cvat`.events
             WHERE full AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
         )
@@ -167,9 +164,9 @@ AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block 
             SELECT assumeNotNull(job_id) AS job_id
             FROM `cvat`.events
             WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
-AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND job_id IS NOT NULL
+            AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND job_id IS NOT NULL
             UNION ALL
-            SELECT assumeNotNull(job_id)
+            SELECT assumeNotNull(job_id) AS job_id
             FROM `cvat`.events
             WHERE full AND source = 'server' AND job_id IS NOT NULL
         )

@@ -24,4 +24,4 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
     ('0018_working_time_refresh_slots', 'baabc902994853ab260cdb44bdf2167bce7bfce499952834458e9e5dde60b15d'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
-    ('0026_productivity_state', 'abbc2c1e5d6527f944746877ed0527219e73f13fb7c04626d32f2338a17d1f98');
+    ('0026_productivity_state', 'f849adce1349dbd078fa5b80552c06244a3ca147803da24eab4aadaa65cf9190');
