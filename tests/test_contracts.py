@@ -77,6 +77,21 @@ def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_reques
     assert len(problems) == 2 and all("inserted up to 30 s before its last run" in p and "cvat_ingest" in p for p in problems)
 
 
+
+@pytest.mark.parametrize("margin, limit", [(10, 5), (30, 25), (600, 55)])
+def test_a_shorter_commit_margin_shortens_the_ingest_users_limit_with_it(tmp_path, margin, limit):
+    """working_time.commit_margin_s: the refresh takes that margin again, and Vector's ClickHouse
+    user gives up on an INSERT 5 s before it (never past Vector's own 60 s request timeout)."""
+    from tests.conftest import write_spec
+
+    _, path = write_spec(tmp_path, **{"working_time.commit_margin_s": margin})
+    files = render_all(load_spec(path))
+    users = contracts.ClickHouseUsers.from_files(files)
+    assert contracts.vector_problems(files, users) == []
+    assert f"logged - toIntervalSecond({margin}), run_until) AS run_since" in files[contracts.REFRESH_VIEW]
+    user = safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]["auth"]["user"]
+    assert int(users.profile(user).findtext("max_execution_time")) == limit
+
 ALERTING = "grafana/provisioning/alerting/cvat.yaml"
 
 

@@ -35,7 +35,10 @@ def _until(condition, timeout_s):
 
 
 def _spec(tmp_path, db, **changes):
-    _, path = write_spec(tmp_path, **{"clickhouse.database": db, "working_time.refresh_interval_s": 1, **changes})
+    """Runs every second; a commit margin of 10 s (the least the spec takes), so that waiting
+    past it (wait_past_commit_margin) is not a minute of each test."""
+    _, path = write_spec(tmp_path, **{"clickhouse.database": db, "working_time.refresh_interval_s": 1,
+                                      "working_time.commit_margin_s": 10, **changes})
     return load_spec(path)
 
 
@@ -43,8 +46,10 @@ def _recovered(client, tmp_path, db) -> dict:
     """The cause of the failures removed (the spec's own memory cap), the totals current. The
     views wait, stopped, until the commit margin has passed the events the test inserted: a run
     every second before that takes them all again (~0.8 CPU-s a run, most of these tests' CPU),
-    and the recovered views run when wait_current starts them."""
-    fixed = _spec(tmp_path, db, **HOURLY_REFRESH)
+    and the recovered views run when wait_current starts them, after a back-off of a second
+    (the default's 10 s doubled for each failure is a test's minute of waiting)."""
+    fixed = _spec(tmp_path, db, **HOURLY_REFRESH, **{"working_time.refresh_backoff_initial_s": 1,
+                                                     "working_time.refresh_backoff_max_s": 1})
     for view in ("working_time_refresh_plan", "working_time_refresh"):
         client.command(f"SYSTEM STOP VIEW `{db}`.{view}")
     wt.wait_past_commit_margin(client, fixed)
