@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="scratch directory (default: a new one under $TMPDIR, removed)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (stores, logs)")
     p.add_argument("--seed", type=int, default=1, help="demo generator seed (default: 1)")
+    p.add_argument("--runs", type=int, default=5,
+                   help="timed runs of each panel's query after a warm-up; the median is reported (default: 5)")
     p.set_defaults(func=cmd_bench)
     bench_sub = p.add_subparsers(dest="bench_command", required=False, metavar="ACTION")
     q = bench_sub.add_parser("soak", help="steady ingest into a real serve for N minutes: memory, latency, "
@@ -528,8 +530,10 @@ def cmd_bench(args) -> int:
     _exit_on_sigterm()
     if args.events < 1000:
         raise CommandError("--events must be at least 1000")
+    if args.runs < 1:
+        raise CommandError("--runs must be at least 1")
     bench.run(args.events, json_path=args.json_path, spec_path=str(args.spec), workdir=args.workdir,
-              keep=args.keep, seed=args.seed)
+              keep=args.keep, seed=args.seed, runs=args.runs)
     return 0
 
 

@@ -69,7 +69,7 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     _, spec = write_spec(tmp_path, **HOURLY_REFRESH, **{"working_time.commit_margin_s": 10})
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--spec", str(spec),
+        [sys.executable, "-m", "cvat_analytics.cli", "bench", "--events", str(EVENTS), "--spec", str(spec), "--runs", "1",
          "--json", str(out), "--workdir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

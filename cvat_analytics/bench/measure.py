@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import statements
 
-PANEL_RUNS = 5  # timed runs per query after one warm-up; the median is reported
+PANEL_RUNS = 5  # timed runs per query after one warm-up (bench --runs); the median is reported
 
 
 def peak_mb() -> float:
@@ -67,12 +67,12 @@ def warm_up(client) -> float:
     return peak_mb()
 
 
-def median_time(client, sql: str, parameters: dict | None = None) -> float:
-    """Median seconds of PANEL_RUNS runs of `sql` after one warm-up run (caches, marks)."""
+def median_time(client, sql: str, parameters: dict | None = None, runs: int = PANEL_RUNS) -> float:
+    """Median seconds of `runs` runs of `sql` after one warm-up run (caches, marks)."""
     client.raw_query(sql, parameters=parameters)
-    runs = []
-    for _ in range(PANEL_RUNS):
+    times = []
+    for _ in range(runs):
         t = time.monotonic()
         client.raw_query(sql, parameters=parameters, fmt="Native")
-        runs.append(time.monotonic() - t)
-    return statistics.median(runs)
+        times.append(time.monotonic() - t)
+    return statistics.median(times)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..progress import Progress
 from .export_download import export_via_service
 from .load_generator import health_round_trips, send_bodies
+from .measure import PANEL_RUNS
 from .report import build_report, format_table
 from .service import ServeProcess
 from .sql_beside_ingest import ingest_beside_sql
@@ -80,7 +81,7 @@ class Runner:
 
 def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | None = None,
         workdir: str | None = None, keep: bool = False, seed: int = 1, err=sys.stderr,
-        out=sys.stdout, senders: int = SENDERS) -> dict:
+        out=sys.stdout, senders: int = SENDERS, runs: int = PANEL_RUNS) -> dict:
     from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 
     spec_path = str(Path(spec_path or DEFAULT_SPEC).resolve())
@@ -91,7 +92,7 @@ def run(n: int = DEFAULT_EVENTS, json_path: str | None = None, spec_path: str | 
     now_ms = (int(time.time()) - 120) * 1000
     ingest = {str(size): min(n, count) for size, count in INGEST_SAMPLE.items()}
     base = {"workdir": str(work), "spec": spec_path, "n": n, "days": DAYS, "seed": seed,
-            "now_ms": now_ms, "ingest": ingest}
+            "now_ms": now_ms, "ingest": ingest, "runs": runs}
     main = {**base, "dsn": f"chdb://{work / 'store'}"}
     started = time.monotonic()
     step = [0]

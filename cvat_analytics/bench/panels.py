@@ -16,7 +16,7 @@ def phase_dashboards(cfg: dict) -> dict:
                   "user_id": cfg["user_id"] or 0, "job_id": cfg["job_id"] or 0}
     out = []
     for panel in statements.panels():
-        timing = {side: median_time(client, panel[side], parameters) for side in ("ours", "cvat")}
+        timing = {side: median_time(client, panel[side], parameters, cfg["runs"]) for side in ("ours", "cvat")}
         out.append({"name": panel["name"], "kind": panel["kind"], **timing})
         print(f"  {panel['name']}: ours {timing['ours'] * 1000:.1f} ms, CVAT's {timing['cvat'] * 1000:.1f} ms",
               file=sys.stderr, flush=True)
@@ -37,12 +37,12 @@ def _product_panels(cfg: dict, spec: dict, client, parameters: dict) -> list[dic
     for uid, title, sql in panel_queries(spec, to - timedelta(days=7), to):
         if uid == spec["dashboards"].get("productivity"):
             continue  # _productivity_panels: against the same question from raw events
-        ours = median_time(client, sql)
+        ours = median_time(client, sql, runs=cfg["runs"])
         cvat_sql = sql.replace(f"`{db}`.", f"`{CVAT_DB}`.")  # the same panel, aimed at CVAT's table
         try:
-            cvat, baseline = median_time(client, cvat_sql), "CVAT's schema, same SQL"
+            cvat, baseline = median_time(client, cvat_sql, runs=cfg["runs"]), "CVAT's schema, same SQL"
         except Exception:
-            cvat = median_time(client, fallback, parameters)
+            cvat = median_time(client, fallback, parameters, cfg["runs"])
             baseline = "CVAT's schema, its payload working-time query"
         kind = "user" if ("per user" in title.lower() or "working time" in title.lower()) else "overview"
         out.append({"name": f"{uid} / {title}", "kind": kind, "ours": ours, "cvat": cvat, "baseline": baseline})
@@ -80,8 +80,8 @@ def _productivity_panels(cfg: dict, spec: dict, client) -> list[dict]:
         from_events = expand(p_raw["sql"].replace(stored, raw), since, to, interval, all_selected(d))
         precomputed = from_events != ours
         same = sorted(map(repr, client.query(ours).result_rows)) == sorted(map(repr, client.query(from_events).result_rows))
-        t_ours = median_time(client, ours)
-        t_raw = median_time(client, from_events) if precomputed else t_ours
+        t_ours = median_time(client, ours, runs=cfg["runs"])
+        t_raw = median_time(client, from_events, runs=cfg["runs"]) if precomputed else t_ours
         baseline = "the same from raw events" if precomputed else "itself (reads raw events only)"
         out.append({"name": f"{d['uid']} / {p['title']}", "kind": "productivity", "ours": t_ours, "cvat": t_raw,
                     "baseline": baseline, "same_result": same})
