@@ -45,6 +45,9 @@ def test_soak_runs_15_seconds_and_checks_the_store(tmp_path):
         assert r["rss_mb"] > 50 and r["ack_p99_ms"] >= r["ack_p50_ms"] > 0
     # The refresh (every refresh_interval_s = 3 s) ran and its cost was read from the engine.
     assert report["refresh_runs"] >= 3 and report["refresh_max_ms"] is not None
+    # ... and the productivity state's refresh, on the same interval, apart from it.
+    assert report["productivity_runs"] >= 3 and report["productivity_max_ms"] is not None
+    assert sum(r["productivity_runs"] for r in rows) == report["productivity_runs"]
     assert isinstance(report["rss_growth_pct"], float)
     assert "exactly once" in proc.stdout and "equal" in proc.stdout
 

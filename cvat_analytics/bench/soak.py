@@ -109,7 +109,7 @@ class Soak:
         self.busy = 0  # 503s (retried)
         self.behind_s = 0.0  # how far the senders fell behind the schedule, at most
         self.error: str | None = None
-        self.runs: dict[str, tuple] = {}  # refresh runs seen: their end -> (ms, rows read)
+        self.runs: dict[tuple[str, str], tuple] = {}  # refresh runs seen: (refresh, its end) -> (ms, rows read)
         self.refresh_errors: set[str] = set()
         self.stop = threading.Event()
 
@@ -156,21 +156,21 @@ class Soak:
     def watch_refreshes(self) -> None:
         """Every second: the refresh under way (its rows read so far) and the last one ended
         (its duration); a run is kept once, by its end, with the most rows seen it read."""
-        read_by_start: dict[str, int] = {}
+        read_by_start: dict[tuple[str, str], int] = {}
         while not self.stop.wait(1.0):
             try:
                 rows = self.sql.rows("soak_refreshes")
             except (OSError, http.client.HTTPException, RuntimeError):
                 continue  # serve busy or stopping: the next second tries again
-            for started, ended, ms, read_rows, exception in rows:
+            for refresh, started, ended, ms, read_rows, exception in rows:
                 if exception:
-                    self.refresh_errors.add(exception[:200])
-                read_by_start[started] = max(read_by_start.get(started, 0), int(read_rows))
-                if ended and ended not in self.runs:
+                    self.refresh_errors.add(f"{refresh}: {exception[:200]}")
+                read_by_start[refresh, started] = max(read_by_start.get((refresh, started), 0), int(read_rows))
+                if ended and (refresh, ended) not in self.runs:
                     # the run that ended: the latest start at or before its end
-                    start = max((s for s in read_by_start if s <= ended), default="")
+                    start = max((s for r, s in read_by_start if r == refresh and s <= ended), default="")
                     with self.lock:
-                        self.runs[ended] = (int(ms), read_by_start.get(start, 0))
+                        self.runs[refresh, ended] = (int(ms), read_by_start.get((refresh, start), 0))
 
     def run(self) -> list[dict]:
         t0, t0_ms = time.monotonic(), time.time() * 1000
@@ -191,7 +191,8 @@ class Soak:
             with self.lock:
                 acks, self.acks = self.acks, []
                 acked, runs = self.acked, dict(self.runs)
-            new = [runs[k] for k in runs if k not in seen_runs]
+            new = [runs[k] for k in runs if k not in seen_runs and k[0] == "working time"]
+            productivity = [runs[k][0] for k in runs if k not in seen_runs and k[0] == "productivity"]
             seen_runs.update(runs)
             costs = [ms for ms, _ in new]
             row = {"minute": index, "elapsed_s": round(time.monotonic() - t0, 1), "acknowledged": acked,
@@ -200,7 +201,9 @@ class Soak:
                    "rss_mb": self.svc.rss(), "anon_mb": self.svc.rss("RssAnon"), "peak_mb": self.svc.rss("VmHWM"),
                    "refresh_runs": len(new), "refresh_max_ms": max(costs, default=None),
                    "refresh_mean_ms": sum(costs) / len(costs) if costs else None,
-                   "refresh_max_read_rows": max((r for _, r in new), default=None)}
+                   "refresh_max_read_rows": max((r for _, r in new), default=None),
+                   "productivity_runs": len(productivity), "productivity_max_ms": max(productivity, default=None),
+                   "productivity_mean_ms": sum(productivity) / len(productivity) if productivity else None}
             minutes.append(row)
             print(format_row(row), file=self.err, flush=True)
             if self.error or time.monotonic() >= end - 0.01 or not any(th.is_alive() for th in threads[:-1]):
@@ -215,7 +218,8 @@ class Soak:
 
 
 TABLE_HEAD = (f"{'min':>4} {'acked':>10} {'ev/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'anon MB':>7} "
-              f"{'runs':>4} {'run max ms':>10} {'run mean ms':>11} {'read rows':>10}")
+              f"{'runs':>4} {'run max ms':>10} {'run mean ms':>11} {'read rows':>10} "
+              f"{'prod runs':>9} {'prod mean ms':>12}")
 
 
 def format_row(r: dict) -> str:
@@ -225,7 +229,8 @@ def format_row(r: dict) -> str:
     return (f"{r['minute']:>4} {r['acknowledged']:>10,} {r['rate']:>7,.0f} {r['ack_p50_ms']:>7.1f} "
             f"{r['ack_p99_ms']:>7.1f} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f} {r['refresh_runs']:>4} "
             f"{opt(r['refresh_max_ms'], 10, ',')} {opt(r['refresh_mean_ms'], 11, ',.0f')} "
-            f"{opt(r['refresh_max_read_rows'], 10, ',')}")
+            f"{opt(r['refresh_max_read_rows'], 10, ',')} {r['productivity_runs']:>9} "
+            f"{opt(r['productivity_mean_ms'], 12, ',.0f')}")
 
 
 def check_store(dsn: str, spec: dict, acknowledged: int) -> dict:
@@ -280,7 +285,10 @@ def run(minutes: float, rate: float, spec_path: str | None = None, json_path: st
               "rss_from_minute": warm, "rss_growth_pct": (last - base) / base * 100,
               "ack_p99_max_ms": max(r["ack_p99_ms"] for r in rows),
               "refresh_runs": sum(r["refresh_runs"] for r in rows),
-              "refresh_max_ms": max(costs, default=None), **checks}
+              "refresh_max_ms": max(costs, default=None),
+              "productivity_runs": sum(r["productivity_runs"] for r in rows),
+              "productivity_max_ms": max((r["productivity_max_ms"] for r in rows if r["productivity_max_ms"] is not None),
+                                         default=None), **checks}
     print(summary(report), file=out)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
@@ -294,8 +302,9 @@ def summary(r: dict) -> str:
     lines.append(f"working time: {r['working_time_ms']:,} ms refreshed, {r['query_time_ms']:,} ms at query time "
                  f"({r['users']} users) -> {'equal' if r['totals_exact'] else 'DIFFERENT'}")
     lines.append(f"RSS: {r['rss_growth_pct']:+.1f}% from minute {r['rss_from_minute']} to the end; "
-                 f"ack p99 at most {r['ack_p99_max_ms']:.0f} ms; {r['refresh_runs']} refresh runs, the "
-                 f"longest {r['refresh_max_ms']} ms; 503s {r['busy_503']}; behind schedule at most "
+                 f"ack p99 at most {r['ack_p99_max_ms']:.0f} ms; {r['refresh_runs']} working-time refresh runs, the "
+                 f"longest {r['refresh_max_ms']} ms; {r['productivity_runs']} productivity refresh runs, the longest "
+                 f"{r['productivity_max_ms']} ms; 503s {r['busy_503']}; behind schedule at most "
                  f"{r['behind_schedule_max_s']:.2f} s")
     if r["refresh_errors"]:
         lines.append("refresh errors: " + "; ".join(r["refresh_errors"]))
