@@ -30,6 +30,7 @@ from cvat_analytics_generator.render import render_sql
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.sql import parse
 from cvat_analytics_generator.validate_sql import single_node_equivalent
+from tests.conftest import create_in_order
 
 TOTALS = ("SELECT user_id, toString(hour), project_id, task_id, job_id, sum(working_time_ms) AS ms "
           "FROM `{db}`.working_time_totals GROUP BY ALL HAVING ms != 0")
@@ -101,17 +102,7 @@ def copy_database(client, source: str, target: str) -> None:
     rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
                         "AND NOT startsWith(name, '.tmp')", parameters={"db": source}).result_rows
     client.command(f"CREATE DATABASE `{target}`")
-    pending = [re.sub(rf"\b{source}\b", target, ddl) for _, ddl in sorted(rows)]
-    while pending:
-        failed = []
-        for ddl in pending:
-            try:
-                client.command(ddl)
-            except Exception:  # what it reads or writes to comes later: the next round
-                failed.append(ddl)
-        if len(failed) == len(pending):
-            raise RuntimeError(f"cannot copy {len(failed)} objects of {source}: {failed[0][:200]}")
-        pending = failed
+    create_in_order(client, [re.sub(rf"\b{source}\b", target, ddl) for _, ddl in sorted(rows)])
 
 
 _migrated: dict[str, str] = {}  # a render's shape (its spec without the database name) -> a database it migrated

@@ -167,27 +167,35 @@ class MigratedTemplate:
                        parameters=parameters)
 
 
+def create_in_order(client, statements: list[str]) -> list[int]:
+    """Run CREATE statements until each has worked (a materialized view after the table it
+    writes to): rounds over those that failed. Returns their indexes in the order they ran."""
+    order, pending = [], list(range(len(statements)))
+    while pending:
+        failed = []
+        for i in pending:
+            try:
+                client.command(statements[i])
+                order.append(i)
+            except Exception:  # its dependency comes later: try again in the next round
+                failed.append(i)
+        if len(failed) == len(pending):
+            raise RuntimeError(f"cannot create {len(failed)} objects, the first: {statements[failed[0]][:200]}")
+        pending = failed
+    return order
+
+
 def _creatable_order(client, database: str, statements: dict[str, str], scratch: str) -> list[str]:
-    """The statements in an order that creates every object (a materialized view after the
-    table it writes to), found by trying them in a scratch database."""
+    """The statements in an order that creates every object, found by trying them in a
+    scratch database."""
     template = MigratedTemplate(database, "", {}, [], [])
+    names = sorted(statements)
     client.command(f"CREATE DATABASE `{scratch}`")
-    order, pending = [], sorted(statements)
     try:
-        while pending:
-            failed = []
-            for name in pending:
-                try:
-                    client.command(template.rename(statements[name], scratch))
-                    order.append(name)
-                except Exception:  # its dependency comes later: try again in the next round
-                    failed.append(name)
-            if len(failed) == len(pending):
-                raise RuntimeError(f"cannot recreate {failed} of the migrated template database")
-            pending = failed
+        order = create_in_order(client, [template.rename(statements[name], scratch) for name in names])
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{scratch}` SYNC")
-    return [statements[name] for name in order]
+    return [statements[names[i]] for i in order]
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,6 @@ def test_vectors_insert_is_granted_and_clickhouse_gives_up_before_vectors_reques
     assert len(problems) == 2 and all("inserted up to 30 s before its last run" in p and "cvat_ingest" in p for p in problems)
 
 
-
 @pytest.mark.parametrize("margin, limit", [(10, 5), (30, 25), (600, 55)])
 def test_a_shorter_commit_margin_shortens_the_ingest_users_limit_with_it(tmp_path, margin, limit):
     """working_time.commit_margin_s: the refresh takes that margin again, and Vector's ClickHouse
@@ -91,6 +90,7 @@ def test_a_shorter_commit_margin_shortens_the_ingest_users_limit_with_it(tmp_pat
     assert f"logged - toIntervalSecond({margin}), run_until) AS run_since" in files[contracts.REFRESH_VIEW]
     user = safe_load(files["vector/vector.yaml"])["sinks"]["clickhouse"]["auth"]["user"]
     assert int(users.profile(user).findtext("max_execution_time")) == limit
+
 
 ALERTING = "grafana/provisioning/alerting/cvat.yaml"
 
