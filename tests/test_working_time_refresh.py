@@ -207,12 +207,20 @@ def test_a_run_after_a_few_new_events_recomputes_a_few_slots_not_the_hour(databa
     assert stored_totals(client, db) == query_time_hourly(client, spec)
 
 
-def _slot_sums_by_hour(client, db):
-    """The per-slot totals of the hours a run reads them for, summed per hour."""
+def _slot_horizon(client, db):
+    """The first hour the last run keeps per-slot totals for: the hour before its watermark's
+    (read from the run, not the clock, which may have turned an hour since)."""
+    return client.query(f"SELECT toStartOfHour(max(watermark)) - INTERVAL 1 HOUR "
+                        f"FROM `{db}`.working_time_refresh_log").result_rows[0][0]
+
+
+def _slot_sums_by_hour(client, db, horizon):
+    """The per-slot totals of the hours from `horizon` on, summed per hour."""
     rows = client.query(
         f"SELECT user_id, project_id, task_id, job_id, toStartOfHour(slot) AS hour, sum(working_time_ms) AS ms "
-        f"FROM `{db}`.working_time_slot_totals WHERE slot >= toStartOfHour(now('UTC')) - INTERVAL 1 HOUR "
-        "GROUP BY user_id, project_id, task_id, job_id, hour HAVING ms != 0").result_rows
+        f"FROM `{db}`.working_time_slot_totals WHERE slot >= {{horizon:DateTime('UTC')}} "
+        "GROUP BY user_id, project_id, task_id, job_id, hour HAVING ms != 0",
+        parameters={"horizon": horizon}).result_rows
     return {tuple(r[:5]): r[5] for r in rows}
 
 
@@ -250,8 +258,9 @@ def test_late_and_out_of_order_events_across_slots_and_hours_stay_exact(chdb_dsn
             wt.wait_current(client, spec)
             hourly = stored_totals(client, db)
             assert hourly == query_time_hourly(client, spec)
-            assert _slot_sums_by_hour(client, db) == {k: v for k, v in hourly.items()
-                                                      if k[4] >= datetime.fromtimestamp(int(base_s), timezone.utc).replace(tzinfo=None)}
+            horizon = _slot_horizon(client, db)
+            assert _slot_sums_by_hour(client, db, horizon) == {
+                k: v for k, v in hourly.items() if k[4] >= horizon.replace(tzinfo=None)}
         got = defaultdict(int)
         for (user, project, task, job, _hour), ms in stored_totals(client, db).items():
             got[(user, project, task, job)] += ms
