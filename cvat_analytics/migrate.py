@@ -13,6 +13,7 @@ The file format is the renderer's SQL template convention (cvat_analytics_genera
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -163,3 +164,34 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
     if not pending:
         log(f"nothing to apply: {len(done)} migrations already applied")
     return [m.name for m in pending]
+
+
+def create_in_order(client: Client, statements: list[str]) -> list[int]:
+    """Run CREATE statements until each has worked (a materialized view after the table it
+    writes to): rounds over those that failed. Returns their indexes in the order they ran."""
+    order, pending = [], list(range(len(statements)))
+    while pending:
+        failed = []
+        for i in pending:
+            try:
+                client.command(statements[i])
+                order.append(i)
+            except Exception:  # its dependency comes later: try again in the next round
+                failed.append(i)
+        if len(failed) == len(pending):
+            raise RuntimeError(f"cannot create {len(failed)} objects, the first: {statements[failed[0]][:200]}")
+        pending = failed
+    return order
+
+
+def copy_schema(client: Client, source: str, target: str, refreshable: bool = True) -> None:
+    """`target` made with the tables and views `source` holds (not a refresh's table in flight;
+    without its refreshable views unless `refreshable`), each created once what it needs is
+    there. Without the rows and the ledger: for a database made and thrown away (the bench's,
+    the tests')."""
+    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
+                        "AND NOT startsWith(name, '.tmp') AND ({all:Bool} OR name NOT IN "
+                        "(SELECT view FROM system.view_refreshes WHERE database = {db:String}))",
+                        parameters={"db": source, "all": refreshable}).result_rows
+    client.command(f"CREATE DATABASE `{target}`")
+    create_in_order(client, [re.sub(rf"\b{re.escape(source)}\b", target, ddl) for _, ddl in sorted(rows)])

@@ -10,7 +10,7 @@ a database of its own in the session's chdb path, named in a copy of the spec.
         single-node equivalents, as `check` executes them: migrate_shard), the shard's
         events inserted into events_local. The first shard of a render runs them; the
         others are made from what they left in its database (its tables and views, renamed:
-        copy_database), which is the same schema for a third of the CPU (each migration
+        cvat_analytics.migrate.copy_schema), which is the same schema for a third of the CPU (each migration
         that replaces the refresh view started a run of it)
 
 A result holds the working-time totals (read through `working_time_totals`, the name readers
@@ -20,17 +20,16 @@ use), the users stored, the count of events and (when asked) every dashboard pan
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from pathlib import Path
 
 from cvat_analytics import store, working_time
+from cvat_analytics.migrate import copy_schema
 from cvat_analytics.dashboards import panel_queries
 from cvat_analytics_generator.render import render_sql
 from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.sql import parse
 from cvat_analytics_generator.validate_sql import single_node_equivalent
-from tests.conftest import create_in_order
 
 TOTALS = ("SELECT user_id, toString(hour), project_id, task_id, job_id, sum(working_time_ms) AS ms "
           "FROM `{db}`.working_time_totals GROUP BY ALL HAVING ms != 0")
@@ -96,15 +95,6 @@ def migrate_shard(client, spec: dict) -> None:
                 client.command(sql)
 
 
-def copy_database(client, source: str, target: str) -> None:
-    """`target` made with the tables and views `source` holds (not a refresh's table in
-    flight), each created once the objects it needs are there."""
-    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
-                        "AND NOT startsWith(name, '.tmp')", parameters={"db": source}).result_rows
-    client.command(f"CREATE DATABASE `{target}`")
-    create_in_order(client, [re.sub(rf"\b{source}\b", target, ddl) for _, ddl in sorted(rows)])
-
-
 _migrated: dict[str, str] = {}  # a render's shape (its spec without the database name) -> a database it migrated
 
 
@@ -112,7 +102,7 @@ def shard(client, spec: dict, rows: bytes, window) -> dict:
     db = spec["clickhouse"]["database"]
     shape = json.dumps(dict(spec, clickhouse=dict(spec["clickhouse"], database="")), sort_keys=True)
     if shape in _migrated:
-        copy_database(client, _migrated[shape], db)
+        copy_schema(client, _migrated[shape], db)
     else:
         migrate_shard(client, spec)
         _migrated[shape] = db

@@ -49,6 +49,7 @@ import pytest
 import yaml
 
 from cvat_analytics import store as store_module
+from cvat_analytics.migrate import create_in_order
 from cvat_analytics_generator.spec import DEFAULT_SPEC, load_spec
 from cvat_analytics_generator.yaml_load import safe_load
 
@@ -165,24 +166,6 @@ class MigratedTemplate:
         parameters = {f"{key}{i}": value for i, row in enumerate(rows) for key, value in zip("nc", row)}
         client.command(f"INSERT INTO `{database}`.schema_migrations (name, checksum) VALUES {values}",
                        parameters=parameters)
-
-
-def create_in_order(client, statements: list[str]) -> list[int]:
-    """Run CREATE statements until each has worked (a materialized view after the table it
-    writes to): rounds over those that failed. Returns their indexes in the order they ran."""
-    order, pending = [], list(range(len(statements)))
-    while pending:
-        failed = []
-        for i in pending:
-            try:
-                client.command(statements[i])
-                order.append(i)
-            except Exception:  # its dependency comes later: try again in the next round
-                failed.append(i)
-        if len(failed) == len(pending):
-            raise RuntimeError(f"cannot create {len(failed)} objects, the first: {statements[failed[0]][:200]}")
-        pending = failed
-    return order
 
 
 def _creatable_order(client, database: str, statements: dict[str, str], scratch: str) -> list[str]:
