@@ -264,11 +264,29 @@ def compose_problems(files: dict[str, str]) -> list[str]:
     return problems
 
 
-def sql_problems(files: dict[str, str], parse_only: bool = False) -> list[str]:
+def sql_checked_marker(sql: dict[str, str], parse_only: bool) -> Path:
+    """Where a pass of these files is recorded: a name that changes with the files, the mode,
+    the engine's version and this package's code (the checks), under the user's cache."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(json.dumps([sorted(sql.items()), parse_only, version("chdb")]).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvat-analytics" / "sql-checked"
+    return cache / digest.hexdigest()
+
+
+def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool = True) -> list[str]:
     # The .sql files, and the dashboards' and alert rules' queries, which run on the schema they make.
     sql = {rel: text for rel, text in files.items()
            if rel.endswith(".sql") or rel.startswith(("grafana/dashboards/", "grafana/provisioning/alerting/"))}
     if not sql:
+        return []
+    # A pass is kept: the same files, engine and checks pass again (the engine's run is
+    # deterministic over the empty store it makes). A problem is never kept: it runs again.
+    marker = sql_checked_marker(sql, parse_only)
+    if cached and marker.is_file():
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
@@ -280,6 +298,12 @@ def sql_problems(files: dict[str, str], parse_only: bool = False) -> list[str]:
     problems = [line for line in run.stdout.splitlines() if line.strip()]
     if run.returncode != 0 and not problems:
         problems.append(f"{sorted(sql)[0]}: the SQL check could not run: {_one_line(run.stderr) or run.returncode}")
+    if not problems:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a cache that cannot be written only costs the next check its time
+            pass
     return problems
 
 

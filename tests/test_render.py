@@ -166,10 +166,35 @@ def test_unparsable_files_are_reported(files, rel, old, new, expected):
 def test_every_rendered_sql_statement_executes_on_chdb_and_a_broken_one_is_named(files):
     sql = {rel: text for rel, text in files.items() if rel.endswith(".sql")}
     assert any(rel.startswith("clickhouse/migrations/") for rel in sql)
-    assert sql_problems(sql) == []
+    assert sql_problems(sql, cached=False) == []  # the engine runs them, whatever passed before
     broken = dict(sql, **{"clickhouse/queries/zz_broken.sql": "SELECT no_such_column FROM cvat.events;\n"})
     problems = sql_problems(broken)
     assert len(problems) == 1 and problems[0].startswith("clickhouse/queries/zz_broken.sql: statement 1"), problems
+
+
+@pytest.mark.slow
+def test_a_pass_of_the_sql_is_kept_and_a_problem_is_not(files, tmp_path, monkeypatch):
+    """check's SQL step keeps a pass (the same files, engine and checks pass again: a repeated
+    `check` skips the engine's seconds) and never a problem, which runs again each time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    sql = {rel: text for rel, text in files.items() if rel.endswith(".sql")}
+    broken = dict(sql, **{"clickhouse/queries/zz_broken.sql": "SELECT no_such_column FROM cvat.events;\n"})
+    assert sql_problems(broken) and sql_problems(sql) == []
+    assert [p.name for p in (tmp_path / "cvat-analytics" / "sql-checked").iterdir()] == [
+        validate.sql_checked_marker(sql, False).name]
+    class EngineRan(Exception):
+        pass
+
+    def engine(*_a, **_k):
+        raise EngineRan
+    monkeypatch.setattr(validate.subprocess, "run", engine)
+    assert sql_problems(sql) == []  # kept: no engine
+    with pytest.raises(EngineRan):
+        sql_problems(broken)  # not kept: the engine runs again
+    with pytest.raises(EngineRan):
+        sql_problems(sql, parse_only=True)  # another mode, another record
+    with pytest.raises(EngineRan):
+        sql_problems(sql, cached=False)
 
 
 # --- injection -----------------------------------------------------------------------
