@@ -100,17 +100,15 @@ def test_render_and_check_of_a_cluster_spec_through_the_cli(tmp_path):
 
 
 def test_check_names_a_replicated_statement_that_does_not_parse_and_one_whose_equivalent_fails(cluster_files):
+    # both in one tree (one run of the engine): a statement that does not parse in one
+    # migration, and one whose single-node equivalent fails in another
     broken = dict(cluster_files)
-    events = "clickhouse/migrations/0002_create_events.sql"
-    broken[events] = broken[events].replace("ENGINE = ReplicatedMergeTree\nPARTITION BY",
-                                            "ENGINE = ReplicatedMergeTree\nPARTITION BYE")
-    assert broken[events] != cluster_files[events]
-    problems = sql_problems(broken)
-    assert any(p.startswith(f"{events}: statement 1 does not parse on ClickHouse") for p in problems), problems
-
-    broken = dict(cluster_files)
+    metrics, events = "clickhouse/migrations/0016_vector_metrics.sql", "clickhouse/migrations/0002_create_events.sql"
+    broken[metrics] = broken[metrics].replace("ENGINE = ReplicatedMergeTree\n", "ENGINE = ReplicatedMergeTree\nPARTITION BYE\n")
     broken[events] = broken[events].replace("cityHash64(ifNull(user_id, 0))", "cityHash64(ifNull(no_such_column, 0))")
+    assert broken[metrics] != cluster_files[metrics] and broken[events] != cluster_files[events]
     problems = sql_problems(broken)
+    assert any(p.startswith(f"{metrics}: statement 1 does not parse on ClickHouse") for p in problems), problems
     assert any(p.startswith(f"{events}: statement 2 does not execute on ClickHouse (its single-node equivalent)")
                and "no_such_column" in p for p in problems), problems
 
