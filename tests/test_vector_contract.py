@@ -26,6 +26,7 @@ from cvat_analytics_generator.spec import load_spec
 from cvat_analytics_generator.validate import vector_problems
 from cvat_analytics.importer import run_import
 from cvat_analytics_generator.yaml_load import safe_load
+from tests.examples_budget import examples
 from tests.test_fuzz_ingest import not_events, not_json, one_bad_event
 from tests.test_serve import cvat_batch
 
@@ -319,11 +320,13 @@ def SETTINGS(examples: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
-@pytest.mark.slow(22)  # `check`'s engine run or a subprocess per step: seconds of CPU
 def test_the_rendered_program_decides_every_generated_event_as_the_embedded_contract(capsys):
     seen = []
+    # ~12 ms each (the program in VRL, and the contract). At least 300: 4-9% of draws are
+    # stored, and fewer draws could draw none
+    n = max(examples(1500), 300)
 
-    @SETTINGS(1500)
+    @SETTINGS(n)
     @given(events())
     def check(event):
         seen.extend(body_decisions(json.dumps([event]).encode()))
@@ -332,7 +335,7 @@ def test_the_rendered_program_decides_every_generated_event_as_the_embedded_cont
     counts = {k: seen.count(k) for k in sorted(set(seen))}
     # Not vacuous either way. How many are stored varies with hypothesis' draws (55-134 of 1,500
     # seen): each of 18 fields may be drawn invalid, and hypothesis favours the invalid branch's 0.
-    assert counts.get("stored", 0) > 25 and counts.get("refused", 0) > 100, counts
+    assert counts.get("stored", 0) > 0 and counts.get("refused", 0) > n / 15, counts
     with capsys.disabled():
         print(f"\n[vrl] generated events: {counts}")
 
@@ -340,14 +343,16 @@ def test_the_rendered_program_decides_every_generated_event_as_the_embedded_cont
 def test_the_rendered_program_decides_the_fuzz_corpus_as_the_embedded_contract(capsys):
     seen = []
 
-    @SETTINGS(800)
+    n = examples(800)
+
+    @SETTINGS(n)
     @given(st.one_of(one_bad_event(SPEC), not_events(), not_json()))
     def check(case):
         seen.extend(body_decisions(case[1]))
 
     check()
     counts = {k: seen.count(k) for k in sorted(set(seen))}
-    assert counts.get("refused", 0) > 200 and counts.get("stored", 0) > 200, counts
+    assert counts.get("refused", 0) > n / 4 and counts.get("stored", 0) > n / 4, counts
     with capsys.disabled():
         print(f"\n[vrl] fuzz corpus: {counts}")
 
