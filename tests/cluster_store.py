@@ -20,6 +20,7 @@ use), the users stored, the count of events and (when asked) every dashboard pan
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -101,12 +102,18 @@ _migrated: dict[str, str] = {}  # a render's shape (its spec without the databas
 def shard(client, spec: dict, rows: bytes, window) -> dict:
     db = spec["clickhouse"]["database"]
     shape = json.dumps(dict(spec, clickhouse=dict(spec["clickhouse"], database="")), sort_keys=True)
-    if shape in _migrated:
-        copy_schema(client, _migrated[shape], db)
+    source = _migrated.get(shape)
+    if source:  # the refreshable view after the events: its run at creation is the one settle waits for
+        copy_schema(client, source, db, refreshable=False)
     else:
         migrate_shard(client, spec)
         _migrated[shape] = db
     client.raw_insert(f"`{db}`.events_local", None, rows, settings=dict(store.INSERT_SETTINGS),
                       fmt="JSONEachRow")
+    if source:
+        for (ddl,) in client.query("SELECT create_table_query FROM system.tables WHERE database = {db:String} "
+                                   "AND name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})",
+                                   parameters={"db": source}).result_rows:
+            client.command(re.sub(rf"\b{source}\b", db, ddl))
     settle(client, spec)
     return results(client, spec, window)
