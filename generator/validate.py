@@ -286,7 +286,7 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     # A pass is kept: the same files, engine and checks pass again (the engine's run is
     # deterministic over the empty store it makes). A problem is never kept: it runs again.
     marker = sql_checked_marker(sql, parse_only)
-    if cached and marker.is_file():
+    if cached and marker.is_file() and _own_private_dir(marker.parent):
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
@@ -300,11 +300,19 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
         problems.append(f"{sorted(sql)[0]}: the SQL check could not run: {_one_line(run.stderr) or run.returncode}")
     if not problems:
         try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if _own_private_dir(marker.parent):
+                marker.touch()
         except OSError:  # a cache that cannot be written only costs the next check its time
             pass
     return problems
+
+
+def _own_private_dir(path: Path) -> bool:
+    """Whether only this user can write in `path`: a pass recorded where another user could
+    write is not trusted (anyone could make a tree's check skip its SQL)."""
+    st = path.lstat()
+    return path.is_dir() and not path.is_symlink() and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _write(files: dict[str, str], root: Path) -> None:

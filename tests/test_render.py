@@ -195,6 +195,10 @@ def test_a_pass_of_the_sql_is_kept_and_a_problem_is_not(files, tmp_path, monkeyp
         sql_problems(sql, parse_only=True)  # another mode, another record
     with pytest.raises(EngineRan):
         sql_problems(sql, cached=False)
+    # a pass recorded where another user could write is not trusted
+    (tmp_path / "cvat-analytics" / "sql-checked").chmod(0o777)
+    with pytest.raises(EngineRan):
+        sql_problems(sql)
 
 
 # --- injection -----------------------------------------------------------------------
