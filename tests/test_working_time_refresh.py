@@ -3,6 +3,7 @@ recompute a bucket of users per run, a memory cap, failures recorded and backed 
 its lag and last error on /metrics and the Monitoring dashboard."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -18,7 +19,7 @@ from cvat_analytics.migrate import migrate
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.grafana_macros import expand
 from cvat_analytics_generator.spec import load_spec
-from tests.conftest import HOURLY_REFRESH, write_spec
+from tests.conftest import HOURLY_REFRESH, REPO, write_spec
 from tests.test_operate import call, samples
 from tests import working_time_oracle as oracle
 from tests.test_working_time import BASE, _as_rows, ev, query_time_hourly, random_stream, stored_totals
@@ -267,6 +268,25 @@ def test_late_and_out_of_order_events_across_slots_and_hours_stay_exact(chdb_dsn
         assert {k: v for k, v in got.items() if v} == oracle.totals(events)
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_every_refresh_runs_with_the_specs_threads(database, tmp_path):
+    """working_time.refresh_max_threads is each refreshable view's max_threads (1 by default:
+    a run takes at most a core, beside ingest), and the runs work with it."""
+    client, db = database
+    spec = _spec(tmp_path, db, **HOURLY_REFRESH, **{"working_time.refresh_max_threads": 3})
+    migrate(client, spec, log=lambda *_: None)
+    views = dict(client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
+                              "AND name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})",
+                              parameters={"db": db}).result_rows)
+    assert sorted(views) == ["productivity_refresh", "working_time_refresh", "working_time_refresh_plan"]
+    assert all(re.search(r"\bmax_threads = 3\b", ddl) for ddl in views.values()), views
+    store_module.insert_json_rows(client, db, _as_rows(random_stream(5)))
+    wt.wait_current(client, spec)
+    assert stored_totals(client, db) == query_time_hourly(client, spec) != {}
+    default = (REPO / "deploy" / "clickhouse" / "migrations" / "0018_working_time_refresh_slots.sql").read_text()
+    assert "max_threads = 1," in default
 
 
 @pytest.mark.clickhouse

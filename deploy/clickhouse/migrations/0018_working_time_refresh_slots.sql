@@ -208,6 +208,7 @@ SELECT
     groupArray((user_id, from_slot, has_prev, c_end, c_job, c_task, c_project)) AS run_users
 FROM users
 SETTINGS
+    max_threads = 1,
     max_memory_usage = 1073741824,
     max_bytes_before_external_group_by = 134217728,
     max_bytes_before_external_sort = 134217728;
@@ -374,6 +375,7 @@ FROM
     WHERE action != 'wait'
 )
 SETTINGS
+    max_threads = 1,
     max_memory_usage = 1073741824,
     max_bytes_before_external_group_by = 134217728,
     max_bytes_before_external_sort = 134217728

@@ -386,6 +386,7 @@ FROM
 )
 ORDER BY kind
 SETTINGS
+    max_threads = 1,
     max_memory_usage = 1073741824,
     max_bytes_before_external_group_by = 134217728,
     max_bytes_before_external_sort = 134217728

@@ -22,6 +22,6 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
-    ('0018_working_time_refresh_slots', 'baabc902994853ab260cdb44bdf2167bce7bfce499952834458e9e5dde60b15d'),
+    ('0018_working_time_refresh_slots', 'd02d70505a40c2750717f16d31e84e36334e04b0a37285da18ec822c963638c4'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
-    ('0026_productivity_state', 'f849adce1349dbd078fa5b80552c06244a3ca147803da24eab4aadaa65cf9190');
+    ('0026_productivity_state', 'b603175ecccebee26c95be59b2005d243d2dc3cb6afd7f93c072c98f0d5e3493');
