@@ -264,9 +264,10 @@ class ExportJobs:
                 job.reason = str(exc)
             elif time.monotonic() >= deadline:  # the engine stopped a query at max_execution_time
                 job.reason = _too_long(self.limits)
-            job.status, job.finished = "failed", self.clock()
-            # ClickHouse's text stays in the log: it can name tables, settings, paths.
+            # ClickHouse's text stays in the log: it can name tables, settings, paths. Logged
+            # before the status says failed, so whoever sees the failure finds its line.
             LOG.error("export %s failed: %s", job.id, job.reason or first_line(exc), exc_info=True)
+            job.status, job.finished = "failed", self.clock()
             return
         with self._lock:
             job.rows, job.path = rows, path
