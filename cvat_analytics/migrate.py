@@ -189,15 +189,28 @@ def copy_schema(client: Client, source: str, target: str, refreshable: bool = Tr
     without its refreshable views unless `refreshable`), each created once what it needs is
     there. Without the rows and the ledger: for a database made and thrown away (the bench's,
     the tests')."""
+    client.command(f"CREATE DATABASE `{target}`")
+    create_in_order(client, _schema_ddl(client, source, target, "all" if refreshable else "stored"))
+
+
+def copy_refreshable_views(client: Client, source: str, target: str) -> None:
+    """The refreshable views of `source` made in `target` (copied without them), each starting
+    its run at creation: after the rows they read are there, that run is the one needed."""
+    create_in_order(client, _schema_ddl(client, source, target, "refreshable"))
+
+
+def _schema_ddl(client: Client, source: str, target: str, which: str) -> list[str]:
+    """The CREATE statements of `source`'s objects (`which`: all, stored (not the refreshable
+    views), refreshable), naming `target`: tables, then views, then materialized views, the
+    refreshable last, so few are tried before what they need (a refreshable view's failed try
+    costs its analysis)."""
+    refreshing = "name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})"
+    where = {"all": "1", "stored": f"NOT {refreshing}", "refreshable": refreshing}[which]
     rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
-                        "AND NOT startsWith(name, '.tmp') AND ({all:Bool} OR name NOT IN "
-                        "(SELECT view FROM system.view_refreshes WHERE database = {db:String}))",
-                        parameters={"db": source, "all": refreshable}).result_rows
-    # tables, then views, then materialized views, the refreshable last: few statements are
-    # tried before what they need (a refreshable view's failed try costs its analysis)
+                        f"AND NOT startsWith(name, '.tmp') AND {where}", parameters={"db": source}).result_rows
+
     def rank(ddl: str) -> int:
         return next((i for i, kind in enumerate(("CREATE TABLE", "CREATE VIEW", "CREATE MATERIALIZED VIEW \\S+ TO "))
                      if re.match(kind, ddl)), 3)
-    client.command(f"CREATE DATABASE `{target}`")
-    create_in_order(client, [re.sub(rf"\b{re.escape(source)}\b", target, ddl)
-                             for _, ddl in sorted(rows, key=lambda row: (rank(row[1]), row[0]))])
+    return [re.sub(rf"\b{re.escape(source)}\b", target, ddl)
+            for _, ddl in sorted(rows, key=lambda row: (rank(row[1]), row[0]))]

@@ -20,12 +20,11 @@ use), the users stored, the count of events and (when asked) every dashboard pan
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from pathlib import Path
 
 from cvat_analytics import store, working_time
-from cvat_analytics.migrate import copy_schema
+from cvat_analytics.migrate import copy_refreshable_views, copy_schema
 from cvat_analytics.dashboards import panel_queries
 from cvat_analytics_generator.render import render_sql
 from cvat_analytics_generator.spec import load_spec
@@ -111,9 +110,6 @@ def shard(client, spec: dict, rows: bytes, window) -> dict:
     client.raw_insert(f"`{db}`.events_local", None, rows, settings=dict(store.INSERT_SETTINGS),
                       fmt="JSONEachRow")
     if source:
-        for (ddl,) in client.query("SELECT create_table_query FROM system.tables WHERE database = {db:String} "
-                                   "AND name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})",
-                                   parameters={"db": source}).result_rows:
-            client.command(re.sub(rf"\b{source}\b", db, ddl))
+        copy_refreshable_views(client, source, db)
     settle(client, spec)
     return results(client, spec, window)

@@ -42,7 +42,8 @@ def _fresh_schema(client, base: dict, database: str) -> None:
     """`database` with our schema as migrate leaves it, without the refreshable views: they are
     not on the insert path, and each would run as it is created and on its schedule, taking
     the CPU the inserts are timed on. The first is migrated (SCHEMA), the rest copy it."""
-    if not int(client.command(f"SELECT count() FROM system.databases WHERE name = '{SCHEMA}'")):
+    if not int(client.command("SELECT count() FROM system.databases WHERE name = {db:String}",
+                              parameters={"db": SCHEMA})):
         spec = json.loads(json.dumps(base))
         spec["clickhouse"]["database"] = SCHEMA
         migrate(client, spec, log=lambda *_: None)
