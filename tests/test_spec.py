@@ -155,6 +155,15 @@ def test_a_refresh_cap_that_could_not_record_its_own_failure_is_refused(tmp_path
     assert key in str(excinfo.value) and expected in str(excinfo.value)
 
 
+@pytest.mark.parametrize("value", [0, 257, "1; SELECT 1", 1.5])
+def test_a_refresh_threads_value_outside_1_to_256_is_refused(tmp_path, value):
+    """working_time.refresh_max_threads lands in the refresh views' SETTINGS: an integer 1-256 only."""
+    _, path = write_spec(tmp_path, **{"working_time.refresh_max_threads": value})
+    with pytest.raises(SpecError) as excinfo:
+        load_spec(path)
+    assert "working_time.refresh_max_threads" in str(excinfo.value)
+
+
 @pytest.mark.parametrize("slot_s, ok", [(60, True), (300, True), (3600, True), (7, False), (1000, False), (0, False)])
 def test_a_refresh_slot_must_divide_the_hour(tmp_path, slot_s, ok):
     """Slots start on the hour, so a recompute from a slot's hour needs no per-slot row."""
