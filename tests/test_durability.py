@@ -106,7 +106,7 @@ def test_every_acknowledged_event_survives_kill_9_and_retries_count_once(tmp_pat
         thread.start()
     kills = 0
     for _ in range(KILLS):
-        serve = ServeProcess(dsn, spec_path)
+        serve = ServeProcess(dsn, spec_path, tmp_path / "serve.log")  # a log of ours: a killed serve's stop() never runs
         senders.url = serve.url
         time.sleep(rng.uniform(0.3, 2.0))
         serve.proc.kill()  # SIGKILL: no clean-up of any kind
