@@ -167,11 +167,12 @@ def _semantic_problems(spec: dict):
                    f"at least {int(needs / server['max_server_memory_usage_to_ram_ratio'])}, "
                    f"got {server['cluster_memory_limit_bytes']}")
     # Events wait up to a refresh interval to be counted: a shorter limit would always fire.
-    for condition in ("working_time_stale", "productivity_stale"):
+    for condition, interval in (("working_time_stale", "refresh_interval_s"),
+                                ("productivity_stale", "productivity_refresh_interval_s")):
         stale = spec["alerts"][condition]["max_age_minutes"]
-        if stale * 60 <= 2 * spec["working_time"]["refresh_interval_s"]:
+        if stale * 60 <= 2 * spec["working_time"][interval]:
             yield (["alerts", condition, "max_age_minutes"],
-                   f"more than twice working_time.refresh_interval_s ({spec['working_time']['refresh_interval_s']} s), "
+                   f"more than twice working_time.{interval} ({spec['working_time'][interval]} s), "
                    f"got {stale} minutes")
     # Vector's metrics arrive once a scrape and its sink's batch (10 s, vector.yaml) have passed:
     # a shorter silence would fire between two rows.

@@ -296,6 +296,14 @@ def test_a_staleness_limit_within_the_refresh_interval_is_refused_naming_both(tm
                                       "alerts.working_time_stale.max_age_minutes": 15})
     with pytest.raises(SpecError, match=r"alerts.working_time_stale.max_age_minutes.*refresh_interval_s \(600 s\)"):
         load_spec(path)
+    # the productivity state's staleness against its own interval (60 s by default: 15 minutes is fine)
+    _, path = write_spec(tmp_path, **{"working_time.productivity_refresh_interval_s": 600,
+                                      "alerts.productivity_stale.max_age_minutes": 15})
+    with pytest.raises(SpecError, match=r"alerts.productivity_stale.max_age_minutes.*"
+                                        r"working_time.productivity_refresh_interval_s \(600 s\)"):
+        load_spec(path)
+    _, path = write_spec(tmp_path, **{"working_time.productivity_refresh_interval_s": 420})
+    assert load_spec(path)["working_time"]["productivity_refresh_interval_s"] == 420
 
 
 def test_both_stacks_mount_the_rule_file_into_grafanas_provisioning():

@@ -271,17 +271,22 @@ def test_late_and_out_of_order_events_across_slots_and_hours_stay_exact(chdb_dsn
 
 
 @pytest.mark.clickhouse
-def test_every_refresh_runs_with_the_specs_threads(database, tmp_path):
+def test_every_refresh_runs_with_the_specs_threads_and_interval(database, tmp_path):
     """working_time.refresh_max_threads is each refreshable view's max_threads (1 by default:
-    a run takes at most a core, beside ingest), and the runs work with it."""
+    a run takes at most a core, beside ingest), and the runs work with it; the totals' views
+    run every refresh_interval_s, the productivity state's every productivity_refresh_interval_s."""
     client, db = database
-    spec = _spec(tmp_path, db, **HOURLY_REFRESH, **{"working_time.refresh_max_threads": 3})
+    spec = _spec(tmp_path, db, **{**HOURLY_REFRESH, "working_time.refresh_max_threads": 3,
+                                  "working_time.productivity_refresh_interval_s": 1800})
     migrate(client, spec, log=lambda *_: None)
     views = dict(client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
                               "AND name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})",
                               parameters={"db": db}).result_rows)
     assert sorted(views) == ["productivity_refresh", "working_time_refresh", "working_time_refresh_plan"]
     assert all(re.search(r"\bmax_threads = 3\b", ddl) for ddl in views.values()), views
+    every = {name: re.search(r"REFRESH EVERY (\d+ \w+)", ddl)[1] for name, ddl in views.items()}
+    assert every == {"productivity_refresh": "30 MINUTE", "working_time_refresh": "1 HOUR",
+                     "working_time_refresh_plan": "1 HOUR"}, every  # as the engine words them
     store_module.insert_json_rows(client, db, _as_rows(random_stream(5)))
     wt.wait_current(client, spec)
     assert stored_totals(client, db) == query_time_hourly(client, spec) != {}

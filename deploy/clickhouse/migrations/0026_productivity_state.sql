@@ -128,7 +128,7 @@ DROP VIEW IF EXISTS `cvat`.productivity_refresh;
 
 -- refresh_retries = 0: a failed run is taken again by the next one (the watermark stays).
 CREATE MATERIALIZED VIEW `cvat`.productivity_refresh
-REFRESH EVERY 10 SECOND
+REFRESH EVERY 60 SECOND
 SETTINGS refresh_retries = 0
 APPEND TO `cvat`.productivity_apply AS
 WITH
