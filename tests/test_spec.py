@@ -155,13 +155,16 @@ def test_a_refresh_cap_that_could_not_record_its_own_failure_is_refused(tmp_path
     assert key in str(excinfo.value) and expected in str(excinfo.value)
 
 
-@pytest.mark.parametrize("value", [0, 257, "1; SELECT 1", 1.5])
-def test_a_refresh_threads_value_outside_1_to_256_is_refused(tmp_path, value):
-    """working_time.refresh_max_threads lands in the refresh views' SETTINGS: an integer 1-256 only."""
-    _, path = write_spec(tmp_path, **{"working_time.refresh_max_threads": value})
+@pytest.mark.parametrize("key, value", [(key, value)
+                                        for key, top in (("refresh_max_threads", 256), ("productivity_refresh_interval_s", 3600))
+                                        for value in (0, top + 1, "1; SELECT 1", 1.5)])
+def test_a_refresh_threads_or_interval_value_out_of_range_is_refused(tmp_path, key, value):
+    """working_time.refresh_max_threads lands in the refresh views' SETTINGS (an integer 1-256
+    only), productivity_refresh_interval_s in the productivity view's REFRESH EVERY (1-3600)."""
+    _, path = write_spec(tmp_path, **{f"working_time.{key}": value})
     with pytest.raises(SpecError) as excinfo:
         load_spec(path)
-    assert "working_time.refresh_max_threads" in str(excinfo.value)
+    assert f"working_time.{key}" in str(excinfo.value)
 
 
 @pytest.mark.parametrize("slot_s, ok", [(60, True), (300, True), (3600, True), (7, False), (1000, False), (0, False)])
