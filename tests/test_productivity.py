@@ -537,11 +537,185 @@ def test_a_state_refresh_that_fails_writes_nothing_and_the_next_run_takes_its_ev
                 client.command(statement)
         assert client.query(log).result_rows == before
         assert client.query(state).result_rows == [(0, 0)]
-        migrate(client, specs[1], log=lambda *_: None)  # the cap back: 0026 applied again
+        migrate(client, specs[1], log=lambda *_: None)  # the cap back: 0027 applied again
         for statement in refresh:
             client.command(statement)
         assert client.query(state).result_rows == [(300000, 300000)]
         assert client.query(log).result_rows[0][1] > before[0][1]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+def slotted_stream(seed):
+    """Server events on the three jobs around midnight (so a day, a slot and a job's figures all
+    span several runs): objects, state and stage changes, decisions and creations at one
+    instant (a creation at its job's decision is not before it)."""
+    rng = random.Random(seed)
+    start = DAY - 7 * 60_000
+    e = [server(start + rng.randrange(0, 60_000), "create:job", 9, j, obj_id=j) for j in JOBS]
+    for i in range(220):
+        ts = start + 60_000 + rng.randrange(0, 14 * 60_000)
+        ts -= ts % rng.choice((1, 1000, 60_000))  # events at one instant, at a slot's start
+        user, job = rng.randint(1, 4), rng.choice(list(JOBS))
+        what = rng.random()
+        if what < 0.7:
+            kind = rng.choice(("tags", "shapes", "tracks"))
+            e.append(objects(ts, rng.choice(("create", "create", "update", "delete")), kind, user, job,
+                             rng.randint(1, 6), rng.choice(("rectangle", "mask")),
+                             diffs=[rng.randint(-5, 9) for _ in range(rng.randint(1, 3))]))
+        else:
+            field = rng.choice(("state", "stage"))
+            values = ("in progress", "completed", "rejected") if field == "state" else (
+                "annotation", "validation", "acceptance")
+            e.append(job_change(ts, user, job, field, rng.choice(values), rng.choice(values)))
+            if rng.random() < 0.3:  # a creation at the same instant
+                e.append(objects(ts, "create", "shapes", rng.randint(1, 4), job, 2))
+    return e
+
+
+@pytest.mark.clickhouse
+def test_the_state_kept_per_slot_gives_the_figures_of_the_events_after_every_run(chdb_dsn, tmp_path):
+    """Random server events, stored in five shuffled batches (later batches hold events for slots,
+    days and jobs earlier runs computed) with a run after each: after every run, each job's
+    review figures and each user's objects per job and day (what the other shapes roll up)
+    are the ones the same statements give from the events (from_events); the per-slot rows
+    add up to the days'."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import HOURLY_REFRESH, write_spec
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    spec = load_spec(write_spec(tmp_path, **{"clickhouse.database": db, **HOURLY_REFRESH})[1])
+    client = store_module.connect(chdb_dsn)
+    # per job: every figure the other shapes roll up
+    asks = [("productivity_reviews", {"per": "job"}), ("productivity_speed", {"level": "job"})]
+
+    def answers(from_events):
+        out = {}
+        for template, shape in asks:
+            sql = render_template(spec, f"clickhouse/queries/{template}.sql.j2", from_events=from_events, **shape)
+            out[template, tuple(shape.values())] = sorted(client.query(sql, parameters=productivity.params()).result_rows)
+        return out
+
+    try:
+        migrate(client, spec, log=lambda *_: None)
+        events = slotted_stream(41)
+        random.Random(5).shuffle(events)
+        for i in range(5):
+            store_module.insert_json_rows(client, db, _as_rows(events[i::5]))
+            wt.wait_current(client, spec)
+            state, truth = answers(False), answers(True)
+            for key in truth:
+                assert state[key] == truth[key], (i, key)
+        assert any(rows for rows in truth.values())
+        runs = client.query(f"SELECT full, slot_s FROM `{db}`.productivity_refresh_log ORDER BY watermark").result_rows
+        assert runs[0] == (1, 60) and {r for r in runs[1:]} == {(0, 60)} and len(runs) >= 6
+        slots = client.query(f"SELECT count(), uniqExact(slot), sum(objects) FROM `{db}`.productivity_object_slots FINAL"
+                             ).result_rows[0]
+        days = client.query(f"SELECT sum(objects) FROM `{db}`.productivity_objects FINAL").result_rows[0][0]
+        assert slots[1] > 10 and slots[2] == days == sum(e.get("count") or 0 for e in events
+                                                         if e["scope"].split(":")[1] in ("tags", "shapes", "tracks"))
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_a_run_reads_what_its_new_events_touch_not_the_store(chdb_dsn, tmp_path):
+    """200,000 server events of two users on 20 jobs (interleaved, as annotators share them)
+    over ten days, in the state; then ten new ones in the current minute. The two runs that
+    take them (their slots, then the fold) read under a quarter of the store's rows between them,
+    as the engine counts them (system.view_refreshes): a job's figures are not recomputed from
+    all its events, nor a user's from their whole day. The figures are then the events'."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import HOURLY_REFRESH, write_spec
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    spec = load_spec(write_spec(tmp_path, **{"clickhouse.database": db, **HOURLY_REFRESH,
+                                             "working_time.commit_margin_s": 10})[1])
+    client = store_module.connect(chdb_dsn)
+    history = 200_000
+    insert = (f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, user_name, job_id, count, obj_name, "
+              "obj_val, payload) SELECT if(number % 50 = 0, 'update:job', 'create:shapes'), 'server', {when}, "
+              "number % 2 + 1, 'u', number % 20 + 1, 1, if(number % 50 = 0, 'stage', 'rectangle'), "
+              "if(number % 50 = 0, 'validation', NULL), if(number % 50 = 0, '{{\"old_value\": \"annotation\"}}', NULL) "
+              "FROM numbers({n})")
+    try:
+        migrate(client, spec, log=lambda *_: None)
+        client.command(insert.format(n=history, when=f"now64(3) - toIntervalHour(1) - toIntervalMillisecond(number * 4320)"))
+        wt.wait_past_commit_margin(client, spec)  # so the runs below take them for the last time
+        wt.wait_current(client, spec)
+        client.command(insert.format(n=10, when="now64(3)"))
+        read = 0
+        for _ in range(2):
+            for action in ("REFRESH", "WAIT"):
+                client.command(f"SYSTEM {action} VIEW `{db}`.productivity_refresh")
+            read += client.query("SELECT read_rows FROM system.view_refreshes WHERE database = {db:String} "
+                                 "AND view = 'productivity_refresh'", parameters={"db": db}).result_rows[0][0]
+        assert 0 < read < history // 4
+        for template, shape in (("productivity_reviews", {"per": "job"}), ("productivity_speed", {"level": "job"})):
+            state, truth = (sorted(client.query(render_template(
+                spec, f"clickhouse/queries/{template}.sql.j2", from_events=raw, **shape),
+                parameters=productivity.params()).result_rows) for raw in (False, True))
+            assert state == truth and truth, template
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
+@pytest.mark.clickhouse
+def test_a_store_with_the_state_of_0026_gets_its_slots_and_the_same_figures(chdb_dsn, tmp_path):
+    """A store migrated before 0027 (0026 as it was: state per day and job, its view), with
+    state from its view and events it has not taken: migrate applies 0026 again (dropping that
+    view) and 0027, whose first run recomputes everything; every figure is then the events'."""
+    import uuid
+
+    from cvat_analytics.migrate import Migration, ledger, migrate, migrations
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import HOURLY_REFRESH, write_spec
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    spec = load_spec(write_spec(tmp_path, **{"clickhouse.database": db, **HOURLY_REFRESH})[1])
+    client = store_module.connect(chdb_dsn)
+    old = (Path(__file__).parent / "fixtures" / "before_0027" / "0026_productivity_state.sql").read_text()
+    old = old.replace("`cvat`.", f"`{db}`.").replace("database = 'cvat'", f"database = '{db}'")
+    record = ledger(spec).named("record")
+    try:
+        for m in migrations(spec):
+            if m.name >= "0026":
+                m = Migration("0026_productivity_state", old)
+            for statement in m.statements:
+                client.command(statement)
+            client.command(record, parameters={"name": m.name, "checksum": m.checksum})
+            if m.name >= "0026":
+                break
+        events = sorted(stream(), key=lambda e: e["ts"])
+        store_module.insert_json_rows(client, db, _as_rows(events[::2]))
+        for action in ("REFRESH", "WAIT"):
+            client.command(f"SYSTEM {action} VIEW `{db}`.productivity_refresh")
+        assert client.query(f"SELECT count() FROM `{db}`.productivity_objects").result_rows[0][0] > 0
+        store_module.insert_json_rows(client, db, _as_rows(events[1::2]))  # not taken by the old view
+
+        assert migrate(client, spec, log=lambda *_: None) == ["0026_productivity_state", "0027_productivity_slots"]
+        wt.wait_current(client, spec)
+        # the old view's runs logged no slot size; the first run at one recomputed everything
+        assert client.query(f"SELECT slot_s, groupArray(full) FROM (SELECT * FROM `{db}`.productivity_refresh_log "
+                            "ORDER BY watermark) GROUP BY slot_s ORDER BY slot_s").result_rows[0][0] == 0
+        assert client.query(f"SELECT full FROM `{db}`.productivity_refresh_log WHERE slot_s = 60 "
+                            "ORDER BY watermark").result_rows[0] == (1,)
+        for template, shapes in (("productivity_reviews", [{"per": per} for per in productivity.REVIEWS_PER]),
+                                 ("productivity_speed", [{"level": level} for level in productivity.LEVELS])):
+            for shape in shapes:
+                state, truth = (sorted(client.query(render_template(
+                    spec, f"clickhouse/queries/{template}.sql.j2", from_events=raw, **shape),
+                    parameters=productivity.params()).result_rows) for raw in (False, True))
+                assert state == truth and truth, (template, shape)
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
 
