@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_objects
     task_id Nullable(UInt64),
     job_id Nullable(UInt64),
     objects Int64,
-    track_shapes Int64,
+    track_shapes Int64
+,
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_jobs
     first_pass Nullable(UInt8),
     reviewer Nullable(UInt64),
     annotator Nullable(UInt64),
-    days Array(Date),
+    days Array(Date)
+,
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_object_slots
     task_id Nullable(UInt64),
     job_id Nullable(UInt64),
     objects Int64,
-    track_shapes Int64,
+    track_shapes Int64
+,
     version UInt64,
     -- a run folds the rows of the run before it, found by their version
     INDEX idx_version version TYPE minmax GRANULARITY 1
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_object_hours
     task_id Nullable(UInt64),
     job_id Nullable(UInt64),
     objects Int64,
-    track_shapes Int64,
+    track_shapes Int64
+,
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
@@ -73,7 +75,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_job_slots
     changes Array(Tuple(Int64, String, String)),
     first_decision Array(Tuple(Int64, UInt8, UInt64)),
     created_before Array(Tuple(UInt64, Int64)),
-    days Array(Date),
+    days Array(Date)
+,
     version UInt64,
     -- a run folds the rows of the run before it, found by their version
     INDEX idx_version version TYPE minmax GRANULARITY 1
@@ -97,7 +100,8 @@ CREATE TABLE IF NOT EXISTS `cvat`.productivity_job_hours
     changes Array(Tuple(Int64, String, String)),
     first_decision Array(Tuple(Int64, UInt8, UInt64)),
     created_before Array(Tuple(UInt64, Int64)),
-    days Array(Date),
+    days Array(Date)
+,
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
