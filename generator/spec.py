@@ -166,14 +166,13 @@ def _semantic_problems(spec: dict):
                    f"(clickhouse.dashboards_max_memory_usage_bytes) and a refresh (working_time.refresh_max_memory_mb): "
                    f"at least {int(needs / server['max_server_memory_usage_to_ram_ratio'])}, "
                    f"got {server['cluster_memory_limit_bytes']}")
-    # Events wait up to a refresh interval to be counted (the productivity state's up to two:
-    # a run folds what the run before it took): a shorter limit would always fire.
-    for condition, interval, times in (("working_time_stale", "refresh_interval_s", "twice"),
-                                       ("productivity_stale", "productivity_refresh_interval_s", "three times")):
+    # Events wait up to a refresh interval to be counted: a shorter limit would always fire.
+    for condition, interval in (("working_time_stale", "refresh_interval_s"),
+                                ("productivity_stale", "productivity_refresh_interval_s")):
         stale = spec["alerts"][condition]["max_age_minutes"]
-        if stale * 60 <= {"twice": 2, "three times": 3}[times] * spec["working_time"][interval]:
+        if stale * 60 <= 2 * spec["working_time"][interval]:
             yield (["alerts", condition, "max_age_minutes"],
-                   f"more than {times} working_time.{interval} ({spec['working_time'][interval]} s), "
+                   f"more than twice working_time.{interval} ({spec['working_time'][interval]} s), "
                    f"got {stale} minutes")
     # Vector's metrics arrive once a scrape and its sink's batch (10 s, vector.yaml) have passed:
     # a shorter silence would fire between two rows.

@@ -114,11 +114,11 @@ def _default_spec_data(path: Path, mtime_ns: int, size: int) -> dict:
 
 
 # Spec changes for a store whose refresh runs when asked (working_time.wait_current) and
-# otherwise hourly: each scheduled run only costs a test CPU. The stale alerts must allow twice
-# the interval (the productivity state's three times: a run folds what the run before it took).
+# otherwise hourly: each scheduled run only costs a test CPU. The stale alert must allow twice
+# the interval.
 HOURLY_REFRESH = {"working_time.refresh_interval_s": 3600, "working_time.productivity_refresh_interval_s": 3600,
                   "alerts.working_time_stale.max_age_minutes": 121,
-                  "alerts.productivity_stale.max_age_minutes": 181}
+                  "alerts.productivity_stale.max_age_minutes": 121}
 
 
 def write_spec(directory: Path, **changes) -> tuple[dict, Path]:

@@ -302,12 +302,8 @@ def test_a_staleness_limit_within_the_refresh_interval_is_refused_naming_both(tm
     with pytest.raises(SpecError, match=r"alerts.productivity_stale.max_age_minutes.*"
                                         r"working_time.productivity_refresh_interval_s \(600 s\)"):
         load_spec(path)
-    # a run folds what the run before it took: three intervals, 900 s > 3 x 299 s but not 3 x 300 s
-    _, path = write_spec(tmp_path, **{"working_time.productivity_refresh_interval_s": 299})
-    assert load_spec(path)["working_time"]["productivity_refresh_interval_s"] == 299
-    _, path = write_spec(tmp_path, **{"working_time.productivity_refresh_interval_s": 300})
-    with pytest.raises(SpecError, match=r"alerts.productivity_stale.max_age_minutes: expected more than three times"):
-        load_spec(path)
+    _, path = write_spec(tmp_path, **{"working_time.productivity_refresh_interval_s": 420})
+    assert load_spec(path)["working_time"]["productivity_refresh_interval_s"] == 420
 
 
 def test_both_stacks_mount_the_rule_file_into_grafanas_provisioning():

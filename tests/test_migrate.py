@@ -20,7 +20,7 @@ def test_migrations_are_ordered_and_split_into_statements():
                                                               "0017_working_time_refresh_limits",
                                                               "0018_working_time_refresh_slots",
                                                               "0020_vector_metrics_retention",
-                                                              "0026_productivity_state", "0027_productivity_slots"]
+                                                              "0026_productivity_state"]
     first = found[0]
     assert first.statements[0] == "CREATE DATABASE IF NOT EXISTS `cvat`"
     # The checksum covers what runs: a comment edit is not a change to the database.

@@ -1,5 +1,5 @@
 """The refreshes as the bench times them: ClickHouse keeps the working-time totals current
-with two refreshable views (migration 0018) and the productivity state with one (0027); the
+with two refreshable views (migration 0018) and the productivity state with one (0026); the
 bench starts a refresh out of schedule, waits for it, and reads the views' own cost from
 system.view_refreshes."""
 from __future__ import annotations
@@ -47,19 +47,18 @@ def refresh_after_new_events(client, spec: dict) -> dict:
 
 
 def refresh_productivity(client, spec: dict, full: bool = False, new_server_events: bool = False) -> dict:
-    """The productivity state's view (queries/productivity_state.jinja) run twice, each started
-    and waited for: the run that recomputes the slots the events touch, then the one that folds
-    them into the tables the panels read. Their wall time and their own cost, summed. `full`:
-    the runs before forgotten, so the first recomputes everything (as on a new store);
-    `new_server_events`: 1,000 of them inserted first.
+    """One run of the productivity state's view (queries/productivity_state.jinja), started and
+    waited for: its wall time and its own cost. `full`: the runs before it forgotten, so it
+    recomputes everything (as its first run on a store does); `new_server_events`: 1,000 of them
+    inserted first.
 
     The view runs on its schedule too, so it is stopped first (which cancels a run in flight):
     otherwise a scheduled run that read the log before the truncate, or the events before the
     insert, is the one a WAIT waits for (a 10M bench once timed such a run as its full
     baseline: 0.28 s, 4,083 rows). START re-enables it, and runs it at once only when its
-    schedule is due, so REFRESH asks for the run; ours is the first logged with a
-    slots_watermark (its start) after the moment it was asked for. A second run REFRESH may
-    have queued behind one that START began is stopped before the cost of ours is read."""
+    schedule is due, so REFRESH asks for the run; ours is the first logged with a watermark (its
+    start) after the moment it was asked for. A second run REFRESH may have queued behind one
+    that START began is stopped before the cost of ours is read."""
     db = spec["clickhouse"]["database"]
     view = f"{ident(db)}.productivity_refresh"
     client.command(f"SYSTEM STOP VIEW {view}")
@@ -67,23 +66,20 @@ def refresh_productivity(client, spec: dict, full: bool = False, new_server_even
         statements.run(client, "productivity_forget_runs", db=db)
     if new_server_events:
         statements.run(client, "new_server_events", db=db)
+    asked_at = client.query("SELECT toString(now64(6, 'UTC'))").result_rows[0][0]
     started = time.monotonic()
-    runs = []
+    for action in ("START", "REFRESH"):
+        client.command(f"SYSTEM {action} VIEW {view}")
+    while True:
+        client.command(f"SYSTEM WAIT VIEW {view}")
+        if int(statements.run(client, "productivity_runs_since", db=db, since=asked_at)):
+            break
+        if time.monotonic() - started > 3600:
+            raise TimeoutError(f"{db}.productivity_refresh logged no run within an hour of asking for one")
+        time.sleep(0.05)
+    wall_s = time.monotonic() - started
+    client.command(f"SYSTEM STOP VIEW {view}")
     try:
-        for _ in range(2):
-            asked_at = client.query("SELECT toString(now64(6, 'UTC'))").result_rows[0][0]
-            for action in ("START", "REFRESH"):
-                client.command(f"SYSTEM {action} VIEW {view}")
-            while True:
-                client.command(f"SYSTEM WAIT VIEW {view}")
-                if int(statements.run(client, "productivity_runs_since", db=db, since=asked_at)):
-                    break
-                if time.monotonic() - started > 3600:
-                    raise TimeoutError(f"{db}.productivity_refresh logged no run within an hour of asking for one")
-                time.sleep(0.05)
-            client.command(f"SYSTEM STOP VIEW {view}")
-            runs.append(_timed(client, db, ["productivity_refresh"], 0.0))
+        return _timed(client, db, ["productivity_refresh"], wall_s)
     finally:
         client.command(f"SYSTEM START VIEW {view}")
-    return {"wall_s": time.monotonic() - started, "view_ms": sum(r["view_ms"] for r in runs),
-            "read_rows": sum(r["read_rows"] for r in runs)}

@@ -24,5 +24,4 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
     ('0018_working_time_refresh_slots', 'd02d70505a40c2750717f16d31e84e36334e04b0a37285da18ec822c963638c4'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
-    ('0026_productivity_state', 'e1790186572d4ad2ba088768c71ed185a9e66326a5ed69b015403be697eb8b81'),
-    ('0027_productivity_slots', 'ec613640fc55cd4d4a13f3cfcb9db18d8e41c85fc84da27e2f9ddcfe78cc2a84');
+    ('0026_productivity_state', 'f77b7b5c148fffcc8238270704fcb37bfcb9c42d2dc985dfa9b24c42b9f7db20');

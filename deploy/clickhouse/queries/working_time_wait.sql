@@ -23,11 +23,6 @@ SYSTEM WAIT VIEW `cvat`.working_time_refresh;
 
 SYSTEM WAIT VIEW `cvat`.productivity_refresh;
 
--- a run folds what the run before it recomputed (queries/productivity_state.jinja): once more
-SYSTEM REFRESH VIEW `cvat`.productivity_refresh;
-
-SYSTEM WAIT VIEW `cvat`.productivity_refresh;
-
 -- the last logged run: 1 once it started after `since` and no full recompute is midway
 -- (refresh_select in queries/working_time.jinja), and the productivity state's last run
 -- started after `since` too; the failed runs in a row it records, if recorded after
