@@ -546,6 +546,72 @@ def test_a_state_refresh_that_fails_writes_nothing_and_the_next_run_takes_its_ev
         client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
 
 
+def shuffled_stream(seed):
+    """Server events on the three jobs around midnight (so a day's and a job's figures span
+    several runs): objects, state and stage changes, decisions, and creations at a decision's
+    instant (not before it)."""
+    rng = random.Random(seed)
+    start = DAY - 7 * 60_000
+    e = [server(start + rng.randrange(0, 60_000), "create:job", 9, j, obj_id=j) for j in JOBS]
+    for _ in range(220):
+        ts = start + 60_000 + rng.randrange(0, 14 * 60_000)
+        ts -= ts % rng.choice((1, 1000, 60_000))  # events at one instant
+        user, job = rng.randint(1, 4), rng.choice(list(JOBS))
+        if rng.random() < 0.7:
+            e.append(objects(ts, rng.choice(("create", "create", "update", "delete")), rng.choice(("tags", "shapes", "tracks")),
+                             user, job, rng.randint(1, 6), rng.choice(("rectangle", "mask")),
+                             diffs=[rng.randint(-5, 9) for _ in range(rng.randint(1, 3))]))
+        else:
+            field = rng.choice(("state", "stage"))
+            values = ("in progress", "completed", "rejected") if field == "state" else (
+                "annotation", "validation", "acceptance")
+            e.append(job_change(ts, user, job, field, rng.choice(values), rng.choice(values)))
+            if rng.random() < 0.3:
+                e.append(objects(ts, "create", "shapes", rng.randint(1, 4), job, 2))
+    return e
+
+
+@pytest.mark.clickhouse
+def test_the_state_gives_the_figures_of_the_events_after_every_run(chdb_dsn, tmp_path):
+    """Random server events stored in three shuffled batches (later batches hold events of days
+    and jobs earlier runs computed), with a run after each that takes only its batch (each batch
+    is older than the commit margin when its run starts, so no run takes an earlier batch
+    again): after every run each job's review figures and each user's objects per job and day
+    (what the other shapes roll up) are the ones the same statements give from the events."""
+    import uuid
+
+    from cvat_analytics.migrate import migrate
+    from cvat_analytics_generator.render import render_template
+    from cvat_analytics_generator.spec import load_spec
+    from tests.conftest import HOURLY_REFRESH, write_spec
+
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    spec = load_spec(write_spec(tmp_path, **{"clickhouse.database": db, **HOURLY_REFRESH,
+                                             "working_time.commit_margin_s": 10})[1])
+    client = store_module.connect(chdb_dsn)
+
+    def answers(from_events):
+        return {template: sorted(client.query(render_template(
+                    spec, f"clickhouse/queries/{template}.sql.j2", from_events=from_events, **shape),
+                    parameters=productivity.params()).result_rows)
+                for template, shape in (("productivity_reviews", {"per": "job"}),
+                                        ("productivity_speed", {"level": "job"}))}
+
+    try:
+        migrate(client, spec, log=lambda *_: None)
+        events = shuffled_stream(41)
+        random.Random(5).shuffle(events)
+        for i in range(3):
+            store_module.insert_json_rows(client, db, _as_rows(events[i::3]))
+            wt.wait_past_commit_margin(client, spec)
+            wt.wait_current(client, spec)
+            state, truth = answers(False), answers(True)
+            for key in truth:
+                assert truth[key] and state[key] == truth[key], (i, key)
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}` SYNC")
+
+
 @pytest.mark.clickhouse
 def test_forced_callers_read_the_state_of_their_organisation_or_their_own(loaded):
     """The state is filtered as the events are: a token forced to org 7 sees its jobs (11, 12),
