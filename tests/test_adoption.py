@@ -35,7 +35,7 @@ MONTHS = [dt.datetime(2024, m, 1, 9) for m in (1, 2, 3)]
 
 def month_of_events(start: dt.datetime, users=(1, 2, 3), n=40) -> list[dict]:
     """Each user's client events 25 s apart, a change:frame every 4th, a long pause in
-    the middle, a server event that must not count."""
+    the middle, server events that must not count (a job created, shapes drawn)."""
     base = int(start.replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
     events = []
     for user in users:
@@ -43,9 +43,12 @@ def month_of_events(start: dt.datetime, users=(1, 2, 3), n=40) -> list[dict]:
             ts = base + user * 3_600_000 + i * 25_000 + (200_000 if i >= n // 2 else 0)
             scope, duration = ("change:frame", 3_000 + i * 10) if i % 4 == 0 else ("click:element", 0)
             events.append(dict(scope=scope, source="client", ts=ts, duration=duration, user_id=user,
-                               job_id=10 * user + i % 3, task_id=user, project_id=1))
+                               user_name=f"user{user}", job_id=10 * user + i % 3, task_id=user, project_id=1))
         events.append(dict(scope="create:job", source="server", ts=base, duration=0, user_id=user,
-                           job_id=10 * user, task_id=user, project_id=1))
+                           user_name=f"user{user}", job_id=10 * user, task_id=user, project_id=1))
+        events.append(dict(scope="create:shapes", source="server", ts=base + 1_000, duration=0, user_id=user,
+                           user_name=f"user{user}", job_id=10 * user, task_id=user, project_id=1,
+                           obj_name="rectangle", count=user))
     return events
 
 
@@ -102,6 +105,12 @@ def test_adopting_cvats_table_rewrites_no_part_and_the_refresh_takes_only_what_i
 
         wt.wait_current(client, spec)  # the first run counts all history
         assert stored_totals(client, db) == oracle.totals(history)
+        # ... and the productivity state's first run takes it all too: the objects and the names
+        assert client.query(f"SELECT sum(objects) FROM `{db}`.productivity_objects FINAL").result_rows == [
+            (sum(e.get("count", 0) for e in history),)]
+        assert client.query(f"SELECT groupArray(name) FROM (SELECT argMaxMerge(last_name) AS name FROM "
+                            f"`{db}`.productivity_user_names GROUP BY user_id ORDER BY user_id)").result_rows == [
+            (["user1", "user2", "user3"],)]
         wt.wait_current(client, spec)  # history read again: nothing in it is new
         assert last_run(client, db) == (0, 0)
 

@@ -133,8 +133,12 @@ SETTINGS refresh_retries = 0
 APPEND TO `cvat`.productivity_apply AS
 WITH
     (SELECT max(watermark) FROM `cvat`.productivity_refresh_log) AS logged,
-    -- no run logged yet: recompute everything
-    toUInt8(logged = toDateTime64(0, 6, 'UTC')) AS full,
+    -- no run logged yet: recompute everything. Not named `full`: each branch below gives
+    -- productivity_apply's `full` a value of its own, and a name a subquery has no column of
+    -- resolves to the enclosing SELECT's alias before the WITH's (chdb 26.9), so every
+    -- `full` inside the branches read 0: a first run took only the events stamped as new,
+    -- none of a CVAT history adopted without a stamp (tests/test_adoption.py).
+    toUInt8(logged = toDateTime64(0, 6, 'UTC')) AS full_run,
     now64(6, 'UTC') AS run_until,
     logged - toIntervalSecond(60) AS run_since,
     ifNull((SELECT toUInt64OrZero(extract(comment, 'blocks up to ([0-9]+)')) FROM system.columns
@@ -148,12 +152,12 @@ WITH
         (
             SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
             FROM `cvat`.events
-            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+            WHERE NOT full_run AND inserted_at > run_since AND inserted_at <= run_until
             AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
             UNION ALL
             SELECT assumeNotNull(user_id) AS user_id, toDate(timestamp) AS day
             FROM `cvat`.events
-            WHERE full AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
+            WHERE full_run AND source = 'server' AND user_id IS NOT NULL AND scope IN ('create:tags', 'create:shapes', 'create:tracks', 'update:tags', 'update:shapes', 'update:tracks', 'delete:tags', 'delete:shapes', 'delete:tracks')
         )
     ),
     jobs_changed AS
@@ -163,12 +167,12 @@ WITH
         (
             SELECT assumeNotNull(job_id) AS job_id
             FROM `cvat`.events
-            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+            WHERE NOT full_run AND inserted_at > run_since AND inserted_at <= run_until
             AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block)) AND source = 'server' AND job_id IS NOT NULL
             UNION ALL
             SELECT assumeNotNull(job_id) AS job_id
             FROM `cvat`.events
-            WHERE full AND source = 'server' AND job_id IS NOT NULL
+            WHERE full_run AND source = 'server' AND job_id IS NOT NULL
         )
     )
 SELECT *
@@ -344,12 +348,12 @@ FROM
         (
             SELECT user_id, timestamp, org_id, user_name
             FROM `cvat`.events
-            WHERE NOT full AND inserted_at > run_since AND inserted_at <= run_until
+            WHERE NOT full_run AND inserted_at > run_since AND inserted_at <= run_until
             AND (adopted_block = 0 OR (toUInt64(splitByChar('_', _part)[3]) > adopted_block AND _block_number > adopted_block))
             UNION ALL
             SELECT user_id, timestamp, org_id, user_name
             FROM `cvat`.events
-            WHERE full
+            WHERE full_run
         )
         WHERE user_id IS NOT NULL AND user_name IS NOT NULL
         GROUP BY user_id, day, org_id
@@ -380,7 +384,7 @@ FROM
     defaultValueOfTypeName('Array(Date)') AS days,
     defaultValueOfTypeName('AggregateFunction(argMax, String, DateTime64(3, \'Etc/UTC\'))') AS last_name,
     CAST(run_until, 'DateTime64(6, \'UTC\')') AS watermark,
-    CAST(full, 'UInt8') AS full,
+    CAST(full_run, 'UInt8') AS full,
     CAST((SELECT count() FROM days_changed), 'UInt64') AS changed_days,
     CAST((SELECT count() FROM jobs_changed), 'UInt64') AS changed_jobs
 )

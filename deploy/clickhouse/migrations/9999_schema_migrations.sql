@@ -24,4 +24,5 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
     ('0018_working_time_refresh_slots', 'd02d70505a40c2750717f16d31e84e36334e04b0a37285da18ec822c963638c4'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
-    ('0026_productivity_state', 'f77b7b5c148fffcc8238270704fcb37bfcb9c42d2dc985dfa9b24c42b9f7db20');
+    ('0026_productivity_state', '75a829176c91830d0f6cbce0b3cf08a4071d2b474230cde7d7f2918ad42bccdc'),
+    ('0027_productivity_recompute', '032fcb9bd0104cd128a3d1dad381c7ccc3ab44fe51e2706020d971b757987322');
