@@ -7,6 +7,7 @@ obscure, so we check first and say what is going on.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -115,6 +116,25 @@ def engine_settings(spec: dict) -> dict:
     """chdb's server settings from the spec's embedded.engine (docs/configuration.md)."""
     engine = spec["embedded"]["engine"]
     return {setting: int(engine[key]) * 1048576 for key, setting in ENGINE_SETTINGS.items()}
+
+
+# chdb's allocator (jemalloc, built into its library) reads its options from this variable,
+# once, when the library loads. ClickHouse builds it to keep freed pages 5 s
+# (dirty_decay_ms:5000, no background thread), which a process of serve's size counts in
+# its RSS: the export's windows left up to ~200 MB of them (docs/benchmarks.md, Memory).
+ALLOCATOR_ENV = "JE_MALLOC_CONF"
+
+
+def set_allocator(spec: dict) -> bool:
+    """Have the engine's allocator return what a query freed after
+    embedded.engine.allocator_decay_ms, from a thread of its own (so also while idle).
+    Only before this process loads chdb, and never over the operator's own JE_MALLOC_CONF;
+    True if it was set."""
+    if "chdb" in sys.modules or ALLOCATOR_ENV in os.environ:
+        return False
+    decay = int(spec["embedded"]["engine"]["allocator_decay_ms"])
+    os.environ[ALLOCATOR_ENV] = f"dirty_decay_ms:{decay},muzzy_decay_ms:0,background_thread:true"
+    return True
 
 
 def connect(dsn: str, create: bool = True, engine: dict | None = None) -> Client:

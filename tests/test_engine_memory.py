@@ -1,6 +1,8 @@
 """The embedded engine's caches and memory cap are the spec's (embedded.engine), not ClickHouse's
-defaults (5 GiB per cache, 90% of RAM): seen by a real serve's engine through /clickhouse. An export
-query past its own cap (embedded.export.max_memory_mb) fails the export naming that key."""
+defaults (5 GiB per cache, 90% of RAM): seen by a real serve's engine through /clickhouse. Its
+allocator gives back what a query freed within embedded.engine.allocator_decay_ms, where
+ClickHouse's build keeps it seconds: seen in serve's anonymous memory. An export query past its
+own cap (embedded.export.max_memory_mb) fails the export naming that key."""
 from __future__ import annotations
 
 import copy
@@ -33,20 +35,57 @@ def spec_with(tmp_path, **sizes):
     return path
 
 
+def sql(svc: ServeProcess, query: str) -> bytes:
+    """An answer of serve's read-only SQL interface."""
+    request = urllib.request.Request(f"{svc.url}/clickhouse/?{urllib.parse.urlencode({'query': query})}",
+                                     headers={"Authorization": f"Bearer {svc.sql_token}"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return resp.read()
+
+
+# ~43 MB of CSV, sorted: the engine allocates and frees some 60 MB per answer, as an export's window does.
+LARGE_ANSWER = ("SELECT number, toString(number * 7919) AS s, repeat('x', number % 50) "
+                "FROM numbers(1000000) ORDER BY s DESC")
+
+
+def anonymous_mb_kept(svc: ServeProcess) -> float:
+    """serve's anonymous memory 0.75 s after two large answers, less what it held before them."""
+    time.sleep(1)
+    before = svc.rss("RssAnon")
+    for _ in range(2):
+        sql(svc, LARGE_ANSWER)
+    time.sleep(0.75)
+    return svc.rss("RssAnon") - before
+
+
 @pytest.mark.clickhouse
 @pytest.mark.slow
-def test_serve_opens_the_engine_with_the_specs_cache_sizes_and_cap(tmp_path):
+def test_serve_opens_the_engine_with_the_specs_cache_sizes_cap_and_allocator(tmp_path):
     svc = ServeProcess(f"chdb://{tmp_path / 'store'}", spec_with(tmp_path, **SIZES))
     try:
         names = ", ".join(f"'{name}'" for name in SETTINGS.values())
-        query = urllib.parse.urlencode({"query": f"SELECT name, value FROM system.server_settings WHERE name IN ({names})"})
-        request = urllib.request.Request(f"{svc.url}/clickhouse/?{query}",
-                                         headers={"Authorization": f"Bearer {svc.sql_token}"})
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            got = dict(line.split("\t") for line in resp.read().decode().splitlines())
+        got = dict(line.split("\t") for line in sql(
+            svc, f"SELECT name, value FROM system.server_settings WHERE name IN ({names})").decode().splitlines())
+        kept = anonymous_mb_kept(svc)
     finally:
         svc.stop()
     assert got == {SETTINGS[k]: str(v * 1048576) for k, v in SIZES.items()}
+    # allocator_decay_ms 200 (the shipped spec's): freed pages are back with the system
+    assert kept < 15, f"{kept:.0f} MB of freed memory still held"
+
+
+@pytest.mark.clickhouse
+@pytest.mark.slow
+def test_the_operators_allocator_options_win_over_the_spec(tmp_path, monkeypatch):
+    # ClickHouse's own build options, set by the operator: serve leaves them be, and the
+    # freed pages stay (which is what the test above would see without the spec's setting).
+    monkeypatch.setenv("JE_MALLOC_CONF", "dirty_decay_ms:5000,muzzy_decay_ms:0")
+    svc = ServeProcess(f"chdb://{tmp_path / 'store'}", DEFAULT_SPEC)
+    try:
+        kept = anonymous_mb_kept(svc)
+    finally:
+        svc.stop()
+    assert kept > 25, f"only {kept:.0f} MB held: the operator's JE_MALLOC_CONF was not used"
 
 
 def test_a_cap_below_what_ingest_and_the_refresh_need_is_refused_naming_the_key(tmp_path):

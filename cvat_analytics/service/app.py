@@ -11,7 +11,7 @@ from cvat_analytics_generator.render import is_cluster
 
 from ..errors import first_line
 from ..export import ExportJobs
-from ..store import chdb_path, connect, engine_settings, open_handle, redact
+from ..store import chdb_path, connect, engine_settings, open_handle, redact, set_allocator
 from . import logs
 from .access import AccessError, Token, is_open, load_tokens
 from .http import EventServer
@@ -68,6 +68,7 @@ def serve(dsn: str, spec: dict, host: str, port: int, log_format: str = "text") 
     logs.configure(log_format)
     # No thread of ours keeps working time current: ClickHouse does, with the refreshable
     # view the migrations create (see docs/architecture.md, Working time).
+    set_allocator(spec)  # before the engine loads: its allocator reads its options only then
     client = connect(dsn, engine=engine_settings(spec))  # the engine's caches and cap, as the spec sizes them
     if chdb_path(dsn) is not None:
         from .. import working_time
