@@ -29,6 +29,9 @@ LEDGER = "clickhouse/runtime/schema_migrations.sql.j2"
 ADOPTION = "clickhouse/runtime/events_adoption.sql.j2"
 # 0012's statement that stamps the stored rows by rewriting every part (a mutation).
 STAMP_STORED_ROWS = ("0012_events_inserted_at", "stamp_stored_rows")
+# 0028's statement that indexes the parts stored (a mutation): on CVAT's adopted table,
+# whose parts migrate leaves as they are, skipped (its parts get the index as they merge).
+INDEX_STORED_PARTS = ("0028_events_id_value_indexes", "index_stored_parts")
 
 
 class MigrationDrift(Exception):
@@ -96,14 +99,19 @@ def applied(client: Client, spec: dict) -> dict[str, str]:
     return dict(client.query(sql.named("applied")).result_rows)
 
 
+def is_adopted(client: Client, spec: dict) -> bool:
+    """Whether <db>.events is CVAT's own table holding rows (adopted, not made by 0002)."""
+    return bool(int(client.command(parse(render_template(spec, ADOPTION, block=0), ADOPTION).named("adopted_history"))))
+
+
 def adopt_history(client: Client, spec: dict, log=print) -> bool:
     """On CVAT's events table with rows, instead of 0012's rewrite: keep each row's block
     number through merges and record the last block stored now, below which the refresh
     takes no row as new (docs/cvat-stack.md, "Adopting CVAT's history"). Metadata only.
     Returns False, doing nothing, on any other table (0012's rewrite of it runs)."""
-    sql = parse(render_template(spec, ADOPTION, block=0), ADOPTION)
-    if not int(client.command(sql.named("adopted_history"))):
+    if not is_adopted(client, spec):
         return False
+    sql = parse(render_template(spec, ADOPTION, block=0), ADOPTION)
     client.command(sql.named("stop_earlier_rewrite"))
     client.command(sql.named("keep_block_numbers"))
     block = int(client.command(sql.named("last_block")))
@@ -157,6 +165,8 @@ def migrate(client: Client, spec: dict, log=print, assume_yes: bool = False) -> 
             retention.before_retention_migration(client, spec, assume_yes, log)
         for statement in m.parsed.statements:
             if (m.name, statement.name) == STAMP_STORED_ROWS and adopt_history(client, spec, log):
+                continue
+            if (m.name, statement.name) == INDEX_STORED_PARTS and is_adopted(client, spec):
                 continue
             client.command(statement.sql)
         record(m)

@@ -430,7 +430,7 @@ def test_a_store_migrated_to_0012_keeps_its_old_rows_and_counts_what_the_trigger
             "0009_working_time_refresh", "0012_events_inserted_at", "0013_working_time_refresh",
             "0014_ingest_requests_key_value", "0015_events_remote_addr", "0016_vector_metrics",
             "0017_working_time_refresh_limits", "0018_working_time_refresh_slots", "0020_vector_metrics_retention",
-            "0026_productivity_state", "0027_productivity_recompute"]
+            "0026_productivity_state", "0027_productivity_recompute", "0028_events_id_value_indexes"]
         assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes")
         assert not client.command(f"EXISTS TABLE `{db}`.working_time_changes_mv")
         epoch = dt.datetime(1970, 1, 1)

@@ -223,8 +223,8 @@ FROM
         GROUP BY user_id, day, org_id, project_id, task_id, job_id, scope, obj_name
     )
     UNION ALL
-    -- each changed job, from all its events (the minmax index on job_id skips the parts of
-    -- the store whose jobs are all others)
+    -- each changed job, from all its events (the minmax indexes on job_id, 0002's and 0028's,
+    -- skip the granules whose jobs are all others)
     SELECT 'job' AS kind, version,
     defaultValueOfTypeName('UInt64') AS user_id,
     defaultValueOfTypeName('Date') AS day,

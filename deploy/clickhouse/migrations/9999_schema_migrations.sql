@@ -25,4 +25,5 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0018_working_time_refresh_slots', 'd02d70505a40c2750717f16d31e84e36334e04b0a37285da18ec822c963638c4'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
     ('0026_productivity_state', '75a829176c91830d0f6cbce0b3cf08a4071d2b474230cde7d7f2918ad42bccdc'),
-    ('0027_productivity_recompute', '032fcb9bd0104cd128a3d1dad381c7ccc3ab44fe51e2706020d971b757987322');
+    ('0027_productivity_recompute', '032fcb9bd0104cd128a3d1dad381c7ccc3ab44fe51e2706020d971b757987322'),
+    ('0028_events_id_value_indexes', 'c89c045efd9247c62b32139e3fc3c9dbd318334d694e8bea4e09c43956641aac');
