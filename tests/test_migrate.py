@@ -169,8 +169,9 @@ def test_the_newest_jobs_granules_are_found_among_events_without_a_job(store):
     db, client = store.database, store.client
     # 20 users, one event a second each in turn; 3 of each user's events in 4 without a job; each
     # user a job of their own for 20,000 s, then the next (ids growing with time, as CVAT's do).
+    # 3.5 days from the start of a recent month: one partition, well within the retention.
     client.command(f"INSERT INTO `{db}`.events (scope, source, timestamp, user_id, job_id) "
-                   "SELECT 'update:job', 'server', toDateTime64('2026-11-01 00:00:00', 3) + number, number % 20, "
+                   "SELECT 'update:job', 'server', toDateTime64(toStartOfMonth(now() - INTERVAL 10 DAY), 3) + number, number % 20, "
                    "if(intDiv(number, 20) % 4 = 0, intDiv(number, 20000) * 20 + number % 20 + 1, NULL) "
                    "FROM numbers(300000)")
     client.command(f"OPTIMIZE TABLE `{db}`.events FINAL")  # one part in the sort order (user, time)

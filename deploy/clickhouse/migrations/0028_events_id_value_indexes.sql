@@ -16,8 +16,8 @@ ALTER TABLE `cvat`.events
 
 -- The parts stored now get them too: index files beside the parts' data, which the
 -- mutation links, not rewrites (1 s on 10M events). Not on CVAT's adopted table, whose
--- parts migrate leaves as they are (docs/cvat-stack.md, "Adopting CVAT's history"): its
--- parts get them as they merge.
+-- parts migrate leaves as they are (docs/cvat-stack.md, "Adopting CVAT's history"): only
+-- the parts written or merged from here on get them (a month merged to the end keeps none).
 -- name: index_stored_parts
 ALTER TABLE `cvat`.events
     MATERIALIZE INDEX idx_job_id_value, MATERIALIZE INDEX idx_task_id_value,
