@@ -88,6 +88,26 @@ def test_the_operators_allocator_options_win_over_the_spec(tmp_path, monkeypatch
     assert kept > 25, f"only {kept:.0f} MB held: the operator's JE_MALLOC_CONF was not used"
 
 
+def test_the_allocator_is_set_from_the_spec_only_before_the_engine_loads_and_never_over_the_operators(
+        monkeypatch):
+    import os
+    import sys
+
+    from cvat_analytics.store import ALLOCATOR_ENV, set_allocator
+
+    spec = load_spec()
+    spec["embedded"]["engine"]["allocator_decay_ms"] = 750
+    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
+    monkeypatch.delitem(sys.modules, "chdb", raising=False)  # as in serve before it opens the store
+    assert set_allocator(spec)
+    assert os.environ[ALLOCATOR_ENV] == "dirty_decay_ms:750,muzzy_decay_ms:0,background_thread:true"
+    monkeypatch.setenv(ALLOCATOR_ENV, "narenas:1")  # the operator's own
+    assert not set_allocator(spec) and os.environ[ALLOCATOR_ENV] == "narenas:1"
+    monkeypatch.delenv(ALLOCATOR_ENV)
+    monkeypatch.setitem(sys.modules, "chdb", object())  # loaded already: too late to matter
+    assert not set_allocator(spec) and ALLOCATOR_ENV not in os.environ
+
+
 def test_a_cap_below_what_ingest_and_the_refresh_need_is_refused_naming_the_key(tmp_path):
     with pytest.raises(SpecError, match="max_server_memory_mb"):
         load_spec(spec_with(tmp_path, max_server_memory_mb=256))
