@@ -77,15 +77,16 @@ def test_serve_opens_the_engine_with_the_specs_cache_sizes_cap_and_allocator(tmp
 @pytest.mark.clickhouse
 @pytest.mark.slow
 def test_the_operators_allocator_options_win_over_the_spec(tmp_path, monkeypatch):
-    # ClickHouse's own build options, set by the operator: serve leaves them be, and the
-    # freed pages stay (which is what the test above would see without the spec's setting).
-    monkeypatch.setenv("JE_MALLOC_CONF", "dirty_decay_ms:5000,muzzy_decay_ms:0")
+    # An operator's own options (freed pages kept a minute): serve leaves them be, and the freed
+    # pages stay. (ClickHouse's build keeps them 5 s: 34-56 MB held here on an idle machine, 23 MB
+    # once under a full test run's load, when the refreshes' allocations purge them sooner.)
+    monkeypatch.setenv("JE_MALLOC_CONF", "dirty_decay_ms:60000,muzzy_decay_ms:60000")
     svc = ServeProcess(f"chdb://{tmp_path / 'store'}", DEFAULT_SPEC)
     try:
         kept = anonymous_mb_kept(svc)
     finally:
         svc.stop()
-    assert kept > 25, f"only {kept:.0f} MB held: the operator's JE_MALLOC_CONF was not used"
+    assert kept > 20, f"only {kept:.0f} MB held: the operator's JE_MALLOC_CONF was not used"
 
 
 def test_the_allocator_is_set_from_the_spec_only_before_the_engine_loads_and_never_over_the_operators(
