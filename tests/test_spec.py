@@ -37,6 +37,10 @@ def test_default_spec_is_valid_and_has_the_defaults_the_issue_names():
     ("bind_address", "999.1.1.1", "bind_address", "IPv4"),
     ("clickhouse.server.prometheus_port", 9009, "clickhouse.server.prometheus_port", "does not already listen on"),
     ("clickhouse.server.prometheus_port", 0, "clickhouse.server.prometheus_port", "port"),
+    # written into serve's JE_MALLOC_CONF: a whole number of ms, nothing an allocator option could ride on
+    ("embedded.engine.allocator_decay_ms", "200,background_thread:false", "embedded.engine.allocator_decay_ms",
+     "(0 - 60000)"),
+    ("embedded.engine.allocator_decay_ms", 60001, "embedded.engine.allocator_decay_ms", "(0 - 60000)"),
 ])
 def test_a_bad_value_names_its_key_and_what_was_expected(tmp_path, key, value, expected_key, expected_text):
     _, path = write_spec(tmp_path, **{key: value})
