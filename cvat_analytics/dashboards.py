@@ -42,7 +42,7 @@ import jinja2
 from cvat_analytics_generator import grafana
 from cvat_analytics_generator.grafana import COLUMN_VARIABLES
 from cvat_analytics_generator.grafana_macros import ALL, Variable, expand
-from cvat_analytics_generator.render import render_template
+from cvat_analytics_generator.render import compiled_templates, render_template
 from cvat_analytics_generator.sql import escape_string
 from cvat_analytics_generator.sql_gate import ACCESS_DENIED, Refused, check_reads, check_statement, filtered_tables
 
@@ -271,7 +271,8 @@ class Dashboards:
         self._lock = threading.Lock()  # one chdb handle runs one query at a time
         self._filtered: frozenset[str] | None = None  # what forced filters cover (gate)
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                                      autoescape=True, undefined=jinja2.StrictUndefined)
+                                      autoescape=True, undefined=jinja2.StrictUndefined,
+                                      bytecode_cache=compiled_templates("pages"))
         self.env.filters["cell"] = _cell
 
     def query(self, sql: str, forced: dict | None = None, limit: int = 0) -> tuple[list[str], list[tuple]]:

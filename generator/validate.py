@@ -30,6 +30,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import user_cache
 from .contracts import contract_problems
 from .yaml_load import SafeLoader
 
@@ -273,8 +274,7 @@ def sql_checked_marker(sql: dict[str, str], parse_only: bool) -> Path:
     digest = hashlib.sha256(json.dumps([sorted(sql.items()), parse_only, version("chdb")]).encode())
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cvat-analytics" / "sql-checked"
-    return cache / digest.hexdigest()
+    return user_cache.root() / "sql-checked" / digest.hexdigest()
 
 
 def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool = True) -> list[str]:
@@ -286,7 +286,7 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     # A pass is kept: the same files, engine and checks pass again (the engine's run is
     # deterministic over the empty store it makes). A problem is never kept: it runs again.
     marker = sql_checked_marker(sql, parse_only)
-    if cached and marker.is_file() and _own_private_dir(marker.parent):
+    if cached and marker.is_file() and user_cache.is_private(marker.parent):
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
@@ -298,21 +298,12 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     problems = [line for line in run.stdout.splitlines() if line.strip()]
     if run.returncode != 0 and not problems:
         problems.append(f"{sorted(sql)[0]}: the SQL check could not run: {_one_line(run.stderr) or run.returncode}")
-    if not problems:
+    if not problems and user_cache.private_folder(marker.parent.name) == marker.parent:
         try:
-            marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if _own_private_dir(marker.parent):
-                marker.touch()
+            marker.touch()
         except OSError:  # a cache that cannot be written only costs the next check its time
             pass
     return problems
-
-
-def _own_private_dir(path: Path) -> bool:
-    """Whether only this user can write in `path`: a pass recorded where another user could
-    write is not trusted (anyone could make a tree's check skip its SQL)."""
-    st = path.lstat()
-    return path.is_dir() and not path.is_symlink() and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _write(files: dict[str, str], root: Path) -> None:

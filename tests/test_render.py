@@ -201,6 +201,38 @@ def test_a_pass_of_the_sql_is_kept_and_a_problem_is_not(files, tmp_path, monkeyp
         sql_problems(sql)
 
 
+def test_compiled_templates_are_kept_for_the_next_process_recompiled_when_edited_and_private(tmp_path, monkeypatch):
+    """What one process compiled, the next loads (a `render` or `serve` start skips compiling);
+    an edited template is compiled again, never served from what was kept; a folder another
+    user could write in is not used (what is loaded from it is code that runs)."""
+    import jinja2
+    from cvat_analytics_generator.render import compiled_templates
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "t").mkdir()
+    source = tmp_path / "t" / "x.sql.j2"
+
+    def rendered(name="render") -> str:  # a new environment: what a new process would have
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path / "t"), bytecode_cache=compiled_templates(name))
+        return env.get_template("x.sql.j2").render(n=2)
+
+    source.write_text("SELECT {{ n }}")
+    assert rendered() == "SELECT 2"
+    kept = tmp_path / "cache" / "cvat-analytics" / "templates"
+    [entry] = kept.iterdir()
+    assert entry.name.startswith(f"render-jinja{jinja2.__version__}-") and entry.stat().st_mode & 0o077 == 0
+    # ... and what the next environment loads, without compiling:
+    compiled = jinja2.Environment.compile
+    monkeypatch.setattr(jinja2.Environment, "compile", lambda *a, **k: pytest.fail("compiled again"))
+    assert rendered() == "SELECT 2"
+    monkeypatch.setattr(jinja2.Environment, "compile", compiled)
+    source.write_text("SELECT {{ n * 10 }}")
+    assert rendered() == "SELECT 20"  # the edit, not the kept code
+    assert rendered("pages") == "SELECT 20" and len(list(kept.iterdir())) == 2  # an environment of its own
+    kept.chmod(0o777)
+    assert compiled_templates("render") is None
+
+
 # --- injection -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value", [
