@@ -311,6 +311,11 @@ class EventServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), RequestHandler)
 
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        """socketserver's loop, looking for a stop every 50 ms, not its 500: stop() waits for
+        the look (a stop took 0.2-0.5 s; make test stops a few hundred servers)."""
+        super().serve_forever(poll_interval)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
