@@ -25,10 +25,11 @@ def is_private(path: Path) -> bool:
 
 
 def private_folder(name: str) -> Path | None:
-    """`root()/name`, made (mode 0700) if missing; None if it cannot be made or is not private."""
+    """`root()/name`, made (mode 0700) if missing; None if it cannot be made or is not private,
+    or root() is not (whoever can write in root() can swap the folder for another)."""
     try:
         folder = root() / name
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except (OSError, RuntimeError):  # RuntimeError: no home directory to expand ~ in
         return None
-    return folder if is_private(folder) else None
+    return folder if is_private(folder.parent) and is_private(folder) else None

@@ -286,7 +286,7 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     # A pass is kept: the same files, engine and checks pass again (the engine's run is
     # deterministic over the empty store it makes). A problem is never kept: it runs again.
     marker = sql_checked_marker(sql, parse_only)
-    if cached and marker.is_file() and user_cache.is_private(marker.parent):
+    if cached and marker.is_file() and user_cache.private_folder(marker.parent.name) == marker.parent:
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))

@@ -231,6 +231,11 @@ def test_compiled_templates_are_kept_for_the_next_process_recompiled_when_edited
     assert rendered("pages") == "SELECT 20" and len(list(kept.iterdir())) == 2  # an environment of its own
     kept.chmod(0o777)
     assert compiled_templates("render") is None
+    kept.chmod(0o700)
+    kept.parent.chmod(0o777)  # whoever can write there can put another folder in its place
+    assert compiled_templates("render") is None
+    kept.parent.chmod(0o755)
+    assert compiled_templates("render") is not None
 
 
 # --- injection -----------------------------------------------------------------------
