@@ -265,6 +265,9 @@ def compose_problems(files: dict[str, str]) -> list[str]:
     return problems
 
 
+SQL_CHECKED = "sql-checked"  # the user-cache folder of the passes kept
+
+
 def sql_checked_marker(sql: dict[str, str], parse_only: bool) -> Path:
     """Where a pass of these files is recorded: a name that changes with the files, the mode,
     the engine's version and this package's code (the checks), under the user's cache."""
@@ -274,7 +277,7 @@ def sql_checked_marker(sql: dict[str, str], parse_only: bool) -> Path:
     digest = hashlib.sha256(json.dumps([sorted(sql.items()), parse_only, version("chdb")]).encode())
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
-    return user_cache.root() / "sql-checked" / digest.hexdigest()
+    return user_cache.root() / SQL_CHECKED / digest.hexdigest()
 
 
 def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool = True) -> list[str]:
@@ -286,7 +289,8 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     # A pass is kept: the same files, engine and checks pass again (the engine's run is
     # deterministic over the empty store it makes). A problem is never kept: it runs again.
     marker = sql_checked_marker(sql, parse_only)
-    if cached and marker.is_file() and user_cache.private_folder(marker.parent.name) == marker.parent:
+    trusted = user_cache.private_folder(SQL_CHECKED) == marker.parent  # only this user can write there
+    if cached and trusted and marker.is_file():
         return []
     with tempfile.TemporaryDirectory(prefix="cvat-analytics-sqltree-") as tmp:
         _write(sql, Path(tmp))
@@ -298,7 +302,7 @@ def sql_problems(files: dict[str, str], parse_only: bool = False, cached: bool =
     problems = [line for line in run.stdout.splitlines() if line.strip()]
     if run.returncode != 0 and not problems:
         problems.append(f"{sorted(sql)[0]}: the SQL check could not run: {_one_line(run.stderr) or run.returncode}")
-    if not problems and user_cache.private_folder(marker.parent.name) == marker.parent:
+    if not problems and trusted:
         try:
             marker.touch()
         except OSError:  # a cache that cannot be written only costs the next check its time
