@@ -41,6 +41,13 @@ def _refresh(client, db: str) -> tuple:
                         f"FROM `{db}`.working_time_refresh_log").result_rows[0][0]
 
 
+def _written(client, db: str) -> list[int]:
+    """Rows of what a run writes besides the totals and its log row."""
+    return [client.query(f"SELECT count() FROM `{db}`.{table}").result_rows[0][0] for table in
+            ("working_time_checkpoints", "working_time_slot_totals", "working_time_slot_checkpoints",
+             "working_time_refresh_sums")]
+
+
 def _fetch(client, src: str, dst: str, tables: list[str]) -> None:
     """`dst` holds what `src` holds in these tables (as a replica that fetched every part)."""
     present = {r[0] for r in client.query(f"SHOW TABLES FROM `{src}`").result_rows}
@@ -88,9 +95,17 @@ def test_a_refresh_on_a_replica_missing_the_last_runs_totals_refuses_and_nothing
                 SELECT user_id, hour, project_id, task_id, job_id, -working_time_ms FROM `{b}`.working_time_totals_local)
             GROUP BY ALL HAVING working_time_ms != 0""")
         _fetch(client, a, b, COPIED)
-        error, _ = _refresh(client, b)
+        written = _written(client, b)
+        last_watermark = client.query(f"SELECT max(watermark) FROM `{b}`.working_time_refresh_log").result_rows[0][0]
+        error, watermark = _refresh(client, b)
         assert error.startswith("behind: this store lacks rows of the last run")
         assert _totals(client, b) == before  # wrote no totals
+        # nor anything else: it read its users' events (what it reads does not ask the guard)
+        # but logged none of them, kept the watermark and wrote no checkpoint or slot row
+        assert watermark == last_watermark
+        assert _written(client, b) == written
+        assert client.query(f"SELECT argMax((users, full, recomputed_events), refreshed_at) "
+                            f"FROM `{b}`.working_time_refresh_log").result_rows[0][0] == (0, 0, 0)
 
         # The missing part arrives: B equals A, and B's next run works.
         client.command(f"INSERT INTO `{b}`.working_time_totals_local SELECT * FROM `{b}`.missing_part")
