@@ -132,7 +132,6 @@ def write_csv(client, spec: dict, filters: ExportFilters, fileobj: BinaryIO,
 
 
 def _write_csv(client, spec, filters, fileobj, progress, chunk_rows, max_rows, time_left) -> int:
-    sql = render(spec, "export_window")
     windows = plan_windows(client, spec, filters, chunk_rows, time_left)
     total = sum(n for _, _, n in windows)
     if max_rows is not None and total > max_rows:
@@ -144,7 +143,11 @@ def _write_csv(client, spec, filters, fileobj, progress, chunk_rows, max_rows, t
         progress(0, total)
     for lo, hi, n in windows:
         params = dict(filters.params(), lo=fmt_time(lo), hi=fmt_time(hi))
-        stream = client.raw_stream(sql, parameters=params, fmt="CSV", settings=_settings(spec, time_left))
+        # The limits in the query's own SETTINGS, not as the call's settings: clickhouse-connect's
+        # chdb backend reads a call with settings into one buffer before it returns (its
+        # execute_raw_stream), so each window's CSV (~26 MB at 100,000 rows) was held whole, twice.
+        sql = render(spec, "export_window", limits=_settings(spec, time_left))
+        stream = client.raw_stream(sql, parameters=params, fmt="CSV")
         try:
             shutil.copyfileobj(stream, fileobj, 1 << 16)
         finally:
