@@ -119,6 +119,11 @@ def test_bench_runs_on_a_small_n_and_reports_every_figure(tmp_path):
     assert all(f["detail"]["kind"] == "productivity" for f in productivity)
     # the precomputed state answers as the raw events do (whatever the time: that is the target's)
     assert [f["name"] for f in productivity if not f["detail"]["same_answer"]] == []
+    # the working-time refresh's baseline is every run of the full refresh (RunWatcher), not its
+    # last bucket's: they read every client event (most of the load) at least once
+    refresh = named("working time: view refresh after 1,000 new events")[0]
+    assert 0 < refresh["detail"]["read_rows"] < refresh["detail"]["baseline_read_rows"]
+    assert refresh["detail"]["baseline_read_rows"] >= EVENTS // 2 and refresh["detail"]["baseline_runs"] >= 2
     # the productivity state's refresh after 1,000 new server events read fewer rows than its first, full run
     state = named("productivity: view refresh after 1,000 new server events")[0]
     assert 0 < state["detail"]["read_rows"] < state["detail"]["baseline_read_rows"]

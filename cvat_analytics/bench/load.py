@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import working_time
 from ..migrate import migrate
 from ..progress import Progress
+from ..store import open_handle
 from . import statements
 from .generate import chunk_path
 from .measure import open_store, ts_text
@@ -43,7 +44,8 @@ def phase_load(cfg: dict) -> dict:
     load_s = time.monotonic() - started
     margin_wait_s = working_time.wait_past_commit_margin(client, spec)  # see refresh_working_time
     t = time.monotonic()
-    refresh = refresh_working_time(client, spec)
+    handle = open_handle(cfg["dsn"])  # the refreshes' runs are watched on it (runtime.RunWatcher)
+    refresh = refresh_working_time(client, spec, handle)
     refresh_s = time.monotonic() - t
     # 1,000 more events, as a live install gets them; every later figure sees them too.
     incremental = refresh_after_new_events(client, spec)

@@ -104,7 +104,7 @@ def build_report(results: dict, senders: int, seconds: float) -> dict:
                           max(round(inc["view_ms"] / 1000, 3), 0.001), "s", "the full refresh of every event (same view)",
                           round(full["view_ms"] / 1000, 3), "lower", target="< 1 s",
                           met=inc["view_ms"] < 1000, read_rows=inc["read_rows"],
-                          baseline_read_rows=full["read_rows"]))
+                          baseline_read_rows=full["read_rows"], baseline_runs=full.get("runs")))
     if "productivity_refresh" in load:  # issue #29: the productivity state's refresh
         inc_p, full_p = load["productivity_refresh"], load["productivity_full_refresh"]
         figures.append(figure("productivity: view refresh after 1,000 new server events (engine's own cost)",
