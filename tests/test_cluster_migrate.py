@@ -134,11 +134,14 @@ def test_a_changed_refresh_interval_is_applied_again(tmp_path):
     applied = applied_by(fresh_plan(spec))
     slower, _ = cluster_spec(tmp_path / "b", **{"working_time.refresh_interval_s": 300})
     steps = plan(slower, State(applied))
-    # 0023 after 0018: the view it leaves is the one with the lag guard
+    # 0023 after 0018: the view it leaves runs the query with the lag guard
     assert {s.source for s in steps if s.kind == "schema"} == {"0018_working_time_refresh_slots",
                                                                "0023_working_time_refresh_guard"}
     last_view = [s for s in steps if "REFRESH EVERY" in s.sql][-1]
-    assert "REFRESH EVERY 300 SECOND" in last_view.sql and "'behind'" in last_view.sql
+    last_query = [s for s in steps if s.sql.startswith("CREATE VIEW `cvat`.working_time_refresh_query")][-1]
+    assert "REFRESH EVERY 300 SECOND" in last_view.sql
+    assert "FROM `cvat`.working_time_refresh_query" in last_view.sql and "'behind'" in last_query.sql
+    assert steps.index(last_query) < steps.index(last_view)
 
 
 def test_a_changed_vector_metrics_retention_is_applied_to_every_shards_table(tmp_path):

@@ -70,8 +70,6 @@ SELECT now64(6, 'UTC') AS refreshed_at, watermark, rule, full, users, full_bucke
 FROM `cvat`.working_time_apply
 WHERE kind = 'run';
 
--- refresh_retries = 0: the view's own retries would repeat a failed run at once; the
--- runs after it record the failure and back off instead.
 -- In two views (plan_select above): the plan of a run, replaced by each run of
 -- working_time_refresh_plan, then applied by working_time_refresh right after it.
 CREATE TABLE `cvat`.working_time_plan
@@ -91,10 +89,11 @@ CREATE TABLE `cvat`.working_time_plan
 ENGINE = MergeTree
 ORDER BY planned_at;
 
-CREATE MATERIALIZED VIEW `cvat`.working_time_refresh_plan
-REFRESH EVERY 10 SECOND
-SETTINGS refresh_retries = 0
-TO `cvat`.working_time_plan AS
+-- working_time_refresh_plan runs working_time_refresh_plan_query on its schedule: a plain view, so the engine analyses the
+-- query once a run, not twice. refresh_retries = 0: the next run takes a failed one again.
+DROP VIEW IF EXISTS `cvat`.working_time_refresh_plan_query;
+
+CREATE VIEW `cvat`.working_time_refresh_plan_query AS
 WITH
     -- the last logged run (a failure's row keeps the watermark of the run before it)
     (SELECT argMax((watermark, rule, full_bucket, full_buckets, failures, refreshed_at), (watermark, refreshed_at))
@@ -206,18 +205,24 @@ SELECT
     run_until AS planned_at, action, bucket, buckets, logged, logged_rule, logged_bucket, logged_buckets,
     logged_failures, ifNull(last_error, '') AS run_error,
     groupArray((user_id, from_slot, has_prev, c_end, c_job, c_task, c_project)) AS run_users
-FROM users
+FROM users;
+
+CREATE MATERIALIZED VIEW `cvat`.working_time_refresh_plan
+REFRESH EVERY 10 SECOND
+SETTINGS refresh_retries = 0
+TO `cvat`.working_time_plan AS
+SELECT * FROM `cvat`.working_time_refresh_plan_query
 SETTINGS
     max_threads = 1,
     max_memory_usage = 1073741824,
     max_bytes_before_external_group_by = 134217728,
     max_bytes_before_external_sort = 134217728;
 
-CREATE MATERIALIZED VIEW `cvat`.working_time_refresh
-REFRESH EVERY 10 SECOND
-DEPENDS ON `cvat`.working_time_refresh_plan
-SETTINGS refresh_retries = 0
-APPEND TO `cvat`.working_time_apply AS
+-- working_time_refresh runs working_time_refresh_query on its schedule: a plain view, so the engine analyses the
+-- query once a run, not twice. refresh_retries = 0: the next run takes a failed one again.
+DROP VIEW IF EXISTS `cvat`.working_time_refresh_query;
+
+CREATE VIEW `cvat`.working_time_refresh_query AS
 WITH
     (SELECT argMax((planned_at, action, bucket, buckets, logged, logged_rule, logged_bucket, logged_buckets,
                     logged_failures, run_error, length(run_users)), planned_at)
@@ -373,7 +378,14 @@ FROM
         if(action = 'work', 0, logged_failures + 1), if(action = 'work', '', last_error),
         if(action = 'work', recompute.1, 0)
     WHERE action != 'wait'
-)
+);
+
+CREATE MATERIALIZED VIEW `cvat`.working_time_refresh
+REFRESH EVERY 10 SECOND
+DEPENDS ON `cvat`.working_time_refresh_plan
+SETTINGS refresh_retries = 0
+APPEND TO `cvat`.working_time_apply AS
+SELECT * FROM `cvat`.working_time_refresh_query
 SETTINGS
     max_threads = 1,
     max_memory_usage = 1073741824,

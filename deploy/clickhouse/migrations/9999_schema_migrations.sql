@@ -22,8 +22,8 @@ INSERT INTO `cvat`.schema_migrations (name, checksum) VALUES
     ('0015_events_remote_addr', 'c9757c21b6601098c4a413acf0021ae8525dde109f62ce429ef08e6830338d55'),
     ('0016_vector_metrics', 'e2a139102f4b201b813c50631eb1ad88a0a06e07dfc59218e8dd55330b78420e'),
     ('0017_working_time_refresh_limits', '3bc566d61823371337f5f5a304b42fb49fd871abba4092f690e5782e45e3d219'),
-    ('0018_working_time_refresh_slots', 'd02d70505a40c2750717f16d31e84e36334e04b0a37285da18ec822c963638c4'),
+    ('0018_working_time_refresh_slots', 'e8699d72cdc2e60ecd0b8ae76d74c38085db6bf7db933b53faa3a269bba87e9d'),
     ('0020_vector_metrics_retention', '19e54b8a51c3615320fcef2ca8dd41f72c661a8f4e573052bce8b3af4cc0bb74'),
-    ('0026_productivity_state', '75a829176c91830d0f6cbce0b3cf08a4071d2b474230cde7d7f2918ad42bccdc'),
+    ('0026_productivity_state', '4f16683c0efae2d4b9f036a5a639500b4c0d46c256c71a8c73aa9d09a7fb9c41'),
     ('0027_productivity_recompute', '032fcb9bd0104cd128a3d1dad381c7ccc3ab44fe51e2706020d971b757987322'),
     ('0028_events_id_value_indexes', 'c89c045efd9247c62b32139e3fc3c9dbd318334d694e8bea4e09c43956641aac');
