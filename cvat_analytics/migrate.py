@@ -211,10 +211,11 @@ def copy_refreshable_views(client: Client, source: str, target: str) -> None:
 
 def _schema_ddl(client: Client, source: str, target: str, which: str) -> list[str]:
     """The CREATE statements of `source`'s objects (`which`: all, stored (not the refreshable
-    views), refreshable), naming `target`: tables, then views, then materialized views, the
-    refreshable last, so few are tried before what they need (a refreshable view's failed try
-    costs its analysis)."""
-    refreshing = "name IN (SELECT view FROM system.view_refreshes WHERE database = {db:String})"
+    views and the plain views of their queries, `<view>_query`), refreshable), naming `target`:
+    tables, then views, then materialized views, the refreshable last, so few are tried before
+    what they need (a refreshable view's failed try costs its analysis)."""
+    refreshing = ("name IN (SELECT arrayJoin([view, view || '_query']) FROM system.view_refreshes "
+                  "WHERE database = {db:String})")
     where = {"all": "1", "stored": f"NOT {refreshing}", "refreshable": refreshing}[which]
     rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
                         f"AND NOT startsWith(name, '.tmp') AND {where}", parameters={"db": source}).result_rows
