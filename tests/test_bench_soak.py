@@ -42,13 +42,18 @@ def test_soak_runs_15_seconds_and_checks_the_store(tmp_path):
     assert report["exactly_once"] and report["totals_exact"]
     assert report["working_time_ms"] == report["query_time_ms"] > 0 and report["users"] == 40
     for r in rows:
-        assert r["rss_mb"] > 50 and r["ack_p99_ms"] >= r["ack_p50_ms"] > 0
+        assert r["rss_mb"] > 50 and r["rss_median_mb"] > 50 and r["ack_p99_ms"] >= r["ack_p50_ms"] > 0
     # The refresh (every refresh_interval_s = 3 s) ran and its cost was read from the engine.
     assert report["refresh_runs"] >= 3 and report["refresh_max_ms"] is not None
     # ... and the productivity state's refresh (every productivity_refresh_interval_s = 3 s), apart from it.
     assert report["productivity_runs"] >= 3 and report["productivity_max_ms"] is not None
     assert sum(r["productivity_runs"] for r in rows) == report["productivity_runs"]
-    assert isinstance(report["rss_growth_pct"], float)
+    # growth by the minutes' medians (a sample every half second), and by their last samples
+    warm = report["rss_from_minute"]
+    assert report["rss_growth_pct"] == pytest.approx(
+        (rows[-1]["rss_median_mb"] - rows[warm - 1]["rss_median_mb"]) / rows[warm - 1]["rss_median_mb"] * 100)
+    assert isinstance(report["rss_growth_at_minute_end_pct"], float)
+    assert "RSS med" in proc.stderr
     assert "exactly once" in proc.stdout and "equal" in proc.stdout
 
 

@@ -6,12 +6,15 @@ What it does (docs/benchmarks.md, Soak):
 2. posts CVAT's bodies (100 events, ~40 users, demo traffic stamped with the wall clock) at
    `rate` events/s from keep-alive senders; each event carries its sequence number in its
    payload (`soak`), so every acknowledged event can be found, once;
-3. each interval (a minute): serve's RSS and anonymous memory, the acknowledgement p50/p99,
+3. each interval (a minute): serve's RSS (at its end, and the median of a sample every half
+   second: a run of a refresh or a group commit moves RSS by tens of MB for a second or two,
+   so one sample says where in that cycle it fell) and anonymous memory, the acknowledgement p50/p99,
    events acknowledged, and the working-time refresh's runs (system.view_refreshes, read every
    second through serve's /clickhouse with the SQL token: each run once, by its end time);
 4. at the end, with serve stopped and the store opened here: stored == acknowledged ==
    distinct sequence numbers; working_time_totals per user equal to the query-time figure
-   (the `working-time` command's); RSS growth from minute 10 (or the run's middle) to the end.
+   (the `working-time` command's); RSS growth from minute 10 (or the run's middle) to the end,
+   by the minutes' medians.
 
 It prints a row per interval as it goes and writes everything as JSON.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -186,7 +190,9 @@ class Soak:
         while True:
             index += 1
             until = min(t0 + index * self.interval_s, end)
+            rss = []
             while time.monotonic() < until and self.error is None and any(th.is_alive() for th in threads[:-1]):
+                rss.append(self.svc.rss())
                 time.sleep(min(0.5, max(0.0, until - time.monotonic())))
             with self.lock:
                 acks, self.acks = self.acks, []
@@ -198,7 +204,8 @@ class Soak:
             row = {"minute": index, "elapsed_s": round(time.monotonic() - t0, 1), "acknowledged": acked,
                    "rate": len(acks) * BODY_EVENTS / max(until - (t0 + (index - 1) * self.interval_s), 1e-9),
                    "ack_p50_ms": percentile(acks, 50), "ack_p99_ms": percentile(acks, 99),
-                   "rss_mb": self.svc.rss(), "anon_mb": self.svc.rss("RssAnon"), "peak_mb": self.svc.rss("VmHWM"),
+                   "rss_mb": self.svc.rss(), "rss_median_mb": statistics.median(rss or [self.svc.rss()]),
+                   "anon_mb": self.svc.rss("RssAnon"), "peak_mb": self.svc.rss("VmHWM"),
                    "refresh_runs": len(new), "refresh_max_ms": max(costs, default=None),
                    "refresh_mean_ms": sum(costs) / len(costs) if costs else None,
                    "refresh_max_read_rows": max((r for _, r in new), default=None),
@@ -217,7 +224,7 @@ class Soak:
         return minutes
 
 
-TABLE_HEAD = (f"{'min':>4} {'acked':>10} {'ev/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'anon MB':>7} "
+TABLE_HEAD = (f"{'min':>4} {'acked':>10} {'ev/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'RSS med':>7} {'anon MB':>7} "
               f"{'runs':>4} {'run max ms':>10} {'run mean ms':>11} {'read rows':>10} "
               f"{'prod runs':>9} {'prod mean ms':>12}")
 
@@ -227,7 +234,7 @@ def format_row(r: dict) -> str:
         return format(v, fmt).rjust(width) if v is not None else "-".rjust(width)
 
     return (f"{r['minute']:>4} {r['acknowledged']:>10,} {r['rate']:>7,.0f} {r['ack_p50_ms']:>7.1f} "
-            f"{r['ack_p99_ms']:>7.1f} {r['rss_mb']:>7.0f} {r['anon_mb']:>7.0f} {r['refresh_runs']:>4} "
+            f"{r['ack_p99_ms']:>7.1f} {r['rss_mb']:>7.0f} {r['rss_median_mb']:>7.0f} {r['anon_mb']:>7.0f} {r['refresh_runs']:>4} "
             f"{opt(r['refresh_max_ms'], 10, ',')} {opt(r['refresh_mean_ms'], 11, ',.0f')} "
             f"{opt(r['refresh_max_read_rows'], 10, ',')} {r['productivity_runs']:>9} "
             f"{opt(r['productivity_mean_ms'], 12, ',.0f')}")
@@ -275,7 +282,8 @@ def run(minutes: float, rate: float, spec_path: str | None = None, json_path: st
         svc.stop()
     checks = check_store(dsn, spec, soak.acked)
     warm = min(WARM_UP_MINUTES, max(1, len(rows) // 2))
-    base, last = rows[warm - 1]["rss_mb"], rows[-1]["rss_mb"]
+    base, last = rows[warm - 1]["rss_median_mb"], rows[-1]["rss_median_mb"]
+    base_end, last_end = rows[warm - 1]["rss_mb"], rows[-1]["rss_mb"]
     costs = [r["refresh_max_ms"] for r in rows if r["refresh_max_ms"] is not None]
     report = {"minutes": minutes, "rate": rate, "interval_s": interval_s, "senders": senders,
               "users": USERS, "body_events": BODY_EVENTS, "store": str(work / "store"),
@@ -283,6 +291,7 @@ def run(minutes: float, rate: float, spec_path: str | None = None, json_path: st
               "busy_503": soak.busy, "behind_schedule_max_s": soak.behind_s,
               "refresh_errors": sorted(soak.refresh_errors),
               "rss_from_minute": warm, "rss_growth_pct": (last - base) / base * 100,
+              "rss_growth_at_minute_end_pct": (last_end - base_end) / base_end * 100,
               "ack_p99_max_ms": max(r["ack_p99_ms"] for r in rows),
               "refresh_runs": sum(r["refresh_runs"] for r in rows),
               "refresh_max_ms": max(costs, default=None),
@@ -301,7 +310,8 @@ def summary(r: dict) -> str:
                  f"-> {'exactly once' if r['exactly_once'] else 'NOT exactly once'}")
     lines.append(f"working time: {r['working_time_ms']:,} ms refreshed, {r['query_time_ms']:,} ms at query time "
                  f"({r['users']} users) -> {'equal' if r['totals_exact'] else 'DIFFERENT'}")
-    lines.append(f"RSS: {r['rss_growth_pct']:+.1f}% from minute {r['rss_from_minute']} to the end; "
+    lines.append(f"RSS: {r['rss_growth_pct']:+.1f}% from minute {r['rss_from_minute']} to the end (the minutes' "
+                 f"medians; {r['rss_growth_at_minute_end_pct']:+.1f}% by their last samples); "
                  f"ack p99 at most {r['ack_p99_max_ms']:.0f} ms; {r['refresh_runs']} working-time refresh runs, the "
                  f"longest {r['refresh_max_ms']} ms; {r['productivity_runs']} productivity refresh runs, the longest "
                  f"{r['productivity_max_ms']} ms; 503s {r['busy_503']}; behind schedule at most "
