@@ -44,7 +44,7 @@ down:
 ## each its own chdb path). tests/test_wheel.py builds the wheel, installs it into a virtualenv
 ## outside the repository (~/.cache/cvat-analytics, made once per dependency list) and runs
 ## init, render, migrate and serve from an empty directory.
-## test-fast: the inner loop (40-65 s on 2 cores): the tests that neither open the engine (marker
+## test-fast: the inner loop (35-65 s on 2 cores): the tests that neither open the engine (marker
 ## `clickhouse`: each opens a database of its own) nor are marked `slow`. Then run the engine
 ## tests of the files you touched: .venv/bin/pytest -n 2 tests/test_x.py
 # One worker more than cores: about a third of the suite's time is waiting (a refresh's
