@@ -188,3 +188,30 @@ def test_the_newest_jobs_granules_are_found_among_events_without_a_job(store):
     client.command(f"ALTER TABLE `{db}`.events DROP INDEX idx_job_id_value")
     read, total = granules(f"job_id = {newest}")
     assert read == total, (read, total)  # 0002's index alone: every granule
+
+
+@pytest.mark.clickhouse
+@pytest.mark.refresh  # the store holds the refreshable views and their query views
+def test_a_copied_schema_leaves_each_refreshable_view_with_its_query_view_until_asked(store):
+    """copy_schema(refreshable=False) leaves out the refreshable views and the plain views they
+    run (`<view>_query`, refreshable_view in queries/working_time.jinja); copy_refreshable_views
+    brings both."""
+    from cvat_analytics.migrate import copy_refreshable_views, copy_schema
+    from tests.conftest import new_database_name
+
+    def names(database):
+        return {n for n, in store.client.query("SELECT name FROM system.tables WHERE database = {db:String}",
+                                                parameters={"db": database}).result_rows}
+
+    views = {"working_time_refresh_plan", "working_time_refresh", "productivity_refresh"}
+    queries = {f"{view}_query" for view in views}
+    assert views | queries <= names(store.database)
+    copy = new_database_name()
+    try:
+        copy_schema(store.client, store.database, copy, refreshable=False)
+        copied = names(copy)
+        assert not (views | queries) & copied and "events" in copied
+        copy_refreshable_views(store.client, store.database, copy)
+        assert names(copy) == names(store.database)
+    finally:
+        store.client.command(f"DROP DATABASE IF EXISTS `{copy}` SYNC")
