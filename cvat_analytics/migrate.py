@@ -200,16 +200,16 @@ def copy_schema(client: Client, source: str, target: str, refreshable: bool = Tr
     there. Without the rows and the ledger: for a database made and thrown away (the bench's,
     the tests')."""
     client.command(f"CREATE DATABASE `{target}`")
-    create_in_order(client, _schema_ddl(client, source, target, "all" if refreshable else "stored"))
+    create_in_order(client, schema_ddl(client, source, target, "all" if refreshable else "stored"))
 
 
 def copy_refreshable_views(client: Client, source: str, target: str) -> None:
     """The refreshable views of `source` made in `target` (copied without them), each starting
     its run at creation: after the rows they read are there, that run is the one needed."""
-    create_in_order(client, _schema_ddl(client, source, target, "refreshable"))
+    create_in_order(client, schema_ddl(client, source, target, "refreshable"))
 
 
-def _schema_ddl(client: Client, source: str, target: str, which: str) -> list[str]:
+def schema_ddl(client: Client, source: str, target: str, which: str) -> list[str]:
     """The CREATE statements of `source`'s objects (`which`: all, stored (not the refreshable
     views and the plain views of their queries, `<view>_query`), refreshable), naming `target`:
     tables, then views, then materialized views, the refreshable last, so few are tried before

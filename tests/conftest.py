@@ -70,24 +70,6 @@ class Store:
         return self.spec["clickhouse"]["database"]
 
 
-def refreshes(statement: str) -> bool:
-    """Whether a CREATE statement (as system.tables words it) makes a refreshable view."""
-    return re.match(r"CREATE MATERIALIZED VIEW \S+ REFRESH ", statement) is not None
-
-
-def refresh_queries(ddl: list[str]) -> set[str]:
-    """The plain views that only the refreshable views read: each runs `SELECT * FROM
-    <its name>_query` (refreshable_view in queries/working_time.jinja)."""
-    return {name for statement in ddl if refreshes(statement)
-            for name in re.findall(r"SELECT \* FROM (\S+_query)\b", statement)}
-
-
-def refresh_part(statement: str, queries: set[str]) -> bool:
-    """Whether a CREATE statement makes a refreshable view or the query one reads."""
-    view = re.match(r"CREATE VIEW (\S+)", statement)
-    return refreshes(statement) or (view is not None and view[1] in queries)
-
-
 def pytest_collection_modifyitems(items):
     """The slow tests first, the longest of them (`@pytest.mark.slow(seconds)`, its wall time
     on make test's workers) before the rest; a stable sort: every module's tests stay in order."""
@@ -162,6 +144,7 @@ class MigratedTemplate:
     spec_text: str  # the spec file that named it
     spec: dict  # load_spec of that file
     ddl: list[str]  # CREATE statements of its tables and views, in an order that works
+    refresh_ddl: frozenset[str]  # those of the refreshable views and their query views (migrate.schema_ddl)
     ledger: list[tuple[str, list[str]]]  # (migration, its statements) as checksummed
 
     def rename(self, text: str, database: str) -> str:
@@ -173,9 +156,8 @@ class MigratedTemplate:
         from cvat_analytics_generator.sql import checksum
 
         client.command(f"CREATE DATABASE `{database}`")
-        queries = refresh_queries(self.ddl)
         for statement in self.ddl:
-            if refresh or not refresh_part(statement, queries):
+            if refresh or statement not in self.refresh_ddl:
                 client.command(self.rename(statement, database))
         rows = [(name, checksum([self.rename(s, database) for s in statements])) for name, statements in self.ledger]
         values = ", ".join(f"({{n{i}:String}}, {{c{i}:String}})" for i in range(len(rows)))
@@ -187,7 +169,7 @@ class MigratedTemplate:
 def _creatable_order(client, database: str, statements: dict[str, str], scratch: str) -> list[str]:
     """The statements in an order that creates every object, found by trying them in a
     scratch database."""
-    template = MigratedTemplate(database, "", {}, [], [])
+    template = MigratedTemplate(database, "", {}, [], frozenset(), [])
     names = sorted(statements)
     client.command(f"CREATE DATABASE `{scratch}`")
     try:
@@ -200,7 +182,7 @@ def _creatable_order(client, database: str, statements: dict[str, str], scratch:
 @pytest.fixture(scope="session")
 def migrated_template(chdb_dsn, tmp_path_factory) -> MigratedTemplate:
     """One real migration per worker, kept as DDL and ledger (see the module's docstring)."""
-    from cvat_analytics.migrate import migrate, migrations
+    from cvat_analytics.migrate import migrate, migrations, schema_ddl
 
     database = new_database_name()
     _, spec_path = write_spec(tmp_path_factory.mktemp("template"), **{"clickhouse.database": database})
@@ -211,10 +193,11 @@ def migrated_template(chdb_dsn, tmp_path_factory) -> MigratedTemplate:
     # fills one and exchanges it for its target; a template once captured one mid-run)
     rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = {db:String} "
                         "AND NOT startsWith(name, '.tmp')", parameters={"db": database}).result_rows
+    refresh_ddl = frozenset(schema_ddl(client, database, database, "refreshable"))
     client.command(f"DROP DATABASE `{database}` SYNC")
     ddl = _creatable_order(client, database, dict(rows), new_database_name())
     ledger = [(m.name, m.statements) for m in migrations(spec)]
-    return MigratedTemplate(database, spec_path.read_text(), spec, ddl, ledger)
+    return MigratedTemplate(database, spec_path.read_text(), spec, ddl, refresh_ddl, ledger)
 
 
 @pytest.fixture
